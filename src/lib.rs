@@ -1,0 +1,8 @@
+//! strata: a golden-image streaming appliance. Layers, each calling only downward:
+//! `store` (copy-on-write volumes over golden images), `disk` (partition tables),
+//! and the exports `fuse` (and, later, iSCSI). See DESIGN.md in the project's shared notes
+//! and README.md.
+
+pub mod disk;
+pub mod fuse;
+pub mod store;

@@ -1,0 +1,324 @@
+//! Storage backends for a volume's delta layer: the few file operations the commit protocol
+//! needs, behind a trait so that tests can swap the real filesystem for an in-memory backend
+//! that "crashes" — drops or tears everything written since the last sync.
+//!
+//! This file owns no format and no policy; `delta.rs` decides what is written where and when
+//! it is synced.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// One file of a delta layer.
+pub trait StoreFile: Send + Sync {
+    /// Reads exactly `buf.len()` bytes; bytes past the end of the file read as zeros.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes every earlier write and length change durable.
+    fn sync(&self) -> io::Result<()>;
+    fn len(&self) -> io::Result<u64>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Gives the space of a byte range back; the range then reads as zeros. Best effort.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
+}
+
+/// The directory holding a delta layer's files.
+pub trait StoreDir: Send + Sync {
+    /// Opens `name`, creating it empty if it does not exist.
+    fn open(&self, name: &str) -> io::Result<Arc<dyn StoreFile>>;
+    /// Where this directory is, for error messages.
+    fn describe(&self) -> PathBuf;
+}
+
+/// The real filesystem.
+pub struct FsDir {
+    path: PathBuf,
+}
+
+impl FsDir {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        FsDir { path: path.into() }
+    }
+}
+
+impl StoreDir for FsDir {
+    fn open(&self, name: &str) -> io::Result<Arc<dyn StoreFile>> {
+        Ok(Arc::new(FsFile::open(&self.path.join(name))?))
+    }
+    fn describe(&self) -> PathBuf {
+        self.path.clone()
+    }
+}
+
+pub struct FsFile {
+    file: File,
+}
+
+impl FsFile {
+    pub fn open(path: &Path) -> io::Result<FsFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        Ok(FsFile { file })
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+impl StoreFile for FsFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => {
+                    buf[done..].fill(0);
+                    return Ok(());
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        // SAFETY: fallocate on an fd we own, with plain integer arguments.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+/// An in-memory directory whose files keep a durable image and the writes made since the
+/// last sync. `crash` models a power cut: each unsynced write reaches the durable image
+/// sector by sector, or not, as a seeded coin decides (so writes can tear).
+#[derive(Default, Clone)]
+pub struct MemDir {
+    files: Arc<Mutex<HashMap<String, Arc<MemFile>>>>,
+}
+
+#[derive(Default)]
+pub struct MemFile {
+    inner: Mutex<MemInner>,
+}
+
+#[derive(Default, Clone)]
+struct MemInner {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    /// Changes since the last sync, in order: (offset, bytes) or a length change.
+    pending: Vec<Pending>,
+    /// After a crash the file refuses all I/O, like a device that lost power.
+    dead: bool,
+}
+
+#[derive(Clone)]
+enum Pending {
+    Write(u64, Vec<u8>),
+    SetLen(u64),
+}
+
+/// Sector size at which a crash may tear an unsynced write.
+const TEAR_SECTOR: usize = 512;
+
+impl MemDir {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cuts the power: returns a new directory holding what survived. `seed` decides, per
+    /// unsynced sector, whether it reached the medium. The old directory's files stop working.
+    pub fn crash(&self, seed: u64) -> MemDir {
+        let mut rng = SplitMix(seed);
+        let files = self.files.lock();
+        let mut out = HashMap::new();
+        for (name, f) in files.iter() {
+            let mut g = f.inner.lock();
+            g.dead = true;
+            let mut disk = g.durable.clone();
+            for p in &g.pending {
+                match p {
+                    Pending::SetLen(n) => {
+                        if rng.coin() {
+                            disk.resize(*n as usize, 0);
+                        }
+                    }
+                    Pending::Write(off, data) => {
+                        for (i, sector) in data.chunks(TEAR_SECTOR).enumerate() {
+                            if rng.coin() {
+                                let at = *off as usize + i * TEAR_SECTOR;
+                                if disk.len() < at + sector.len() {
+                                    disk.resize(at + sector.len(), 0);
+                                }
+                                disk[at..at + sector.len()].copy_from_slice(sector);
+                            }
+                        }
+                    }
+                }
+            }
+            let inner = MemInner {
+                live: disk.clone(),
+                durable: disk,
+                pending: Vec::new(),
+                dead: false,
+            };
+            out.insert(
+                name.clone(),
+                Arc::new(MemFile {
+                    inner: Mutex::new(inner),
+                }),
+            );
+        }
+        MemDir {
+            files: Arc::new(Mutex::new(out)),
+        }
+    }
+
+    /// A file's current (live) content, for tests that damage or inspect it.
+    pub fn file(&self, name: &str) -> Option<Arc<MemFile>> {
+        self.files.lock().get(name).cloned()
+    }
+}
+
+impl MemFile {
+    /// Flips bits in both the live and the durable image (simulated media damage).
+    pub fn corrupt(&self, offset: u64, xor: u8) {
+        let mut g = self.inner.lock();
+        let o = offset as usize;
+        if o < g.live.len() {
+            g.live[o] ^= xor;
+        }
+        if o < g.durable.len() {
+            g.durable[o] ^= xor;
+        }
+    }
+}
+
+fn dead() -> io::Error {
+    io::Error::other("simulated power loss")
+}
+
+impl StoreDir for MemDir {
+    fn open(&self, name: &str) -> io::Result<Arc<dyn StoreFile>> {
+        let mut files = self.files.lock();
+        Ok(files.entry(name.to_string()).or_default().clone())
+    }
+    fn describe(&self) -> PathBuf {
+        PathBuf::from("<memory>")
+    }
+}
+
+impl StoreFile for MemFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let g = self.inner.lock();
+        if g.dead {
+            return Err(dead());
+        }
+        buf.fill(0);
+        let o = offset as usize;
+        if o < g.live.len() {
+            let n = (g.live.len() - o).min(buf.len());
+            buf[..n].copy_from_slice(&g.live[o..o + n]);
+        }
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut g = self.inner.lock();
+        if g.dead {
+            return Err(dead());
+        }
+        let o = offset as usize;
+        if g.live.len() < o + buf.len() {
+            g.live.resize(o + buf.len(), 0);
+        }
+        g.live[o..o + buf.len()].copy_from_slice(buf);
+        g.pending.push(Pending::Write(offset, buf.to_vec()));
+        Ok(())
+    }
+    fn sync(&self) -> io::Result<()> {
+        let mut g = self.inner.lock();
+        if g.dead {
+            return Err(dead());
+        }
+        g.durable = g.live.clone();
+        g.pending.clear();
+        Ok(())
+    }
+    fn len(&self) -> io::Result<u64> {
+        let g = self.inner.lock();
+        if g.dead {
+            return Err(dead());
+        }
+        Ok(g.live.len() as u64)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut g = self.inner.lock();
+        if g.dead {
+            return Err(dead());
+        }
+        g.live.resize(len as usize, 0);
+        g.pending.push(Pending::SetLen(len));
+        Ok(())
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut g = self.inner.lock();
+        if g.dead {
+            return Err(dead());
+        }
+        let end = ((offset + len) as usize).min(g.live.len());
+        let start = (offset as usize).min(end);
+        g.live[start..end].fill(0);
+        let zeros = vec![0u8; end - start];
+        g.pending.push(Pending::Write(start as u64, zeros));
+        Ok(())
+    }
+}
+
+/// A tiny deterministic generator so crash outcomes are reproducible from a seed.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn coin(&mut self) -> bool {
+        self.next() & 1 == 1
+    }
+}

@@ -1,0 +1,508 @@
+//! A volume's delta layer: the map from virtual blocks to data slots, the allocation of
+//! slots, and the commit protocol that makes flushes atomic (described, with the byte
+//! layouts, in `format.rs`).
+//!
+//! `Delta` is single-writer state: `&self` reads, `&mut self` writes, discards and flushes.
+//! The caller (`volume.rs`) holds it under a read-write lock. It knows nothing of images;
+//! blocks it has no entry for are reported back for the caller to read from below.
+
+use std::io;
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::backend::{StoreDir, StoreFile};
+use super::error::{Result, StoreError};
+use super::format::{
+    Batch, BatchKind, HeaderError, MapEntry, MapHeader, BLOCK, FORMAT_VERSION, MAP_HEADER_LEN,
+    UNMAPPED_SLOT, ZERO_SLOT,
+};
+
+pub const DATA_FILE: &str = "data";
+const MAP_FILES: [&str; 2] = ["map.0", "map.1"];
+/// The log is folded into a new snapshot once it is larger than this and than twice the
+/// snapshot: replay on open stays proportional to the map, not to the volume's history.
+const COMPACT_MIN_BYTES: u64 = 4 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    slot: u32,
+    crc: u32,
+}
+
+/// A run of the request that the delta does not hold: (byte offset in the buffer, length).
+pub type BaseRange = (usize, usize);
+
+pub struct Delta {
+    dir: Arc<dyn StoreDir>,
+    data: Arc<dyn StoreFile>,
+    /// Who this is, for messages: `volume "web-01"`.
+    label: String,
+    map: FxHashMap<u64, Slot>,
+    /// Blocks changed since the last durable commit. Their slots are not referenced by the
+    /// durable map, so they may be freed at once when superseded.
+    dirty: FxHashSet<u64>,
+    /// Slots reusable now.
+    free: Vec<u32>,
+    /// Slots the durable map still references but the live map no longer does: reusable once
+    /// the next commit is durable.
+    pending_free: Vec<u32>,
+    /// Slots at or beyond this index have never been handed out.
+    next_slot: u32,
+    active: usize,
+    generation: u64,
+    sequence: u64,
+    /// Append position in the active map file.
+    map_len: u64,
+    /// Size of the active file's snapshot batch.
+    snapshot_len: u64,
+}
+
+impl Delta {
+    fn io_err(&self, action: &'static str, file: &str, e: io::Error) -> StoreError {
+        StoreError::io(action, self.dir.describe().join(file), e)
+    }
+
+    /// Creates an empty delta in `dir`.
+    pub fn create(dir: Arc<dyn StoreDir>, label: String) -> Result<Delta> {
+        let at = |f: &str| dir.describe().join(f);
+        let data = dir
+            .open(DATA_FILE)
+            .map_err(|e| StoreError::io("creating", at(DATA_FILE), e))?;
+        let mut d = Delta {
+            dir,
+            data,
+            label,
+            map: FxHashMap::default(),
+            dirty: FxHashSet::default(),
+            free: Vec::new(),
+            pending_free: Vec::new(),
+            next_slot: 0,
+            active: 1,
+            generation: 0,
+            sequence: 0,
+            map_len: 0,
+            snapshot_len: 0,
+        };
+        d.compact()?;
+        Ok(d)
+    }
+
+    /// Opens the delta in `dir` at its last durable commit.
+    pub fn open(dir: Arc<dyn StoreDir>, label: String) -> Result<Delta> {
+        let at = |f: &str| dir.describe().join(f);
+        let data = dir
+            .open(DATA_FILE)
+            .map_err(|e| StoreError::io("opening", at(DATA_FILE), e))?;
+        // Pick the map file with the highest generation whose header and snapshot are whole.
+        let mut best: Option<(u64, usize, Vec<u8>)> = None;
+        for (i, name) in MAP_FILES.iter().enumerate() {
+            let f = dir
+                .open(name)
+                .map_err(|e| StoreError::io("opening", at(name), e))?;
+            let len = f
+                .len()
+                .map_err(|e| StoreError::io("reading", at(name), e))?;
+            let mut bytes = vec![0u8; len as usize];
+            f.read_at(&mut bytes, 0)
+                .map_err(|e| StoreError::io("reading", at(name), e))?;
+            let header = match MapHeader::decode(&bytes) {
+                Ok(h) => h,
+                Err(HeaderError::NewerVersion(v)) => {
+                    return Err(StoreError::NewerFormat {
+                        path: at(name),
+                        found: v,
+                        supported: FORMAT_VERSION,
+                    })
+                }
+                Err(_) => continue,
+            };
+            if header.block_size as usize != BLOCK {
+                return Err(StoreError::Corrupt {
+                    path: at(name),
+                    detail: format!("block size {} is not {BLOCK}", header.block_size),
+                });
+            }
+            let snapshot_ok = matches!(
+                Batch::decode(&bytes[MAP_HEADER_LEN..]),
+                Some((b, _)) if b.kind == BatchKind::Snapshot
+                    && b.generation == header.generation && b.sequence == 0
+            );
+            if snapshot_ok && best.as_ref().is_none_or(|b| header.generation > b.0) {
+                best = Some((header.generation, i, bytes));
+            }
+        }
+        let Some((generation, active, bytes)) = best else {
+            return Err(StoreError::Corrupt {
+                path: dir.describe(),
+                detail: "no valid delta map (map.0 and map.1 are both damaged)".into(),
+            });
+        };
+        let data_len = data
+            .len()
+            .map_err(|e| StoreError::io("reading", at(DATA_FILE), e))?;
+        let mut d = Delta {
+            dir,
+            data,
+            label,
+            map: FxHashMap::default(),
+            dirty: FxHashSet::default(),
+            free: Vec::new(),
+            pending_free: Vec::new(),
+            next_slot: 0,
+            active,
+            generation,
+            sequence: 0,
+            map_len: 0,
+            snapshot_len: 0,
+        };
+        let mut pos = MAP_HEADER_LEN;
+        while let Some((batch, len)) = Batch::decode(&bytes[pos..]) {
+            let expected = if pos == MAP_HEADER_LEN {
+                (BatchKind::Snapshot, 0)
+            } else {
+                (BatchKind::Log, d.sequence + 1)
+            };
+            if batch.generation != generation || (batch.kind, batch.sequence) != expected {
+                break;
+            }
+            for e in &batch.entries {
+                d.apply(e);
+            }
+            if batch.kind == BatchKind::Snapshot {
+                d.snapshot_len = len as u64;
+            }
+            d.sequence = batch.sequence;
+            pos += len;
+        }
+        d.map_len = pos as u64;
+        if (bytes.len() as u64) > d.map_len {
+            // Cut a torn tail so the next append starts from known ground.
+            let name = MAP_FILES[active];
+            let f = d.dir.open(name).map_err(|e| d.io_err("opening", name, e))?;
+            f.set_len(d.map_len)
+                .and_then(|_| f.sync())
+                .map_err(|e| d.io_err("truncating", name, e))?;
+        }
+        d.rebuild_free(data_len)?;
+        Ok(d)
+    }
+
+    fn apply(&mut self, e: &MapEntry) {
+        if e.slot == UNMAPPED_SLOT {
+            self.map.remove(&e.block);
+        } else {
+            self.map.insert(
+                e.block,
+                Slot {
+                    slot: e.slot,
+                    crc: e.crc,
+                },
+            );
+        }
+    }
+
+    /// Every slot below the high-water mark that the map does not reference is free.
+    fn rebuild_free(&mut self, data_len: u64) -> Result<()> {
+        let max_ref = self
+            .map
+            .values()
+            .filter(|s| s.slot != ZERO_SLOT)
+            .map(|s| s.slot as u64 + 1)
+            .max()
+            .unwrap_or(0);
+        let high = max_ref.max(data_len.div_ceil(BLOCK as u64));
+        let high = u32::try_from(high).map_err(|_| StoreError::Corrupt {
+            path: self.dir.describe(),
+            detail: "delta data file is larger than the format allows".into(),
+        })?;
+        let mut used = vec![false; high as usize];
+        for s in self.map.values().filter(|s| s.slot != ZERO_SLOT) {
+            if std::mem::replace(&mut used[s.slot as usize], true) {
+                return Err(StoreError::Corrupt {
+                    path: self.dir.describe(),
+                    detail: format!("delta map references slot {} twice", s.slot),
+                });
+            }
+        }
+        // Highest first, so pops hand out the lowest slots first.
+        self.free = (0..high).rev().filter(|&s| !used[s as usize]).collect();
+        self.next_slot = high;
+        Ok(())
+    }
+
+    /// Fills the blocks of `buf` (starting at virtual block `first`) that the delta holds,
+    /// and appends to `below` the ranges it does not hold, for the caller to read.
+    pub fn read(&self, first: u64, buf: &mut [u8], below: &mut Vec<BaseRange>) -> Result<()> {
+        debug_assert_eq!(buf.len() % BLOCK, 0);
+        let n = buf.len() / BLOCK;
+        let mut i = 0;
+        while i < n {
+            match self.map.get(&(first + i as u64)) {
+                None => {
+                    let off = i * BLOCK;
+                    match below.last_mut() {
+                        Some((o, l)) if *o + *l == off => *l += BLOCK,
+                        _ => below.push((off, BLOCK)),
+                    }
+                    i += 1;
+                }
+                Some(s) if s.slot == ZERO_SLOT => {
+                    buf[i * BLOCK..(i + 1) * BLOCK].fill(0);
+                    i += 1;
+                }
+                Some(s) => {
+                    // Extend over blocks stored in consecutive slots: one read for the run.
+                    let mut j = i + 1;
+                    while j < n {
+                        match self.map.get(&(first + j as u64)) {
+                            Some(t) if t.slot != ZERO_SLOT && t.slot == s.slot + (j - i) as u32 => {
+                                j += 1
+                            }
+                            _ => break,
+                        }
+                    }
+                    let out = &mut buf[i * BLOCK..j * BLOCK];
+                    self.data
+                        .read_at(out, s.slot as u64 * BLOCK as u64)
+                        .map_err(|e| self.io_err("reading", DATA_FILE, e))?;
+                    for (k, blk) in out.chunks_exact(BLOCK).enumerate() {
+                        let block = first + (i + k) as u64;
+                        let want = self.map[&block].crc;
+                        if crc32fast::hash(blk) != want {
+                            let offset = block * BLOCK as u64;
+                            tracing::error!(what = %self.label, offset, "checksum mismatch in delta block");
+                            return Err(StoreError::Checksum {
+                                what: self.label.clone(),
+                                offset,
+                            });
+                        }
+                    }
+                    i = j;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes whole blocks starting at virtual block `first`. Never overwrites a slot the
+    /// durable map references.
+    pub fn write(&mut self, first: u64, data: &[u8]) -> Result<()> {
+        debug_assert_eq!(data.len() % BLOCK, 0);
+        let n = data.len() / BLOCK;
+        let old_next = self.next_slot;
+        // Large writes take a fresh contiguous run so they go down in one pwrite.
+        let from_free = n < 16;
+        let mut slots = Vec::with_capacity(n);
+        for _ in 0..n {
+            let reused = if from_free { self.free.pop() } else { None };
+            let s = match reused {
+                Some(s) => s,
+                None => {
+                    if self.next_slot >= ZERO_SLOT - 1 {
+                        self.rollback(&slots, old_next);
+                        return Err(StoreError::Failed(format!(
+                            "{}: delta is full (the format holds at most 16 TiB of changed blocks)",
+                            self.label
+                        )));
+                    }
+                    self.next_slot += 1;
+                    self.next_slot - 1
+                }
+            };
+            slots.push(s);
+        }
+        let mut k = 0;
+        while k < n {
+            let mut j = k + 1;
+            while j < n && slots[j] == slots[j - 1] + 1 {
+                j += 1;
+            }
+            if let Err(e) = self
+                .data
+                .write_at(&data[k * BLOCK..j * BLOCK], slots[k] as u64 * BLOCK as u64)
+            {
+                self.rollback(&slots, old_next);
+                return Err(self.io_err("writing", DATA_FILE, e));
+            }
+            k = j;
+        }
+        for (k, &slot) in slots.iter().enumerate() {
+            let block = first + k as u64;
+            let crc = crc32fast::hash(&data[k * BLOCK..(k + 1) * BLOCK]);
+            let old = self.map.insert(block, Slot { slot, crc });
+            self.release(block, old);
+            self.dirty.insert(block);
+        }
+        Ok(())
+    }
+
+    /// Gives back slots taken by a write that failed.
+    fn rollback(&mut self, slots: &[u32], old_next: u32) {
+        self.free
+            .extend(slots.iter().copied().filter(|&s| s < old_next));
+        self.next_slot = old_next;
+    }
+
+    /// The slot of a superseded entry becomes free now if no durable map references it,
+    /// else after the next commit.
+    fn release(&mut self, block: u64, old: Option<Slot>) {
+        if let Some(o) = old.filter(|o| o.slot != ZERO_SLOT) {
+            if self.dirty.contains(&block) {
+                self.free.push(o.slot);
+            } else {
+                self.pending_free.push(o.slot);
+            }
+        }
+    }
+
+    /// Drops `count` blocks from `first`. Blocks for which `mask` says true get a zero entry
+    /// (they must hide what is below); the others simply lose their entry.
+    pub fn discard(&mut self, first: u64, count: u64, mask: impl Fn(u64) -> bool) {
+        for block in first..first + count {
+            let old = if mask(block) {
+                self.map.insert(
+                    block,
+                    Slot {
+                        slot: ZERO_SLOT,
+                        crc: 0,
+                    },
+                )
+            } else {
+                self.map.remove(&block)
+            };
+            let changed = old.is_some() || self.map.contains_key(&block);
+            self.release(block, old);
+            if changed {
+                self.dirty.insert(block);
+            }
+        }
+    }
+
+    /// Makes every earlier write and discard durable, atomically.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.dirty.is_empty() && self.pending_free.is_empty() {
+            return Ok(());
+        }
+        self.data
+            .sync()
+            .map_err(|e| self.io_err("syncing", DATA_FILE, e))?;
+        let log_len = self.map_len - MAP_HEADER_LEN as u64 - self.snapshot_len;
+        let batch_len = Batch::encoded_len(self.dirty.len()) as u64;
+        let snapshot_len = Batch::encoded_len(self.map.len()) as u64;
+        if log_len + batch_len > COMPACT_MIN_BYTES.max(2 * snapshot_len) {
+            self.compact()?;
+        } else {
+            self.append_log()?;
+        }
+        self.dirty.clear();
+        self.reclaim();
+        Ok(())
+    }
+
+    fn append_log(&mut self) -> Result<()> {
+        let entries = self.dirty.iter().map(|&block| match self.map.get(&block) {
+            Some(s) => MapEntry {
+                block,
+                slot: s.slot,
+                crc: s.crc,
+            },
+            None => MapEntry {
+                block,
+                slot: UNMAPPED_SLOT,
+                crc: 0,
+            },
+        });
+        let mut buf = Vec::with_capacity(Batch::encoded_len(self.dirty.len()));
+        Batch::encode_into(
+            BatchKind::Log,
+            self.generation,
+            self.sequence + 1,
+            entries,
+            &mut buf,
+        );
+        let name = MAP_FILES[self.active];
+        let f = self
+            .dir
+            .open(name)
+            .map_err(|e| self.io_err("opening", name, e))?;
+        f.write_at(&buf, self.map_len)
+            .and_then(|_| f.sync())
+            .map_err(|e| self.io_err("committing to", name, e))?;
+        self.sequence += 1;
+        self.map_len += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the whole map as a new generation into the inactive map file.
+    fn compact(&mut self) -> Result<()> {
+        let target = 1 - self.active;
+        let generation = self.generation + 1;
+        let mut buf = Vec::with_capacity(MAP_HEADER_LEN + Batch::encoded_len(self.map.len()));
+        buf.extend_from_slice(
+            &MapHeader {
+                block_size: BLOCK as u32,
+                generation,
+            }
+            .encode(),
+        );
+        let entries = self.map.iter().map(|(&block, s)| MapEntry {
+            block,
+            slot: s.slot,
+            crc: s.crc,
+        });
+        Batch::encode_into(BatchKind::Snapshot, generation, 0, entries, &mut buf);
+        let name = MAP_FILES[target];
+        let f = self
+            .dir
+            .open(name)
+            .map_err(|e| self.io_err("opening", name, e))?;
+        f.set_len(0)
+            .and_then(|_| f.write_at(&buf, 0))
+            .and_then(|_| f.sync())
+            .map_err(|e| self.io_err("committing to", name, e))?;
+        self.active = target;
+        self.generation = generation;
+        self.sequence = 0;
+        self.map_len = buf.len() as u64;
+        self.snapshot_len = (buf.len() - MAP_HEADER_LEN) as u64;
+        Ok(())
+    }
+
+    /// After a durable commit: slots it superseded are free; give their space back.
+    fn reclaim(&mut self) {
+        let mut freed = std::mem::take(&mut self.pending_free);
+        freed.sort_unstable();
+        let mut i = 0;
+        while i < freed.len() {
+            let mut j = i + 1;
+            while j < freed.len() && freed[j] == freed[j - 1] + 1 {
+                j += 1;
+            }
+            let (off, len) = (
+                freed[i] as u64 * BLOCK as u64,
+                (j - i) as u64 * BLOCK as u64,
+            );
+            if let Err(e) = self.data.punch_hole(off, len) {
+                tracing::debug!(what = %self.label, error = %e, "could not punch freed blocks");
+            }
+            i = j;
+        }
+        self.free.extend(freed.into_iter().rev());
+    }
+
+    /// Blocks with their own data in this delta.
+    pub fn stored_blocks(&self) -> u64 {
+        self.map.values().filter(|s| s.slot != ZERO_SLOT).count() as u64
+    }
+
+    /// Whether there are changes not yet made durable.
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Slots handed out so far (the data file's high-water mark, in blocks).
+    pub fn high_water(&self) -> u32 {
+        self.next_slot
+    }
+}

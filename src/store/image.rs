@@ -1,0 +1,372 @@
+//! A golden image: immutable once imported. Reads come from a memory map of its data file,
+//! are checked against each chunk's crc32, and go through the shared chunk cache.
+//!
+//! This file owns reading an image directory and writing a new one (`ImageWriter`); it does
+//! not decide names or where directories live (that is `repo.rs`).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memmap2::Mmap;
+
+use super::cache::ChunkCache;
+use super::error::{Result, StoreError};
+use super::format::{IndexEntry, IndexHeader, INDEX_ENTRY_LEN, INDEX_HEADER_LEN};
+
+pub const INDEX_FILE: &str = "index";
+pub const DATA_FILE: &str = "data";
+
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+
+pub struct Image {
+    name: String,
+    uid: u64,
+    header: IndexHeader,
+    index: Mmap,
+    data: Option<Mmap>,
+    cache: Arc<ChunkCache>,
+    dir: PathBuf,
+}
+
+impl Image {
+    /// Opens the image stored in `dir`, checking its index.
+    pub fn open(dir: &Path, name: &str, cache: Arc<ChunkCache>) -> Result<Image> {
+        let index_path = dir.join(INDEX_FILE);
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: index_path.clone(),
+            detail,
+        };
+        let f = File::open(&index_path).map_err(|e| StoreError::io("opening", &index_path, e))?;
+        // SAFETY: image files are immutable after import; nothing truncates them while open
+        // (removal unlinks, which keeps the mapping valid).
+        let index =
+            unsafe { Mmap::map(&f) }.map_err(|e| StoreError::io("mapping", &index_path, e))?;
+        let header =
+            IndexHeader::decode(&index).map_err(|e| corrupt(format!("image index: {e}")))?;
+        let table_len = header
+            .chunk_count
+            .checked_mul(INDEX_ENTRY_LEN as u64)
+            .ok_or_else(|| corrupt("chunk count overflows".into()))?;
+        if (index.len() as u64) < INDEX_HEADER_LEN as u64 + table_len {
+            return Err(corrupt("image index is truncated".into()));
+        }
+        let table = &index[INDEX_HEADER_LEN..INDEX_HEADER_LEN + table_len as usize];
+        if crc32fast::hash(table) != header.table_crc {
+            return Err(corrupt("image index table checksum mismatch".into()));
+        }
+        let data_path = dir.join(DATA_FILE);
+        let df = File::open(&data_path).map_err(|e| StoreError::io("opening", &data_path, e))?;
+        let dlen = df
+            .metadata()
+            .map_err(|e| StoreError::io("reading size of", &data_path, e))?
+            .len();
+        let data = if dlen == 0 {
+            None
+        } else {
+            // SAFETY: as above, the data file is immutable.
+            Some(unsafe { Mmap::map(&df) }.map_err(|e| StoreError::io("mapping", &data_path, e))?)
+        };
+        if let Some(m) = &data {
+            let _ = m.advise(memmap2::Advice::Random);
+        }
+        Ok(Image {
+            name: name.to_string(),
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+            header,
+            index,
+            data,
+            cache,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Virtual size in bytes.
+    pub fn len(&self) -> u64 {
+        self.header.virtual_size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn chunk_size(&self) -> usize {
+        self.header.chunk_size as usize
+    }
+
+    pub fn stored_bytes(&self) -> u64 {
+        self.header.stored_chunks * self.header.chunk_size as u64
+    }
+
+    fn entry(&self, chunk: u64) -> IndexEntry {
+        let at = INDEX_HEADER_LEN + chunk as usize * INDEX_ENTRY_LEN;
+        IndexEntry::decode(&self.index[at..at + INDEX_ENTRY_LEN])
+    }
+
+    /// Whether chunk `chunk` is stored (false for holes and zero chunks).
+    pub fn chunk_is_stored(&self, chunk: u64) -> bool {
+        chunk < self.header.chunk_count && self.entry(chunk).slot.is_some()
+    }
+
+    /// The verified bytes of a stored chunk, from the cache or the map. `None` for a hole.
+    /// `reader` names who is reading, for the error message.
+    pub fn chunk(&self, chunk: u64, reader: &str) -> Result<Option<Bytes>> {
+        if chunk >= self.header.chunk_count {
+            return Ok(None);
+        }
+        let e = self.entry(chunk);
+        let Some(slot) = e.slot else { return Ok(None) };
+        let key = (self.uid, chunk);
+        if let Some(b) = self.cache.get(&key) {
+            return Ok(Some(b));
+        }
+        let raw = self.stored_slice(slot, chunk, e.crc, reader)?;
+        let b = Bytes::copy_from_slice(raw);
+        self.cache.insert(key, b.clone());
+        Ok(Some(b))
+    }
+
+    /// The stored bytes of `slot`, checked against `crc`.
+    fn stored_slice(&self, slot: u32, chunk: u64, crc: u32, reader: &str) -> Result<&[u8]> {
+        let cs = self.chunk_size();
+        let start = slot as usize * cs;
+        let raw = self
+            .data
+            .as_ref()
+            .and_then(|m| m.get(start..start + cs))
+            .ok_or_else(|| StoreError::Corrupt {
+                path: self.dir.join(DATA_FILE),
+                detail: format!("data file is shorter than its index says (slot {slot})"),
+            })?;
+        if crc32fast::hash(raw) != crc {
+            let offset = chunk * cs as u64;
+            tracing::error!(image = %self.name, offset, reader, "checksum mismatch in image chunk");
+            return Err(StoreError::Checksum {
+                what: format!("image {:?} (read by {reader})", self.name),
+                offset,
+            });
+        }
+        Ok(raw)
+    }
+
+    /// Reads `buf.len()` bytes at `offset`. Bytes past the end read as zeros.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64, reader: &str) -> Result<()> {
+        let cs = self.chunk_size() as u64;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let chunk = pos / cs;
+            let within = (pos % cs) as usize;
+            let n = (cs as usize - within).min(buf.len() - done);
+            let out = &mut buf[done..done + n];
+            if chunk >= self.header.chunk_count {
+                out.fill(0);
+            } else if !self.cache.enabled() {
+                // No cache: verify and copy straight from the map.
+                let e = self.entry(chunk);
+                match e.slot {
+                    None => out.fill(0),
+                    Some(slot) => {
+                        let raw = self.stored_slice(slot, chunk, e.crc, reader)?;
+                        out.copy_from_slice(&raw[within..within + n]);
+                    }
+                }
+            } else {
+                match self.chunk(chunk, reader)? {
+                    None => out.fill(0),
+                    Some(b) => out.copy_from_slice(&b[within..within + n]),
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        self.cache.forget_image(self.uid);
+    }
+}
+
+/// True when every byte of `b` is zero.
+pub fn is_zero(b: &[u8]) -> bool {
+    // SAFETY: u64 has no invalid bit patterns; align_to only reinterprets aligned middle.
+    let (head, mid, tail) = unsafe { b.align_to::<u64>() };
+    head.iter().all(|&x| x == 0) && mid.iter().all(|&x| x == 0) && tail.iter().all(|&x| x == 0)
+}
+
+/// Writes a new image directory: chunks in, index out. Used by import.
+pub struct ImageWriter {
+    dir: PathBuf,
+    data: BufWriter<File>,
+    table: Vec<IndexEntry>,
+    virtual_size: u64,
+    chunk_size: usize,
+    next_slot: u32,
+}
+
+impl ImageWriter {
+    pub fn create(dir: &Path, virtual_size: u64, chunk_size: usize) -> Result<ImageWriter> {
+        let data_path = dir.join(DATA_FILE);
+        let f = File::create(&data_path).map_err(|e| StoreError::io("creating", &data_path, e))?;
+        let chunks = virtual_size.div_ceil(chunk_size as u64) as usize;
+        Ok(ImageWriter {
+            dir: dir.to_path_buf(),
+            data: BufWriter::with_capacity(1 << 20, f),
+            table: vec![IndexEntry { slot: None, crc: 0 }; chunks],
+            virtual_size,
+            chunk_size,
+            next_slot: 0,
+        })
+    }
+
+    /// Stores chunk `index` unless it is all zeros. A short last chunk is padded with zeros.
+    pub fn put(&mut self, index: u64, bytes: &[u8]) -> Result<()> {
+        if is_zero(bytes) {
+            return Ok(());
+        }
+        let i = index as usize;
+        if i >= self.table.len() || bytes.len() > self.chunk_size {
+            return Err(StoreError::InvalidInput(format!(
+                "chunk {index} is outside the image"
+            )));
+        }
+        let data_path = self.dir.join(DATA_FILE);
+        let mut h = crc32fast::Hasher::new();
+        h.update(bytes);
+        self.data
+            .write_all(bytes)
+            .map_err(|e| StoreError::io("writing", &data_path, e))?;
+        if bytes.len() < self.chunk_size {
+            let pad = vec![0u8; self.chunk_size - bytes.len()];
+            h.update(&pad);
+            self.data
+                .write_all(&pad)
+                .map_err(|e| StoreError::io("writing", &data_path, e))?;
+        }
+        self.table[i] = IndexEntry {
+            slot: Some(self.next_slot),
+            crc: h.finalize(),
+        };
+        self.next_slot = self
+            .next_slot
+            .checked_add(1)
+            .ok_or_else(|| StoreError::InvalidInput("image is too large".into()))?;
+        Ok(())
+    }
+
+    /// Writes the index and makes both files durable. Returns the stored byte count.
+    pub fn finish(self) -> Result<u64> {
+        let data_path = self.dir.join(DATA_FILE);
+        let f = self
+            .data
+            .into_inner()
+            .map_err(|e| StoreError::io("writing", &data_path, e.into_error()))?;
+        f.sync_all()
+            .map_err(|e| StoreError::io("syncing", &data_path, e))?;
+        let mut table = Vec::with_capacity(self.table.len() * INDEX_ENTRY_LEN);
+        for e in &self.table {
+            table.extend_from_slice(&e.encode());
+        }
+        let header = IndexHeader {
+            chunk_size: self.chunk_size as u32,
+            virtual_size: self.virtual_size,
+            chunk_count: self.table.len() as u64,
+            stored_chunks: self.next_slot as u64,
+            table_crc: crc32fast::hash(&table),
+        };
+        let index_path = self.dir.join(INDEX_FILE);
+        let mut f =
+            File::create(&index_path).map_err(|e| StoreError::io("creating", &index_path, e))?;
+        f.write_all(&header.encode())
+            .and_then(|_| f.write_all(&table))
+            .and_then(|_| f.sync_all())
+            .map_err(|e| StoreError::io("writing", &index_path, e))?;
+        Ok(self.next_slot as u64 * self.chunk_size as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_zero_checks_every_byte_at_any_alignment() {
+        let mut v = vec![0u8; 1000];
+        assert!(is_zero(&v[3..]));
+        v[999] = 1;
+        assert!(!is_zero(&v[3..]));
+        v[999] = 0;
+        v[4] = 1;
+        assert!(!is_zero(&v[3..]));
+    }
+
+    fn write_image(dir: &Path, size: u64, chunks: &[(u64, u8)]) {
+        let mut w = ImageWriter::create(dir, size, 4096).unwrap();
+        for &(i, v) in chunks {
+            w.put(i, &vec![v; 4096]).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn holes_and_zero_chunks_are_not_stored_and_read_as_zeros() {
+        let t = tempfile::tempdir().unwrap();
+        write_image(t.path(), 5 * 4096, &[(1, 7), (3, 0), (4, 9)]);
+        let img = Image::open(t.path(), "g", Arc::new(ChunkCache::new(1 << 20, 4096))).unwrap();
+        assert_eq!(img.stored_bytes(), 2 * 4096);
+        let mut buf = vec![1u8; 5 * 4096 + 100];
+        img.read_at(&mut buf, 0, "test").unwrap();
+        assert!(is_zero(&buf[..4096]));
+        assert!(buf[4096..8192].iter().all(|&b| b == 7));
+        assert!(is_zero(&buf[8192..4 * 4096]));
+        assert!(buf[4 * 4096..5 * 4096].iter().all(|&b| b == 9));
+        assert!(is_zero(&buf[5 * 4096..]));
+    }
+
+    #[test]
+    fn flipped_byte_is_a_checksum_error_naming_image_and_offset() {
+        for cache in [0, 1 << 20] {
+            let t = tempfile::tempdir().unwrap();
+            write_image(t.path(), 3 * 4096, &[(2, 5)]);
+            let p = t.path().join(DATA_FILE);
+            let mut d = std::fs::read(&p).unwrap();
+            d[100] ^= 1;
+            std::fs::write(&p, d).unwrap();
+            let img =
+                Image::open(t.path(), "gold", Arc::new(ChunkCache::new(cache, 4096))).unwrap();
+            let mut buf = vec![0u8; 512];
+            let e = img.read_at(&mut buf, 2 * 4096, "volume \"v\"").unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains("gold") && msg.contains("8192"), "{msg}");
+            img.read_at(&mut buf, 0, "x").unwrap();
+        }
+    }
+
+    #[test]
+    fn damaged_index_is_refused_at_open() {
+        let t = tempfile::tempdir().unwrap();
+        write_image(t.path(), 3 * 4096, &[(2, 5)]);
+        let p = t.path().join(INDEX_FILE);
+        let mut d = std::fs::read(&p).unwrap();
+        let last = d.len() - 1;
+        d[last] ^= 1;
+        std::fs::write(&p, d).unwrap();
+        let e = Image::open(t.path(), "g", Arc::new(ChunkCache::new(0, 4096)))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("checksum"), "{e}");
+    }
+}

@@ -1,0 +1,27 @@
+//! The copy-on-write block store: golden images (immutable, checksummed, deduplicated of
+//! zeros) and per-volume delta layers, behind one Volume API that everything above uses.
+//!
+//! The store calls nothing above it. Map of this directory:
+//! - `format.rs`   byte layouts and the commit protocol (pure encode/decode)
+//! - `backend.rs`  file operations of a delta, real or crash-simulating
+//! - `delta.rs`    a volume's block map, slot allocation, atomic flush
+//! - `image.rs`    reading (and writing) a golden image; `cache.rs` the shared chunk cache
+//! - `volume.rs`   the Volume API: image + delta, byte-granular
+//! - `repo.rs`     the repository directory: names, metadata, create/remove/open
+//! - `transfer.rs` import and export of whole disks; `names.rs` name validation
+
+pub mod backend;
+pub mod cache;
+pub mod delta;
+pub mod error;
+pub mod format;
+pub mod image;
+pub mod names;
+pub mod repo;
+pub mod transfer;
+pub mod volume;
+
+pub use error::{ErrorKind, Result, StoreError};
+pub use repo::{ImageInfo, ImageMeta, RepoOptions, Repository, VolumeInfo, VolumeMeta};
+pub use transfer::SourceFormat;
+pub use volume::Volume;

@@ -1,0 +1,642 @@
+//! The repository directory: where images and volumes live, their names and metadata, and
+//! the rules between them (an image is not removed while volumes use it; a volume is opened
+//! for writing by one process at a time). Layout and version: see `format.rs`.
+//!
+//! Names appear and disappear atomically: new images and volumes are built in `tmp/` and
+//! renamed into place under the repository lock; removals rename out before deleting.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::backend::FsDir;
+use super::cache::ChunkCache;
+use super::delta::{self, Delta};
+use super::error::{Result, StoreError};
+use super::format::{CHUNK, FORMAT_VERSION};
+use super::image::{Image, ImageWriter};
+use super::names;
+use super::transfer::{self, Detected, Progress, SourceFormat};
+use super::volume::Volume;
+
+const DESCRIPTOR: &str = "strata-repo.json";
+const FORMAT_NAME: &str = "strata-repo";
+const IMAGE_META: &str = "image.json";
+const VOLUME_META: &str = "volume.json";
+
+/// Default size of the shared image-chunk cache.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
+
+#[derive(Debug, Clone)]
+pub struct RepoOptions {
+    /// Bytes of golden-image chunks cached in memory, shared by all volumes. 0 disables.
+    pub cache_bytes: u64,
+}
+
+impl Default for RepoOptions {
+    fn default() -> Self {
+        RepoOptions {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Descriptor {
+    format: String,
+    version: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageMeta {
+    pub name: String,
+    pub virtual_size: u64,
+    pub stored_bytes: u64,
+    pub chunk_size: u64,
+    pub created: u64,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeMeta {
+    pub name: String,
+    pub size: u64,
+    pub image: Option<String>,
+    pub created: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageInfo {
+    #[serde(flatten)]
+    pub meta: ImageMeta,
+    pub volumes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeInfo {
+    #[serde(flatten)]
+    pub meta: VolumeMeta,
+    /// Bytes the volume's own delta takes on disk.
+    pub delta_bytes: u64,
+}
+
+pub struct Repository {
+    root: PathBuf,
+    cache: Arc<ChunkCache>,
+    images: Mutex<HashMap<String, Weak<Image>>>,
+    volumes: Mutex<HashMap<String, Weak<Volume>>>,
+}
+
+static STAGE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value).expect("metadata serializes");
+    bytes.push(b'\n');
+    let mut f = File::create(path).map_err(|e| StoreError::io("creating", path, e))?;
+    f.write_all(&bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| StoreError::io("writing", path, e))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let bytes = fs::read(path).map_err(|e| StoreError::io("reading", path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("unreadable metadata: {e}"),
+    })
+}
+
+fn sync_dir(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("syncing directory", path, e))
+}
+
+/// flock(2) without blocking; false when another holder conflicts.
+fn try_flock(f: &File, exclusive: bool) -> std::io::Result<bool> {
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    } | libc::LOCK_NB;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+        Ok(true)
+    } else {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(false)
+        } else {
+            Err(e)
+        }
+    }
+}
+
+/// A directory in `tmp/` that is removed unless `keep` is called.
+struct Stage {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+impl Repository {
+    /// Opens the repository at `root`, creating it if the directory is missing or empty.
+    pub fn open(root: impl Into<PathBuf>, opts: RepoOptions) -> Result<Repository> {
+        let root: PathBuf = root.into();
+        let desc_path = root.join(DESCRIPTOR);
+        if desc_path.exists() {
+            let d: Descriptor = read_json(&desc_path)?;
+            if d.format != FORMAT_NAME {
+                return Err(StoreError::Corrupt {
+                    path: desc_path,
+                    detail: format!("not a strata repository (format {:?})", d.format),
+                });
+            }
+            if d.version > FORMAT_VERSION {
+                return Err(StoreError::NewerFormat {
+                    path: desc_path,
+                    found: d.version,
+                    supported: FORMAT_VERSION,
+                });
+            }
+        } else {
+            fs::create_dir_all(&root).map_err(|e| StoreError::io("creating", &root, e))?;
+            let non_empty = fs::read_dir(&root)
+                .map_err(|e| StoreError::io("reading", &root, e))?
+                .next()
+                .is_some();
+            if non_empty {
+                return Err(StoreError::InvalidInput(format!(
+                    "{} is not a strata repository (no {DESCRIPTOR}) and is not empty; use an empty or new directory",
+                    root.display()
+                )));
+            }
+            for sub in ["images", "volumes", "tmp"] {
+                let p = root.join(sub);
+                fs::create_dir_all(&p).map_err(|e| StoreError::io("creating", &p, e))?;
+            }
+            let tmp = root.join(format!("tmp/{DESCRIPTOR}"));
+            write_json(
+                &tmp,
+                &Descriptor {
+                    format: FORMAT_NAME.into(),
+                    version: FORMAT_VERSION,
+                },
+            )?;
+            fs::rename(&tmp, &desc_path).map_err(|e| StoreError::io("creating", &desc_path, e))?;
+            sync_dir(&root)?;
+        }
+        let repo = Repository {
+            cache: Arc::new(ChunkCache::new(opts.cache_bytes, CHUNK)),
+            root,
+            images: Mutex::new(HashMap::new()),
+            volumes: Mutex::new(HashMap::new()),
+        };
+        repo.clean_stale_staging();
+        Ok(repo)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The shared image-chunk cache (for stats).
+    pub fn cache(&self) -> &Arc<ChunkCache> {
+        &self.cache
+    }
+
+    fn image_dir(&self, name: &str) -> PathBuf {
+        self.root.join("images").join(name)
+    }
+
+    fn volume_dir(&self, name: &str) -> PathBuf {
+        self.root.join("volumes").join(name)
+    }
+
+    /// Staging directories are named `<pid>-<seq>-<what>`; those of dead processes are junk.
+    fn clean_stale_staging(&self) {
+        let Ok(rd) = fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid: Option<i32> = name.split('-').next().and_then(|p| p.parse().ok());
+            // SAFETY: kill with signal 0 only checks for existence.
+            let alive = pid.is_some_and(
+                |p| unsafe { libc::kill(p, 0) } == 0 || p == std::process::id() as i32,
+            );
+            if pid.is_some() && !alive {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    fn stage(&self, what: &str) -> Result<Stage> {
+        let path = self.root.join("tmp").join(format!(
+            "{}-{}-{what}",
+            std::process::id(),
+            STAGE_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir(&path).map_err(|e| StoreError::io("creating", &path, e))?;
+        Ok(Stage { path, keep: false })
+    }
+
+    /// Holds the repository lock: names are added and removed one at a time.
+    fn lock_names(&self) -> Result<File> {
+        let p = self.root.join("lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| StoreError::io("opening", &p, e))?;
+        // SAFETY: flock on an fd we own; blocks until the lock is ours.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(StoreError::io(
+                "locking",
+                &p,
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(f)
+    }
+
+    fn list_names(&self, sub: &str) -> Result<Vec<String>> {
+        let dir = self.root.join(sub);
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .map_err(|e| StoreError::io("listing", &dir, e))?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| names::validate(n).is_ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    // ---- images ----
+
+    pub fn list_images(&self) -> Result<Vec<ImageMeta>> {
+        self.list_names("images")?
+            .iter()
+            .map(|n| self.image_meta(n))
+            .collect()
+    }
+
+    pub fn image_meta(&self, name: &str) -> Result<ImageMeta> {
+        names::validate(name)?;
+        let dir = self.image_dir(name);
+        if !dir.is_dir() {
+            return Err(StoreError::NotFound {
+                kind: "image",
+                name: name.into(),
+            });
+        }
+        read_json(&dir.join(IMAGE_META))
+    }
+
+    /// Volumes made from image `name`.
+    pub fn image_users(&self, name: &str) -> Result<Vec<String>> {
+        Ok(self
+            .list_volumes()?
+            .into_iter()
+            .filter(|v| v.image.as_deref() == Some(name))
+            .map(|v| v.name)
+            .collect())
+    }
+
+    pub fn image_info(&self, name: &str) -> Result<ImageInfo> {
+        Ok(ImageInfo {
+            meta: self.image_meta(name)?,
+            volumes: self.image_users(name)?,
+        })
+    }
+
+    /// Opens image `name`, sharing one instance per process.
+    pub fn open_image(&self, name: &str) -> Result<Arc<Image>> {
+        names::validate(name)?;
+        let mut images = self.images.lock();
+        if let Some(img) = images.get(name).and_then(Weak::upgrade) {
+            return Ok(img);
+        }
+        let dir = self.image_dir(name);
+        if !dir.is_dir() {
+            return Err(StoreError::NotFound {
+                kind: "image",
+                name: name.into(),
+            });
+        }
+        let img = Arc::new(Image::open(&dir, name, self.cache.clone())?);
+        images.insert(name.to_string(), Arc::downgrade(&img));
+        Ok(img)
+    }
+
+    /// Imports the disk image at `src` as golden image `name`.
+    pub fn import_image(
+        &self,
+        name: &str,
+        src: &Path,
+        format: SourceFormat,
+        progress: Progress,
+    ) -> Result<ImageMeta> {
+        names::validate(name)?;
+        if self.image_dir(name).exists() {
+            return Err(StoreError::Exists {
+                kind: "image",
+                name: name.into(),
+            });
+        }
+        let mut stage = self.stage("image")?;
+        let raw = match transfer::detect(src, format)? {
+            Detected::Raw => src.to_path_buf(),
+            Detected::Convert(fmt) => {
+                let out = stage.path.join("source.raw");
+                tracing::info!(source = %src.display(), format = fmt, "converting with qemu-img");
+                transfer::convert_to_raw(src, fmt, &out)?;
+                out
+            }
+        };
+        let len = transfer::raw_size(&raw)?;
+        let mut w = ImageWriter::create(&stage.path, len, CHUNK)?;
+        transfer::copy_raw_into(&raw, len, &mut w, CHUNK, progress)?;
+        let stored_bytes = w.finish()?;
+        if raw != src {
+            let _ = fs::remove_file(&raw);
+        }
+        let meta = ImageMeta {
+            name: name.into(),
+            virtual_size: len,
+            stored_bytes,
+            chunk_size: CHUNK as u64,
+            created: now(),
+            source: src.display().to_string(),
+        };
+        write_json(&stage.path.join(IMAGE_META), &meta)?;
+        let _lock = self.lock_names()?;
+        let dest = self.image_dir(name);
+        if dest.exists() {
+            return Err(StoreError::Exists {
+                kind: "image",
+                name: name.into(),
+            });
+        }
+        fs::rename(&stage.path, &dest).map_err(|e| StoreError::io("adding", &dest, e))?;
+        stage.keep = true;
+        sync_dir(&self.root.join("images"))?;
+        Ok(meta)
+    }
+
+    /// Removes image `name`; refused while any volume depends on it.
+    pub fn remove_image(&self, name: &str) -> Result<()> {
+        self.image_meta(name)?;
+        let _lock = self.lock_names()?;
+        let users = self.image_users(name)?;
+        if !users.is_empty() {
+            return Err(StoreError::InUse {
+                what: format!("image {name:?}"),
+                users: format!("volume(s) {}", users.join(", ")),
+                hint: "remove those volumes first",
+            });
+        }
+        self.images.lock().remove(name);
+        self.remove_dir_atomically(&self.image_dir(name), "rm-image")
+    }
+
+    fn remove_dir_atomically(&self, dir: &Path, what: &str) -> Result<()> {
+        let grave = self.root.join("tmp").join(format!(
+            "{}-{}-{what}",
+            std::process::id(),
+            STAGE_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::rename(dir, &grave).map_err(|e| StoreError::io("removing", dir, e))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+        fs::remove_dir_all(&grave).map_err(|e| StoreError::io("removing", &grave, e))
+    }
+
+    pub fn export_image(&self, name: &str, dest: &Path, progress: Progress) -> Result<()> {
+        let img = self.open_image(name)?;
+        let reader = format!("export of image {name:?}");
+        let cs = img.chunk_size() as u64;
+        transfer::export_raw(
+            dest,
+            img.len(),
+            &|buf, off| img.read_at(buf, off, &reader),
+            &|off, len| (off / cs..(off + len).div_ceil(cs)).any(|c| img.chunk_is_stored(c)),
+            progress,
+        )
+    }
+
+    // ---- volumes ----
+
+    pub fn list_volumes(&self) -> Result<Vec<VolumeMeta>> {
+        let mut out = Vec::new();
+        for n in self.list_names("volumes")? {
+            match self.volume_meta(&n) {
+                Ok(m) => out.push(m),
+                // Removed between listing and reading: not an error for a listing.
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn volume_meta(&self, name: &str) -> Result<VolumeMeta> {
+        names::validate(name)?;
+        let dir = self.volume_dir(name);
+        if !dir.is_dir() {
+            return Err(StoreError::NotFound {
+                kind: "volume",
+                name: name.into(),
+            });
+        }
+        read_json(&dir.join(VOLUME_META))
+    }
+
+    pub fn volume_info(&self, name: &str) -> Result<VolumeInfo> {
+        let meta = self.volume_meta(name)?;
+        let data = self.volume_dir(name).join(delta::DATA_FILE);
+        let delta_bytes = fs::metadata(&data)
+            .map(|m| m.blocks() * 512)
+            .map_err(|e| StoreError::io("reading", &data, e))?;
+        Ok(VolumeInfo { meta, delta_bytes })
+    }
+
+    /// Creates volume `name`: a clone of `from` (no data copied) or an empty volume.
+    /// `size` defaults to the image's; a clone may grow, never shrink.
+    pub fn create_volume(
+        &self,
+        name: &str,
+        from: Option<&str>,
+        size: Option<u64>,
+    ) -> Result<VolumeMeta> {
+        names::validate(name)?;
+        let image_size = match from {
+            Some(img) => Some(self.image_meta(img)?.virtual_size),
+            None => None,
+        };
+        let size = match (size, image_size) {
+            (Some(s), Some(i)) if s < i => {
+                return Err(StoreError::InvalidInput(format!(
+                    "size {s} is smaller than image {:?} ({i} bytes); a clone can grow, not shrink",
+                    from.unwrap_or_default()
+                )))
+            }
+            (Some(s), _) => s,
+            (None, Some(i)) => i,
+            (None, None) => {
+                return Err(StoreError::InvalidInput(
+                    "an empty volume needs --size".into(),
+                ))
+            }
+        };
+        if size == 0 || size % 512 != 0 {
+            return Err(StoreError::InvalidInput(format!(
+                "size {size} is not a positive multiple of 512 bytes"
+            )));
+        }
+        if self.volume_dir(name).exists() {
+            return Err(StoreError::Exists {
+                kind: "volume",
+                name: name.into(),
+            });
+        }
+        let mut stage = self.stage("volume")?;
+        let meta = VolumeMeta {
+            name: name.into(),
+            size,
+            image: from.map(str::to_string),
+            created: now(),
+        };
+        write_json(&stage.path.join(VOLUME_META), &meta)?;
+        Delta::create(
+            Arc::new(FsDir::new(&stage.path)),
+            format!("volume {name:?}"),
+        )?;
+        let _lock = self.lock_names()?;
+        if let Some(img) = from {
+            // The image might have been removed while we staged.
+            self.image_meta(img)?;
+        }
+        let dest = self.volume_dir(name);
+        if dest.exists() {
+            return Err(StoreError::Exists {
+                kind: "volume",
+                name: name.into(),
+            });
+        }
+        fs::rename(&stage.path, &dest).map_err(|e| StoreError::io("adding", &dest, e))?;
+        stage.keep = true;
+        sync_dir(&self.root.join("volumes"))?;
+        Ok(meta)
+    }
+
+    /// Opens volume `name`. One process at a time may open a volume for writing (or several
+    /// read-only); within a process, all callers share one instance.
+    pub fn open_volume(&self, name: &str, read_only: bool) -> Result<Arc<Volume>> {
+        let meta = self.volume_meta(name)?;
+        let mut volumes = self.volumes.lock();
+        if let Some(v) = volumes.get(name).and_then(Weak::upgrade) {
+            if v.is_read_only() && !read_only {
+                return Err(StoreError::InUse {
+                    what: format!("volume {name:?}"),
+                    users: "a read-only user in this process".into(),
+                    hint: "close it first",
+                });
+            }
+            return Ok(v);
+        }
+        let dir = self.volume_dir(name);
+        let data = dir.join(delta::DATA_FILE);
+        let lock = File::open(&data).map_err(|e| StoreError::io("opening", &data, e))?;
+        if !try_flock(&lock, !read_only).map_err(|e| StoreError::io("locking", &data, e))? {
+            return Err(StoreError::InUse {
+                what: format!("volume {name:?}"),
+                users: "another strata process (a mount or a server)".into(),
+                hint: "stop it first, or work through it",
+            });
+        }
+        let base = match &meta.image {
+            Some(img) => Some(self.open_image(img)?),
+            None => None,
+        };
+        let delta = Delta::open(Arc::new(FsDir::new(&dir)), format!("volume {name:?}"))?;
+        let v = Arc::new(Volume::new(
+            name,
+            meta.size,
+            base,
+            delta,
+            read_only,
+            Some(lock),
+        ));
+        volumes.insert(name.to_string(), Arc::downgrade(&v));
+        Ok(v)
+    }
+
+    /// Removes volume `name`; refused while it is open here or in another process.
+    pub fn remove_volume(&self, name: &str) -> Result<()> {
+        self.volume_meta(name)?;
+        let _lock = self.lock_names()?;
+        let in_use = || StoreError::InUse {
+            what: format!("volume {name:?}"),
+            users: "an open mount, server or export".into(),
+            hint: "stop it first",
+        };
+        if self
+            .volumes
+            .lock()
+            .get(name)
+            .and_then(Weak::upgrade)
+            .is_some()
+        {
+            return Err(in_use());
+        }
+        let dir = self.volume_dir(name);
+        let data = dir.join(delta::DATA_FILE);
+        let f = File::open(&data).map_err(|e| StoreError::io("opening", &data, e))?;
+        if !try_flock(&f, true).map_err(|e| StoreError::io("locking", &data, e))? {
+            return Err(in_use());
+        }
+        self.remove_dir_atomically(&dir, "rm-volume")
+    }
+
+    pub fn export_volume(&self, name: &str, dest: &Path, progress: Progress) -> Result<()> {
+        let v = self.open_volume(name, true)?;
+        transfer::export_raw(
+            dest,
+            v.len(),
+            &|buf, off| v.read_at(buf, off),
+            &|_, _| true,
+            progress,
+        )
+    }
+}
+
+/// The image directory layout's file names, for tools and tests that inspect a repository.
+pub mod layout {
+    pub use super::super::delta::DATA_FILE as VOLUME_DATA;
+    pub use super::super::image::{DATA_FILE as IMAGE_DATA, INDEX_FILE as IMAGE_INDEX};
+}

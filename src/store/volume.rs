@@ -1,0 +1,277 @@
+//! The Volume API every layer above uses: `read_at`, `write_at`, `discard`, `flush`, `len`.
+//!
+//! A volume is a delta layer over an optional golden image. The delta's map is consulted
+//! under a short read lock; blocks the delta does not hold are then read from the image
+//! without any volume lock (the image is immutable). Writes and discards take the write lock
+//! of this one volume only: volumes never wait on each other.
+//! Offsets and lengths are in bytes and need no alignment; partial blocks are merged here.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::delta::{BaseRange, Delta};
+use super::error::{Result, StoreError};
+use super::format::BLOCK;
+use super::image::Image;
+
+const B: u64 = BLOCK as u64;
+
+pub struct Volume {
+    name: String,
+    label: String,
+    len: u64,
+    base: Option<Arc<Image>>,
+    delta: RwLock<Delta>,
+    read_only: bool,
+    /// Keeps the cross-process lock (flock on the data file) for as long as it is open.
+    _lock: Option<std::fs::File>,
+}
+
+impl Volume {
+    pub(crate) fn new(
+        name: &str,
+        len: u64,
+        base: Option<Arc<Image>>,
+        delta: Delta,
+        read_only: bool,
+        lock: Option<std::fs::File>,
+    ) -> Volume {
+        Volume {
+            name: name.to_string(),
+            label: format!("volume {name:?}"),
+            len,
+            base,
+            delta: RwLock::new(delta),
+            read_only,
+            _lock: lock,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Size in bytes (a multiple of 512).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The golden image below, if any.
+    pub fn image(&self) -> Option<&Arc<Image>> {
+        self.base.as_ref()
+    }
+
+    /// Bytes held in this volume's own delta.
+    pub fn delta_bytes(&self) -> u64 {
+        self.delta.read().stored_blocks() * B
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> Result<()> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(StoreError::OutOfRange {
+                what: self.label.clone(),
+                offset,
+                len: len as u64,
+                size: self.len,
+            }),
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset`.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if offset % B == 0 && buf.len() % BLOCK == 0 {
+            return self.read_blocks(offset / B, buf);
+        }
+        let first = offset / B;
+        let end = (offset + buf.len() as u64).div_ceil(B);
+        let mut tmp = vec![0u8; ((end - first) * B) as usize];
+        self.read_blocks(first, &mut tmp)?;
+        let skip = (offset - first * B) as usize;
+        buf.copy_from_slice(&tmp[skip..skip + buf.len()]);
+        Ok(())
+    }
+
+    /// Reads whole blocks; the image part is read after the volume lock is released.
+    fn read_blocks(&self, first: u64, buf: &mut [u8]) -> Result<()> {
+        let mut below: Vec<BaseRange> = Vec::new();
+        self.delta.read().read(first, buf, &mut below)?;
+        self.read_below(first, buf, &below)
+    }
+
+    fn read_below(&self, first: u64, buf: &mut [u8], below: &[BaseRange]) -> Result<()> {
+        for &(off, len) in below {
+            let out = &mut buf[off..off + len];
+            match &self.base {
+                Some(img) => img.read_at(out, first * B + off as u64, &self.label)?,
+                None => out.fill(0),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` at `offset`. Durable after the next `flush`.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len())?;
+        if self.read_only {
+            return Err(StoreError::ReadOnly {
+                what: self.label.clone(),
+            });
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if offset % B == 0 && buf.len() % BLOCK == 0 {
+            return self.delta.write().write(offset / B, buf);
+        }
+        // Partial blocks: read the covering blocks, merge, write them back, all under the
+        // write lock so no other writer slips in between.
+        let first = offset / B;
+        let end = (offset + buf.len() as u64).div_ceil(B);
+        let mut tmp = vec![0u8; ((end - first) * B) as usize];
+        let mut delta = self.delta.write();
+        let mut below = Vec::new();
+        {
+            // Only the head and tail blocks need their old contents.
+            let last = tmp.len() - BLOCK;
+            delta.read(first, &mut tmp[..BLOCK], &mut below)?;
+            self.read_below(first, &mut tmp[..BLOCK], &below)?;
+            if last > 0 {
+                below.clear();
+                delta.read(end - 1, &mut tmp[last..], &mut below)?;
+                self.read_below(end - 1, &mut tmp[last..], &below)?;
+            }
+        }
+        let skip = (offset - first * B) as usize;
+        tmp[skip..skip + buf.len()].copy_from_slice(buf);
+        delta.write(first, &tmp)
+    }
+
+    /// Discards `len` bytes at `offset`: the range then reads as zeros (LBPRZ) and whole
+    /// blocks give their delta space back after the next flush.
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len as usize)?;
+        if self.read_only {
+            return Err(StoreError::ReadOnly {
+                what: self.label.clone(),
+            });
+        }
+        let end = offset + len;
+        let first_full = offset.div_ceil(B);
+        let end_full = end / B;
+        if first_full >= end_full {
+            return self.write_zeros(offset, len);
+        }
+        if offset < first_full * B {
+            self.write_zeros(offset, first_full * B - offset)?;
+        }
+        if end > end_full * B {
+            self.write_zeros(end_full * B, end - end_full * B)?;
+        }
+        let base = self.base.clone();
+        let cs = base.as_ref().map_or(1, |b| b.chunk_size() as u64);
+        self.delta
+            .write()
+            .discard(first_full, end_full - first_full, |block| {
+                base.as_ref()
+                    .is_some_and(|img| img.chunk_is_stored(block * B / cs))
+            });
+        Ok(())
+    }
+
+    fn write_zeros(&self, offset: u64, len: u64) -> Result<()> {
+        self.write_at(&vec![0u8; len as usize], offset)
+    }
+
+    /// Makes every write and discard completed before this call durable.
+    pub fn flush(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.delta.write().flush()
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        if !self.read_only && self.delta.get_mut().is_dirty() {
+            if let Err(e) = self.delta.get_mut().flush() {
+                tracing::error!(volume = %self.name, error = %e, "flush on close failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::backend::MemDir;
+
+    fn mem_volume(len: u64) -> (MemDir, Volume) {
+        let dir = MemDir::new();
+        let d = Delta::create(Arc::new(dir.clone()), "volume \"t\"".into()).unwrap();
+        (dir, Volume::new("t", len, None, d, false, None))
+    }
+
+    #[test]
+    fn unaligned_writes_merge_with_neighbours() {
+        let (_d, v) = mem_volume(1 << 20);
+        v.write_at(&[1u8; 10_000], 100).unwrap();
+        v.write_at(&[2u8; 3], 4095).unwrap();
+        let mut buf = vec![9u8; 12_000];
+        v.read_at(&mut buf, 0).unwrap();
+        assert!(buf[..100].iter().all(|&b| b == 0));
+        assert!(buf[100..4095].iter().all(|&b| b == 1));
+        assert_eq!(&buf[4095..4098], &[2, 2, 2]);
+        assert!(buf[4098..10_100].iter().all(|&b| b == 1));
+        assert!(buf[10_100..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn access_beyond_the_end_is_refused() {
+        let (_d, v) = mem_volume(8192);
+        let mut buf = vec![0u8; 512];
+        assert!(matches!(
+            v.read_at(&mut buf, 8192 - 511),
+            Err(StoreError::OutOfRange { .. })
+        ));
+        assert!(v.write_at(&buf, u64::MAX - 10).is_err());
+        v.read_at(&mut buf, 8192 - 512).unwrap();
+    }
+
+    #[test]
+    fn discard_reads_back_zeros_including_partial_blocks() {
+        let (_d, v) = mem_volume(64 * 1024);
+        v.write_at(&vec![7u8; 64 * 1024], 0).unwrap();
+        v.discard(1000, 20_000).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        v.read_at(&mut buf, 0).unwrap();
+        assert!(buf[..1000].iter().all(|&b| b == 7));
+        assert!(buf[1000..21_000].iter().all(|&b| b == 0));
+        assert!(buf[21_000..].iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn flipped_delta_byte_is_an_error_naming_volume_and_offset() {
+        let (dir, v) = mem_volume(1 << 20);
+        v.write_at(&[5u8; 4096], 3 * 4096).unwrap();
+        v.flush().unwrap();
+        dir.file("data").unwrap().corrupt(17, 0x40);
+        let mut buf = vec![0u8; 4096];
+        let e = v.read_at(&mut buf, 3 * 4096).unwrap_err().to_string();
+        assert!(e.contains("volume \"t\"") && e.contains("12288"), "{e}");
+    }
+}
