@@ -5,4 +5,5 @@
 
 pub mod disk;
 pub mod fuse;
+pub mod iscsi;
 pub mod store;

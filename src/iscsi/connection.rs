@@ -1,0 +1,1240 @@
+//! One TCP connection: the login phase, then the full-feature loop.
+//!
+//! Shape: this task reads PDUs and dispatches them; a writer task owns the socket's write
+//! half, StatSN and the ExpCmdSN/MaxCmdSN fields of everything sent, and batches PDUs into
+//! few writes (header, data and digest pieces go out through one buffered writer). Each
+//! SCSI command runs as its own task, its volume I/O on the blocking pool, so commands of a
+//! connection execute concurrently and complete in any order. Writes collect their data
+//! here (immediate, unsolicited, then R2T-solicited with up to MaxOutstandingR2T bursts
+//! outstanding) before they are dispatched. Memory per connection is bounded by the
+//! negotiated lengths, the CmdSN window and the largest transfer.
+//!
+//! Bad input never panics: a malformed PDU gets a Reject, a PDU that breaks framing or a
+//! header digest error drops the connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use super::login::{Established, Login, SessionType};
+use super::pdu::{self, op, reject, Bhs, FrameLimits, Pdu, PduError, RESERVED_TAG};
+use super::scsi::sense::{self, status};
+use super::scsi::{self, LogicalUnit, Nexus, Outcome, Request, Response};
+use super::server::ServerCtx;
+use super::session::{sn_gt, sn_lt, SessionKey};
+use super::text;
+use super::tmf;
+
+/// Largest Data-In chunk read from the volume at once while streaming a read.
+const READ_CHUNK: usize = 1 << 20;
+const READ_BUF_INITIAL: usize = 16 * 1024;
+const READ_BUF_IDLE_MAX: usize = 64 * 1024;
+const WRITE_BUF: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad PDU: {0}")]
+    Pdu(#[from] PduError),
+    #[error("connection closed mid-PDU")]
+    Truncated,
+    #[error("login timed out")]
+    LoginTimeout,
+}
+
+/// Reads whole PDUs from a byte stream.
+pub struct PduReader<R> {
+    rd: R,
+    buf: BytesMut,
+    pub lim: FrameLimits,
+}
+
+pub enum Frame {
+    Pdu(Pdu),
+    /// A PDU whose data digest failed: its header, to be rejected.
+    BadData(Bhs),
+}
+
+impl<R: AsyncRead + Unpin> PduReader<R> {
+    pub fn new(rd: R, lim: FrameLimits) -> Self {
+        PduReader {
+            rd,
+            buf: BytesMut::with_capacity(READ_BUF_INITIAL),
+            lim,
+        }
+    }
+
+    /// The next PDU, or `None` at a clean end of stream.
+    pub async fn next(&mut self) -> Result<Option<Frame>, ConnError> {
+        loop {
+            if let Some(n) = pdu::check(&self.buf, &self.lim)? {
+                let frame = self.buf.split_to(n).freeze();
+                if self.buf.is_empty() && self.buf.capacity() > READ_BUF_IDLE_MAX {
+                    self.buf = BytesMut::with_capacity(READ_BUF_INITIAL);
+                }
+                return match pdu::parse(frame.clone(), &self.lim) {
+                    Ok(p) => Ok(Some(Frame::Pdu(p))),
+                    Err(PduError::DataDigest { .. }) => Ok(Some(Frame::BadData(
+                        Bhs::from_slice(&frame).ok_or(ConnError::Truncated)?,
+                    ))),
+                    Err(e) => Err(e.into()),
+                };
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(64 * 1024);
+            }
+            if self.rd.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ConnError::Truncated)
+                };
+            }
+        }
+    }
+}
+
+/// How the writer fills StatSN into an outgoing PDU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sn {
+    /// Carries status: gets the next StatSN, which then advances.
+    Advance,
+    /// Carries the current StatSN without advancing (R2T, NOP-In pings).
+    Current,
+    /// StatSN is reserved (Data-In without status).
+    Reserved,
+}
+
+pub struct OutPdu {
+    pub bhs: Bhs,
+    pub start: usize,
+    pub end: usize,
+    pub sn: Sn,
+}
+
+/// One message to the writer: PDUs whose data segments are ranges of one buffer.
+pub struct Out {
+    pub pdus: Vec<OutPdu>,
+    pub data: Bytes,
+}
+
+impl Out {
+    pub fn one(bhs: Bhs, data: Bytes, sn: Sn) -> Out {
+        let end = data.len();
+        Out {
+            pdus: vec![OutPdu {
+                bhs,
+                start: 0,
+                end,
+                sn,
+            }],
+            data,
+        }
+    }
+}
+
+/// The CmdSN window, shared by the reader (arrivals) and the writer (the fields it sends).
+pub struct Window {
+    base: u32,
+    depth: u32,
+    arrived: AtomicU32,
+    completed: AtomicU32,
+}
+
+impl Window {
+    fn new(exp: u32, depth: u32) -> Window {
+        Window {
+            base: exp,
+            depth,
+            arrived: AtomicU32::new(0),
+            completed: AtomicU32::new(0),
+        }
+    }
+    pub fn exp_cmd_sn(&self) -> u32 {
+        self.base.wrapping_add(self.arrived.load(Ordering::Acquire))
+    }
+    pub fn max_cmd_sn(&self) -> u32 {
+        self.base
+            .wrapping_add(self.completed.load(Ordering::Acquire))
+            .wrapping_add(self.depth)
+            .wrapping_sub(1)
+    }
+    fn arrive(&self) {
+        self.arrived.fetch_add(1, Ordering::AcqRel);
+    }
+    fn complete(&self) {
+        self.completed.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+async fn writer<W: AsyncWrite + Unpin>(
+    wr: W,
+    mut rx: mpsc::Receiver<Out>,
+    window: Arc<Window>,
+    mut stat_sn: u32,
+    hd: bool,
+    dd: bool,
+) -> std::io::Result<()> {
+    let mut w = BufWriter::with_capacity(WRITE_BUF, wr);
+    while let Some(mut msg) = rx.recv().await {
+        loop {
+            for p in &mut msg.pdus {
+                match p.sn {
+                    Sn::Advance => {
+                        p.bhs.set_u32(24, stat_sn);
+                        stat_sn = stat_sn.wrapping_add(1);
+                    }
+                    Sn::Current => p.bhs.set_u32(24, stat_sn),
+                    Sn::Reserved => {}
+                }
+                p.bhs.set_u32(28, window.exp_cmd_sn());
+                p.bhs.set_u32(32, window.max_cmd_sn());
+                let data = &msg.data[p.start..p.end];
+                let f = pdu::frame(&p.bhs, data, hd, dd);
+                w.write_all(f.head()).await?;
+                w.write_all(data).await?;
+                w.write_all(f.tail()).await?;
+            }
+            match rx.try_recv() {
+                Ok(m) => msg = m,
+                Err(_) => break,
+            }
+        }
+        w.flush().await?;
+    }
+    w.flush().await?;
+    w.shutdown().await
+}
+
+fn set_keepalive(sock: &TcpStream) {
+    let fd = sock.as_raw_fd();
+    let set = |level: i32, name: i32, val: i32| {
+        // SAFETY: setsockopt on a socket we own with a valid int option.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                &val as *const i32 as *const libc::c_void,
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 15);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4);
+    let _ = sock.set_nodelay(true);
+}
+
+/// Serves one accepted connection to its end.
+pub async fn run(ctx: Arc<ServerCtx>, sock: TcpStream, peer: SocketAddr) {
+    set_keepalive(&sock);
+    let local = sock.local_addr().ok();
+    let (rd, mut wr) = sock.into_split();
+    let mut reader = PduReader::new(
+        rd,
+        FrameLimits {
+            header_digest: false,
+            data_digest: false,
+            max_data: 8192,
+        },
+    );
+    let mut login = Login::new(ctx.opts.limits.clone());
+    let deadline = Instant::now() + ctx.opts.login_timeout;
+    // ---- login phase ----
+    let est: Established = loop {
+        let frame = match tokio::time::timeout_at(deadline, reader.next()).await {
+            Ok(Ok(Some(Frame::Pdu(p)))) => p,
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(Frame::BadData(_)))) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "login: connection dropped");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "login timed out");
+                return;
+            }
+        };
+        match login.step(&frame, &ctx.exports) {
+            Ok(step) if !step.done => {
+                let bytes = pdu::encode(&step.bhs, &step.data, false, false);
+                if wr.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            Ok(step) => {
+                // Admit the session (reinstating an old one if needed), then answer.
+                break match finish_login(&ctx, &login, step, &frame.bhs, &mut wr).await {
+                    Some(e) => e,
+                    None => return,
+                };
+            }
+            Err(f) => {
+                tracing::info!(%peer, initiator = ?login.initiator(), reason = %f.reason, "login refused");
+                let b = login.failure_response(&frame.bhs, &f);
+                let _ = wr.write_all(&pdu::encode(&b, &[], false, false)).await;
+                let _ = wr.shutdown().await;
+                return;
+            }
+        }
+    };
+    full_feature(ctx, reader, wr, est, peer, local).await;
+}
+
+/// Final login step: session admission, the LU, and the final response. Returns None when
+/// the login failed (a failure response has been sent).
+async fn finish_login<W: AsyncWrite + Unpin>(
+    ctx: &Arc<ServerCtx>,
+    login: &Login,
+    step: super::login::Step,
+    req: &Bhs,
+    wr: &mut W,
+) -> Option<Established> {
+    let est = login.established(0)?;
+    // Discovery sessions are not tracked (no reinstatement semantics matter for them).
+    let tsih = if est.session_type == SessionType::Normal {
+        // Pre-check the volume opens, so a failure is a login failure, not a dead session.
+        if let Some(e) = &est.export {
+            let c2 = ctx.clone();
+            let e2 = e.clone();
+            match tokio::task::spawn_blocking(move || c2.logical_unit(&e2)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => {
+                    tracing::error!(volume = %e.volume, error = %err, "cannot open volume");
+                    let f = super::login::LoginFailure {
+                        class: 3,
+                        detail: 1,
+                        reason: err.to_string(),
+                    };
+                    let b = login.failure_response(req, &f);
+                    let _ = wr.write_all(&pdu::encode(&b, &[], false, false)).await;
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+        login.requested_tsih()
+    } else {
+        0
+    };
+    let mut bhs = step.bhs;
+    let mut est = est;
+    est.tsih = tsih;
+    bhs.set_u16(14, tsih);
+    est.stat_sn = bhs.u32_at(24).wrapping_add(1);
+    // Sent by `full_feature` once the session is admitted and its TSIH known.
+    est.final_response = Some((bhs, step.data));
+    Some(est)
+}
+
+async fn full_feature<R, W>(
+    ctx: Arc<ServerCtx>,
+    mut reader: PduReader<R>,
+    mut wr: W,
+    mut est: Established,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let Some((mut final_bhs, final_data)) = est.final_response.take() else {
+        return;
+    };
+    // Admit (and reinstate) the session, then send the final login response.
+    let guard = match &est.export {
+        Some(e) if est.session_type == SessionType::Normal => {
+            match ctx
+                .sessions
+                .admit(SessionKey::new(&est.initiator, est.isid, &e.iqn), est.tsih, est.cid)
+                .await
+            {
+                Ok(g) => Some(g),
+                Err(f) => {
+                    final_bhs.set_flags(final_bhs.flags() & !0x83);
+                    final_bhs.0[36] = f.class;
+                    final_bhs.0[37] = f.detail;
+                    let _ = wr
+                        .write_all(&pdu::encode(&final_bhs, &[], false, false))
+                        .await;
+                    tracing::info!(%peer, reason = %f.reason, "login refused");
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
+    let tsih = guard.as_ref().map_or(1, |g| g.tsih);
+    final_bhs.set_u16(14, tsih);
+    if wr
+        .write_all(&pdu::encode(&final_bhs, &final_data, false, false))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let lu = match (&est.export, est.session_type) {
+        (Some(e), SessionType::Normal) => match ctx.logical_unit(e) {
+            Ok(lu) => Some(lu),
+            Err(_) => return,
+        },
+        _ => None,
+    };
+    let p = est.params.clone();
+    tracing::info!(
+        %peer, initiator = %est.initiator, target = ?est.export.as_ref().map(|e| &e.iqn),
+        tsih, header_digest = p.header_digest, data_digest = p.data_digest,
+        max_send = p.max_send_data, "session started"
+    );
+    reader.lim = FrameLimits {
+        header_digest: p.header_digest,
+        data_digest: p.data_digest,
+        max_data: p.max_recv_data as usize,
+    };
+    let window = Arc::new(Window::new(est.cmd_sn, ctx.opts.queue_depth));
+    let (tx, rx) = mpsc::channel::<Out>(64);
+    let w_task = tokio::spawn(writer(
+        wr,
+        rx,
+        window.clone(),
+        est.stat_sn,
+        p.header_digest,
+        p.data_digest,
+    ));
+    let nexus = Nexus {
+        id: ctx.nexus_id(),
+        initiator: est.initiator.clone(),
+        isid: est.isid,
+    };
+    if let Some(lu) = &lu {
+        lu.attach(&nexus);
+    }
+    let mut conn = Conn {
+        ctx: ctx.clone(),
+        tx,
+        window,
+        params: p,
+        lu: lu.clone(),
+        nexus: nexus.clone(),
+        session_type: est.session_type,
+        initiator: est.initiator.clone(),
+        target: est.export.as_ref().map(|e| e.iqn.clone()),
+        local,
+        tasks: Arc::new(Mutex::new(HashMap::new())),
+        inflight: Arc::new((AtomicUsize::new(0), Notify::new())),
+        writes: HashMap::new(),
+        next_ttt: 1,
+        text_pending: None,
+    };
+    let mut stop = guard.as_ref().map(|g| g.stop.clone());
+    let mut shutdown = ctx.shutdown.clone();
+    let mut last_rx = Instant::now();
+    let mut ping: Option<(u32, Instant)> = None;
+    let mut pings_answered = false;
+    let nop_interval = ctx.opts.nop_interval;
+    let nop_timeout = ctx.opts.nop_timeout;
+    let reason: &str = loop {
+        let next_tick = match ping {
+            Some((_, sent)) => sent + nop_timeout,
+            None => last_rx + nop_interval,
+        };
+        tokio::select! {
+            f = reader.next() => {
+                last_rx = Instant::now();
+                match f {
+                    Ok(Some(Frame::Pdu(pdu))) => {
+                        if pdu.bhs.opcode() == op::NOP_OUT && pdu.bhs.itt() == RESERVED_TAG {
+                            if let Some((ttt, _)) = ping {
+                                if pdu.bhs.ttt() == ttt {
+                                    ping = None;
+                                    pings_answered = true;
+                                }
+                            }
+                        }
+                        match conn.handle(pdu).await {
+                            Ok(Flow::Continue) => {}
+                            Ok(Flow::Close(why)) => break why,
+                            Err(()) => break "writer gone",
+                        }
+                    }
+                    Ok(Some(Frame::BadData(bhs))) => {
+                        tracing::warn!(%peer, "data digest error");
+                        conn.reject(&bhs, reject::DATA_DIGEST_ERROR).await;
+                    }
+                    Ok(None) => break "closed by initiator",
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "dropping connection");
+                        break "protocol error";
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(next_tick) => {
+                match ping {
+                    Some(_) if pings_answered => break "initiator stopped answering NOP-In",
+                    Some(_) => { ping = None; last_rx = Instant::now(); }
+                    None => {
+                        let ttt = conn.next_ttt();
+                        let mut b = Bhs::new(op::NOP_IN);
+                        b.set_flags(pdu::FLAG_FINAL);
+                        b.set_itt(RESERVED_TAG);
+                        b.set_u32(20, ttt);
+                        if conn.tx.send(Out::one(b, Bytes::new(), Sn::Current)).await.is_err() {
+                            break "writer gone";
+                        }
+                        ping = Some((ttt, Instant::now()));
+                    }
+                }
+            }
+            _ = async { match stop.as_mut() { Some(s) => { let _ = s.changed().await; } None => std::future::pending().await } } => {
+                break "session reinstated";
+            }
+            _ = shutdown.changed() => break "server shutting down",
+        }
+    };
+    tracing::info!(%peer, initiator = %est.initiator, reason, "session ending");
+    // In-flight commands finish and their responses go out before the socket closes.
+    conn.drain().await;
+    if let Some(lu) = &lu {
+        lu.detach(&nexus);
+    }
+    drop(conn);
+    let _ = w_task.await;
+    drop(guard);
+}
+
+pub enum Flow {
+    Continue,
+    Close(&'static str),
+}
+
+struct TaskInfo {
+    lun: u64,
+    cmd_sn: u32,
+    abort: tokio::task::AbortHandle,
+}
+
+/// A write collecting its Data-Out.
+struct PendingWrite {
+    bhs: Bhs,
+    buf: Vec<u8>,
+    edtl: usize,
+    received: usize,
+    /// End of the unsolicited (immediate + first burst) part.
+    unsolicited_end: usize,
+    unsolicited_done: bool,
+    /// Next offset to solicit with an R2T.
+    next_r2t: usize,
+    r2t_sn: u32,
+    /// Outstanding R2Ts: (TTT, offset, length, bytes received).
+    r2ts: VecDeque<(u32, usize, usize, usize)>,
+}
+
+pub struct Conn {
+    ctx: Arc<ServerCtx>,
+    pub tx: mpsc::Sender<Out>,
+    window: Arc<Window>,
+    params: text::SessionParams,
+    lu: Option<Arc<LogicalUnit>>,
+    nexus: Nexus,
+    session_type: SessionType,
+    initiator: String,
+    target: Option<String>,
+    local: Option<SocketAddr>,
+    tasks: Arc<Mutex<HashMap<u32, TaskInfo>>>,
+    inflight: Arc<(AtomicUsize, Notify)>,
+    writes: HashMap<u32, PendingWrite>,
+    next_ttt: u32,
+    /// SendTargets text that did not fit in one response: (TTT, remaining bytes).
+    text_pending: Option<(u32, Vec<u8>)>,
+}
+
+fn response_header(opcode: u8, itt: u32) -> Bhs {
+    let mut b = Bhs::new(opcode);
+    b.set_flags(pdu::FLAG_FINAL);
+    b.set_itt(itt);
+    b
+}
+
+impl Conn {
+    fn next_ttt(&mut self) -> u32 {
+        let t = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == RESERVED_TAG {
+            self.next_ttt = 1;
+        }
+        t
+    }
+
+    async fn send(&self, out: Out) -> Result<(), ()> {
+        self.tx.send(out).await.map_err(|_| ())
+    }
+
+    pub async fn reject(&self, bhs: &Bhs, reason: u8) {
+        let mut b = response_header(op::REJECT, RESERVED_TAG);
+        b.0[2] = reason;
+        let _ = self
+            .send(Out::one(b, Bytes::copy_from_slice(&bhs.0), Sn::Advance))
+            .await;
+    }
+
+    /// Applies CmdSN windowing to a non-immediate PDU; false when it must be ignored.
+    fn accept_cmd_sn(&self, bhs: &Bhs) -> bool {
+        if bhs.immediate() {
+            return true;
+        }
+        let sn = bhs.cmd_sn();
+        let exp = self.window.exp_cmd_sn();
+        let max = self.window.max_cmd_sn();
+        if sn_lt(sn, exp) || sn_gt(sn, max) {
+            tracing::debug!(sn, exp, max, "CmdSN outside window: ignored");
+            return false;
+        }
+        // One connection per session: commands arrive in order; a gap cannot be filled
+        // later, so the window moves past it.
+        let mut n = sn.wrapping_sub(exp);
+        while n > 0 {
+            self.window.arrive();
+            self.window.complete();
+            n -= 1;
+        }
+        self.window.arrive();
+        true
+    }
+
+    fn complete_non_scsi(&self, bhs: &Bhs) {
+        if !bhs.immediate() {
+            self.window.complete();
+        }
+    }
+
+    pub async fn handle(&mut self, pdu: Pdu) -> Result<Flow, ()> {
+        let b = &pdu.bhs;
+        match b.opcode() {
+            op::SCSI_CMD => {
+                if self.session_type != SessionType::Normal {
+                    self.reject(b, reject::PROTOCOL_ERROR).await;
+                    return Ok(Flow::Continue);
+                }
+                if !self.accept_cmd_sn(b) {
+                    return Ok(Flow::Continue);
+                }
+                self.scsi_command(pdu).await?;
+            }
+            op::DATA_OUT => self.data_out(pdu).await?,
+            op::NOP_OUT => {
+                if b.itt() != RESERVED_TAG {
+                    if !self.accept_cmd_sn(b) {
+                        return Ok(Flow::Continue);
+                    }
+                    let mut r = response_header(op::NOP_IN, b.itt());
+                    r.set_lun(b.lun());
+                    r.set_u32(20, RESERVED_TAG);
+                    self.complete_non_scsi(b);
+                    let data = pdu.data.slice(..pdu.data.len().min(self.params.max_send_data as usize));
+                    self.send(Out::one(r, data, Sn::Advance)).await?;
+                }
+            }
+            op::TEXT_REQ => {
+                if !self.accept_cmd_sn(b) {
+                    return Ok(Flow::Continue);
+                }
+                self.text(pdu).await?;
+            }
+            op::TMF_REQ => {
+                if !self.accept_cmd_sn(b) {
+                    return Ok(Flow::Continue);
+                }
+                let resp = tmf::execute(self, b).await;
+                self.complete_non_scsi(b);
+                let mut r = response_header(op::TMF_RESP, b.itt());
+                r.0[2] = resp.code;
+                self.send(Out::one(r, Bytes::new(), Sn::Advance)).await?;
+                if resp.close {
+                    return Ok(Flow::Close("target cold reset"));
+                }
+            }
+            op::LOGOUT_REQ => {
+                if !self.accept_cmd_sn(b) {
+                    return Ok(Flow::Continue);
+                }
+                let reason = b.flags() & 0x7f;
+                self.drain().await;
+                self.complete_non_scsi(b);
+                let mut r = response_header(op::LOGOUT_RESP, b.itt());
+                // Reason 2 (remove connection for recovery) is meaningless at ERL 0.
+                r.0[2] = if reason == 2 { 2 } else { 0 };
+                r.set_u16(40, self.params.default_time2wait as u16);
+                r.set_u16(42, self.params.default_time2retain as u16);
+                self.send(Out::one(r, Bytes::new(), Sn::Advance)).await?;
+                return Ok(Flow::Close("logout"));
+            }
+            op::SNACK => self.reject(b, reject::COMMAND_NOT_SUPPORTED).await,
+            op::LOGIN_REQ => {
+                self.reject(b, reject::PROTOCOL_ERROR).await;
+                return Ok(Flow::Close("login PDU in full feature phase"));
+            }
+            _ => self.reject(b, reject::COMMAND_NOT_SUPPORTED).await,
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn scsi_command(&mut self, pdu: Pdu) -> Result<(), ()> {
+        let b = pdu.bhs.clone();
+        let flags = b.flags();
+        let write = flags & 0x20 != 0;
+        let edtl = b.u32_at(20) as usize;
+        let itt = b.itt();
+        if self.tasks.lock().contains_key(&itt) || self.writes.contains_key(&itt) {
+            self.reject(&b, reject::TASK_IN_PROGRESS).await;
+            return Ok(());
+        }
+        let imm = pdu.data.len();
+        if imm > 0 && (!self.params.immediate_data || !write || imm > edtl
+            || imm > self.params.first_burst_length as usize)
+        {
+            self.reject(&b, reject::PROTOCOL_ERROR).await;
+            if !b.immediate() {
+                self.window.complete();
+            }
+            return Ok(());
+        }
+        if write && edtl > 0 {
+            let max = scsi::MAX_TRANSFER_BLOCKS as usize * scsi::BLOCK_SIZE as usize * 2 + 4096;
+            if edtl > max {
+                // Too big to buffer: fail it (the data that follows is ignored).
+                let resp = Response::check(sense::invalid_cdb_field(0, None));
+                self.finish_response(&b, resp, 0).await?;
+                if !b.immediate() {
+                    self.window.complete();
+                }
+                return Ok(());
+            }
+            let unsolicited_end = if self.params.initial_r2t {
+                imm
+            } else {
+                edtl.min(self.params.first_burst_length as usize).max(imm)
+            };
+            let unsolicited_done = flags & pdu::FLAG_FINAL != 0 || imm >= unsolicited_end;
+            let mut buf = Vec::with_capacity(edtl.min(1 << 20));
+            buf.extend_from_slice(&pdu.data);
+            let mut w = PendingWrite {
+                bhs: b.clone(),
+                buf,
+                edtl,
+                received: imm,
+                unsolicited_end: if unsolicited_done { imm } else { unsolicited_end },
+                unsolicited_done,
+                next_r2t: if unsolicited_done { imm } else { unsolicited_end },
+                r2t_sn: 0,
+                r2ts: VecDeque::new(),
+            };
+            if w.received >= edtl {
+                self.dispatch(b, Bytes::from(w.buf));
+                return Ok(());
+            }
+            if w.unsolicited_done {
+                self.issue_r2ts(&mut w, itt).await?;
+            }
+            self.writes.insert(itt, w);
+            return Ok(());
+        }
+        self.dispatch(b, pdu.data);
+        Ok(())
+    }
+
+    async fn issue_r2ts(&mut self, w: &mut PendingWrite, itt: u32) -> Result<(), ()> {
+        let max_out = self.params.max_outstanding_r2t.max(1) as usize;
+        let burst = self.params.max_burst_length as usize;
+        let mut pdus = Vec::new();
+        while w.r2ts.len() < max_out && w.next_r2t < w.edtl {
+            let len = (w.edtl - w.next_r2t).min(burst);
+            let ttt = self.next_ttt();
+            let mut r = response_header(op::R2T, itt);
+            r.set_lun(w.bhs.lun());
+            r.set_u32(20, ttt);
+            r.set_u32(36, w.r2t_sn);
+            r.set_u32(40, w.next_r2t as u32);
+            r.set_u32(44, len as u32);
+            w.r2ts.push_back((ttt, w.next_r2t, len, 0));
+            w.r2t_sn += 1;
+            w.next_r2t += len;
+            pdus.push(OutPdu {
+                bhs: r,
+                start: 0,
+                end: 0,
+                sn: Sn::Current,
+            });
+        }
+        if !pdus.is_empty() {
+            self.send(Out {
+                pdus,
+                data: Bytes::new(),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn data_out(&mut self, pdu: Pdu) -> Result<(), ()> {
+        let b = &pdu.bhs;
+        let itt = b.itt();
+        let Some(mut w) = self.writes.remove(&itt) else {
+            // Data for an aborted or failed task: ignored.
+            tracing::debug!(itt, "Data-Out for no pending write");
+            return Ok(());
+        };
+        let ttt = b.ttt();
+        let off = b.u32_at(40) as usize;
+        let len = pdu.data.len();
+        let end = off.checked_add(len).unwrap_or(usize::MAX);
+        let ok_range = if ttt == RESERVED_TAG {
+            !w.unsolicited_done && end <= w.unsolicited_end
+        } else {
+            w.r2ts
+                .iter()
+                .any(|&(t, o, l, _)| t == ttt && off >= o && end <= o + l)
+        };
+        if !ok_range || end > w.edtl {
+            self.reject(b, reject::PROTOCOL_ERROR).await;
+            self.writes.insert(itt, w);
+            return Ok(());
+        }
+        if w.buf.len() < end {
+            w.buf.resize(end, 0);
+        }
+        w.buf[off..end].copy_from_slice(&pdu.data);
+        w.received += len;
+        if ttt == RESERVED_TAG {
+            if b.final_bit() || end >= w.unsolicited_end {
+                w.unsolicited_done = true;
+                w.next_r2t = w.next_r2t.max(end);
+            }
+        } else if let Some(pos) = w.r2ts.iter().position(|&(t, ..)| t == ttt) {
+            let r = &mut w.r2ts[pos];
+            r.3 += len;
+            if b.final_bit() || r.3 >= r.2 {
+                w.r2ts.remove(pos);
+            }
+        }
+        if w.received >= w.edtl && w.r2ts.is_empty() {
+            let bhs = w.bhs.clone();
+            self.dispatch(bhs, Bytes::from(w.buf));
+            return Ok(());
+        }
+        if w.unsolicited_done {
+            self.issue_r2ts(&mut w, itt).await?;
+        }
+        self.writes.insert(itt, w);
+        Ok(())
+    }
+
+    /// Runs a command (its data collected) on its own task.
+    fn dispatch(&mut self, bhs: Bhs, data_out: Bytes) {
+        let itt = bhs.itt();
+        let lu = self.lu.clone();
+        let nexus = self.nexus.clone();
+        let tx = self.tx.clone();
+        let window = self.window.clone();
+        let params = self.params.clone();
+        let tasks = self.tasks.clone();
+        let inflight = self.inflight.clone();
+        inflight.0.fetch_add(1, Ordering::AcqRel);
+        let immediate = bhs.immediate();
+        let lun = bhs.lun();
+        let cmd_sn = bhs.cmd_sn();
+        // Hold the task table while spawning so the task cannot remove itself first.
+        let mut t = self.tasks.lock();
+        let handle = tokio::spawn(async move {
+            let _ = run_command(lu, nexus, bhs, data_out, &tx, &params).await;
+            if !immediate {
+                window.complete();
+            }
+            tasks.lock().remove(&itt);
+            if inflight.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+                inflight.1.notify_waiters();
+            }
+        });
+        t.insert(
+            itt,
+            TaskInfo {
+                lun,
+                cmd_sn,
+                abort: handle.abort_handle(),
+            },
+        );
+    }
+
+    async fn finish_response(&self, b: &Bhs, resp: Response, _unused: usize) -> Result<(), ()> {
+        let out = build_response(b, resp, &self.params);
+        self.send(out).await
+    }
+
+    /// Waits until no command of this connection is in flight.
+    pub async fn drain(&mut self) {
+        self.writes.clear();
+        loop {
+            let n = self.inflight.1.notified();
+            if self.inflight.0.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    /// Aborts tasks matching `pred`; returns how many. Aborted tasks send no response, and
+    /// count as completed for the CmdSN window.
+    pub fn abort_tasks(&mut self, pred: impl Fn(u32, u64, u32) -> bool) -> usize {
+        let mut n = 0;
+        let victims: Vec<u32> = self
+            .writes
+            .iter()
+            .filter(|(itt, w)| pred(**itt, w.bhs.lun(), w.bhs.cmd_sn()))
+            .map(|(itt, _)| *itt)
+            .collect();
+        for itt in victims {
+            if let Some(w) = self.writes.remove(&itt) {
+                if !w.bhs.immediate() {
+                    self.window.complete();
+                }
+                n += 1;
+            }
+        }
+        let mut tasks = self.tasks.lock();
+        let victims: Vec<u32> = tasks
+            .iter()
+            .filter(|(itt, t)| pred(**itt, t.lun, t.cmd_sn))
+            .map(|(itt, _)| *itt)
+            .collect();
+        for itt in victims {
+            if let Some(t) = tasks.remove(&itt) {
+                t.abort.abort();
+                // The aborted task no longer decrements these itself.
+                self.window.complete();
+                if self.inflight.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.inflight.1.notify_waiters();
+                }
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn has_task(&self, itt: u32) -> bool {
+        self.tasks.lock().contains_key(&itt) || self.writes.contains_key(&itt)
+    }
+
+    pub fn lu(&self) -> Option<&Arc<LogicalUnit>> {
+        self.lu.as_ref()
+    }
+
+    pub fn nexus_id(&self) -> u64 {
+        self.nexus.id
+    }
+
+    pub fn exp_cmd_sn(&self) -> u32 {
+        self.window.exp_cmd_sn()
+    }
+
+    async fn text(&mut self, pdu: Pdu) -> Result<(), ()> {
+        let b = &pdu.bhs;
+        let max = self.params.max_send_data as usize;
+        let body: Vec<u8> = if b.ttt() != RESERVED_TAG {
+            // Continuation of a long SendTargets answer.
+            match self.text_pending.take() {
+                Some((t, rest)) if t == b.ttt() => rest,
+                _ => {
+                    self.complete_non_scsi(b);
+                    self.reject(b, reject::INVALID_PDU_FIELD).await;
+                    return Ok(());
+                }
+            }
+        } else {
+            self.text_pending = None;
+            let pairs = match text::parse_pairs(&pdu.data) {
+                Ok(p) => p,
+                Err(_) => {
+                    self.complete_non_scsi(b);
+                    self.reject(b, reject::PROTOCOL_ERROR).await;
+                    return Ok(());
+                }
+            };
+            let mut out: Vec<(String, String)> = Vec::new();
+            for (k, v) in pairs {
+                if k == "SendTargets" {
+                    out.extend(self.send_targets(&v));
+                } else {
+                    out.push((k, "NotUnderstood".into()));
+                }
+            }
+            text::encode_pairs(&out)
+        };
+        let mut r = response_header(op::TEXT_RESP, b.itt());
+        let data = if body.len() > max {
+            let ttt = self.next_ttt();
+            self.text_pending = Some((ttt, body[max..].to_vec()));
+            r.set_flags(0x40); // C, not F
+            r.set_u32(20, ttt);
+            Bytes::copy_from_slice(&body[..max])
+        } else {
+            r.set_u32(20, RESERVED_TAG);
+            Bytes::from(body)
+        };
+        self.complete_non_scsi(b);
+        self.send(Out::one(r, data, Sn::Advance)).await
+    }
+
+    fn send_targets(&self, which: &str) -> Vec<(String, String)> {
+        let addr = match self.local {
+            Some(SocketAddr::V4(a)) => format!("{}:{},1", a.ip(), a.port()),
+            Some(SocketAddr::V6(a)) => format!("[{}]:{},1", a.ip(), a.port()),
+            None => String::new(),
+        };
+        let exports = self.ctx.exports.current();
+        let mut out = Vec::new();
+        for e in exports.iter() {
+            let wanted = match (which, self.session_type) {
+                ("All", SessionType::Discovery) => true,
+                ("", SessionType::Normal) => self.target.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(&e.iqn)),
+                (name, _) => name.eq_ignore_ascii_case(&e.iqn),
+            };
+            if wanted && e.allows(&self.initiator) {
+                out.push(("TargetName".to_string(), e.iqn.clone()));
+                if !addr.is_empty() {
+                    out.push(("TargetAddress".to_string(), addr.clone()));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Executes one SCSI command and sends its Data-In and status.
+async fn run_command(
+    lu: Option<Arc<LogicalUnit>>,
+    nexus: Nexus,
+    bhs: Bhs,
+    data_out: Bytes,
+    tx: &mpsc::Sender<Out>,
+    params: &text::SessionParams,
+) -> Result<(), ()> {
+    let lun = bhs.lun();
+    let cdb: Vec<u8> = bhs.0[32..48].to_vec();
+    let lu = match lu {
+        Some(lu) if lun == 0 => lu,
+        _ => {
+            let resp = scsi::execute_without_lun(&Request {
+                cdb: &cdb,
+                data_out: &data_out,
+                nexus: &nexus,
+            });
+            return tx.send(build_response(&bhs, resp, params)).await.map_err(|_| ());
+        }
+    };
+    let lu2 = lu.clone();
+    let cdb2 = cdb.clone();
+    let d2 = data_out.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        lu2.execute(&Request {
+            cdb: &cdb2,
+            data_out: &d2,
+            nexus: &nexus,
+        })
+    })
+    .await
+    .unwrap_or_else(|_| Outcome::Done(Response::check(sense::INTERNAL_TARGET_FAILURE)));
+    match outcome {
+        Outcome::Done(resp) => tx.send(build_response(&bhs, resp, params)).await.map_err(|_| ()),
+        Outcome::Read(plan) => stream_read(lu, &bhs, plan, tx, params).await,
+    }
+}
+
+/// Residual flags and count for `natural` bytes against the expected length.
+fn residual(natural: usize, edtl: usize) -> (u8, u32) {
+    if natural > edtl {
+        (0x04, (natural - edtl) as u32)
+    } else if natural < edtl {
+        (0x02, (edtl - natural) as u32)
+    } else {
+        (0, 0)
+    }
+}
+
+/// Data-In PDUs over `data`, at most `max` bytes each; DataSN from `data_sn`, buffer
+/// offsets from `base`. The last one carries status when `status` is given.
+fn data_in_pdus(
+    bhs: &Bhs,
+    len: usize,
+    max: usize,
+    data_sn: &mut u32,
+    base: usize,
+    last_status: Option<(u8, u8, u32)>,
+) -> Vec<OutPdu> {
+    let mut pdus = Vec::with_capacity(len.div_ceil(max.max(1)));
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(max);
+        let mut d = Bhs::new(op::DATA_IN);
+        d.set_itt(bhs.itt());
+        d.set_u32(20, RESERVED_TAG);
+        d.set_u32(36, *data_sn);
+        d.set_u32(40, (base + off) as u32);
+        *data_sn += 1;
+        let last = off + n == len;
+        let mut sn = Sn::Reserved;
+        if last {
+            if let Some((st, rflags, rcount)) = last_status {
+                d.set_flags(pdu::FLAG_FINAL | 0x01 | rflags);
+                d.0[3] = st;
+                d.set_u32(44, rcount);
+                sn = Sn::Advance;
+            } else {
+                d.set_flags(pdu::FLAG_FINAL);
+            }
+        }
+        pdus.push(OutPdu {
+            bhs: d,
+            start: off,
+            end: off + n,
+            sn,
+        });
+        off += n;
+    }
+    pdus
+}
+
+fn scsi_response(bhs: &Bhs, st: u8, sense_data: Option<Vec<u8>>, rflags: u8, rcount: u32) -> Out {
+    let mut r = response_header(op::SCSI_RESP, bhs.itt());
+    r.set_flags(pdu::FLAG_FINAL | rflags);
+    r.0[2] = 0; // command completed at target
+    r.0[3] = st;
+    r.set_u32(44, rcount);
+    let data = match sense_data {
+        Some(s) => {
+            let mut d = Vec::with_capacity(2 + s.len());
+            d.extend_from_slice(&(s.len() as u16).to_be_bytes());
+            d.extend_from_slice(&s);
+            Bytes::from(d)
+        }
+        None => Bytes::new(),
+    };
+    Out::one(r, data, Sn::Advance)
+}
+
+/// The Data-In (if any) and status of a completed command, phase-collapsed when GOOD.
+fn build_response(bhs: &Bhs, resp: Response, params: &text::SessionParams) -> Out {
+    let flags = bhs.flags();
+    let edtl = bhs.u32_at(20) as usize;
+    let reading = flags & 0x40 != 0;
+    let writing = flags & 0x20 != 0;
+    let can_send = if reading { resp.data.len().min(edtl) } else { 0 };
+    let (rflags, rcount) = if reading {
+        residual(resp.data.len(), edtl)
+    } else if writing && resp.status == status::GOOD {
+        residual(resp.out_len, edtl)
+    } else if !writing && !resp.data.is_empty() {
+        residual(resp.data.len(), 0)
+    } else {
+        (0, 0)
+    };
+    let sense_data = resp.sense.map(|s| s.fixed());
+    let max = params.max_send_data as usize;
+    if can_send > 0 {
+        let mut data = resp.data;
+        data.truncate(can_send);
+        let data = Bytes::from(data);
+        let mut dsn = 0;
+        if resp.status == status::GOOD && sense_data.is_none() {
+            let pdus = data_in_pdus(bhs, can_send, max, &mut dsn, 0, Some((resp.status, rflags, rcount)));
+            return Out { pdus, data };
+        }
+        let mut pdus = data_in_pdus(bhs, can_send, max, &mut dsn, 0, None);
+        let st = scsi_response(bhs, resp.status, sense_data, rflags, rcount);
+        let mut st_pdu = st.pdus.into_iter().next().map(|p| p.bhs).unwrap_or_else(|| Bhs::new(op::SCSI_RESP));
+        st_pdu.set_u32(36, dsn); // ExpDataSN
+        // The status PDU's data (sense) follows the Data-In payload in the same buffer.
+        let mut all = data.to_vec();
+        let s_start = all.len();
+        all.extend_from_slice(&st.data);
+        pdus.push(OutPdu { bhs: st_pdu, start: s_start, end: all.len(), sn: Sn::Advance });
+        return Out { pdus, data: Bytes::from(all) };
+    }
+    scsi_response(bhs, resp.status, sense_data, rflags, rcount)
+}
+
+/// Streams a read in chunks: each chunk is read on the blocking pool and queued to the
+/// writer while the next one is read.
+async fn stream_read(
+    lu: Arc<LogicalUnit>,
+    bhs: &Bhs,
+    plan: scsi::ReadPlan,
+    tx: &mpsc::Sender<Out>,
+    params: &text::SessionParams,
+) -> Result<(), ()> {
+    let edtl = bhs.u32_at(20) as usize;
+    let reading = bhs.flags() & 0x40 != 0;
+    let natural = plan.len as usize;
+    let send = if reading { natural.min(edtl) } else { 0 };
+    let (rflags, rcount) = residual(natural, edtl);
+    let max = params.max_send_data as usize;
+    // Chunks are whole multiples of the PDU size so PDUs are never split short mid-stream.
+    let chunk = (READ_CHUNK / max).max(1) * max;
+    let mut off = 0usize;
+    let mut dsn = 0u32;
+    if send == 0 {
+        return tx
+            .send(scsi_response(bhs, status::GOOD, None, rflags, rcount))
+            .await
+            .map_err(|_| ());
+    }
+    while off < send {
+        let n = (send - off).min(chunk);
+        let lu2 = lu.clone();
+        let at = plan.offset + off as u64;
+        let r = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; n];
+            lu2.volume.read_at(&mut buf, at).map(|_| buf)
+        })
+        .await;
+        let buf = match r {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "read failed");
+                let s = scsi::store_sense(&e, false);
+                return tx
+                    .send(scsi_response(bhs, status::CHECK_CONDITION, Some(s.fixed()), rflags, rcount))
+                    .await
+                    .map_err(|_| ());
+            }
+            Err(_) => {
+                let s = sense::INTERNAL_TARGET_FAILURE;
+                return tx
+                    .send(scsi_response(bhs, status::CHECK_CONDITION, Some(s.fixed()), rflags, rcount))
+                    .await
+                    .map_err(|_| ());
+            }
+        };
+        let last = off + n == send;
+        let st = last.then_some((status::GOOD, rflags, rcount));
+        let pdus = data_in_pdus(bhs, n, max, &mut dsn, off, st);
+        tx.send(Out {
+            pdus,
+            data: Bytes::from(buf),
+        })
+        .await
+        .map_err(|_| ())?;
+        off += n;
+    }
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! The native iSCSI target (RFC 7143, ErrorRecoveryLevel 0) that serves exported volumes.
+//!
+//! Map of this directory, bottom up:
+//! - `digest.rs`  CRC32C digests; `pdu.rs` PDU framing (pure); `text.rs` key=value negotiation
+//! - `cdb.rs`     CDB field decoding; `scsi/` the block device, one file per command family
+//! - `exports.rs` which volume is served as which target to which initiators (REPO/exports.json)
+//! - `login.rs`   the login state machine, CHAP and the ACL; `session.rs` the session table
+//! - `connection.rs` one TCP connection's loop; `tmf.rs` task management
+//! - `server.rs`  listeners and graceful shutdown; `cli.rs` the `serve`/`export` commands
+
+pub mod cdb;
+pub mod digest;
+pub mod exports;
+pub mod login;
+pub mod pdu;
+pub mod scsi;
+pub mod text;
+pub mod connection;
+pub mod server;
+pub mod session;
+pub mod tmf;

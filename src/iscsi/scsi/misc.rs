@@ -1,0 +1,193 @@
+//! Small commands: REQUEST SENSE, START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL, REPORT LUNS,
+//! REPORT SUPPORTED OPERATION CODES and GET LBA STATUS.
+
+use super::sense::{self};
+use super::{cdb, truncate, CmdResult, LogicalUnit, Request, Response};
+
+pub fn request_sense(lu: &LogicalUnit, req: &Request) -> CmdResult {
+    let c = req.cdb;
+    let desc = cdb::byte(c, 1) & 1 != 0;
+    let alloc = cdb::byte(c, 4) as u32;
+    let s = lu.take_ua(req.nexus.id).unwrap_or(sense::NO_SENSE);
+    let d = if desc { s.descriptor() } else { s.fixed() };
+    Ok(Response::good(truncate(d, alloc)).into())
+}
+
+pub fn start_stop(lu: &LogicalUnit, req: &Request) -> CmdResult {
+    let c = req.cdb;
+    let power = cdb::byte(c, 4) >> 4;
+    let loej = cdb::byte(c, 4) & 0x02 != 0;
+    let start = cdb::byte(c, 4) & 0x01 != 0;
+    // Eject is refused while any nexus prevents removal.
+    if power == 0 && loej && !start && lu.prevented() {
+        return Err(sense::MEDIUM_REMOVAL_PREVENTED);
+    }
+    Ok(Response::good(Vec::new()).into())
+}
+
+pub fn prevent_allow(lu: &LogicalUnit, req: &Request) -> CmdResult {
+    let prevent = cdb::byte(req.cdb, 4) & 0x03;
+    lu.prevent_set(req.nexus.id, prevent & 1 != 0);
+    Ok(Response::good(Vec::new()).into())
+}
+
+pub fn report_luns(_lu: &LogicalUnit, req: &Request) -> CmdResult {
+    let c = req.cdb;
+    let select = cdb::byte(c, 2);
+    let alloc = cdb::be32(c, 6);
+    if alloc < 16 {
+        return Err(sense::invalid_cdb_field(6, None));
+    }
+    let luns: &[u64] = match select {
+        0x00 | 0x02 => &[0],
+        0x01 | 0x10 | 0x11 | 0x12 => &[],
+        _ => return Err(sense::invalid_cdb_field(2, None)),
+    };
+    let mut d = vec![0u8; 8];
+    d[0..4].copy_from_slice(&((luns.len() * 8) as u32).to_be_bytes());
+    for l in luns {
+        d.extend_from_slice(&l.to_be_bytes());
+    }
+    Ok(Response::good(truncate(d, alloc)).into())
+}
+
+/// (opcode, service action, CDB length) of every command this LU executes.
+pub const SUPPORTED: &[(u8, Option<u16>, u16)] = &[
+    (0x00, None, 6),
+    (0x03, None, 6),
+    (0x08, None, 6),
+    (0x0a, None, 6),
+    (0x12, None, 6),
+    (0x15, None, 6),
+    (0x1a, None, 6),
+    (0x1b, None, 6),
+    (0x1e, None, 6),
+    (0x25, None, 10),
+    (0x28, None, 10),
+    (0x2a, None, 10),
+    (0x2e, None, 10),
+    (0x2f, None, 10),
+    (0x34, None, 10),
+    (0x35, None, 10),
+    (0x41, None, 10),
+    (0x42, None, 10),
+    (0x55, None, 10),
+    (0x5a, None, 10),
+    (0x5e, Some(0x00), 10),
+    (0x5e, Some(0x01), 10),
+    (0x5e, Some(0x02), 10),
+    (0x5e, Some(0x03), 10),
+    (0x5f, Some(0x00), 10),
+    (0x5f, Some(0x01), 10),
+    (0x5f, Some(0x02), 10),
+    (0x5f, Some(0x03), 10),
+    (0x5f, Some(0x04), 10),
+    (0x5f, Some(0x05), 10),
+    (0x5f, Some(0x06), 10),
+    (0x88, None, 16),
+    (0x89, None, 16),
+    (0x8a, None, 16),
+    (0x8e, None, 16),
+    (0x8f, None, 16),
+    (0x90, None, 16),
+    (0x91, None, 16),
+    (0x93, None, 16),
+    (0x9e, Some(0x10), 16),
+    (0x9e, Some(0x12), 16),
+    (0xa0, None, 12),
+    (0xa3, Some(0x0c), 12),
+    (0xa8, None, 12),
+    (0xaa, None, 12),
+    (0xae, None, 12),
+    (0xaf, None, 12),
+];
+
+/// CDB usage data: which bits of each byte the command looks at.
+fn usage(op: u8, sa: Option<u16>, len: u16) -> Vec<u8> {
+    let mut m = vec![0xffu8; len as usize];
+    m[0] = op;
+    if let Some(sa) = sa {
+        m[1] = (sa as u8) | 0xe0;
+    }
+    if let Some(last) = m.last_mut() {
+        *last = 0x00; // control byte: NACA/LINK unsupported
+    }
+    m
+}
+
+const TIMEOUTS: [u8; 12] = [0, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 30];
+
+pub fn report_supported_opcodes(_lu: &LogicalUnit, req: &Request) -> CmdResult {
+    let c = req.cdb;
+    let rctd = cdb::byte(c, 2) & 0x80 != 0;
+    let options = cdb::byte(c, 2) & 0x07;
+    let op = cdb::byte(c, 3);
+    let sa = cdb::be16(c, 4);
+    let alloc = cdb::be32(c, 6);
+    let d = match options {
+        0 => {
+            let mut d = vec![0u8; 4];
+            for &(o, s, len) in SUPPORTED {
+                let mut e = vec![o, 0, 0, 0, 0, 0, 0, 0];
+                e[2..4].copy_from_slice(&s.unwrap_or(0).to_be_bytes());
+                e[5] = if s.is_some() { 0x01 } else { 0 } | if rctd { 0x02 } else { 0 };
+                e[6..8].copy_from_slice(&len.to_be_bytes());
+                if rctd {
+                    e.extend_from_slice(&TIMEOUTS);
+                }
+                d.extend(e);
+            }
+            let n = (d.len() - 4) as u32;
+            d[0..4].copy_from_slice(&n.to_be_bytes());
+            d
+        }
+        1..=3 => {
+            let has_sa = SUPPORTED.iter().any(|&(o, s, _)| o == op && s.is_some());
+            // Option 1: opcode without service action; 2: with; 3: either.
+            if (options == 1 && has_sa) || (options == 2 && !has_sa && known(op)) {
+                return Err(sense::invalid_cdb_field(2, None));
+            }
+            let found = SUPPORTED
+                .iter()
+                .find(|&&(o, s, _)| o == op && (options == 1 || s.is_none() || s == Some(sa)));
+            let mut d = vec![0u8; 4];
+            match found {
+                Some(&(o, s, len)) => {
+                    d[1] = 0x03 | if rctd { 0x80 } else { 0 };
+                    d[2..4].copy_from_slice(&len.to_be_bytes());
+                    d.extend(usage(o, s, len));
+                    if rctd {
+                        d.extend_from_slice(&TIMEOUTS);
+                    }
+                }
+                None => d[1] = 0x01,
+            }
+            d
+        }
+        _ => return Err(sense::invalid_cdb_field(2, None)),
+    };
+    Ok(Response::good(truncate(d, alloc)).into())
+}
+
+fn known(op: u8) -> bool {
+    SUPPORTED.iter().any(|&(o, _, _)| o == op)
+}
+
+pub fn get_lba_status(lu: &LogicalUnit, req: &Request) -> CmdResult {
+    let c = req.cdb;
+    let lba = cdb::be64(c, 2);
+    let alloc = cdb::be32(c, 10);
+    if lba >= lu.blocks() {
+        return Err(sense::LBA_OUT_OF_RANGE);
+    }
+    // The store does not expose its map: report everything from `lba` on as mapped, which
+    // is always a correct (if conservative) answer.
+    let count = (lu.blocks() - lba).min(u32::MAX as u64) as u32;
+    let mut d = vec![0u8; 8];
+    d[0..4].copy_from_slice(&20u32.to_be_bytes());
+    let mut e = vec![0u8; 16];
+    e[0..8].copy_from_slice(&lba.to_be_bytes());
+    e[8..12].copy_from_slice(&count.to_be_bytes());
+    d.extend(e);
+    Ok(Response::good(truncate(d, alloc)).into())
+}

@@ -1,0 +1,196 @@
+//! The server: listeners on each `--listen` address, the shared context every connection
+//! uses (repository, exports, session table, open logical units), and graceful shutdown —
+//! on SIGTERM/SIGINT listeners stop accepting, connections stop reading new commands,
+//! in-flight commands finish and their responses are sent, then sockets close.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::store::{Repository, StoreError};
+
+use super::exports::{Export, ExportTable};
+use super::scsi::{Identity, LogicalUnit};
+use super::session::SessionTable;
+use super::text::TargetLimits;
+
+/// Tunables of a running server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub identity: Identity,
+    pub limits: TargetLimits,
+    /// Idle time after which the target pings the initiator with a NOP-In.
+    pub nop_interval: Duration,
+    /// How long an unanswered ping may stay unanswered (initiators that answer pings).
+    pub nop_timeout: Duration,
+    /// Time allowed for a whole login.
+    pub login_timeout: Duration,
+    pub max_connections: usize,
+    pub max_sessions: usize,
+    /// Commands a session may have in flight (the CmdSN window).
+    pub queue_depth: u32,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            identity: Identity::default(),
+            limits: TargetLimits::default(),
+            nop_interval: Duration::from_secs(5),
+            nop_timeout: Duration::from_secs(30),
+            login_timeout: Duration::from_secs(15),
+            max_connections: 2048,
+            max_sessions: 1024,
+            queue_depth: 64,
+        }
+    }
+}
+
+/// Everything connections share.
+pub struct ServerCtx {
+    pub repo: Arc<Repository>,
+    pub exports: ExportTable,
+    pub sessions: SessionTable,
+    pub opts: ServerOptions,
+    lus: Mutex<HashMap<String, Weak<LogicalUnit>>>,
+    next_nexus: AtomicU64,
+    pub connections: AtomicUsize,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl ServerCtx {
+    pub fn new(
+        repo: Arc<Repository>,
+        opts: ServerOptions,
+        shutdown: watch::Receiver<bool>,
+    ) -> ServerCtx {
+        ServerCtx {
+            exports: ExportTable::new(repo.root()),
+            repo,
+            sessions: SessionTable::new(opts.max_sessions),
+            opts,
+            lus: Mutex::new(HashMap::new()),
+            next_nexus: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            shutdown,
+        }
+    }
+
+    pub fn nexus_id(&self) -> u64 {
+        self.next_nexus.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The logical unit of an export, opened on first use and shared by its sessions.
+    pub fn logical_unit(&self, e: &Export) -> Result<Arc<LogicalUnit>, StoreError> {
+        if let Some(lu) = self.lus.lock().get(&e.volume).and_then(Weak::upgrade) {
+            if lu.target_iqn.eq_ignore_ascii_case(&e.iqn) {
+                return Ok(lu);
+            }
+        }
+        let vol = self.repo.open_volume(&e.volume, false)?;
+        let mut lus = self.lus.lock();
+        if let Some(lu) = lus.get(&e.volume).and_then(Weak::upgrade) {
+            if lu.target_iqn.eq_ignore_ascii_case(&e.iqn) {
+                return Ok(lu);
+            }
+        }
+        let lu = Arc::new(LogicalUnit::new(vol, &e.iqn, self.opts.identity.clone()));
+        lus.insert(e.volume.clone(), Arc::downgrade(&lu));
+        Ok(lu)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("listening on {addr}: {source}")]
+    Listening {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the target on `addrs` until SIGTERM/SIGINT (or until `stop` says so), then shuts
+/// down gracefully. `ready` is told the bound addresses (useful with port 0).
+pub async fn serve(
+    repo: Arc<Repository>,
+    addrs: &[SocketAddr],
+    opts: ServerOptions,
+    mut stop: watch::Receiver<bool>,
+    ready: Option<tokio::sync::oneshot::Sender<Vec<SocketAddr>>>,
+) -> Result<(), ServeError> {
+    let mut listeners = Vec::new();
+    for a in addrs {
+        let l = TcpListener::bind(a)
+            .await
+            .map_err(|source| ServeError::Listening { addr: *a, source })?;
+        let local = l.local_addr().unwrap_or(*a);
+        tracing::info!(listen = %local, "serving iSCSI");
+        listeners.push(l);
+    }
+    if let Some(r) = ready {
+        let _ = r.send(listeners.iter().filter_map(|l| l.local_addr().ok()).collect());
+    }
+    let (sd_tx, sd_rx) = watch::channel(false);
+    let ctx = Arc::new(ServerCtx::new(repo, opts, sd_rx));
+    let mut tasks = tokio::task::JoinSet::new();
+    for l in listeners {
+        let ctx = ctx.clone();
+        tasks.spawn(accept_loop(l, ctx));
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(ServeError::Signals)?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(ServeError::Signals)?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        _ = async { while stop.changed().await.is_ok() { if *stop.borrow() { break } } } => {
+            tracing::info!("stop requested: shutting down")
+        }
+    }
+    let _ = sd_tx.send(true);
+    // Accept loops return once they see the shutdown; each waits for its connections.
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("all connections closed");
+    Ok(())
+}
+
+async fn accept_loop(l: TcpListener, ctx: Arc<ServerCtx>) {
+    let mut conns = tokio::task::JoinSet::new();
+    let mut sd = ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            r = l.accept() => match r {
+                Ok((sock, peer)) => {
+                    if ctx.connections.load(Ordering::Relaxed) >= ctx.opts.max_connections {
+                        tracing::warn!(%peer, "too many connections; refusing");
+                        drop(sock);
+                        continue;
+                    }
+                    ctx.connections.fetch_add(1, Ordering::Relaxed);
+                    let ctx = ctx.clone();
+                    conns.spawn(async move {
+                        super::connection::run(ctx.clone(), sock, peer).await;
+                        ctx.connections.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = sd.changed() => break,
+        }
+    }
+    drop(l);
+    while conns.join_next().await.is_some() {}
+}
