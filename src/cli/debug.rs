@@ -62,22 +62,24 @@ fn decode(b: &[u8], block: u64) -> Option<u64> {
 }
 
 /// Checks one block: `flushed` writes were durable; any write after them may also be there.
+/// `before` is what the block held before any write (the image's bytes, or zeros).
 fn check_block(
     seed: u64,
     blocks: u64,
     flushed: u64,
     block: u64,
     got: &[u8],
+    before: &[u8],
     horizon: u64,
 ) -> Result<(), String> {
     let durable = (0..flushed)
         .rev()
         .find(|&s| target(seed, blocks, s) == block);
-    if got.iter().all(|&x| x == 0) {
+    if got == before {
         return match durable {
             None => Ok(()),
             Some(s) => Err(format!(
-                "block {block} reads as zeros but write {s} was flushed"
+                "block {block} holds its original bytes but write {s} was flushed"
             )),
         };
     }
@@ -137,10 +139,14 @@ pub fn run(repo: &Repository, cmd: DebugCmd) -> CliResult {
             // flight; allow a generous horizon, the content check is exact anyway.
             let horizon = flushed + 1_000_000;
             let mut buf = vec![0u8; BS];
+            let mut before = vec![0u8; BS];
             let mut bad = Vec::new();
             for b in 0..blocks {
                 v.read_at(&mut buf, b * BS as u64)?;
-                if let Err(e) = check_block(seed, blocks, flushed, b, &buf, horizon) {
+                if let Some(img) = v.image() {
+                    img.read_at(&mut before, b * BS as u64, "torture-check")?;
+                }
+                if let Err(e) = check_block(seed, blocks, flushed, b, &buf, &before, horizon) {
                     bad.push(e);
                 }
             }
@@ -169,13 +175,19 @@ mod tests {
             .rev()
             .find(|&x| target(seed, blocks, x) == 3)
             .unwrap();
-        assert!(check_block(seed, blocks, flushed, 3, &content(s, 3), 200).is_ok());
-        assert!(check_block(seed, blocks, flushed, 3, &content(older, 3), 200).is_err());
-        assert!(check_block(seed, blocks, flushed, 3, &vec![0; BS], 200).is_err());
+        let zero = vec![0; BS];
+        let check = |got: &[u8], horizon| check_block(seed, blocks, flushed, 3, got, &zero, horizon);
+        assert!(check(&content(s, 3), 200).is_ok());
+        assert!(check(&content(older, 3), 200).is_err());
+        assert!(check(&zero, 200).is_err());
         let mut torn = content(s, 3);
         torn[2000] ^= 1;
-        assert!(check_block(seed, blocks, flushed, 3, &torn, 200).is_err());
+        assert!(check(&torn, 200).is_err());
         let later = (flushed..).find(|&x| target(seed, blocks, x) == 3).unwrap();
-        assert!(check_block(seed, blocks, flushed, 3, &content(later, 3), later + 1).is_ok());
+        assert!(check(&content(later, 3), later + 1).is_ok());
+        let never = (0..blocks).find(|&b| (0..flushed).all(|x| target(seed, blocks, x) != b));
+        if let Some(b) = never {
+            assert!(check_block(seed, blocks, flushed, b, &zero, &zero, 200).is_ok());
+        }
     }
 }
