@@ -12,10 +12,13 @@ const IMAGE: u64 = 64 << 20;
 fn repo_with_image() -> (tempfile::TempDir, Arc<Repository>) {
     let t = tempfile::tempdir().unwrap();
     let raw = t.path().join("gold.raw");
-    let data: Vec<u8> = (0..IMAGE as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8 | 1).collect();
+    let data: Vec<u8> = (0..IMAGE as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8 | 1)
+        .collect();
     std::fs::write(&raw, data).unwrap();
     let repo = Arc::new(Repository::open(t.path().join("repo"), RepoOptions::default()).unwrap());
-    repo.import_image("gold", &raw, SourceFormat::Raw, &|_, _| {}).unwrap();
+    repo.import_image("gold", &raw, SourceFormat::Raw, &|_, _| {})
+        .unwrap();
     (t, repo)
 }
 
@@ -96,7 +99,8 @@ fn clones(c: &mut Criterion) {
     c.bench_function("clone", |b| {
         b.iter(|| {
             n += 1;
-            repo.create_volume(&format!("c{n}"), Some("gold"), None).unwrap()
+            repo.create_volume(&format!("c{n}"), Some("gold"), None)
+                .unwrap()
         })
     });
 }

@@ -50,7 +50,10 @@ impl Repo {
     /// Runs a command that must fail; returns its error output.
     fn fails(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(!o.status.success(), "strata {args:?} unexpectedly succeeded");
+        assert!(
+            !o.status.success(),
+            "strata {args:?} unexpectedly succeeded"
+        );
         let e = String::from_utf8(o.stderr).unwrap();
         assert!(e.contains("strata: error:"), "unclear error: {e}");
         assert!(!e.contains("panicked"), "panic: {e}");
@@ -58,7 +61,10 @@ impl Repo {
     }
 
     fn staging_is_empty(&self) -> bool {
-        std::fs::read_dir(self.root.join("tmp")).unwrap().next().is_none()
+        std::fs::read_dir(self.root.join("tmp"))
+            .unwrap()
+            .next()
+            .is_none()
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -107,9 +113,14 @@ fn import_clone_and_export_round_trip_byte_for_byte() {
         serde_json::from_str(&r.ok(&["image", "info", "gold", "--json"])).unwrap();
     assert_eq!(info["virtual_size"], 64 << 20);
     let stored = info["stored_bytes"].as_u64().unwrap();
-    assert!(stored < 4 << 20, "holes and zeros must not be stored: {stored}");
+    assert!(
+        stored < 4 << 20,
+        "holes and zeros must not be stored: {stored}"
+    );
     r.ok(&["volume", "create", "web-01", "--from", "gold"]);
-    r.ok(&["volume", "create", "web-02", "--from", "gold", "--size", "128M"]);
+    r.ok(&[
+        "volume", "create", "web-02", "--from", "gold", "--size", "128M",
+    ]);
     let out = r.path("web-01.raw");
     r.ok(&["volume", "export", "web-01", out.to_str().unwrap()]);
     assert!(std::fs::read(&out).unwrap() == disk);
@@ -153,12 +164,20 @@ fn bad_input_is_refused_clearly_and_leaves_nothing_behind() {
 
     let truncated = r.path("truncated.raw");
     std::fs::write(&truncated, vec![1u8; 1000]).unwrap();
-    let e = r.fails(&["image", "import", truncated.to_str().unwrap(), "--name", "t1"]);
+    let e = r.fails(&[
+        "image",
+        "import",
+        truncated.to_str().unwrap(),
+        "--name",
+        "t1",
+    ]);
     assert!(e.contains("512"), "{e}");
 
     let empty = r.path("empty.raw");
     std::fs::write(&empty, b"").unwrap();
-    assert!(r.fails(&["image", "import", empty.to_str().unwrap(), "--name", "t2"]).contains("empty"));
+    assert!(r
+        .fails(&["image", "import", empty.to_str().unwrap(), "--name", "t2"])
+        .contains("empty"));
 
     let garbage = r.path("garbage.qcow2");
     let mut g = b"QFI\xfb\0\0\0\x03".to_vec();
@@ -177,9 +196,18 @@ fn bad_input_is_refused_clearly_and_leaves_nothing_behind() {
         .unwrap();
     assert!(st.success());
     let e = r.fails(&["image", "import", orphan.to_str().unwrap(), "--name", "t4"]);
-    assert!(e.contains("missing-backing"), "the message must name the missing file: {e}");
+    assert!(
+        e.contains("missing-backing"),
+        "the message must name the missing file: {e}"
+    );
 
-    let e = r.fails(&["image", "import", r.path("nonexistent").to_str().unwrap(), "--name", "t5"]);
+    let e = r.fails(&[
+        "image",
+        "import",
+        r.path("nonexistent").to_str().unwrap(),
+        "--name",
+        "t5",
+    ]);
     assert!(e.contains("nonexistent"), "{e}");
 
     for bad in ["a/b", "..", "../escape", "x\u{1}y", "tab\tname", ".hidden"] {
@@ -188,16 +216,28 @@ fn bad_input_is_refused_clearly_and_leaves_nothing_behind() {
         let e = r.fails(&["image", "import", good.to_str().unwrap(), "--name", bad]);
         assert!(e.contains("invalid name"), "{bad:?}: {e}");
     }
-    assert!(r.fails(&["volume", "create", "odd", "--size", "1000"]).contains("multiple of 512"));
+    assert!(r
+        .fails(&["volume", "create", "odd", "--size", "1000"])
+        .contains("multiple of 512"));
     assert!(r.fails(&["volume", "create", "nosize"]).contains("--size"));
-    assert!(r.fails(&["volume", "create", "small", "--from", "gold", "--size", "1M"]).contains("smaller"));
-    assert!(r.fails(&["volume", "create", "x", "--from", "nope"]).contains("not found"));
+    assert!(r
+        .fails(&["volume", "create", "small", "--from", "gold", "--size", "1M"])
+        .contains("smaller"));
+    assert!(r
+        .fails(&["volume", "create", "x", "--from", "nope"])
+        .contains("not found"));
     r.ok(&["volume", "create", "v1", "--from", "gold"]);
-    assert!(r.fails(&["volume", "create", "v1", "--size", "1M"]).contains("already exists"));
-    assert!(r.fails(&["image", "import", good.to_str().unwrap(), "--name", "gold"]).contains("already exists"));
+    assert!(r
+        .fails(&["volume", "create", "v1", "--size", "1M"])
+        .contains("already exists"));
+    assert!(r
+        .fails(&["image", "import", good.to_str().unwrap(), "--name", "gold"])
+        .contains("already exists"));
     let existing = r.path("exists.raw");
     std::fs::write(&existing, b"keep me").unwrap();
-    assert!(r.fails(&["volume", "export", "v1", existing.to_str().unwrap()]).contains("already exists"));
+    assert!(r
+        .fails(&["volume", "export", "v1", existing.to_str().unwrap()])
+        .contains("already exists"));
     assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
 
     let images = r.ok(&["image", "ls"]);
@@ -259,7 +299,10 @@ fn flipped_byte_in_a_stored_extent_is_an_io_error_naming_volume_and_offset() {
     d[10] ^= 0x01;
     std::fs::write(&data, d).unwrap();
     let e = r.fails(&["volume", "export", "vm", r.path("o.raw").to_str().unwrap()]);
-    assert!(e.contains("checksum mismatch") && e.contains("\"vm\"") && e.contains("offset 0"), "{e}");
+    assert!(
+        e.contains("checksum mismatch") && e.contains("\"vm\"") && e.contains("offset 0"),
+        "{e}"
+    );
     assert!(!r.path("o.raw").exists() && !r.path("o.raw.partial").exists());
 
     // Damage a volume's own delta.
@@ -271,7 +314,10 @@ fn flipped_byte_in_a_stored_extent_is_an_io_error_naming_volume_and_offset() {
     d[at] ^= 0x80;
     std::fs::write(&data, d).unwrap();
     let e = r.fails(&["volume", "export", "e", r.path("e.raw").to_str().unwrap()]);
-    assert!(e.contains("checksum mismatch") && e.contains("volume \"e\"") && e.contains("offset"), "{e}");
+    assert!(
+        e.contains("checksum mismatch") && e.contains("volume \"e\"") && e.contains("offset"),
+        "{e}"
+    );
 }
 
 /// Kills the writer with SIGKILL after it has reported some flushes; every write before the
@@ -288,7 +334,15 @@ fn kill_9_during_writes_keeps_every_flushed_write() {
         let mut child = Command::new(BIN)
             .arg("--repo")
             .arg(&r.root)
-            .args(["debug", "torture", &vol, "--blocks", "4096", "--flush-every", "37"])
+            .args([
+                "debug",
+                "torture",
+                &vol,
+                "--blocks",
+                "4096",
+                "--flush-every",
+                "37",
+            ])
             .args(["--seed", &seed.to_string()])
             .stdout(Stdio::piped())
             .spawn()
@@ -352,8 +406,14 @@ fn clones_cost_no_data_whatever_the_image_size() {
     let out = r.ok(&["bench", "clone", "big", "--count", "50", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let disk = v["disk_bytes_per_clone"].as_u64().unwrap();
-    assert!(disk < 64 << 10, "a clone must cost under 64 KiB of disk: {disk}");
-    assert!(r.ok(&["volume", "ls"]).lines().count() == 1, "bench clones are removed");
+    assert!(
+        disk < 64 << 10,
+        "a clone must cost under 64 KiB of disk: {disk}"
+    );
+    assert!(
+        r.ok(&["volume", "ls"]).lines().count() == 1,
+        "bench clones are removed"
+    );
 }
 
 /// A full filesystem during import and during writes: clear errors, nothing half-made.
@@ -380,7 +440,9 @@ fn full_disk_during_import_and_write() {
     let f = std::fs::File::create(&src).unwrap();
     f.set_len(16 << 20).unwrap();
     use std::os::unix::fs::FileExt;
-    let noise: Vec<u8> = (0..8 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let noise: Vec<u8> = (0..8 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     f.write_all_at(&noise, 0).unwrap();
     drop(f);
     let e = r.fails(&["image", "import", src.to_str().unwrap(), "--name", "big"]);
@@ -389,7 +451,9 @@ fn full_disk_during_import_and_write() {
     assert_eq!(r.ok(&["image", "ls"]).lines().count(), 1);
 
     r.ok(&["volume", "create", "w", "--size", "64M"]);
-    let e = r.fails(&["debug", "torture", "w", "--blocks", "16384", "--writes", "10000"]);
+    let e = r.fails(&[
+        "debug", "torture", "w", "--blocks", "16384", "--writes", "10000",
+    ]);
     assert!(e.contains("No space left"), "{e}");
     // The volume still opens; what was flushed before the failure is intact.
     r.ok(&["volume", "info", "w"]);

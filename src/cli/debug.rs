@@ -176,7 +176,8 @@ mod tests {
             .find(|&x| target(seed, blocks, x) == 3)
             .unwrap();
         let zero = vec![0; BS];
-        let check = |got: &[u8], horizon| check_block(seed, blocks, flushed, 3, got, &zero, horizon);
+        let check =
+            |got: &[u8], horizon| check_block(seed, blocks, flushed, 3, got, &zero, horizon);
         assert!(check(&content(s, 3), 200).is_ok());
         assert!(check(&content(older, 3), 200).is_err());
         assert!(check(&zero, 200).is_err());

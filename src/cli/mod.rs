@@ -73,9 +73,10 @@ pub struct MountArgs {
 }
 
 pub fn init_logging(verbose: u8) {
+    // fuser logs the kernel's routine refusals (a second unmount after ours) as warnings.
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,fuser=error",
+        1 => "info,fuser=error",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -510,6 +510,23 @@ impl fuser::Filesystem for StrataFs {
         self.fsync_handle(fh, reply)
     }
 
+    /// These are plain files: block-device ioctls (which `mount -o loop`, e2fsck and
+    /// friends probe with) are answered "not a tty" so the callers fall back quietly.
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY)
+    }
+
     fn release(
         &self,
         _req: &Request,
