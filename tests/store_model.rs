@@ -237,3 +237,54 @@ fn superseded_space_is_not_reused_before_commit() {
     v2.read_at(&mut buf, 0).unwrap();
     assert!(buf.iter().all(|&b| b == 1));
 }
+
+/// A boot storm: many clones of one image read it all at once from many threads; every
+/// image chunk is loaded from the image's files once, the rest come from the shared cache.
+#[test]
+fn boot_storm_loads_each_image_chunk_once() {
+    use strata::store::{RepoOptions, Repository, SourceFormat};
+    let t = tempfile::tempdir().unwrap();
+    let raw = t.path().join("gold.raw");
+    let size = 8u64 << 20;
+    let data: Vec<u8> = (0..size as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&raw, &data).unwrap();
+    let repo = Repository::open(
+        t.path().join("repo"),
+        RepoOptions {
+            cache_bytes: 64 << 20,
+        },
+    )
+    .unwrap();
+    repo.import_image("gold", &raw, SourceFormat::Raw, &|_, _| {})
+        .unwrap();
+    let vols: Vec<_> = (0..32)
+        .map(|i| {
+            let n = format!("node-{i}");
+            repo.create_volume(&n, Some("gold"), None).unwrap();
+            repo.open_volume(&n, false).unwrap()
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for (i, v) in vols.iter().enumerate() {
+            let data = &data;
+            s.spawn(move || {
+                let mut buf = vec![0u8; 16 << 10];
+                // Each node walks the image in its own order, as booting servers do.
+                for k in 0..(size / buf.len() as u64) {
+                    let off =
+                        ((k * 7 + i as u64 * 13) % (size / buf.len() as u64)) * buf.len() as u64;
+                    v.read_at(&mut buf, off).unwrap();
+                    assert!(buf[..] == data[off as usize..off as usize + buf.len()]);
+                }
+            });
+        }
+    });
+    let (hits, misses) = repo.cache().stats();
+    assert_eq!(misses, size / CHUNK as u64, "each chunk loaded once");
+    assert!(
+        hits > misses * 20,
+        "the other readers are served from memory ({hits} hits)"
+    );
+}
