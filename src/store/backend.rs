@@ -13,6 +13,8 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use parking_lot::Mutex;
 
 /// One file of a delta layer.
@@ -128,11 +130,14 @@ impl StoreFile for FsFile {
 #[derive(Default, Clone)]
 pub struct MemDir {
     files: Arc<Mutex<HashMap<String, Arc<MemFile>>>>,
+    /// Mutating operations left before the power goes (negative: unlimited).
+    budget: Arc<AtomicI64>,
 }
 
 #[derive(Default)]
 pub struct MemFile {
     inner: Mutex<MemInner>,
+    budget: Arc<AtomicI64>,
 }
 
 #[derive(Default, Clone)]
@@ -156,13 +161,22 @@ const TEAR_SECTOR: usize = 512;
 
 impl MemDir {
     pub fn new() -> Self {
-        Self::default()
+        let d = Self::default();
+        d.budget.store(-1, Ordering::SeqCst);
+        d
+    }
+
+    /// Lets `ops` more writes, syncs or length changes through, then fails every operation
+    /// as if the power had gone (call `crash` afterwards to see what survived).
+    pub fn cut_power_after(&self, ops: i64) {
+        self.budget.store(ops, Ordering::SeqCst);
     }
 
     /// Cuts the power: returns a new directory holding what survived. `seed` decides, per
     /// unsynced sector, whether it reached the medium. The old directory's files stop working.
     pub fn crash(&self, seed: u64) -> MemDir {
         let mut rng = SplitMix(seed);
+        let budget = Arc::new(AtomicI64::new(-1));
         let files = self.files.lock();
         let mut out = HashMap::new();
         for (name, f) in files.iter() {
@@ -199,11 +213,13 @@ impl MemDir {
                 name.clone(),
                 Arc::new(MemFile {
                     inner: Mutex::new(inner),
+                    budget: budget.clone(),
                 }),
             );
         }
         MemDir {
             files: Arc::new(Mutex::new(out)),
+            budget,
         }
     }
 
@@ -231,10 +247,37 @@ fn dead() -> io::Error {
     io::Error::other("simulated power loss")
 }
 
+impl MemFile {
+    /// Takes one mutating operation from the power budget; false once the power is gone.
+    fn spend(&self, g: &mut MemInner) -> bool {
+        if g.dead {
+            return false;
+        }
+        let left = self.budget.load(Ordering::SeqCst);
+        if left == 0 {
+            g.dead = true;
+            return false;
+        }
+        if left > 0 {
+            self.budget.fetch_sub(1, Ordering::SeqCst);
+        }
+        true
+    }
+}
+
 impl StoreDir for MemDir {
     fn open(&self, name: &str) -> io::Result<Arc<dyn StoreFile>> {
         let mut files = self.files.lock();
-        Ok(files.entry(name.to_string()).or_default().clone())
+        let budget = self.budget.clone();
+        Ok(files
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(MemFile {
+                    inner: Mutex::default(),
+                    budget,
+                })
+            })
+            .clone())
     }
     fn describe(&self) -> PathBuf {
         PathBuf::from("<memory>")
@@ -257,7 +300,7 @@ impl StoreFile for MemFile {
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut g = self.inner.lock();
-        if g.dead {
+        if !self.spend(&mut g) {
             return Err(dead());
         }
         let o = offset as usize;
@@ -270,7 +313,7 @@ impl StoreFile for MemFile {
     }
     fn sync(&self) -> io::Result<()> {
         let mut g = self.inner.lock();
-        if g.dead {
+        if !self.spend(&mut g) {
             return Err(dead());
         }
         g.durable = g.live.clone();
@@ -286,7 +329,7 @@ impl StoreFile for MemFile {
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut g = self.inner.lock();
-        if g.dead {
+        if !self.spend(&mut g) {
             return Err(dead());
         }
         g.live.resize(len as usize, 0);
@@ -295,7 +338,7 @@ impl StoreFile for MemFile {
     }
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         let mut g = self.inner.lock();
-        if g.dead {
+        if !self.spend(&mut g) {
             return Err(dead());
         }
         let end = ((offset + len) as usize).min(g.live.len());

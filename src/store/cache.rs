@@ -7,10 +7,11 @@
 
 use std::hash::{BuildHasher, Hash};
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use lru::LruCache;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 /// Key of a cached chunk: (process-local image id, chunk index).
 pub type ChunkKey = (u64, u64);
@@ -18,9 +19,17 @@ pub type ChunkKey = (u64, u64);
 /// Shards: enough that two cores never wait on each other in practice.
 const SHARDS: usize = 16;
 
+/// Stripes of the single-flight locks taken while a missing chunk is loaded.
+const LOAD_STRIPES: usize = 64;
+
 pub struct ChunkCache {
     shards: Vec<Mutex<LruCache<ChunkKey, Bytes>>>,
+    /// A chunk missing from the cache is loaded by one reader while the others of the same
+    /// chunk wait for it, so a boot storm reads each chunk from disk once.
+    loading: Vec<Mutex<()>>,
     hasher: rustc_hash::FxBuildHasher,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl ChunkCache {
@@ -33,7 +42,10 @@ impl ChunkCache {
         };
         ChunkCache {
             shards,
+            loading: (0..LOAD_STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: rustc_hash::FxBuildHasher,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
@@ -41,18 +53,56 @@ impl ChunkCache {
         !self.shards.is_empty()
     }
 
-    fn shard(&self, key: &ChunkKey) -> &Mutex<LruCache<ChunkKey, Bytes>> {
+    fn hash(&self, key: &ChunkKey) -> usize {
         let mut h = self.hasher.build_hasher();
         key.hash(&mut h);
-        let i = std::hash::Hasher::finish(&h) as usize % self.shards.len();
-        &self.shards[i]
+        std::hash::Hasher::finish(&h) as usize
     }
 
-    pub fn get(&self, key: &ChunkKey) -> Option<Bytes> {
+    fn shard(&self, key: &ChunkKey) -> &Mutex<LruCache<ChunkKey, Bytes>> {
+        &self.shards[self.hash(key) % self.shards.len()]
+    }
+
+    fn lookup(&self, key: &ChunkKey) -> Option<Bytes> {
         if !self.enabled() {
             return None;
         }
         self.shard(key).lock().get(key).cloned()
+    }
+
+    /// The cached chunk, or the one `load` produces (which is then cached). Concurrent
+    /// callers for the same missing chunk wait for the first one's load instead of
+    /// repeating it.
+    pub fn get_or_load<E>(
+        &self,
+        key: ChunkKey,
+        load: impl FnOnce() -> Result<Bytes, E>,
+    ) -> Result<Bytes, E> {
+        if let Some(b) = self.lookup(&key) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(b);
+        }
+        let _loading: MutexGuard<()> = self.loading[self.hash(&key) % LOAD_STRIPES].lock();
+        if let Some(b) = self.lookup(&key) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(b);
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let b = load()?;
+        self.insert(key, b.clone());
+        Ok(b)
+    }
+
+    /// Lookups served from memory, and chunks loaded from the image files.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn get(&self, key: &ChunkKey) -> Option<Bytes> {
+        self.lookup(key)
     }
 
     pub fn insert(&self, key: ChunkKey, chunk: Bytes) {

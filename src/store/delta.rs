@@ -56,6 +56,8 @@ pub struct Delta {
     map_len: u64,
     /// Size of the active file's snapshot batch.
     snapshot_len: u64,
+    /// Log size below which no compaction happens (see COMPACT_MIN_BYTES).
+    compact_min: u64,
 }
 
 impl Delta {
@@ -83,6 +85,7 @@ impl Delta {
             sequence: 0,
             map_len: 0,
             snapshot_len: 0,
+            compact_min: COMPACT_MIN_BYTES,
         };
         d.compact()?;
         Ok(d)
@@ -155,6 +158,7 @@ impl Delta {
             sequence: 0,
             map_len: 0,
             snapshot_len: 0,
+            compact_min: COMPACT_MIN_BYTES,
         };
         let mut pos = MAP_HEADER_LEN;
         while let Some((batch, len)) = Batch::decode(&bytes[pos..]) {
@@ -390,7 +394,7 @@ impl Delta {
         let log_len = self.map_len - MAP_HEADER_LEN as u64 - self.snapshot_len;
         let batch_len = Batch::encoded_len(self.dirty.len()) as u64;
         let snapshot_len = Batch::encoded_len(self.map.len()) as u64;
-        if log_len + batch_len > COMPACT_MIN_BYTES.max(2 * snapshot_len) {
+        if log_len + batch_len > self.compact_min.max(2 * snapshot_len) {
             self.compact()?;
         } else {
             self.append_log()?;
@@ -489,6 +493,17 @@ impl Delta {
             i = j;
         }
         self.free.extend(freed.into_iter().rev());
+    }
+
+    /// Sets the log size below which flushes never compact (tests use small values to
+    /// exercise compaction often).
+    pub fn set_compaction_threshold(&mut self, bytes: u64) {
+        self.compact_min = bytes;
+    }
+
+    /// The map file generation: it grows by one at each compaction.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Blocks with their own data in this delta.

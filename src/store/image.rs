@@ -127,14 +127,12 @@ impl Image {
         }
         let e = self.entry(chunk);
         let Some(slot) = e.slot else { return Ok(None) };
-        let key = (self.uid, chunk);
-        if let Some(b) = self.cache.get(&key) {
-            return Ok(Some(b));
-        }
-        let raw = self.stored_slice(slot, chunk, e.crc, reader)?;
-        let b = Bytes::copy_from_slice(raw);
-        self.cache.insert(key, b.clone());
-        Ok(Some(b))
+        self.cache
+            .get_or_load((self.uid, chunk), || {
+                self.stored_slice(slot, chunk, e.crc, reader)
+                    .map(Bytes::copy_from_slice)
+            })
+            .map(Some)
     }
 
     /// The stored bytes of `slot`, checked against `crc`.

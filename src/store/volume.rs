@@ -29,7 +29,9 @@ pub struct Volume {
 }
 
 impl Volume {
-    pub(crate) fn new(
+    /// Assembles a volume from its parts. The repository does this; tests use it to put a
+    /// volume on another storage backend.
+    pub fn new(
         name: &str,
         len: u64,
         base: Option<Arc<Image>>,
