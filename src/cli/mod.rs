@@ -55,6 +55,12 @@ pub enum Command {
     /// Measure the store in-process (see tools/bench-store for comparisons with qcow2).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Serve exported volumes over iSCSI (foreground; stops cleanly on SIGTERM).
+    Serve(strata::iscsi::cli::ServeArgs),
+    /// Export a volume as an iSCSI target for given initiators (`export ls` lists).
+    Export(strata::iscsi::cli::ExportArgs),
+    /// Stop exporting a volume.
+    Unexport(strata::iscsi::cli::UnexportArgs),
     /// Tools for tests and debugging.
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCmd),
@@ -129,6 +135,9 @@ pub fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Bench(c) => bench::run(&repo, c),
+        Command::Serve(a) => strata::iscsi::cli::serve(repo, a),
+        Command::Export(a) => strata::iscsi::cli::export(&repo, a),
+        Command::Unexport(a) => strata::iscsi::cli::unexport(&repo, a),
         Command::Debug(c) => debug::run(&repo, c),
     }
 }

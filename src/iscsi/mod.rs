@@ -19,3 +19,4 @@ pub mod connection;
 pub mod server;
 pub mod session;
 pub mod tmf;
+pub mod cli;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -58,7 +58,9 @@ pub struct ServerCtx {
     pub exports: ExportTable,
     pub sessions: SessionTable,
     pub opts: ServerOptions,
-    lus: Mutex<HashMap<String, Weak<LogicalUnit>>>,
+    /// Open logical units, kept open while exported (reopening per session would flush
+    /// and re-lock the volume each time).
+    lus: Mutex<HashMap<String, Arc<LogicalUnit>>>,
     next_nexus: AtomicU64,
     pub connections: AtomicUsize,
     pub shutdown: watch::Receiver<bool>,
@@ -87,21 +89,24 @@ impl ServerCtx {
     }
 
     /// The logical unit of an export, opened on first use and shared by its sessions.
+    /// Units of volumes no longer exported are closed once no session uses them.
     pub fn logical_unit(&self, e: &Export) -> Result<Arc<LogicalUnit>, StoreError> {
-        if let Some(lu) = self.lus.lock().get(&e.volume).and_then(Weak::upgrade) {
+        let exports = self.exports.current();
+        let mut lus = self.lus.lock();
+        lus.retain(|vol, lu| {
+            Arc::strong_count(lu) > 1
+                || exports
+                    .iter()
+                    .any(|x| &x.volume == vol && x.iqn.eq_ignore_ascii_case(&lu.target_iqn))
+        });
+        if let Some(lu) = lus.get(&e.volume) {
             if lu.target_iqn.eq_ignore_ascii_case(&e.iqn) {
-                return Ok(lu);
+                return Ok(lu.clone());
             }
         }
         let vol = self.repo.open_volume(&e.volume, false)?;
-        let mut lus = self.lus.lock();
-        if let Some(lu) = lus.get(&e.volume).and_then(Weak::upgrade) {
-            if lu.target_iqn.eq_ignore_ascii_case(&e.iqn) {
-                return Ok(lu);
-            }
-        }
         let lu = Arc::new(LogicalUnit::new(vol, &e.iqn, self.opts.identity.clone()));
-        lus.insert(e.volume.clone(), Arc::downgrade(&lu));
+        lus.insert(e.volume.clone(), lu.clone());
         Ok(lu)
     }
 }
