@@ -537,8 +537,19 @@ struct PendingWrite {
     /// Next offset to solicit with an R2T.
     next_r2t: usize,
     r2t_sn: u32,
-    /// Outstanding R2Ts: (TTT, offset, length, bytes received).
-    r2ts: VecDeque<(u32, usize, usize, usize)>,
+    /// Next offset and DataSN expected in the unsolicited sequence.
+    unsol_next: usize,
+    unsol_datasn: u32,
+    r2ts: VecDeque<R2tState>,
+}
+
+/// An outstanding R2T and the Data-Out sequence answering it.
+struct R2tState {
+    ttt: u32,
+    offset: usize,
+    len: usize,
+    received: usize,
+    next_datasn: u32,
 }
 
 pub struct Conn {
@@ -632,7 +643,7 @@ impl Conn {
                 }
                 self.scsi_command(pdu).await?;
             }
-            op::DATA_OUT => self.data_out(pdu).await?,
+            op::DATA_OUT => return self.data_out(pdu).await,
             op::NOP_OUT => {
                 if b.itt() != RESERVED_TAG {
                     if !self.accept_cmd_sn(b) {
@@ -738,6 +749,8 @@ impl Conn {
                 unsolicited_done,
                 next_r2t: if unsolicited_done { imm } else { unsolicited_end },
                 r2t_sn: 0,
+                unsol_next: imm,
+                unsol_datasn: 0,
                 r2ts: VecDeque::new(),
             };
             if w.received >= edtl {
@@ -767,7 +780,13 @@ impl Conn {
             r.set_u32(36, w.r2t_sn);
             r.set_u32(40, w.next_r2t as u32);
             r.set_u32(44, len as u32);
-            w.r2ts.push_back((ttt, w.next_r2t, len, 0));
+            w.r2ts.push_back(R2tState {
+                ttt,
+                offset: w.next_r2t,
+                len,
+                received: 0,
+                next_datasn: 0,
+            });
             w.r2t_sn += 1;
             w.next_r2t += len;
             pdus.push(OutPdu {
@@ -787,29 +806,44 @@ impl Conn {
         Ok(())
     }
 
-    async fn data_out(&mut self, pdu: Pdu) -> Result<(), ()> {
+    /// Collects one Data-Out. Data must come in order (DataPDUInOrder and
+    /// DataSequenceInOrder are Yes) with consecutive DataSNs; anything else fails the task
+    /// with DATA PHASE ERROR (ERL 0 cannot recover it) and later Data-Out for it is ignored.
+    async fn data_out(&mut self, pdu: Pdu) -> Result<Flow, ()> {
         let b = &pdu.bhs;
         let itt = b.itt();
         let Some(mut w) = self.writes.remove(&itt) else {
             // Data for an aborted or failed task: ignored.
             tracing::debug!(itt, "Data-Out for no pending write");
-            return Ok(());
+            return Ok(Flow::Continue);
         };
         let ttt = b.ttt();
+        let datasn = b.u32_at(36);
         let off = b.u32_at(40) as usize;
         let len = pdu.data.len();
-        let end = off.checked_add(len).unwrap_or(usize::MAX);
-        let ok_range = if ttt == RESERVED_TAG {
-            !w.unsolicited_done && end <= w.unsolicited_end
+        let end = off.saturating_add(len);
+        if end > w.edtl {
+            return self.fail_data_phase(&w.bhs, "Data-Out beyond the expected length").await;
+        }
+        if ttt == RESERVED_TAG {
+            if w.unsolicited_done
+                || end > w.unsolicited_end
+                || off != w.unsol_next
+                || datasn != w.unsol_datasn
+            {
+                return self.fail_data_phase(&w.bhs, "unsolicited Data-Out out of order").await;
+            }
+            w.unsol_next = end;
+            w.unsol_datasn += 1;
         } else {
-            w.r2ts
-                .iter()
-                .any(|&(t, o, l, _)| t == ttt && off >= o && end <= o + l)
-        };
-        if !ok_range || end > w.edtl {
-            self.reject(b, reject::PROTOCOL_ERROR).await;
-            self.writes.insert(itt, w);
-            return Ok(());
+            let Some(r) = w.r2ts.iter_mut().find(|r| r.ttt == ttt) else {
+                return self.fail_data_phase(&w.bhs, "Data-Out with an unknown transfer tag").await;
+            };
+            if off != r.offset + r.received || end > r.offset + r.len || datasn != r.next_datasn {
+                return self.fail_data_phase(&w.bhs, "solicited Data-Out out of order").await;
+            }
+            r.received += len;
+            r.next_datasn += 1;
         }
         if w.buf.len() < end {
             w.buf.resize(end, 0);
@@ -821,23 +855,32 @@ impl Conn {
                 w.unsolicited_done = true;
                 w.next_r2t = w.next_r2t.max(end);
             }
-        } else if let Some(pos) = w.r2ts.iter().position(|&(t, ..)| t == ttt) {
-            let r = &mut w.r2ts[pos];
-            r.3 += len;
-            if b.final_bit() || r.3 >= r.2 {
+        } else if let Some(pos) = w.r2ts.iter().position(|r| r.ttt == ttt) {
+            let r = &w.r2ts[pos];
+            if b.final_bit() || r.received >= r.len {
                 w.r2ts.remove(pos);
             }
         }
         if w.received >= w.edtl && w.r2ts.is_empty() {
             let bhs = w.bhs.clone();
             self.dispatch(bhs, Bytes::from(w.buf));
-            return Ok(());
+            return Ok(Flow::Continue);
         }
         if w.unsolicited_done {
             self.issue_r2ts(&mut w, itt).await?;
         }
         self.writes.insert(itt, w);
-        Ok(())
+        Ok(Flow::Continue)
+    }
+
+    async fn fail_data_phase(&mut self, cmd: &Bhs, why: &str) -> Result<Flow, ()> {
+        tracing::warn!(itt = cmd.itt(), why, "failing write");
+        let resp = Response::check(sense::DATA_PHASE_ERROR);
+        self.send(build_response(cmd, resp, &self.params)).await?;
+        if !cmd.immediate() {
+            self.window.complete();
+        }
+        Ok(Flow::Continue)
     }
 
     /// Runs a command (its data collected) on its own task.

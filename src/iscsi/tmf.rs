@@ -63,7 +63,7 @@ pub async fn execute(conn: &mut Conn, b: &Bhs) -> TmfResult {
             }
             conn.abort_tasks(|_, l, _| l == lun);
             if let Some(lu) = conn.lu() {
-                lu.reset(Some(conn.nexus_id()));
+                lu.reset();
             }
             done(response::COMPLETE)
         }
@@ -71,7 +71,7 @@ pub async fn execute(conn: &mut Conn, b: &Bhs) -> TmfResult {
         6 | 7 => {
             conn.abort_tasks(|_, _, _| true);
             if let Some(lu) = conn.lu() {
-                lu.reset(Some(conn.nexus_id()));
+                lu.reset();
             }
             TmfResult {
                 code: response::COMPLETE,

@@ -28,17 +28,18 @@ use crate::store::{ErrorKind, StoreError, Volume};
 use super::cdb;
 use sense::{status, Sense};
 
-/// Logical block size reported to initiators. Firmware expects 512; the store's own 4 KiB
-/// block shows as the physical block size (LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 3).
+/// Logical block size reported to initiators. Firmware expects 512. The store's 4 KiB block
+/// is only hinted (optimal transfer granularity in VPD 0xB0): reporting it as the physical
+/// block size makes GET LBA STATUS answers depend on physical-block rounding.
 pub const BLOCK_SIZE: u64 = 512;
-pub const PHYS_EXPONENT: u8 = 3;
+pub const PHYS_EXPONENT: u8 = 0;
 /// Largest transfer of one command, in blocks (VPD 0xB0); bounds per-command write buffers.
 pub const MAX_TRANSFER_BLOCKS: u32 = 64 * 1024; // 32 MiB
 /// Reads may be larger (firmware reads 10 MB at once and never asks VPD 0xB0); they are
 /// streamed, so this only bounds nonsense.
 pub const MAX_READ_BLOCKS: u64 = 1 << 24; // 8 GiB
-pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 128;
-pub const MAX_UNMAP_BLOCKS: u32 = 1 << 22;
+pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 255;
+pub const MAX_UNMAP_BLOCKS: u32 = 1 << 20;
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 pub const MAX_WRITE_SAME_BLOCKS: u64 = 1 << 22;
 
@@ -266,13 +267,14 @@ impl LogicalUnit {
             .collect()
     }
 
-    /// LUN RESET / TARGET RESET: mode pages to defaults, prevention and reservation
-    /// (not registrations) cleared, and every other nexus told.
-    pub fn reset(&self, by: Option<u64>) {
+    /// LUN RESET / TARGET RESET: mode pages to defaults, medium-removal prevention
+    /// cleared (persistent reservations survive), and every nexus told, the resetting one
+    /// included (SAM-5 §6.3.2).
+    pub fn reset(&self) {
         self.wce.store(true, Ordering::Relaxed);
         self.prevent.lock().clear();
         self.pr.lock().reset();
-        self.raise_ua(sense::BUS_DEVICE_RESET, by);
+        self.raise_ua(sense::BUS_DEVICE_RESET, None);
     }
 
     /// Range check in blocks: LBA OUT OF RANGE when `[lba, lba+blocks)` leaves the volume.

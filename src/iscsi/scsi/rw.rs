@@ -40,7 +40,9 @@ fn maybe_flush(lu: &LogicalUnit, fua: bool) -> Result<(), sense::Sense> {
     Ok(())
 }
 
-/// Checks a write's range and that its data arrived; returns the data to write.
+/// Checks a write's range; returns the data to write: the transfer length's worth, or
+/// fewer whole blocks when the initiator's expected length is shorter (the difference is
+/// reported as a residual overflow, as SAM-5 allows).
 fn write_data<'a>(
     lu: &LogicalUnit,
     req: &Request<'a>,
@@ -55,9 +57,12 @@ fn write_data<'a>(
         return Err(sense::WRITE_PROTECTED);
     }
     let need = (r.blocks * BLOCK_SIZE) as usize;
-    req.data_out
-        .get(..need)
-        .ok_or(sense::PARAM_LIST_LENGTH_ERROR)
+    let have = need.min(req.data_out.len());
+    Ok(&req.data_out[..have - have % BLOCK_SIZE as usize])
+}
+
+fn transfer_bytes(r: &cdb::BlockRange) -> usize {
+    (r.blocks * BLOCK_SIZE) as usize
 }
 
 pub fn write(lu: &LogicalUnit, req: &Request) -> CmdResult {
@@ -69,7 +74,7 @@ pub fn write(lu: &LogicalUnit, req: &Request) -> CmdResult {
             .map_err(|e| store_sense(&e, true))?;
         maybe_flush(lu, r.fua())?;
     }
-    Ok(Response::good(Vec::new()).consumed(data.len()).into())
+    Ok(Response::good(Vec::new()).consumed(transfer_bytes(&r)).into())
 }
 
 pub fn write_and_verify(lu: &LogicalUnit, req: &Request) -> CmdResult {
@@ -82,7 +87,7 @@ pub fn write_and_verify(lu: &LogicalUnit, req: &Request) -> CmdResult {
         // Verification means the data is on the medium: flush, as FUA would.
         maybe_flush(lu, true)?;
     }
-    Ok(Response::good(Vec::new()).consumed(data.len()).into())
+    Ok(Response::good(Vec::new()).consumed(transfer_bytes(&r)).into())
 }
 
 pub fn verify(lu: &LogicalUnit, req: &Request) -> CmdResult {
@@ -148,13 +153,17 @@ pub fn compare_and_write(lu: &LogicalUnit, req: &Request) -> CmdResult {
         return Err(sense::invalid_cdb_field(13, None));
     }
     lu.check_range(lba, nob as u64)?;
+    let len = nob as usize * BLOCK_SIZE as usize;
+    // The Data-Out must be exactly the verify and write halves.
+    if req.data_out.len() != 2 * len {
+        return Err(sense::invalid_cdb_field(13, None));
+    }
     if nob == 0 {
         return Ok(Response::good(Vec::new()).into());
     }
     if lu.volume.is_read_only() {
         return Err(sense::WRITE_PROTECTED);
     }
-    let len = nob as usize * BLOCK_SIZE as usize;
     let data = req
         .data_out
         .get(..2 * len)

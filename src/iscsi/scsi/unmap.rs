@@ -90,11 +90,11 @@ pub fn write_same(lu: &LogicalUnit, req: &Request) -> CmdResult {
     }
     let b = BLOCK_SIZE as usize;
     let zero = [0u8; BLOCK_SIZE as usize];
-    let pattern: &[u8] = if ndob {
-        &zero
-    } else {
-        req.data_out.get(..b).ok_or(sense::PARAM_LIST_LENGTH_ERROR)?
-    };
+    // The Data-Out is exactly one block (none with NDOB).
+    if req.data_out.len() != if ndob { 0 } else { b } {
+        return Err(sense::invalid_cdb_field(if sixteen { 10 } else { 7 }, None));
+    }
+    let pattern: &[u8] = if ndob { &zero } else { req.data_out };
     let consumed = if ndob { 0 } else { b };
     let (off, len) = (lba * BLOCK_SIZE, blocks * BLOCK_SIZE);
     if pattern.iter().all(|&x| x == 0) {
