@@ -34,6 +34,14 @@ pub struct ServeArgs {
     /// Worker threads of the network runtime (default: number of CPUs).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Seconds a connection may take to complete its login (half-open connections and
+    /// login floods are dropped after this).
+    #[arg(long, default_value_t = 15, hide = true)]
+    pub login_timeout: u64,
+    /// Seconds an initiator that answers pings may leave one unanswered before its
+    /// connection is dropped.
+    #[arg(long, default_value_t = 30, hide = true)]
+    pub nop_timeout: u64,
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +104,8 @@ pub fn serve(repo: Arc<Repository>, a: ServeArgs) -> CliResult {
         },
         nop_interval: std::time::Duration::from_secs(a.nop_interval.max(1)),
         queue_depth: a.queue_depth.clamp(1, 1024),
+        login_timeout: std::time::Duration::from_secs(a.login_timeout.max(1)),
+        nop_timeout: std::time::Duration::from_secs(a.nop_timeout.max(1)),
         ..ServerOptions::default()
     };
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
