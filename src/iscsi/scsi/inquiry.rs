@@ -112,7 +112,7 @@ fn device_identification(lu: &LogicalUnit) -> Vec<u8> {
 fn block_limits() -> Vec<u8> {
     let mut d = vec![0u8; 0x3c];
     // Offsets below are page offsets minus the 4-byte header.
-    d[0] = 0x01; // WSNZ: WRITE SAME with zero blocks is refused
+    d[0] = 0x00; // WSNZ clear: WRITE SAME with zero blocks runs to the end
     d[1] = MAX_COMPARE_AND_WRITE_BLOCKS;
     d[2..4].copy_from_slice(&8u16.to_be_bytes()); // optimal granularity: 4 KiB
     d[4..8].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());

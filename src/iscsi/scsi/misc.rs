@@ -59,6 +59,8 @@ pub const SUPPORTED: &[(u8, Option<u16>, u16)] = &[
     (0x0a, None, 6),
     (0x12, None, 6),
     (0x15, None, 6),
+    (0x16, None, 6),
+    (0x17, None, 6),
     (0x1a, None, 6),
     (0x1b, None, 6),
     (0x1e, None, 6),
@@ -69,9 +71,12 @@ pub const SUPPORTED: &[(u8, Option<u16>, u16)] = &[
     (0x2f, None, 10),
     (0x34, None, 10),
     (0x35, None, 10),
+    (0x37, None, 10),
     (0x41, None, 10),
     (0x42, None, 10),
     (0x55, None, 10),
+    (0x56, None, 10),
+    (0x57, None, 10),
     (0x5a, None, 10),
     (0x5e, Some(0x00), 10),
     (0x5e, Some(0x01), 10),
@@ -87,6 +92,7 @@ pub const SUPPORTED: &[(u8, Option<u16>, u16)] = &[
     (0x88, None, 16),
     (0x89, None, 16),
     (0x8a, None, 16),
+    (0x8b, None, 16),
     (0x8e, None, 16),
     (0x8f, None, 16),
     (0x90, None, 16),
@@ -100,6 +106,7 @@ pub const SUPPORTED: &[(u8, Option<u16>, u16)] = &[
     (0xaa, None, 12),
     (0xae, None, 12),
     (0xaf, None, 12),
+    (0xb7, None, 12),
 ];
 
 /// CDB usage data: which bits of each byte the command looks at.
@@ -171,6 +178,24 @@ pub fn report_supported_opcodes(_lu: &LogicalUnit, req: &Request) -> CmdResult {
 
 fn known(op: u8) -> bool {
     SUPPORTED.iter().any(|&(o, _, _)| o == op)
+}
+
+/// READ DEFECT DATA (10/12): this medium has no defects; the list is empty, in the format
+/// asked for.
+pub fn read_defect_data(_lu: &LogicalUnit, req: &Request) -> CmdResult {
+    let c = req.cdb;
+    let twelve = cdb::byte(c, 0) == 0xb7;
+    let (flags, alloc) = if twelve {
+        (cdb::byte(c, 1) & 0x1f, cdb::be32(c, 6))
+    } else {
+        (cdb::byte(c, 2) & 0x1f, cdb::be16(c, 7) as u32)
+    };
+    let d = if twelve {
+        vec![0, flags, 0, 0, 0, 0, 0, 0]
+    } else {
+        vec![0, flags, 0, 0]
+    };
+    Ok(Response::good(truncate(d, alloc)).into())
 }
 
 pub fn get_lba_status(lu: &LogicalUnit, req: &Request) -> CmdResult {

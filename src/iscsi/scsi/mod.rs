@@ -178,8 +178,10 @@ pub struct LogicalUnit {
     /// Nexuses that hold PREVENT MEDIUM REMOVAL.
     prevent: Mutex<HashSet<u64>>,
     pub pr: Mutex<reservations::PrState>,
-    /// Serialises COMPARE AND WRITE with itself.
+    /// Serialises COMPARE AND WRITE and ORWRITE (read-modify-write commands).
     caw: Mutex<()>,
+    /// SPC-2 RESERVE(6/10) holder (nexus id).
+    legacy_reservation: Mutex<Option<u64>>,
 }
 
 fn fnv1a(data: &[u8], seed: u64) -> u64 {
@@ -216,6 +218,7 @@ impl LogicalUnit {
             prevent: Mutex::new(HashSet::new()),
             pr: Mutex::new(reservations::PrState::default()),
             caw: Mutex::new(()),
+            legacy_reservation: Mutex::new(None),
         }
     }
 
@@ -235,6 +238,11 @@ impl LogicalUnit {
     pub fn detach(&self, nexus: &Nexus) {
         self.ua.lock().remove(&nexus.id);
         self.prevent.lock().remove(&nexus.id);
+        // I_T nexus loss releases an SPC-2 reservation.
+        let mut r = self.legacy_reservation.lock();
+        if *r == Some(nexus.id) {
+            *r = None;
+        }
     }
 
     /// Queues a unit attention for every nexus except `except`.
@@ -273,6 +281,7 @@ impl LogicalUnit {
     pub fn reset(&self) {
         self.wce.store(true, Ordering::Relaxed);
         self.prevent.lock().clear();
+        *self.legacy_reservation.lock() = None;
         self.pr.lock().reset();
         self.raise_ua(sense::BUS_DEVICE_RESET, None);
     }
@@ -303,7 +312,7 @@ impl LogicalUnit {
                 return Err(s);
             }
         }
-        if self.pr.lock().conflict(req.nexus, c) {
+        if self.pr.lock().conflict(req.nexus, c) || self.legacy_conflict(req.nexus.id, op) {
             return Ok(Response::status(status::RESERVATION_CONFLICT).into());
         }
         // NACA and LINK in the control byte are not supported.
@@ -340,10 +349,51 @@ impl LogicalUnit {
                 0x0c => misc::report_supported_opcodes(self, req),
                 _ => Err(sense::invalid_cdb_field(1, Some(4))),
             },
+            0x16 | 0x56 => self.reserve(req),
+            0x17 | 0x57 => self.release(req),
+            0x8b => rw::orwrite(self, req),
+            0x37 | 0xb7 => misc::read_defect_data(self, req),
             0x5e => reservations::persistent_reserve_in(self, req),
             0x5f => reservations::persistent_reserve_out(self, req),
             _ => Err(sense::INVALID_OPCODE),
         }
+    }
+
+    /// Whether an SPC-2 reservation held by another nexus blocks `op`.
+    fn legacy_conflict(&self, nexus: u64, op: u8) -> bool {
+        match *self.legacy_reservation.lock() {
+            Some(holder) if holder != nexus => {
+                !matches!(op, 0x12 | 0xa0 | 0x03 | 0x17 | 0x57 | 0x00 | 0xa3)
+            }
+            _ => false,
+        }
+    }
+
+    /// RESERVE(6/10): an SPC-2 reservation of the whole LU.
+    fn reserve(&self, req: &Request) -> CmdResult {
+        if cdb::byte(req.cdb, 0) == 0x56 && cdb::byte(req.cdb, 1) & 0x03 != 0 {
+            return Err(sense::invalid_cdb_field(1, None)); // third-party / LONGID
+        }
+        if self.pr.lock().has_registrations() {
+            return Ok(Response::status(status::RESERVATION_CONFLICT).into());
+        }
+        let mut r = self.legacy_reservation.lock();
+        match *r {
+            Some(h) if h != req.nexus.id => Ok(Response::status(status::RESERVATION_CONFLICT).into()),
+            _ => {
+                *r = Some(req.nexus.id);
+                Ok(Response::good(Vec::new()).into())
+            }
+        }
+    }
+
+    /// RELEASE(6/10): by the holder; a no-op from anyone else.
+    fn release(&self, req: &Request) -> CmdResult {
+        let mut r = self.legacy_reservation.lock();
+        if *r == Some(req.nexus.id) {
+            *r = None;
+        }
+        Ok(Response::good(Vec::new()).into())
     }
 
     pub(crate) fn prevent_set(&self, nexus: u64, on: bool) {

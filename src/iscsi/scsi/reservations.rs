@@ -47,6 +47,7 @@ fn access(c: &[u8]) -> Access {
         0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x89 | 0x41 | 0x93 | 0x42 | 0x35
         | 0x91 | 0x15 | 0x55 | 0x1b => Access::Write,
         0x9e if cdb::byte(c, 1) & 0x1f == 0x12 => Access::Read,
+        0x8b => Access::Write,
         _ => Access::Other,
     }
 }
@@ -80,6 +81,10 @@ impl PrState {
             EA_RO | EA_AR => !registered && matches!(a, Access::Write | Access::Read),
             _ => false,
         }
+    }
+
+    pub fn has_registrations(&self) -> bool {
+        !self.regs.is_empty()
     }
 
     /// LUN reset: the reservation survives (it is persistent), so nothing to do; kept as a

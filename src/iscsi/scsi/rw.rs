@@ -183,3 +183,25 @@ pub fn compare_and_write(lu: &LogicalUnit, req: &Request) -> CmdResult {
     maybe_flush(lu, flags & 0x08 != 0)?;
     Ok(Response::good(Vec::new()).consumed(2 * len).into())
 }
+
+/// ORWRITE (16): each block becomes the bitwise OR of itself and the Data-Out.
+pub fn orwrite(lu: &LogicalUnit, req: &Request) -> CmdResult {
+    let r = cdb::block_range(req.cdb);
+    let data = write_data(lu, req, &r)?;
+    if !data.is_empty() {
+        let _atomic = lu.caw_lock();
+        let off = r.lba * BLOCK_SIZE;
+        let mut cur = vec![0u8; data.len()];
+        lu.volume
+            .read_at(&mut cur, off)
+            .map_err(|e| store_sense(&e, false))?;
+        for (c, d) in cur.iter_mut().zip(data) {
+            *c |= d;
+        }
+        lu.volume
+            .write_at(&cur, off)
+            .map_err(|e| store_sense(&e, true))?;
+        maybe_flush(lu, r.fua())?;
+    }
+    Ok(Response::good(Vec::new()).consumed(transfer_bytes(&r)).into())
+}

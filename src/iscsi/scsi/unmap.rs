@@ -66,7 +66,7 @@ pub fn write_same(lu: &LogicalUnit, req: &Request) -> CmdResult {
     if flags >> 5 != 0 {
         return Err(sense::invalid_cdb_field(1, Some(7)));
     }
-    let _unmap = flags & 0x08 != 0;
+    let unmap = flags & 0x08 != 0;
     let anchor = flags & 0x10 != 0;
     let ndob = sixteen && flags & 0x01 != 0;
     if anchor {
@@ -77,13 +77,17 @@ pub fn write_same(lu: &LogicalUnit, req: &Request) -> CmdResult {
     } else {
         (cdb::be32(c, 2) as u64, cdb::be16(c, 7) as u64)
     };
-    if blocks == 0 {
-        // WSNZ is set in the block limits page.
+    // Zero blocks means "to the end of the medium" (WSNZ is clear in VPD 0xB0).
+    let blocks = if blocks == 0 {
+        if lba > lu.blocks() {
+            return Err(sense::LBA_OUT_OF_RANGE);
+        }
+        lu.blocks() - lba
+    } else if blocks > MAX_WRITE_SAME_BLOCKS {
         return Err(sense::invalid_cdb_field(if sixteen { 10 } else { 7 }, None));
-    }
-    if blocks > MAX_WRITE_SAME_BLOCKS {
-        return Err(sense::invalid_cdb_field(if sixteen { 10 } else { 7 }, None));
-    }
+    } else {
+        blocks
+    };
     lu.check_range(lba, blocks)?;
     if lu.volume.is_read_only() {
         return Err(sense::WRITE_PROTECTED);
@@ -97,9 +101,10 @@ pub fn write_same(lu: &LogicalUnit, req: &Request) -> CmdResult {
     let pattern: &[u8] = if ndob { &zero } else { req.data_out };
     let consumed = if ndob { 0 } else { b };
     let (off, len) = (lba * BLOCK_SIZE, blocks * BLOCK_SIZE);
-    if pattern.iter().all(|&x| x == 0) {
-        // A zero pattern is a discard whether or not UNMAP was asked: the range reads as
-        // zeros either way (LBPRZ), and the delta gives the space back.
+    if unmap || pattern.iter().all(|&x| x == 0) {
+        // UNMAP deallocates whatever the pattern (as LIO and tgt do; the blocks then read
+        // as zeros, LBPRZ). A zero pattern is a discard too: it reads back the same and the
+        // delta gives the space back.
         lu.volume
             .discard(off, len)
             .map_err(|e| store_sense(&e, true))?;
