@@ -12,10 +12,11 @@
 //! Bad input never panics: a malformed PDU gets a Reject, a PDU that breaks framing or a
 //! header digest error drops the connection.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -74,21 +75,19 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
         }
     }
 
+    /// A PDU already in the buffer, without reading the socket.
+    pub fn try_next(&mut self) -> Result<Option<Frame>, ConnError> {
+        if pdu::check(&self.buf, &self.lim)?.is_none() {
+            return Ok(None);
+        }
+        self.take()
+    }
+
     /// The next PDU, or `None` at a clean end of stream.
     pub async fn next(&mut self) -> Result<Option<Frame>, ConnError> {
         loop {
-            if let Some(n) = pdu::check(&self.buf, &self.lim)? {
-                let frame = self.buf.split_to(n).freeze();
-                if self.buf.is_empty() && self.buf.capacity() > READ_BUF_IDLE_MAX {
-                    self.buf = BytesMut::with_capacity(READ_BUF_INITIAL);
-                }
-                return match pdu::parse(frame.clone(), &self.lim) {
-                    Ok(p) => Ok(Some(Frame::Pdu(p))),
-                    Err(PduError::DataDigest { .. }) => Ok(Some(Frame::BadData(
-                        Bhs::from_slice(&frame).ok_or(ConnError::Truncated)?,
-                    ))),
-                    Err(e) => Err(e.into()),
-                };
+            if pdu::check(&self.buf, &self.lim)?.is_some() {
+                return self.take();
             }
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(64 * 1024);
@@ -100,6 +99,23 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
                     Err(ConnError::Truncated)
                 };
             }
+        }
+    }
+
+    fn take(&mut self) -> Result<Option<Frame>, ConnError> {
+        let Some(n) = pdu::check(&self.buf, &self.lim)? else {
+            return Ok(None);
+        };
+        let frame = self.buf.split_to(n).freeze();
+        if self.buf.is_empty() && self.buf.capacity() > READ_BUF_IDLE_MAX {
+            self.buf = BytesMut::with_capacity(READ_BUF_INITIAL);
+        }
+        match pdu::parse(frame.clone(), &self.lim) {
+            Ok(p) => Ok(Some(Frame::Pdu(p))),
+            Err(PduError::DataDigest { .. }) => Ok(Some(Frame::BadData(
+                Bhs::from_slice(&frame).ok_or(ConnError::Truncated)?,
+            ))),
+            Err(e) => Err(e.into()),
         }
     }
 }
@@ -117,28 +133,20 @@ pub enum Sn {
 
 pub struct OutPdu {
     pub bhs: Bhs,
-    pub start: usize,
-    pub end: usize,
+    /// The data segment (usually a slice of a larger read buffer).
+    pub data: Bytes,
     pub sn: Sn,
 }
 
-/// One message to the writer: PDUs whose data segments are ranges of one buffer.
+/// One message to the writer: PDUs to send in order, possibly of several commands.
 pub struct Out {
     pub pdus: Vec<OutPdu>,
-    pub data: Bytes,
 }
 
 impl Out {
     pub fn one(bhs: Bhs, data: Bytes, sn: Sn) -> Out {
-        let end = data.len();
         Out {
-            pdus: vec![OutPdu {
-                bhs,
-                start: 0,
-                end,
-                sn,
-            }],
-            data,
+            pdus: vec![OutPdu { bhs, data, sn }],
         }
     }
 }
@@ -199,10 +207,9 @@ async fn writer<W: AsyncWrite + Unpin>(
                 }
                 p.bhs.set_u32(28, window.exp_cmd_sn());
                 p.bhs.set_u32(32, window.max_cmd_sn());
-                let data = &msg.data[p.start..p.end];
-                let f = pdu::frame(&p.bhs, data, hd, dd);
+                let f = pdu::frame(&p.bhs, &p.data, hd, dd);
                 w.write_all(f.head()).await?;
-                w.write_all(data).await?;
+                w.write_all(&p.data).await?;
                 w.write_all(f.tail()).await?;
             }
             match rx.try_recv() {
@@ -437,6 +444,7 @@ async fn full_feature<R, W>(
         writes: HashMap::new(),
         next_ttt: 1,
         text_pending: None,
+        batch: Vec::new(),
     };
     let mut stop = guard.as_ref().map(|g| g.stop.clone());
     let mut shutdown = ctx.shutdown.clone();
@@ -453,31 +461,45 @@ async fn full_feature<R, W>(
         tokio::select! {
             f = reader.next() => {
                 last_rx = Instant::now();
-                match f {
-                    Ok(Some(Frame::Pdu(pdu))) => {
-                        if pdu.bhs.opcode() == op::NOP_OUT && pdu.bhs.itt() == RESERVED_TAG {
-                            if let Some((ttt, _)) = ping {
-                                if pdu.bhs.ttt() == ttt {
-                                    ping = None;
-                                    pings_answered = true;
+                // Handle this PDU and every other one already buffered, then run the
+                // commands they carried as one batch (one hand-off to the I/O pool).
+                let mut f = f;
+                let stop_reason = loop {
+                    match f {
+                        Ok(Some(Frame::Pdu(pdu))) => {
+                            if pdu.bhs.opcode() == op::NOP_OUT && pdu.bhs.itt() == RESERVED_TAG {
+                                if let Some((ttt, _)) = ping {
+                                    if pdu.bhs.ttt() == ttt {
+                                        ping = None;
+                                        pings_answered = true;
+                                    }
                                 }
                             }
+                            match conn.handle(pdu).await {
+                                Ok(Flow::Continue) => {}
+                                Ok(Flow::Close(why)) => break Some(why),
+                                Err(()) => break Some("writer gone"),
+                            }
                         }
-                        match conn.handle(pdu).await {
-                            Ok(Flow::Continue) => {}
-                            Ok(Flow::Close(why)) => break why,
-                            Err(()) => break "writer gone",
+                        Ok(Some(Frame::BadData(bhs))) => {
+                            tracing::warn!(%peer, "data digest error");
+                            conn.flush_batch();
+                            conn.reject(&bhs, reject::DATA_DIGEST_ERROR).await;
+                        }
+                        Ok(None) => break Some("closed by initiator"),
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "dropping connection");
+                            break Some("protocol error");
                         }
                     }
-                    Ok(Some(Frame::BadData(bhs))) => {
-                        tracing::warn!(%peer, "data digest error");
-                        conn.reject(&bhs, reject::DATA_DIGEST_ERROR).await;
-                    }
-                    Ok(None) => break "closed by initiator",
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "dropping connection");
-                        break "protocol error";
-                    }
+                    f = match reader.try_next() {
+                        Ok(None) => break None,
+                        other => other,
+                    };
+                };
+                conn.flush_batch();
+                if let Some(why) = stop_reason {
+                    break why;
                 }
             }
             _ = tokio::time::sleep_until(next_tick) => {
@@ -522,7 +544,8 @@ pub enum Flow {
 struct TaskInfo {
     lun: u64,
     cmd_sn: u32,
-    abort: tokio::task::AbortHandle,
+    /// Set by task management: the task runs on, but sends nothing more.
+    aborted: Arc<AtomicBool>,
 }
 
 /// A write collecting its Data-Out.
@@ -569,7 +592,19 @@ pub struct Conn {
     next_ttt: u32,
     /// SendTargets text that did not fit in one response: (TTT, remaining bytes).
     text_pending: Option<(u32, Vec<u8>)>,
+    /// Small commands gathered from the PDUs of one socket read, run as one job.
+    batch: Vec<Job>,
 }
+
+/// A command ready to run: its PDU header, Data-Out, and abort flag.
+struct Job {
+    bhs: Bhs,
+    data: Bytes,
+    aborted: Arc<AtomicBool>,
+}
+
+/// Commands moving at most this many bytes are batched; larger ones run on their own.
+const BATCH_MAX_BYTES: usize = 256 * 1024;
 
 fn response_header(opcode: u8, itt: u32) -> Bhs {
     let mut b = Bhs::new(opcode);
@@ -632,6 +667,10 @@ impl Conn {
 
     pub async fn handle(&mut self, pdu: Pdu) -> Result<Flow, ()> {
         let b = &pdu.bhs;
+        if !matches!(b.opcode(), op::SCSI_CMD | op::DATA_OUT) {
+            // Task management, logout and the rest see every earlier command dispatched.
+            self.flush_batch();
+        }
         match b.opcode() {
             op::SCSI_CMD => {
                 if self.session_type != SessionType::Normal {
@@ -791,16 +830,12 @@ impl Conn {
             w.next_r2t += len;
             pdus.push(OutPdu {
                 bhs: r,
-                start: 0,
-                end: 0,
+                data: Bytes::new(),
                 sn: Sn::Current,
             });
         }
         if !pdus.is_empty() {
-            self.send(Out {
-                pdus,
-                data: Bytes::new(),
-            })
+            self.send(Out { pdus })
             .await?;
         }
         Ok(())
@@ -876,7 +911,7 @@ impl Conn {
     async fn fail_data_phase(&mut self, cmd: &Bhs, why: &str) -> Result<Flow, ()> {
         tracing::warn!(itt = cmd.itt(), why, "failing write");
         let resp = Response::check(sense::DATA_PHASE_ERROR);
-        self.send(build_response(cmd, resp, &self.params)).await?;
+        self.send(build_response(cmd, resp, self.params.max_send_data as usize)).await?;
         if !cmd.immediate() {
             self.window.complete();
         }
@@ -885,47 +920,86 @@ impl Conn {
 
     /// Runs a command (its data collected) on its own task.
     fn dispatch(&mut self, bhs: Bhs, data_out: Bytes) {
-        let itt = bhs.itt();
+        let aborted = Arc::new(AtomicBool::new(false));
+        self.inflight.0.fetch_add(1, Ordering::AcqRel);
+        self.tasks.lock().insert(
+            bhs.itt(),
+            TaskInfo {
+                lun: bhs.lun(),
+                cmd_sn: bhs.cmd_sn(),
+                aborted: aborted.clone(),
+            },
+        );
+        let big = bhs.u32_at(20) as usize > BATCH_MAX_BYTES;
+        let job = Job {
+            bhs,
+            data: data_out,
+            aborted,
+        };
+        if big {
+            self.flush_batch();
+            self.spawn_jobs(vec![job]);
+        } else {
+            self.batch.push(job);
+        }
+    }
+
+    /// Runs the gathered small commands.
+    pub fn flush_batch(&mut self) {
+        if !self.batch.is_empty() {
+            let jobs = std::mem::take(&mut self.batch);
+            self.spawn_jobs(jobs);
+        }
+    }
+
+    /// One hand-off to the blocking pool for `jobs`: each runs from CDB to response; the
+    /// responses of a batch go to the writer together. A single large read streams.
+    fn spawn_jobs(&self, jobs: Vec<Job>) {
         let lu = self.lu.clone();
         let nexus = self.nexus.clone();
         let tx = self.tx.clone();
         let window = self.window.clone();
-        let params = self.params.clone();
+        let max_send = self.params.max_send_data as usize;
         let tasks = self.tasks.clone();
         let inflight = self.inflight.clone();
-        inflight.0.fetch_add(1, Ordering::AcqRel);
-        let immediate = bhs.immediate();
-        let lun = bhs.lun();
-        let cmd_sn = bhs.cmd_sn();
-        // Hold the task table while spawning so the task cannot remove itself first.
-        let mut t = self.tasks.lock();
-        let handle = tokio::spawn(async move {
-            let _ = run_command(lu, nexus, bhs, data_out, &tx, &params).await;
-            if !immediate {
-                window.complete();
+        tokio::task::spawn_blocking(move || {
+            let collect = (jobs.len() > 1).then(|| RefCell::new(Vec::new()));
+            for j in &jobs {
+                let sink = Sink {
+                    tx: &tx,
+                    aborted: &j.aborted,
+                    collect: collect.as_ref(),
+                };
+                run_command(lu.clone(), &nexus, &j.bhs, &j.data, &sink, max_send);
             }
-            tasks.lock().remove(&itt);
-            if inflight.0.fetch_sub(1, Ordering::AcqRel) == 1 {
-                inflight.1.notify_waiters();
+            if let Some(c) = collect {
+                let pdus = c.into_inner();
+                if !pdus.is_empty() {
+                    let _ = tx.blocking_send(Out { pdus });
+                }
             }
+            let mut t = tasks.lock();
+            for j in &jobs {
+                if !j.bhs.immediate() {
+                    window.complete();
+                }
+                t.remove(&j.bhs.itt());
+            }
+            drop(t);
+            inflight.0.fetch_sub(jobs.len(), Ordering::AcqRel);
+            // Wakes `drain` and task-management waits.
+            inflight.1.notify_waiters();
         });
-        t.insert(
-            itt,
-            TaskInfo {
-                lun,
-                cmd_sn,
-                abort: handle.abort_handle(),
-            },
-        );
     }
 
     async fn finish_response(&self, b: &Bhs, resp: Response, _unused: usize) -> Result<(), ()> {
-        let out = build_response(b, resp, &self.params);
+        let out = build_response(b, resp, self.params.max_send_data as usize);
         self.send(out).await
     }
 
     /// Waits until no command of this connection is in flight.
     pub async fn drain(&mut self) {
+        self.flush_batch();
         self.writes.clear();
         loop {
             let n = self.inflight.1.notified();
@@ -936,9 +1010,10 @@ impl Conn {
         }
     }
 
-    /// Aborts tasks matching `pred`; returns how many. Aborted tasks send no response, and
-    /// count as completed for the CmdSN window.
-    pub fn abort_tasks(&mut self, pred: impl Fn(u32, u64, u32) -> bool) -> usize {
+    /// Aborts tasks matching `pred` and waits until they are gone; returns how many.
+    /// Aborted tasks send no response (RFC 7143 §4.2.3.3) and count as completed for the
+    /// CmdSN window.
+    pub async fn abort_tasks(&mut self, pred: impl Fn(u32, u64, u32) -> bool) -> usize {
         let mut n = 0;
         let victims: Vec<u32> = self
             .writes
@@ -954,22 +1029,24 @@ impl Conn {
                 n += 1;
             }
         }
-        let mut tasks = self.tasks.lock();
-        let victims: Vec<u32> = tasks
-            .iter()
-            .filter(|(itt, t)| pred(**itt, t.lun, t.cmd_sn))
-            .map(|(itt, _)| *itt)
-            .collect();
-        for itt in victims {
-            if let Some(t) = tasks.remove(&itt) {
-                t.abort.abort();
-                // The aborted task no longer decrements these itself.
-                self.window.complete();
-                if self.inflight.0.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    self.inflight.1.notify_waiters();
-                }
-                n += 1;
+        let running: Vec<u32> = {
+            let tasks = self.tasks.lock();
+            tasks
+                .iter()
+                .filter(|(itt, t)| pred(**itt, t.lun, t.cmd_sn))
+                .map(|(itt, t)| {
+                    t.aborted.store(true, Ordering::Release);
+                    *itt
+                })
+                .collect()
+        };
+        n += running.len();
+        loop {
+            let notified = self.inflight.1.notified();
+            if !running.iter().any(|i| self.tasks.lock().contains_key(i)) {
+                break;
             }
+            notified.await;
         }
         n
     }
@@ -1063,43 +1140,58 @@ impl Conn {
     }
 }
 
-/// Executes one SCSI command and sends its Data-In and status.
-async fn run_command(
+/// Where a running command's PDUs go: the writer (or the batch's collected response),
+/// unless the task was aborted.
+struct Sink<'a> {
+    tx: &'a mpsc::Sender<Out>,
+    aborted: &'a AtomicBool,
+    collect: Option<&'a RefCell<Vec<OutPdu>>>,
+}
+
+impl Sink<'_> {
+    /// Queues PDUs (blocking while the writer's queue is full); false when the task was
+    /// aborted or the connection is gone.
+    fn send(&self, mut out: Out) -> bool {
+        if self.aborted.load(Ordering::Acquire) {
+            return false;
+        }
+        match self.collect {
+            Some(c) => {
+                c.borrow_mut().append(&mut out.pdus);
+                true
+            }
+            None => self.tx.blocking_send(out).is_ok(),
+        }
+    }
+}
+
+/// Executes one SCSI command and queues its Data-In and status (on the blocking pool).
+fn run_command(
     lu: Option<Arc<LogicalUnit>>,
-    nexus: Nexus,
-    bhs: Bhs,
-    data_out: Bytes,
-    tx: &mpsc::Sender<Out>,
-    params: &text::SessionParams,
-) -> Result<(), ()> {
-    let lun = bhs.lun();
-    let cdb: Vec<u8> = bhs.0[32..48].to_vec();
+    nexus: &Nexus,
+    bhs: &Bhs,
+    data_out: &[u8],
+    sink: &Sink,
+    max_send: usize,
+) {
+    let cdb = &bhs.0[32..48];
+    let req = Request {
+        cdb,
+        data_out,
+        nexus,
+    };
     let lu = match lu {
-        Some(lu) if lun == 0 => lu,
+        Some(lu) if bhs.lun() == 0 => lu,
         _ => {
-            let resp = scsi::execute_without_lun(&Request {
-                cdb: &cdb,
-                data_out: &data_out,
-                nexus: &nexus,
-            });
-            return tx.send(build_response(&bhs, resp, params)).await.map_err(|_| ());
+            sink.send(build_response(bhs, scsi::execute_without_lun(&req), max_send));
+            return;
         }
     };
-    let lu2 = lu.clone();
-    let cdb2 = cdb.clone();
-    let d2 = data_out.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        lu2.execute(&Request {
-            cdb: &cdb2,
-            data_out: &d2,
-            nexus: &nexus,
-        })
-    })
-    .await
-    .unwrap_or_else(|_| Outcome::Done(Response::check(sense::INTERNAL_TARGET_FAILURE)));
-    match outcome {
-        Outcome::Done(resp) => tx.send(build_response(&bhs, resp, params)).await.map_err(|_| ()),
-        Outcome::Read(plan) => stream_read(lu, &bhs, plan, tx, params).await,
+    match lu.execute(&req) {
+        Outcome::Done(resp) => {
+            sink.send(build_response(bhs, resp, max_send));
+        }
+        Outcome::Read(plan) => stream_read(&lu, bhs, plan, sink, max_send),
     }
 }
 
@@ -1115,16 +1207,17 @@ fn residual(natural: usize, edtl: usize) -> (u8, u32) {
 }
 
 /// Data-In PDUs over `data`, at most `max` bytes each; DataSN from `data_sn`, buffer
-/// offsets from `base`. The last one carries status when `status` is given.
+/// offsets from `base`. The last one carries status when `last_status` is given.
 fn data_in_pdus(
     bhs: &Bhs,
-    len: usize,
+    data: &Bytes,
     max: usize,
     data_sn: &mut u32,
     base: usize,
     last_status: Option<(u8, u8, u32)>,
-) -> Vec<OutPdu> {
-    let mut pdus = Vec::with_capacity(len.div_ceil(max.max(1)));
+    pdus: &mut Vec<OutPdu>,
+) {
+    let len = data.len();
     let mut off = 0;
     while off < len {
         let n = (len - off).min(max);
@@ -1148,13 +1241,11 @@ fn data_in_pdus(
         }
         pdus.push(OutPdu {
             bhs: d,
-            start: off,
-            end: off + n,
+            data: data.slice(off..off + n),
             sn,
         });
         off += n;
     }
-    pdus
 }
 
 fn scsi_response(bhs: &Bhs, st: u8, sense_data: Option<Vec<u8>>, rflags: u8, rcount: u32) -> Out {
@@ -1176,7 +1267,7 @@ fn scsi_response(bhs: &Bhs, st: u8, sense_data: Option<Vec<u8>>, rflags: u8, rco
 }
 
 /// The Data-In (if any) and status of a completed command, phase-collapsed when GOOD.
-fn build_response(bhs: &Bhs, resp: Response, params: &text::SessionParams) -> Out {
+fn build_response(bhs: &Bhs, resp: Response, max: usize) -> Out {
     let flags = bhs.flags();
     let edtl = bhs.u32_at(20) as usize;
     let reading = flags & 0x40 != 0;
@@ -1192,92 +1283,60 @@ fn build_response(bhs: &Bhs, resp: Response, params: &text::SessionParams) -> Ou
         (0, 0)
     };
     let sense_data = resp.sense.map(|s| s.fixed());
-    let max = params.max_send_data as usize;
     if can_send > 0 {
         let mut data = resp.data;
         data.truncate(can_send);
         let data = Bytes::from(data);
         let mut dsn = 0;
+        let mut pdus = Vec::with_capacity(can_send.div_ceil(max.max(1)) + 1);
         if resp.status == status::GOOD && sense_data.is_none() {
-            let pdus = data_in_pdus(bhs, can_send, max, &mut dsn, 0, Some((resp.status, rflags, rcount)));
-            return Out { pdus, data };
+            let st = Some((resp.status, rflags, rcount));
+            data_in_pdus(bhs, &data, max, &mut dsn, 0, st, &mut pdus);
+            return Out { pdus };
         }
-        let mut pdus = data_in_pdus(bhs, can_send, max, &mut dsn, 0, None);
-        let st = scsi_response(bhs, resp.status, sense_data, rflags, rcount);
-        let mut st_pdu = st.pdus.into_iter().next().map(|p| p.bhs).unwrap_or_else(|| Bhs::new(op::SCSI_RESP));
-        st_pdu.set_u32(36, dsn); // ExpDataSN
-        // The status PDU's data (sense) follows the Data-In payload in the same buffer.
-        let mut all = data.to_vec();
-        let s_start = all.len();
-        all.extend_from_slice(&st.data);
-        pdus.push(OutPdu { bhs: st_pdu, start: s_start, end: all.len(), sn: Sn::Advance });
-        return Out { pdus, data: Bytes::from(all) };
+        data_in_pdus(bhs, &data, max, &mut dsn, 0, None, &mut pdus);
+        let mut st = scsi_response(bhs, resp.status, sense_data, rflags, rcount);
+        if let Some(p) = st.pdus.first_mut() {
+            p.bhs.set_u32(36, dsn); // ExpDataSN
+        }
+        pdus.append(&mut st.pdus);
+        return Out { pdus };
     }
     scsi_response(bhs, resp.status, sense_data, rflags, rcount)
 }
 
-/// Streams a read in chunks: each chunk is read on the blocking pool and queued to the
-/// writer while the next one is read.
-async fn stream_read(
-    lu: Arc<LogicalUnit>,
-    bhs: &Bhs,
-    plan: scsi::ReadPlan,
-    tx: &mpsc::Sender<Out>,
-    params: &text::SessionParams,
-) -> Result<(), ()> {
+/// Streams a read in chunks: each chunk is read and queued to the writer, which sends it
+/// while the next one is read.
+fn stream_read(lu: &LogicalUnit, bhs: &Bhs, plan: scsi::ReadPlan, sink: &Sink, max: usize) {
     let edtl = bhs.u32_at(20) as usize;
     let reading = bhs.flags() & 0x40 != 0;
     let natural = plan.len as usize;
     let send = if reading { natural.min(edtl) } else { 0 };
     let (rflags, rcount) = residual(natural, edtl);
-    let max = params.max_send_data as usize;
+    if send == 0 {
+        sink.send(scsi_response(bhs, status::GOOD, None, rflags, rcount));
+        return;
+    }
     // Chunks are whole multiples of the PDU size so PDUs are never split short mid-stream.
     let chunk = (READ_CHUNK / max).max(1) * max;
     let mut off = 0usize;
     let mut dsn = 0u32;
-    if send == 0 {
-        return tx
-            .send(scsi_response(bhs, status::GOOD, None, rflags, rcount))
-            .await
-            .map_err(|_| ());
-    }
     while off < send {
         let n = (send - off).min(chunk);
-        let lu2 = lu.clone();
-        let at = plan.offset + off as u64;
-        let r = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; n];
-            lu2.volume.read_at(&mut buf, at).map(|_| buf)
-        })
-        .await;
-        let buf = match r {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "read failed");
-                let s = scsi::store_sense(&e, false);
-                return tx
-                    .send(scsi_response(bhs, status::CHECK_CONDITION, Some(s.fixed()), rflags, rcount))
-                    .await
-                    .map_err(|_| ());
-            }
-            Err(_) => {
-                let s = sense::INTERNAL_TARGET_FAILURE;
-                return tx
-                    .send(scsi_response(bhs, status::CHECK_CONDITION, Some(s.fixed()), rflags, rcount))
-                    .await
-                    .map_err(|_| ());
-            }
-        };
+        let mut buf = vec![0u8; n];
+        if let Err(e) = lu.volume.read_at(&mut buf, plan.offset + off as u64) {
+            tracing::warn!(error = %e, "read failed");
+            let s = scsi::store_sense(&e, false);
+            sink.send(scsi_response(bhs, status::CHECK_CONDITION, Some(s.fixed()), rflags, rcount));
+            return;
+        }
         let last = off + n == send;
         let st = last.then_some((status::GOOD, rflags, rcount));
-        let pdus = data_in_pdus(bhs, n, max, &mut dsn, off, st);
-        tx.send(Out {
-            pdus,
-            data: Bytes::from(buf),
-        })
-        .await
-        .map_err(|_| ())?;
+        let mut pdus = Vec::with_capacity(n.div_ceil(max) + 1);
+        data_in_pdus(bhs, &Bytes::from(buf), max, &mut dsn, off, st, &mut pdus);
+        if !sink.send(Out { pdus }) {
+            return;
+        }
         off += n;
     }
-    Ok(())
 }

@@ -37,7 +37,7 @@ pub async fn execute(conn: &mut Conn, b: &Bhs) -> TmfResult {
                 return done(response::NO_LUN);
             }
             if conn.has_task(rtt) {
-                conn.abort_tasks(|itt, _, _| itt == rtt);
+                conn.abort_tasks(|itt, _, _| itt == rtt).await;
                 done(response::COMPLETE)
             } else if sn_lt(ref_cmd_sn, conn.exp_cmd_sn()) {
                 // Already completed (its response was sent).
@@ -51,7 +51,7 @@ pub async fn execute(conn: &mut Conn, b: &Bhs) -> TmfResult {
             if !lun_ok {
                 return done(response::NO_LUN);
             }
-            conn.abort_tasks(|_, l, _| l == lun);
+            conn.abort_tasks(|_, l, _| l == lun).await;
             done(response::COMPLETE)
         }
         // CLEAR ACA: NACA is not supported
@@ -61,7 +61,7 @@ pub async fn execute(conn: &mut Conn, b: &Bhs) -> TmfResult {
             if !lun_ok {
                 return done(response::NO_LUN);
             }
-            conn.abort_tasks(|_, l, _| l == lun);
+            conn.abort_tasks(|_, l, _| l == lun).await;
             if let Some(lu) = conn.lu() {
                 lu.reset();
             }
@@ -69,7 +69,7 @@ pub async fn execute(conn: &mut Conn, b: &Bhs) -> TmfResult {
         }
         // TARGET WARM RESET, TARGET COLD RESET
         6 | 7 => {
-            conn.abort_tasks(|_, _, _| true);
+            conn.abort_tasks(|_, _, _| true).await;
             if let Some(lu) = conn.lu() {
                 lu.reset();
             }
