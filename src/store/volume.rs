@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use super::delta::{BaseRange, Delta};
 use super::error::{Result, StoreError};
@@ -23,6 +23,8 @@ pub struct Volume {
     len: u64,
     base: Option<Arc<Image>>,
     delta: RwLock<Delta>,
+    /// Serializes flushes; held across the syncs, while reads and writes go on.
+    committing: Mutex<()>,
     read_only: bool,
     /// Keeps the cross-process lock (flock on the data file) for as long as it is open.
     _lock: Option<std::fs::File>,
@@ -45,6 +47,7 @@ impl Volume {
             len,
             base,
             delta: RwLock::new(delta),
+            committing: Mutex::new(()),
             read_only,
             _lock: lock,
         }
@@ -198,12 +201,18 @@ impl Volume {
         self.write_at(&vec![0u8; len as usize], offset)
     }
 
-    /// Makes every write and discard completed before this call durable.
+    /// Makes every write and discard completed before this call durable. The syncs run
+    /// without the volume lock: reads and writes go on meanwhile.
     pub fn flush(&self) -> Result<()> {
         if self.read_only {
             return Ok(());
         }
-        self.delta.write().flush()
+        let _one_at_a_time = self.committing.lock();
+        let Some(commit) = self.delta.write().begin_commit()? else {
+            return Ok(());
+        };
+        let outcome = commit.write();
+        self.delta.write().finish_commit(commit, outcome)
     }
 }
 
