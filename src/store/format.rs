@@ -48,10 +48,14 @@
 //! # Commit protocol (why a crash at any instant is safe)
 //! 1. A write never overwrites a data slot that the durable map references: it goes to a free
 //!    slot, and the slot it supersedes becomes free only once the superseding map is durable.
-//! 2. Flush: sync `data`; then append one log batch to the active map file and sync it. The
-//!    batch's checksum makes it all-or-nothing: a torn batch fails its crc and is ignored, so
-//!    the volume opens at the previous flush. Every block named by a valid batch was synced
-//!    in step 1 before the batch was written, and carries its own crc on top.
+//! 2. Flush: cut the changed blocks into a batch (under the volume lock, briefly); then,
+//!    without the lock, sync `data` and append the batch to the active map file and sync it.
+//!    From the cut on, the cut's slots count as referenced by the durable map for rule 1, so
+//!    writes racing the syncs cannot reuse them. The batch's checksum makes it all-or-nothing:
+//!    a torn batch fails its crc and is ignored, so the volume opens at the previous flush.
+//!    Every block named by a valid batch was synced before the batch was written, and carries
+//!    its own crc on top. If a commit fails, its fate on disk is unknown: the volume refuses
+//!    further commits until it is reopened, which decides from what is on disk.
 //! 3. Compaction (when the log outgrows the snapshot): write header + snapshot with
 //!    generation+1 into the *other* map file, sync it. Until that sync completes the old file
 //!    (lower generation, complete log) wins on open; after it the new one does.
