@@ -70,9 +70,10 @@ pub const BLOCK: usize = 4096;
 /// on purpose: a cold 4 KiB read loads (and verifies) 4 KiB, not a whole cluster; runs of
 /// chunks stored next to each other are still read from disk in one go.
 pub const CHUNK: usize = 4096;
-/// Chunks are loaded in aligned groups of this many at most (64 KiB), one reader per group
-/// at a time: see `cache.rs`.
-pub const LOAD_GROUP: u64 = 16;
+/// Chunks are loaded in aligned groups of this many at most (1 MiB), one reader per group
+/// at a time: see `cache.rs`. Large enough that a sequential reader's requests reach the
+/// disk whole.
+pub const LOAD_GROUP: u64 = 256;
 /// Slot value meaning "this block reads as zeros" (masks the image below).
 pub const ZERO_SLOT: u32 = u32::MAX;
 /// Slot value, in log batches only, meaning "this block has no entry any more": reads fall

@@ -6,6 +6,8 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,9 +15,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use memmap2::Mmap;
 
+use super::buf::AlignedBuf;
 use super::cache::ChunkCache;
 use super::error::{Result, StoreError};
 use super::format::{IndexEntry, IndexHeader, INDEX_ENTRY_LEN, INDEX_HEADER_LEN, LOAD_GROUP};
+
+/// Runs of chunks longer than this (64 KiB) are scans (exports, whole-disk copies, a loader
+/// read in one go): they are served without entering the cache, so a scan neither pays for
+/// hundreds of cache insertions nor flushes out the small blocks a boot storm shares.
+const CACHE_RUN_MAX: usize = 16;
 
 pub const INDEX_FILE: &str = "index";
 pub const DATA_FILE: &str = "data";
@@ -27,7 +35,9 @@ pub struct Image {
     uid: u64,
     header: IndexHeader,
     index: Mmap,
-    data: Option<Mmap>,
+    /// Read with pread: one system call per run of chunks (see `stored_run`).
+    data: File,
+    data_len: u64,
     cache: Arc<ChunkCache>,
     dir: PathBuf,
 }
@@ -64,21 +74,17 @@ impl Image {
             .metadata()
             .map_err(|e| StoreError::io("reading size of", &data_path, e))?
             .len();
-        let data = if dlen == 0 {
-            None
-        } else {
-            // SAFETY: as above, the data file is immutable.
-            Some(unsafe { Mmap::map(&df) }.map_err(|e| StoreError::io("mapping", &data_path, e))?)
-        };
-        if let Some(m) = &data {
-            let _ = m.advise(memmap2::Advice::Random);
-        }
+        // The store sizes its own reads (whole runs of chunks); kernel readahead would only
+        // add reads nobody asked for.
+        // SAFETY: posix_fadvise on an fd we own.
+        unsafe { libc::posix_fadvise(df.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
         Ok(Image {
             name: name.to_string(),
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             header,
             index,
-            data,
+            data: df,
+            data_len: dlen,
             cache,
             dir: dir.to_path_buf(),
         })
@@ -119,23 +125,25 @@ impl Image {
         chunk < self.header.chunk_count && self.entry(chunk).slot.is_some()
     }
 
-    /// The stored bytes of `n` chunks from `slot` on, straight from the map (not yet
-    /// checked), after asking the kernel to read them in with one request.
-    fn stored_run(&self, slot: u32, n: usize) -> Result<&[u8]> {
-        let cs = self.chunk_size();
-        let start = slot as usize * cs;
-        let m = self.data.as_ref();
-        let raw = m
-            .and_then(|m| m.get(start..start + n * cs))
-            .ok_or_else(|| StoreError::Corrupt {
-                path: self.dir.join(DATA_FILE),
+    /// Reads the stored bytes of the chunks from `slot` on into `out` (not yet checked), in
+    /// one read.
+    ///
+    /// Why pread and not the memory map: a cold read through the map faults page by page
+    /// (or reads ahead blindly); measured here it was half as fast as qemu's O_DIRECT
+    /// reads of the same file. One pread per run is as fast, and hot reads never come here:
+    /// they are served from the shared cache.
+    fn read_run_into(&self, slot: u32, out: &mut [u8]) -> Result<()> {
+        let start = slot as u64 * self.chunk_size() as u64;
+        let path = || self.dir.join(DATA_FILE);
+        if start + out.len() as u64 > self.data_len {
+            return Err(StoreError::Corrupt {
+                path: path(),
                 detail: format!("data file is shorter than its index says (slot {slot})"),
-            })?;
-        if let Some(m) = m {
-            // The map is advised MADV_RANDOM (no fault-around); this brings the run in at once.
-            let _ = m.advise_range(memmap2::Advice::WillNeed, start, n * cs);
+            });
         }
-        Ok(raw)
+        self.data
+            .read_exact_at(out, start)
+            .map_err(|e| StoreError::io("reading", path(), e))
     }
 
     fn check(&self, raw: &[u8], chunk: u64, crc: u32, reader: &str) -> Result<()> {
@@ -202,20 +210,33 @@ impl Image {
                 }
                 run += 1;
             }
-            let raw = self.stored_run(slot, run)?;
-            for k in 0..run {
-                let c = chunk + k as u64;
-                let bytes = &raw[k * cs as usize..(k + 1) * cs as usize];
-                let crc = if k == 0 { e.crc } else { self.entry(c).crc };
-                self.check(bytes, c, crc, reader)?;
-                let p = pos.max(c * cs);
-                let w = (p % cs) as usize;
-                let m = ((cs - w as u64).min(end - p)) as usize;
-                let o = (p - offset) as usize;
-                buf[o..o + m].copy_from_slice(&bytes[w..w + m]);
-                if self.cache.enabled() {
-                    self.cache
-                        .insert((self.uid, c), Bytes::copy_from_slice(bytes));
+            let first_byte = chunk * cs;
+            let run_bytes = run as u64 * cs;
+            let cache_it = self.cache.enabled() && run <= CACHE_RUN_MAX;
+            if !cache_it && first_byte >= offset && first_byte + run_bytes <= end {
+                // A scan: read straight into the caller's buffer and check it there.
+                let o = (first_byte - offset) as usize;
+                let out = &mut buf[o..o + run_bytes as usize];
+                self.read_run_into(slot, out)?;
+                for (k, bytes) in out.chunks_exact(cs as usize).enumerate() {
+                    let c = chunk + k as u64;
+                    self.check(bytes, c, self.entry(c).crc, reader)?;
+                }
+            } else {
+                let mut raw = AlignedBuf::zeroed(run_bytes as usize);
+                self.read_run_into(slot, &mut raw)?;
+                for (k, bytes) in raw.chunks_exact(cs as usize).enumerate() {
+                    let c = chunk + k as u64;
+                    self.check(bytes, c, self.entry(c).crc, reader)?;
+                    let p = pos.max(c * cs);
+                    let w = (p % cs) as usize;
+                    let m = ((cs - w as u64).min(end - p)) as usize;
+                    let o = (p - offset) as usize;
+                    buf[o..o + m].copy_from_slice(&bytes[w..w + m]);
+                    if cache_it {
+                        self.cache
+                            .insert((self.uid, c), Bytes::copy_from_slice(bytes));
+                    }
                 }
             }
             self.cache.count_loads(run as u64);

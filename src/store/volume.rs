@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use super::buf::AlignedBuf;
 use super::delta::{BaseRange, Delta};
 use super::error::{Result, StoreError};
 use super::format::BLOCK;
@@ -103,7 +104,7 @@ impl Volume {
         }
         let first = offset / B;
         let end = (offset + buf.len() as u64).div_ceil(B);
-        let mut tmp = vec![0u8; ((end - first) * B) as usize];
+        let mut tmp = AlignedBuf::zeroed(((end - first) * B) as usize);
         self.read_blocks(first, &mut tmp)?;
         let skip = (offset - first * B) as usize;
         buf.copy_from_slice(&tmp[skip..skip + buf.len()]);
@@ -146,7 +147,7 @@ impl Volume {
         // write lock so no other writer slips in between.
         let first = offset / B;
         let end = (offset + buf.len() as u64).div_ceil(B);
-        let mut tmp = vec![0u8; ((end - first) * B) as usize];
+        let mut tmp = AlignedBuf::zeroed(((end - first) * B) as usize);
         let mut delta = self.delta.write();
         let mut below = Vec::new();
         {
