@@ -77,7 +77,7 @@ fn open(dir: &MemDir, base: &Option<Arc<Image>>, create: bool) -> Volume {
     };
     // Compact whenever the log outgrows twice the snapshot, so both commit paths run.
     d.set_compaction_threshold(0);
-    Volume::new("m", LEN, base.clone(), d, false, None)
+    Volume::new("m", LEN, base.clone(), d, false)
 }
 
 fn read_all(v: &Volume) -> Vec<u8> {

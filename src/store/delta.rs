@@ -144,10 +144,20 @@ impl Delta {
 
     /// Opens the delta in `dir` at its last durable commit.
     pub fn open(dir: Arc<dyn StoreDir>, label: String) -> Result<Delta> {
-        let at = |f: &str| dir.describe().join(f);
         let data = dir
             .open(DATA_FILE)
-            .map_err(|e| StoreError::io("opening", at(DATA_FILE), e))?;
+            .map_err(|e| StoreError::io("opening", dir.describe().join(DATA_FILE), e))?;
+        Self::open_with_data(dir, data, label)
+    }
+
+    /// Opens the delta in `dir` whose data file the caller has opened already (the
+    /// repository does, to lock it before anything is read).
+    pub fn open_with_data(
+        dir: Arc<dyn StoreDir>,
+        data: Arc<dyn StoreFile>,
+        label: String,
+    ) -> Result<Delta> {
+        let at = |f: &str| dir.describe().join(f);
         // Pick the map file with the highest generation whose header and snapshot are whole.
         let mut best: Option<(u64, usize, Vec<u8>)> = None;
         for (i, name) in MAP_FILES.iter().enumerate() {

@@ -27,8 +27,6 @@ pub struct Volume {
     /// Serializes flushes; held across the syncs, while reads and writes go on.
     committing: Mutex<()>,
     read_only: bool,
-    /// Keeps the cross-process lock (flock on the data file) for as long as it is open.
-    _lock: Option<std::fs::File>,
 }
 
 impl Volume {
@@ -40,7 +38,6 @@ impl Volume {
         base: Option<Arc<Image>>,
         delta: Delta,
         read_only: bool,
-        lock: Option<std::fs::File>,
     ) -> Volume {
         Volume {
             name: name.to_string(),
@@ -50,7 +47,6 @@ impl Volume {
             delta: RwLock::new(delta),
             committing: Mutex::new(()),
             read_only,
-            _lock: lock,
         }
     }
 
@@ -235,7 +231,7 @@ mod tests {
     fn mem_volume(len: u64) -> (MemDir, Volume) {
         let dir = MemDir::new();
         let d = Delta::create(Arc::new(dir.clone()), "volume \"t\"".into()).unwrap();
-        (dir, Volume::new("t", len, None, d, false, None))
+        (dir, Volume::new("t", len, None, d, false))
     }
 
     #[test]
