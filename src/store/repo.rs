@@ -193,10 +193,8 @@ impl Repository {
                     root.display()
                 )));
             }
-            for sub in ["images", "volumes", "tmp"] {
-                let p = root.join(sub);
-                fs::create_dir_all(&p).map_err(|e| StoreError::io("creating", &p, e))?;
-            }
+            fs::create_dir_all(root.join("tmp"))
+                .map_err(|e| StoreError::io("creating", root.join("tmp"), e))?;
             let tmp = root.join(format!("tmp/{DESCRIPTOR}"));
             write_json(
                 &tmp,
@@ -207,6 +205,11 @@ impl Repository {
             )?;
             fs::rename(&tmp, &desc_path).map_err(|e| StoreError::io("creating", &desc_path, e))?;
             sync_dir(&root)?;
+        }
+        // Recreate what may be missing (a repository copied without its empty directories).
+        for sub in ["images", "volumes", "tmp"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(|e| StoreError::io("creating", &p, e))?;
         }
         let repo = Repository {
             cache: Arc::new(ChunkCache::new(opts.cache_bytes, CHUNK)),
