@@ -322,7 +322,10 @@ impl Delta {
                     let mut j = i + 1;
                     while j < n {
                         match self.map.get(&(first + j as u64)) {
-                            Some(t) if t.slot != ZERO_SLOT && t.slot == s.slot + (j - i) as u32 => {
+                            Some(t)
+                                if t.slot != ZERO_SLOT
+                                    && t.slot.wrapping_sub(s.slot) == (j - i) as u32 =>
+                            {
                                 j += 1
                             }
                             _ => break,
