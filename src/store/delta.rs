@@ -282,17 +282,20 @@ impl Delta {
             path: self.dir.describe(),
             detail: "delta data file is larger than the format allows".into(),
         })?;
-        let mut used = vec![false; high as usize];
+        // One bit per slot: a 16 TiB delta needs 512 MiB of bits, not 4 GiB of bools.
+        let mut used = vec![0u64; (high as usize).div_ceil(64)];
+        let is_used = |used: &[u64], s: u32| used[s as usize / 64] & (1 << (s % 64)) != 0;
         for s in self.map.values().filter(|s| s.slot != ZERO_SLOT) {
-            if std::mem::replace(&mut used[s.slot as usize], true) {
+            if is_used(&used, s.slot) {
                 return Err(StoreError::Corrupt {
                     path: self.dir.describe(),
                     detail: format!("delta map references slot {} twice", s.slot),
                 });
             }
+            used[s.slot as usize / 64] |= 1 << (s.slot % 64);
         }
         // Highest first, so pops hand out the lowest slots first.
-        self.free = (0..high).rev().filter(|&s| !used[s as usize]).collect();
+        self.free = (0..high).rev().filter(|&s| !is_used(&used, s)).collect();
         self.next_slot = high;
         Ok(())
     }
