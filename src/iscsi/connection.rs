@@ -1370,6 +1370,7 @@ fn stream_read(lu: &LogicalUnit, bhs: &Bhs, plan: scsi::ReadPlan, sink: &Sink, m
     while off < send {
         let n = (send - off).min(chunk);
         // Page-aligned: the kernel copies into it several times faster (store/buf.rs).
+        // Page-aligned: the kernel copies into it several times faster (store/buf.rs).
         let mut buf = AlignedBuf::zeroed(n);
         if let Err(e) = lu.volume.read_at(&mut buf, plan.offset + off as u64) {
             tracing::warn!(error = %e, "read failed");
