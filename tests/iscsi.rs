@@ -1024,3 +1024,77 @@ fn a_thousand_exports_and_256_idle_sessions() {
     }
     assert!(srv.alive());
 }
+
+/// A 64 MiB disk whose MBR boot sector prints `msg` on the first serial port and halts
+/// (64 MiB so that iPXE's INT 13h emulation sees at least one cylinder).
+fn serial_boot_disk(msg: &str) -> Vec<u8> {
+    // mov si, msg; mov dx, 0x3f8; l: lodsb; test al, al; jz d; out dx, al; jmp l; d: cli; hlt; jmp $-1
+    let mut code = vec![
+        0xBE, 0, 0, 0xBA, 0xF8, 0x03, 0xAC, 0x84, 0xC0, 0x74, 0x03, 0xEE, 0xEB, 0xF8, 0xFA, 0xF4,
+        0xEB, 0xFD,
+    ];
+    let at = 0x7C00 + code.len() as u16;
+    code[1..3].copy_from_slice(&at.to_le_bytes());
+    let mut disk = vec![0u8; 64 << 20];
+    disk[..code.len()].copy_from_slice(&code);
+    disk[code.len()..code.len() + msg.len()].copy_from_slice(msg.as_bytes());
+    disk[510] = 0x55;
+    disk[511] = 0xAA;
+    disk
+}
+
+#[test]
+fn ipxe_bios_sanboot_boots_a_clone() {
+    let repo = Repo::new();
+    let ipxe_iqn = "iqn.2026-01.test.strata:ipxe";
+    let img = repo.path("boot.raw");
+    std::fs::write(&img, serial_boot_disk("STRATA-SANBOOT-OK\r\n\0")).unwrap();
+    repo.ok(&["image", "import", "--name", "bootimg", img.to_str().unwrap()]);
+    repo.ok(&["volume", "create", "server1", "--from", "bootimg"]);
+    repo.ok(&["export", "server1", "--initiator", ipxe_iqn]);
+    let srv = repo.serve(&[]);
+    let tftp = repo.path("tftp");
+    std::fs::create_dir(&tftp).unwrap();
+    std::fs::write(
+        tftp.join("boot.ipxe"),
+        format!(
+            "#!ipxe\ndhcp\nset initiator-iqn {ipxe_iqn}\nsanboot iscsi:10.0.2.100::3260::iqn.2026-11.org.strata:server1\n"
+        ),
+    )
+    .unwrap();
+    let serial = repo.path("serial.txt");
+    // The guest reaches the target through QEMU's user network only: 10.0.2.100:3260 is
+    // forwarded to the server on 127.0.0.1.
+    let netdev = format!(
+        "user,id=n0,restrict=on,tftp={},bootfile=boot.ipxe,guestfwd=tcp:10.0.2.100:3260-cmd:socat STDIO TCP:127.0.0.1:{}",
+        tftp.display(),
+        srv.addr.port()
+    );
+    tool("socat");
+    let mut qemu = Command::new(tool("qemu-system-x86_64"))
+        .args(["-accel", "tcg", "-m", "256", "-display", "none", "-machine", "graphics=off"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .args(["-boot", "n", "-monitor", "none", "-netdev", &netdev, "-device", "e1000,netdev=n0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut booted = false;
+    while Instant::now() < deadline {
+        let out = std::fs::read(&serial).unwrap_or_default();
+        if String::from_utf8_lossy(&out).contains("STRATA-SANBOOT-OK") {
+            booted = true;
+            break;
+        }
+        if qemu.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let console = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+    assert!(booted, "the boot sector did not run; console:\n{console}\nserver log:\n{}", srv.log());
+}
