@@ -125,11 +125,7 @@ impl Repo {
             .next()
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected announcement {line:?}"));
-        Server {
-            child,
-            addr,
-            log,
-        }
+        Server { child, addr, log }
     }
 }
 
@@ -230,7 +226,10 @@ fn libiscsi_tools_see_the_volume_and_only_permitted_targets() {
     let portal = format!("iscsi://{}", srv.addr);
     let ls = ok(Command::new(tool("iscsi-ls")).args(["-i", CLIENT, &portal]));
     assert!(ls.contains(&mine), "{ls}");
-    assert!(!ls.contains(&theirs), "discovery leaked another server's target: {ls}");
+    assert!(
+        !ls.contains(&theirs),
+        "discovery leaked another server's target: {ls}"
+    );
     let ls = ok(Command::new("iscsi-ls").args(["-i", OTHER, &portal]));
     assert!(ls.contains(&theirs) && !ls.contains(&mine), "{ls}");
 
@@ -270,7 +269,10 @@ fn qemu_img_convert_reads_the_volume_byte_identical() {
     ]));
     let got = std::fs::read(&out).unwrap();
     assert_eq!(got.len(), data.len());
-    assert!(got == data, "qemu-img convert output differs from the image");
+    assert!(
+        got == data,
+        "qemu-img convert output differs from the image"
+    );
 }
 
 #[test]
@@ -294,7 +296,13 @@ fn qemu_io_writes_land_in_the_volume_and_survive_a_restart() {
     assert!(st.success(), "server exit after SIGTERM: {st:?}");
     let srv = repo.serve(&[]);
     let out = repo.path("after.raw");
-    ok(Command::new("qemu-img").args(["convert", "-O", "raw", &srv.url(&iqn), out.to_str().unwrap()]));
+    ok(Command::new("qemu-img").args([
+        "convert",
+        "-O",
+        "raw",
+        &srv.url(&iqn),
+        out.to_str().unwrap(),
+    ]));
     let got = std::fs::read(&out).unwrap();
     assert!(got[..1 << 20].iter().all(|&b| b == 0x5a));
     assert!(got[1 << 20..5 << 20].iter().all(|&b| b == 0));
@@ -311,14 +319,26 @@ fn chap_one_way_and_mutual() {
     let repo = Repo::new();
     repo.ok(&["volume", "create", "sec", "--size", "8M"]);
     repo.ok(&[
-        "export", "sec", "--initiator", CLIENT, "--chap-user", "alice", "--chap-secret",
-        "alice-secret-12", "--mutual-user", "target", "--mutual-secret", "target-secret-34",
+        "export",
+        "sec",
+        "--initiator",
+        CLIENT,
+        "--chap-user",
+        "alice",
+        "--chap-secret",
+        "alice-secret-12",
+        "--mutual-user",
+        "target",
+        "--mutual-secret",
+        "target-secret-34",
     ]);
     let srv = repo.serve(&[]);
     let base = format!("{}/iqn.2026-11.org.strata:sec/0", srv.addr);
     let inq = |url: String| run(Command::new(tool("iscsi-inq")).args(["-i", CLIENT, &url]));
 
-    assert!(inq(format!("iscsi://alice%alice-secret-12@{base}")).status.success());
+    assert!(inq(format!("iscsi://alice%alice-secret-12@{base}"))
+        .status
+        .success());
     let o = inq(format!("iscsi://alice%wrong-secret-00@{base}"));
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("Authentication failure"));
@@ -327,9 +347,13 @@ fn chap_one_way_and_mutual() {
     let o = inq(format!("iscsi://bob%alice-secret-12@{base}"));
     assert!(!o.status.success(), "wrong user must fail");
     // Mutual: the target proves it knows its secret; a wrong expectation fails the login.
-    let good = format!("iscsi://alice%alice-secret-12@{base}?target_user=target&target_password=target-secret-34");
+    let good = format!(
+        "iscsi://alice%alice-secret-12@{base}?target_user=target&target_password=target-secret-34"
+    );
     assert!(inq(good).status.success());
-    let bad = format!("iscsi://alice%alice-secret-12@{base}?target_user=target&target_password=not-the-secret");
+    let bad = format!(
+        "iscsi://alice%alice-secret-12@{base}?target_user=target&target_password=not-the-secret"
+    );
     assert!(!inq(bad).status.success());
 }
 
@@ -338,15 +362,34 @@ fn exports_change_without_restart_and_sigterm_stops_cleanly() {
     let repo = Repo::new();
     let a = repo.exported_volume("a", 8, &[CLIENT]);
     let srv = repo.serve(&[]);
-    assert!(run(Command::new(tool("iscsi-inq")).args(["-i", CLIENT, &srv.url(&a)])).status.success());
+    assert!(
+        run(Command::new(tool("iscsi-inq")).args(["-i", CLIENT, &srv.url(&a)]))
+            .status
+            .success()
+    );
     repo.ok(&["volume", "create", "b", "--size", "8M"]);
-    repo.ok(&["export", "b", "--initiator", CLIENT, "--iqn", "iqn.2026-11.org.example:bee"]);
+    repo.ok(&[
+        "export",
+        "b",
+        "--initiator",
+        CLIENT,
+        "--iqn",
+        "iqn.2026-11.org.example:bee",
+    ]);
     let b = "iqn.2026-11.org.example:bee";
-    assert!(run(Command::new("iscsi-inq").args(["-i", CLIENT, &srv.url(b)])).status.success());
+    assert!(
+        run(Command::new("iscsi-inq").args(["-i", CLIENT, &srv.url(b)]))
+            .status
+            .success()
+    );
     let ls = repo.ok(&["export", "ls"]);
     assert!(ls.contains(b) && ls.contains(&a), "{ls}");
     repo.ok(&["unexport", "a"]);
-    assert!(!run(Command::new("iscsi-inq").args(["-i", CLIENT, &srv.url(&a)])).status.success());
+    assert!(
+        !run(Command::new("iscsi-inq").args(["-i", CLIENT, &srv.url(&a)]))
+            .status
+            .success()
+    );
     let st = srv.stop();
     assert!(st.success());
 }
@@ -389,15 +432,32 @@ fn iscsi_test_cu_conformance_has_no_failures() {
     out.push_str(&reader.join().unwrap());
     std::fs::write(repo.path("iscsi-test-cu.txt"), &out).unwrap();
     let results = classify_cu(&out);
-    assert!(results.len() >= 200, "too few tests ran ({}):\n{out}", results.len());
+    assert!(
+        results.len() >= 200,
+        "too few tests ran ({}):\n{out}",
+        results.len()
+    );
     let count = |r: &str| results.iter().filter(|(_, x)| x == r).count();
-    let failed: Vec<&String> = results.iter().filter(|(_, r)| r == "FAIL").map(|(t, _)| t).collect();
+    let failed: Vec<&String> = results
+        .iter()
+        .filter(|(_, r)| r == "FAIL")
+        .map(|(t, _)| t)
+        .collect();
     assert!(failed.is_empty(), "iscsi-test-cu failures: {failed:?}");
     // Every skip is listed, with its reason, in tests/iscsi-test-cu-skips.txt.
-    let listed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/iscsi-test-cu-skips.txt")).unwrap();
+    let listed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/iscsi-test-cu-skips.txt"
+    ))
+    .unwrap();
     for (t, r) in &results {
         if r == "SKIP" {
-            assert!(listed.lines().any(|l| l.split_whitespace().next() == Some(t.as_str())), "unlisted skip {t}");
+            assert!(
+                listed
+                    .lines()
+                    .any(|l| l.split_whitespace().next() == Some(t.as_str())),
+                "unlisted skip {t}"
+            );
         }
     }
     // Debian's tgt 1.0.85: 162 pass, 9 fail, 59 skip (tools/iscsi-conformance measures both).
@@ -412,9 +472,15 @@ fn classify_cu(out: &str) -> Vec<(String, String)> {
     let mut res = Vec::new();
     let mut suite = String::new();
     let mut cur: Option<(String, bool, bool)> = None;
-    let mut flush = |cur: &mut Option<(String, bool, bool)>, res: &mut Vec<(String, String)>| {
+    let flush = |cur: &mut Option<(String, bool, bool)>, res: &mut Vec<(String, String)>| {
         if let Some((t, failed, skipped)) = cur.take() {
-            let r = if failed { "FAIL" } else if skipped { "SKIP" } else { "PASS" };
+            let r = if failed {
+                "FAIL"
+            } else if skipped {
+                "SKIP"
+            } else {
+                "PASS"
+            };
             res.push((t, r.to_string()));
         }
     };
@@ -470,7 +536,9 @@ struct LoginOpts<'a> {
 /// A fresh ISID per login, so sessions of one test do not reinstate each other.
 fn next_isid() -> [u8; 6] {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_be_bytes();
+    let n = N
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .to_be_bytes();
     [0x80, 0, n[0], n[1], n[2], n[3]]
 }
 
@@ -534,7 +602,8 @@ impl Raw {
         b.set_u32(24, r.cmd_sn);
         b.set_u32(28, 0);
         let data = text::encode_pairs(&keys);
-        r.s.write_all(&pdu::encode(&b, &data, false, false)).unwrap();
+        r.s.write_all(&pdu::encode(&b, &data, false, false))
+            .unwrap();
         let rep = r.recv().expect("login response");
         assert_eq!(rep.bhs.opcode(), op::LOGIN_RESP);
         let (class, detail) = (rep.bhs.0[36], rep.bhs.0[37]);
@@ -610,7 +679,12 @@ impl Raw {
 
     /// Runs a command with all its data as immediate data; returns (status, data-in, sense).
     fn command(&mut self, cdb: &[u8], read_len: u32, out: &[u8]) -> (u8, Vec<u8>, Vec<u8>) {
-        let b = self.scsi_bhs(cdb, read_len.max(out.len() as u32), read_len > 0, !out.is_empty());
+        let b = self.scsi_bhs(
+            cdb,
+            read_len.max(out.len() as u32),
+            read_len > 0,
+            !out.is_empty(),
+        );
         self.send(&b, out);
         let mut data = Vec::new();
         loop {
@@ -627,7 +701,11 @@ impl Raw {
                     }
                 }
                 op::SCSI_RESP => {
-                    let sense = if r.data.len() > 2 { r.data[2..].to_vec() } else { Vec::new() };
+                    let sense = if r.data.len() > 2 {
+                        r.data[2..].to_vec()
+                    } else {
+                        Vec::new()
+                    };
                     return (r.bhs.0[3], data, sense);
                 }
                 op::NOP_IN => {}
@@ -671,7 +749,12 @@ fn wait_closed(r: &mut Raw, within: Duration) -> bool {
         match r.s.read(&mut b) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
             Err(_) => return true,
         }
     }
@@ -681,7 +764,14 @@ fn wait_closed(r: &mut Raw, within: Duration) -> bool {
 fn raw_setup() -> (Repo, Server, String) {
     let repo = Repo::new();
     let iqn = repo.exported_volume("raw", 16, &[CLIENT]);
-    let srv = repo.serve(&["--login-timeout", "2", "--nop-interval", "1", "--nop-timeout", "3"]);
+    let srv = repo.serve(&[
+        "--login-timeout",
+        "2",
+        "--nop-interval",
+        "1",
+        "--nop-timeout",
+        "3",
+    ]);
     (repo, srv, iqn)
 }
 
@@ -725,9 +815,16 @@ fn digests_both_ways_protect_reads_and_writes() {
 fn bad_input_is_refused_and_the_server_stays_up() {
     let (_repo, mut srv, iqn) = raw_setup();
     // Unlisted initiator, unknown target.
-    assert_eq!(Raw::login(srv.addr, &LoginOpts::new(OTHER, &iqn)).err(), Some((2, 2)));
     assert_eq!(
-        Raw::login(srv.addr, &LoginOpts::new(CLIENT, "iqn.2026-11.org.strata:nope")).err(),
+        Raw::login(srv.addr, &LoginOpts::new(OTHER, &iqn)).err(),
+        Some((2, 2))
+    );
+    assert_eq!(
+        Raw::login(
+            srv.addr,
+            &LoginOpts::new(CLIENT, "iqn.2026-11.org.strata:nope")
+        )
+        .err(),
         Some((2, 3))
     );
 
@@ -800,7 +897,10 @@ fn session_reinstatement_replaces_the_old_connection() {
     settle(&mut first);
     // Firmware hand-over: same initiator and ISID, TSIH 0, no logout on the old one.
     let mut second = Raw::login(srv.addr, &o).unwrap();
-    assert!(wait_closed(&mut first, Duration::from_secs(10)), "old session still open");
+    assert!(
+        wait_closed(&mut first, Duration::from_secs(10)),
+        "old session still open"
+    );
     settle(&mut second);
     let (st, _, _) = second.command(&write10(8, 1), 0, &[7u8; 512]);
     assert_eq!(st, 0);
@@ -850,7 +950,10 @@ fn cmdsn_window_and_nop_pings() {
     r.send(&a, &[]);
     assert_eq!(r.command(&TUR, 0, &[]).0, 0);
     // Stop answering: the target drops the connection (timeout 3 s here).
-    assert!(wait_closed(&mut r, Duration::from_secs(15)), "dead initiator not detected");
+    assert!(
+        wait_closed(&mut r, Duration::from_secs(15)),
+        "dead initiator not detected"
+    );
 }
 
 #[test]
@@ -873,7 +976,8 @@ fn writes_with_r2t_and_several_outstanding() {
     b.set_flags(0x80 | (1 << 2) | 3);
     b.0[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, 9]);
     b.set_u32(24, 1);
-    r.send_raw(&pdu::encode(&b, &text::encode_pairs(&keys), false, false)).unwrap();
+    r.send_raw(&pdu::encode(&b, &text::encode_pairs(&keys), false, false))
+        .unwrap();
     let rep = r.recv().unwrap();
     assert_eq!(rep.bhs.0[36], 0);
     let answers = text::parse_pairs(&rep.data).unwrap();
@@ -956,11 +1060,17 @@ fn kill_9_keeps_every_write_acknowledged_with_fua_or_before_sync_cache() {
     let disk = std::fs::read(&out).unwrap();
     for i in 0..64u64 {
         let off = (i * 16 * 512) as usize;
-        assert!(disk[off..off + 4096] == pattern(4096, i)[..], "synced write {i} lost");
+        assert!(
+            disk[off..off + 4096] == pattern(4096, i)[..],
+            "synced write {i} lost"
+        );
     }
     for (lba, seed) in acked {
         let off = (lba * 512) as usize;
-        assert!(disk[off..off + 4096] == pattern(4096, seed)[..], "FUA write at {lba} lost");
+        assert!(
+            disk[off..off + 4096] == pattern(4096, seed)[..],
+            "FUA write at {lba} lost"
+        );
     }
 }
 
@@ -1000,9 +1110,16 @@ fn a_thousand_exports_and_256_idle_sessions() {
     // Discovery sees all thousand (the answer spans several Text responses).
     let portal = format!("iscsi://{}", srv.addr);
     let found = ok(Command::new(tool("iscsi-ls")).args(["-i", CLIENT, &portal]));
-    assert_eq!(found.lines().filter(|l| l.contains("Target:")).count(), 1000);
+    assert_eq!(
+        found.lines().filter(|l| l.contains("Target:")).count(),
+        1000
+    );
     // One warm-up session, then 256 sessions on 256 targets, each doing one command.
-    let mut warm = Raw::login(srv.addr, &LoginOpts::new(CLIENT, "iqn.2026-11.org.strata:vol0999")).unwrap();
+    let mut warm = Raw::login(
+        srv.addr,
+        &LoginOpts::new(CLIENT, "iqn.2026-11.org.strata:vol0999"),
+    )
+    .unwrap();
     settle(&mut warm);
     let before = rss_kib(srv.child.id());
     let mut sessions = Vec::new();
@@ -1049,15 +1166,32 @@ fn ipxe_bios_sanboot_boots_a_clone() {
     let ipxe_iqn = "iqn.2026-01.test.strata:ipxe";
     let img = repo.path("boot.raw");
     std::fs::write(&img, serial_boot_disk("STRATA-SANBOOT-OK\r\n\0")).unwrap();
-    repo.ok(&["image", "import", "--name", "bootimg", img.to_str().unwrap()]);
+    repo.ok(&[
+        "image",
+        "import",
+        "--name",
+        "bootimg",
+        img.to_str().unwrap(),
+    ]);
     repo.ok(&["volume", "create", "server1", "--from", "bootimg"]);
     repo.ok(&["export", "server1", "--initiator", ipxe_iqn]);
     let srv = repo.serve(&[]);
     let done = |c: &str| c.contains("STRATA-SANBOOT-OK");
     let fw = ["-machine".to_string(), "graphics=off".to_string()];
-    let console = qemu_sanboot(&repo, &srv, ipxe_iqn, "iqn.2026-11.org.strata:server1", &fw, done);
+    let console = qemu_sanboot(
+        &repo,
+        &srv,
+        ipxe_iqn,
+        "iqn.2026-11.org.strata:server1",
+        &fw,
+        done,
+    );
     let booted = done(&console);
-    assert!(booted, "the boot sector did not run; console:\n{console}\nserver log:\n{}", srv.log());
+    assert!(
+        booted,
+        "the boot sector did not run; console:\n{console}\nserver log:\n{}",
+        srv.log()
+    );
 }
 
 /// Boots QEMU from the network with iPXE running `sanboot` against `iqn` on `srv`; returns
@@ -1074,7 +1208,9 @@ fn qemu_sanboot(
     let _ = std::fs::create_dir(&tftp);
     std::fs::write(
         tftp.join("boot.ipxe"),
-        format!("#!ipxe\ndhcp\nset initiator-iqn {ipxe_iqn}\nsanboot iscsi:10.0.2.100::3260::{iqn}\n"),
+        format!(
+            "#!ipxe\ndhcp\nset initiator-iqn {ipxe_iqn}\nsanboot iscsi:10.0.2.100::3260::{iqn}\n"
+        ),
     )
     .unwrap();
     let serial = repo.path("serial.txt");
@@ -1092,7 +1228,16 @@ fn qemu_sanboot(
         .args(firmware)
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
-        .args(["-boot", "n", "-monitor", "none", "-netdev", &netdev, "-device", "e1000,netdev=n0"])
+        .args([
+            "-boot",
+            "n",
+            "-monitor",
+            "none",
+            "-netdev",
+            &netdev,
+            "-device",
+            "e1000,netdev=n0",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -1121,17 +1266,36 @@ fn ipxe_uefi_sanboot_loads_the_efi_loader_from_the_volume() {
     // "OS loader": it announces itself on the console when OVMF starts it from the SAN disk).
     let disk = repo.path("san.raw");
     let esp = repo.path("esp.img");
-    std::fs::File::create(&disk).unwrap().set_len(64 << 20).unwrap();
-    let mut sf = Command::new(tool("sfdisk")).args(["-q"]).arg(&disk).stdin(Stdio::piped()).spawn().unwrap();
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut sf = Command::new(tool("sfdisk"))
+        .args(["-q"])
+        .arg(&disk)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
     sf.stdin
         .take()
         .unwrap()
-        .write_all(b"label: gpt\nstart=2048, size=100000, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n")
+        .write_all(
+            b"label: gpt\nstart=2048, size=100000, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n",
+        )
         .unwrap();
     assert!(sf.wait().unwrap().success());
-    ok(Command::new(tool("mkfs.vfat")).arg("-C").arg(&esp).arg("50000"));
-    ok(Command::new(tool("mmd")).arg("-i").arg(&esp).args(["::/EFI", "::/EFI/BOOT"]));
-    ok(Command::new(tool("mcopy")).arg("-i").arg(&esp).args(["/usr/lib/ipxe/ipxe.efi", "::/EFI/BOOT/BOOTX64.EFI"]));
+    ok(Command::new(tool("mkfs.vfat"))
+        .arg("-C")
+        .arg(&esp)
+        .arg("50000"));
+    ok(Command::new(tool("mmd"))
+        .arg("-i")
+        .arg(&esp)
+        .args(["::/EFI", "::/EFI/BOOT"]));
+    ok(Command::new(tool("mcopy"))
+        .arg("-i")
+        .arg(&esp)
+        .args(["/usr/lib/ipxe/ipxe.efi", "::/EFI/BOOT/BOOTX64.EFI"]));
     let mut d = std::fs::read(&disk).unwrap();
     let e = std::fs::read(&esp).unwrap();
     d[2048 * 512..2048 * 512 + e.len()].copy_from_slice(&e);
@@ -1141,7 +1305,8 @@ fn ipxe_uefi_sanboot_loads_the_efi_loader_from_the_volume() {
     repo.ok(&["export", "uefi1", "--initiator", ipxe_iqn]);
     let srv = repo.serve(&["--vendor", "STRATA", "--product", "UEFI Disk"]);
     let vars = repo.path("vars.fd");
-    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF is missing: run tools/install-iscsi-deps");
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+        .expect("OVMF is missing: run tools/install-iscsi-deps");
     let fw: Vec<String> = vec![
         "-machine".into(),
         "q35".into(),
@@ -1154,6 +1319,17 @@ fn ipxe_uefi_sanboot_loads_the_efi_loader_from_the_volume() {
         c.find("Booting from SAN device")
             .is_some_and(|at| c[at..].contains("iPXE initialising devices"))
     };
-    let console = qemu_sanboot(&repo, &srv, ipxe_iqn, "iqn.2026-11.org.strata:uefi1", &fw, booted);
-    assert!(booted(&console), "OVMF did not start the loader from the volume; console:\n{console}\nserver log:\n{}", srv.log());
+    let console = qemu_sanboot(
+        &repo,
+        &srv,
+        ipxe_iqn,
+        "iqn.2026-11.org.strata:uefi1",
+        &fw,
+        booted,
+    );
+    assert!(
+        booted(&console),
+        "OVMF did not start the loader from the volume; console:\n{console}\nserver log:\n{}",
+        srv.log()
+    );
 }

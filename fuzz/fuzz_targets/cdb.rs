@@ -20,7 +20,11 @@ fn fixture() -> &'static Fixture {
         let repo = Repository::open(dir.path().join("repo"), RepoOptions::default()).unwrap();
         repo.create_volume("fuzz", None, Some(1 << 20)).unwrap();
         let vol = repo.open_volume("fuzz", false).unwrap();
-        let lu = LogicalUnit::new(Arc::clone(&vol), "iqn.2026-11.org.strata:fuzz", Identity::default());
+        let lu = LogicalUnit::new(
+            Arc::clone(&vol),
+            "iqn.2026-11.org.strata:fuzz",
+            Identity::default(),
+        );
         Fixture { _dir: dir, lu }
     })
 }

@@ -7,7 +7,9 @@ use strata::iscsi::pdu::{self, FrameLimits};
 use strata::iscsi::text;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else { return };
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
     let lim = FrameLimits {
         header_digest: sel & 1 != 0,
         data_digest: sel & 2 != 0,

@@ -94,11 +94,11 @@ pub fn block_range(c: &[u8]) -> BlockRange {
 /// Allocation length of the CDBs that have one, by opcode.
 pub fn allocation_length(c: &[u8]) -> u32 {
     match byte(c, 0) {
-        0x12 => be16(c, 3) as u32,                   // INQUIRY
-        0x03 | 0x1a => byte(c, 4) as u32,            // REQUEST SENSE, MODE SENSE(6)
-        0x5a | 0x5e => be16(c, 7) as u32,            // MODE SENSE(10), PR IN
-        0xa0 | 0xa3 => be32(c, 6),                   // REPORT LUNS, REPORT SUPPORTED OPCODES
-        0x9e => be32(c, 10),                         // READ CAPACITY(16), GET LBA STATUS
+        0x12 => be16(c, 3) as u32,        // INQUIRY
+        0x03 | 0x1a => byte(c, 4) as u32, // REQUEST SENSE, MODE SENSE(6)
+        0x5a | 0x5e => be16(c, 7) as u32, // MODE SENSE(10), PR IN
+        0xa0 | 0xa3 => be32(c, 6),        // REPORT LUNS, REPORT SUPPORTED OPCODES
+        0x9e => be32(c, 10),              // READ CAPACITY(16), GET LBA STATUS
         _ => 0,
     }
 }

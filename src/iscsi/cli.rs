@@ -17,7 +17,11 @@ pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Address to listen on (repeatable; IPv4 or [IPv6]:port). Port 0 picks a free port.
-    #[arg(long = "listen", value_name = "ADDR:PORT", default_value = "127.0.0.1:3260")]
+    #[arg(
+        long = "listen",
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:3260"
+    )]
     pub listen: Vec<SocketAddr>,
     /// INQUIRY vendor string (8 characters at most are shown).
     #[arg(long, default_value = "STRATA")]
@@ -150,7 +154,13 @@ pub fn export(repo: &Repository, a: ExportArgs) -> CliResult {
                     (Some(_), None) => "chap",
                     _ => "none",
                 };
-                println!("{}\t{}\t{}\t{}", e.volume, e.iqn, e.initiators.join(","), auth);
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    e.volume,
+                    e.iqn,
+                    e.initiators.join(","),
+                    auth
+                );
             }
         }
         return Ok(());

@@ -366,7 +366,11 @@ async fn full_feature<R, W>(
         Some(e) if est.session_type == SessionType::Normal => {
             match ctx
                 .sessions
-                .admit(SessionKey::new(&est.initiator, est.isid, &e.iqn), est.tsih, est.cid)
+                .admit(
+                    SessionKey::new(&est.initiator, est.isid, &e.iqn),
+                    est.tsih,
+                    est.cid,
+                )
                 .await
             {
                 Ok(g) => Some(g),
@@ -715,7 +719,9 @@ impl Conn {
                     r.set_lun(b.lun());
                     r.set_u32(20, RESERVED_TAG);
                     self.complete_non_scsi(b);
-                    let data = pdu.data.slice(..pdu.data.len().min(self.params.max_send_data as usize));
+                    let data = pdu
+                        .data
+                        .slice(..pdu.data.len().min(self.params.max_send_data as usize));
                     self.send(Out::one(r, data, Sn::Advance)).await?;
                 }
             }
@@ -774,8 +780,11 @@ impl Conn {
             return Ok(());
         }
         let imm = pdu.data.len();
-        if imm > 0 && (!self.params.immediate_data || !write || imm > edtl
-            || imm > self.params.first_burst_length as usize)
+        if imm > 0
+            && (!self.params.immediate_data
+                || !write
+                || imm > edtl
+                || imm > self.params.first_burst_length as usize)
         {
             self.reject(&b, reject::PROTOCOL_ERROR).await;
             if !b.immediate() {
@@ -807,9 +816,17 @@ impl Conn {
                 buf,
                 edtl,
                 received: imm,
-                unsolicited_end: if unsolicited_done { imm } else { unsolicited_end },
+                unsolicited_end: if unsolicited_done {
+                    imm
+                } else {
+                    unsolicited_end
+                },
                 unsolicited_done,
-                next_r2t: if unsolicited_done { imm } else { unsolicited_end },
+                next_r2t: if unsolicited_done {
+                    imm
+                } else {
+                    unsolicited_end
+                },
                 r2t_sn: 0,
                 unsol_next: imm,
                 unsol_datasn: 0,
@@ -858,8 +875,7 @@ impl Conn {
             });
         }
         if !pdus.is_empty() {
-            self.send(Out { pdus })
-            .await?;
+            self.send(Out { pdus }).await?;
         }
         Ok(())
     }
@@ -881,7 +897,9 @@ impl Conn {
         let len = pdu.data.len();
         let end = off.saturating_add(len);
         if end > w.edtl {
-            return self.fail_data_phase(&w.bhs, "Data-Out beyond the expected length").await;
+            return self
+                .fail_data_phase(&w.bhs, "Data-Out beyond the expected length")
+                .await;
         }
         if ttt == RESERVED_TAG {
             if w.unsolicited_done
@@ -889,16 +907,22 @@ impl Conn {
                 || off != w.unsol_next
                 || datasn != w.unsol_datasn
             {
-                return self.fail_data_phase(&w.bhs, "unsolicited Data-Out out of order").await;
+                return self
+                    .fail_data_phase(&w.bhs, "unsolicited Data-Out out of order")
+                    .await;
             }
             w.unsol_next = end;
             w.unsol_datasn += 1;
         } else {
             let Some(r) = w.r2ts.iter_mut().find(|r| r.ttt == ttt) else {
-                return self.fail_data_phase(&w.bhs, "Data-Out with an unknown transfer tag").await;
+                return self
+                    .fail_data_phase(&w.bhs, "Data-Out with an unknown transfer tag")
+                    .await;
             };
             if off != r.offset + r.received || end > r.offset + r.len || datasn != r.next_datasn {
-                return self.fail_data_phase(&w.bhs, "solicited Data-Out out of order").await;
+                return self
+                    .fail_data_phase(&w.bhs, "solicited Data-Out out of order")
+                    .await;
             }
             r.received += len;
             r.next_datasn += 1;
@@ -934,7 +958,12 @@ impl Conn {
     async fn fail_data_phase(&mut self, cmd: &Bhs, why: &str) -> Result<Flow, ()> {
         tracing::warn!(itt = cmd.itt(), why, "failing write");
         let resp = Response::check(sense::DATA_PHASE_ERROR);
-        self.send(build_response(cmd, resp, self.params.max_send_data as usize)).await?;
+        self.send(build_response(
+            cmd,
+            resp,
+            self.params.max_send_data as usize,
+        ))
+        .await?;
         if !cmd.immediate() {
             self.window.complete();
         }
@@ -1163,7 +1192,10 @@ impl Conn {
         for e in exports.iter() {
             let wanted = match (which, self.session_type) {
                 ("All", SessionType::Discovery) => true,
-                ("", SessionType::Normal) => self.target.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(&e.iqn)),
+                ("", SessionType::Normal) => self
+                    .target
+                    .as_deref()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(&e.iqn)),
                 (name, _) => name.eq_ignore_ascii_case(&e.iqn),
             };
             if wanted && e.allows(&self.initiator) {
@@ -1220,7 +1252,11 @@ fn run_command(
     let lu = match lu {
         Some(lu) if bhs.lun() == 0 => lu,
         _ => {
-            sink.send(build_response(bhs, scsi::execute_without_lun(&req), max_send));
+            sink.send(build_response(
+                bhs,
+                scsi::execute_without_lun(&req),
+                max_send,
+            ));
             return;
         }
     };
@@ -1234,7 +1270,14 @@ fn run_command(
             sink.send(build_response(bhs, resp, max_send));
         }
         Outcome::Read(plan) => {
-            tracing::debug!(op = cdb[0], itt = bhs.itt(), edtl = bhs.u32_at(20), offset = plan.offset, len = plan.len, "read");
+            tracing::debug!(
+                op = cdb[0],
+                itt = bhs.itt(),
+                edtl = bhs.u32_at(20),
+                offset = plan.offset,
+                len = plan.len,
+                "read"
+            );
             stream_read(&lu, bhs, plan, sink, max_send)
         }
     }
@@ -1317,7 +1360,11 @@ fn build_response(bhs: &Bhs, resp: Response, max: usize) -> Out {
     let edtl = bhs.u32_at(20) as usize;
     let reading = flags & 0x40 != 0;
     let writing = flags & 0x20 != 0;
-    let can_send = if reading { resp.data.len().min(edtl) } else { 0 };
+    let can_send = if reading {
+        resp.data.len().min(edtl)
+    } else {
+        0
+    };
     let (rflags, rcount) = if reading {
         residual(resp.data.len(), edtl)
     } else if writing && resp.status == status::GOOD {
@@ -1383,13 +1430,27 @@ fn stream_read(lu: &LogicalUnit, bhs: &Bhs, plan: scsi::ReadPlan, sink: &Sink, m
         if let Err(e) = lu.volume.read_at(&mut buf, plan.offset + off as u64) {
             tracing::warn!(error = %e, "read failed");
             let s = scsi::store_sense(&e, false);
-            sink.send(scsi_response(bhs, status::CHECK_CONDITION, Some(s.fixed()), rflags, rcount));
+            sink.send(scsi_response(
+                bhs,
+                status::CHECK_CONDITION,
+                Some(s.fixed()),
+                rflags,
+                rcount,
+            ));
             return;
         }
         let last = off + n == send;
         let st = last.then_some((status::GOOD, rflags, rcount));
         let mut pdus = Vec::with_capacity(n.div_ceil(max) + 1);
-        data_in_pdus(bhs, &Bytes::from_owner(Owned(buf)), max, &mut dsn, off, st, &mut pdus);
+        data_in_pdus(
+            bhs,
+            &Bytes::from_owner(Owned(buf)),
+            max,
+            &mut dsn,
+            off,
+            st,
+            &mut pdus,
+        );
         if !sink.send(Out { pdus }) {
             return;
         }

@@ -153,7 +153,9 @@ fn save(root: &Path, exports: &[Export]) -> Result<(), ExportError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(werr)?;
-    f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(werr)?;
+    f.write_all(&bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(werr)?;
     fs::rename(&tmp, &path).map_err(werr)?;
     File::open(root).and_then(|d| d.sync_all()).map_err(werr)?;
     Ok(())
@@ -207,10 +209,13 @@ pub fn remove(root: &Path, volume: &str) -> Result<(), ExportError> {
     save(root, &all)
 }
 
+/// What identifies a version of the exports file: mtime (s, ns), size, inode.
+type Stamp = Option<(i64, i64, u64, u64)>;
+
 /// The exports as the server sees them: re-read when the file's mtime or size changed.
 pub struct ExportTable {
     root: PathBuf,
-    cached: Mutex<(Option<(i64, i64, u64, u64)>, Arc<Vec<Export>>)>,
+    cached: Mutex<(Stamp, Arc<Vec<Export>>)>,
 }
 
 impl ExportTable {
@@ -274,7 +279,10 @@ mod tests {
         assert_eq!(all[0].initiators, vec!["iqn.2000-01.x:c".to_string()]);
         remove(d.path(), "a").unwrap();
         assert_eq!(load(d.path()).unwrap().len(), 1);
-        assert!(matches!(remove(d.path(), "a"), Err(ExportError::NotExported(_))));
+        assert!(matches!(
+            remove(d.path(), "a"),
+            Err(ExportError::NotExported(_))
+        ));
         let mode = fs::metadata(d.path().join(FILE)).unwrap().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
@@ -288,8 +296,14 @@ mod tests {
         assert!(add(d.path(), b).is_err());
         assert!(add(d.path(), ex("c", "eui.0123456789abcdef")).is_err());
         let mut same = ex("d", "iqn.2000-01.x:a");
-        same.chap = Some(Chap { user: "u".into(), secret: "s3cret-secret".into() });
-        same.mutual_chap = Some(Chap { user: "t".into(), secret: "s3cret-secret".into() });
+        same.chap = Some(Chap {
+            user: "u".into(),
+            secret: "s3cret-secret".into(),
+        });
+        same.mutual_chap = Some(Chap {
+            user: "t".into(),
+            secret: "s3cret-secret".into(),
+        });
         assert!(add(d.path(), same).is_err());
     }
 

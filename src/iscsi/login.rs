@@ -92,7 +92,10 @@ enum Chap {
     /// AuthMethod=CHAP agreed; waiting for CHAP_A.
     Chosen,
     /// Challenge sent; waiting for CHAP_N/CHAP_R.
-    Challenged { id: u8, challenge: Vec<u8> },
+    Challenged {
+        id: u8,
+        challenge: Vec<u8>,
+    },
     Done,
 }
 
@@ -276,7 +279,10 @@ impl Login {
             }
             Some(f) => {
                 if f.isid != isid || f.tsih != tsih || f.cid != cid {
-                    return Err(fail(status::INITIATOR_ERROR, "ISID/TSIH/CID changed during login"));
+                    return Err(fail(
+                        status::INITIATOR_ERROR,
+                        "ISID/TSIH/CID changed during login",
+                    ));
                 }
             }
         }
@@ -287,7 +293,10 @@ impl Login {
             return Err(fail(status::INITIATOR_ERROR, "T and C both set"));
         }
         if transit && (nsg <= csg || nsg == 2) {
-            return Err(fail(status::INITIATOR_ERROR, format!("bad transition {csg}->{nsg}")));
+            return Err(fail(
+                status::INITIATOR_ERROR,
+                format!("bad transition {csg}->{nsg}"),
+            ));
         }
         self.pending_text.extend_from_slice(&req.data);
         if self.pending_text.len() > MAX_LOGIN_TEXT {
@@ -317,7 +326,10 @@ impl Login {
                 "InitiatorName" | "TargetName" | "SessionType" | "InitiatorAlias" => {}
                 "AuthMethod" => {
                     if csg != SECURITY {
-                        return Err(fail(status::INITIATOR_ERROR, "AuthMethod outside security stage"));
+                        return Err(fail(
+                            status::INITIATOR_ERROR,
+                            "AuthMethod outside security stage",
+                        ));
                     }
                     answers.push((k.clone(), self.auth_method(v)?));
                 }
@@ -337,7 +349,10 @@ impl Login {
             ok
         } else {
             if !self.auth_done && self.export_requires_chap() {
-                return Err(fail(status::AUTH_FAILURE, "CHAP required; security stage skipped"));
+                return Err(fail(
+                    status::AUTH_FAILURE,
+                    "CHAP required; security stage skipped",
+                ));
             }
             answers.extend(self.negotiation.declarations());
             true
@@ -373,7 +388,12 @@ impl Login {
         pairs: &[(String, String)],
         exports: &ExportTable,
     ) -> Result<(), LoginFailure> {
-        let get = |k: &str| pairs.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(kk, _)| kk == k)
+                .map(|(_, v)| v.as_str())
+        };
         if self.initiator.is_none() {
             let Some(name) = get("InitiatorName") else {
                 return Err(fail(status::MISSING_PARAMETER, "no InitiatorName"));
@@ -427,12 +447,18 @@ impl Login {
                 self.chap = Chap::Chosen;
                 return Ok("CHAP".into());
             }
-            return Err(fail(status::AUTH_FAILURE, "CHAP required, initiator does not offer it"));
+            return Err(fail(
+                status::AUTH_FAILURE,
+                "CHAP required, initiator does not offer it",
+            ));
         }
         if offers.contains(&"None") {
             return Ok("None".into());
         }
-        Err(fail(status::AUTH_FAILURE, format!("no acceptable AuthMethod in {offered}")))
+        Err(fail(
+            status::AUTH_FAILURE,
+            format!("no acceptable AuthMethod in {offered}"),
+        ))
     }
 
     /// Advances CHAP; returns whether the security stage may be left now.
@@ -441,7 +467,12 @@ impl Login {
         pairs: &[(String, String)],
         answers: &mut Vec<(String, String)>,
     ) -> Result<bool, LoginFailure> {
-        let get = |k: &str| pairs.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(kk, _)| kk == k)
+                .map(|(_, v)| v.as_str())
+        };
         match std::mem::replace(&mut self.chap, Chap::NotStarted) {
             Chap::NotStarted => Ok(!self.export_requires_chap()),
             Chap::Chosen => {
@@ -476,7 +507,10 @@ impl Login {
                 let got = hex_decode(r).ok_or_else(|| fail(status::AUTH_FAILURE, "bad CHAP_R"))?;
                 let want = chap_response(id, cred.secret.as_bytes(), &challenge);
                 if n != cred.user || !same(&got, &want) {
-                    return Err(fail(status::AUTH_FAILURE, format!("CHAP failed for user {n:?}")));
+                    return Err(fail(
+                        status::AUTH_FAILURE,
+                        format!("CHAP failed for user {n:?}"),
+                    ));
                 }
                 // Mutual: the initiator challenges us back.
                 match (get("CHAP_I"), get("CHAP_C")) {

@@ -9,14 +9,14 @@
 //! - `server.rs`  listeners and graceful shutdown; `cli.rs` the `serve`/`export` commands
 
 pub mod cdb;
+pub mod cli;
+pub mod connection;
 pub mod digest;
 pub mod exports;
 pub mod login;
 pub mod pdu;
 pub mod scsi;
-pub mod text;
-pub mod connection;
 pub mod server;
 pub mod session;
+pub mod text;
 pub mod tmf;
-pub mod cli;

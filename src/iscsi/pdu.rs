@@ -132,7 +132,12 @@ impl Bhs {
         self.0[off..off + 2].copy_from_slice(&v.to_be_bytes());
     }
     pub fn u32_at(&self, off: usize) -> u32 {
-        u32::from_be_bytes([self.0[off], self.0[off + 1], self.0[off + 2], self.0[off + 3]])
+        u32::from_be_bytes([
+            self.0[off],
+            self.0[off + 1],
+            self.0[off + 2],
+            self.0[off + 3],
+        ])
     }
     pub fn set_u32(&mut self, off: usize, v: u32) {
         self.0[off..off + 4].copy_from_slice(&v.to_be_bytes());

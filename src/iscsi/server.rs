@@ -141,7 +141,12 @@ pub async fn serve(
         listeners.push(l);
     }
     if let Some(r) = ready {
-        let _ = r.send(listeners.iter().filter_map(|l| l.local_addr().ok()).collect());
+        let _ = r.send(
+            listeners
+                .iter()
+                .filter_map(|l| l.local_addr().ok())
+                .collect(),
+        );
     }
     let (sd_tx, sd_rx) = watch::channel(false);
     let ctx = Arc::new(ServerCtx::new(repo, opts, sd_rx));

@@ -59,7 +59,10 @@ pub struct SessionGuard<'a> {
 impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
         let mut t = self.table.inner.lock();
-        if t.sessions.get(&self.key).is_some_and(|e| e.tsih == self.tsih) {
+        if t.sessions
+            .get(&self.key)
+            .is_some_and(|e| e.tsih == self.tsih)
+        {
             t.sessions.remove(&self.key);
         }
     }

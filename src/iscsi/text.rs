@@ -332,8 +332,14 @@ mod tests {
 
     #[test]
     fn malformed_text_is_an_error_not_a_panic() {
-        assert!(matches!(parse_pairs(b"NoEquals\0"), Err(TextError::MissingEquals(_))));
-        assert_eq!(parse_pairs(b"a=1\0a=2\0"), Err(TextError::Duplicate("a".into())));
+        assert!(matches!(
+            parse_pairs(b"NoEquals\0"),
+            Err(TextError::MissingEquals(_))
+        ));
+        assert_eq!(
+            parse_pairs(b"a=1\0a=2\0"),
+            Err(TextError::Duplicate("a".into()))
+        );
         assert_eq!(parse_pairs(b"\xff=1\0"), Err(TextError::NotUtf8));
         assert_eq!(parse_pairs(b"=1\0"), Err(TextError::TooLong));
     }
@@ -355,7 +361,10 @@ mod tests {
             ("MaxRecvDataSegmentLength", "65536"),
         ];
         let (a, p) = answers(&offer);
-        for (k, _) in offer.iter().filter(|(k, _)| *k != "MaxRecvDataSegmentLength") {
+        for (k, _) in offer
+            .iter()
+            .filter(|(k, _)| *k != "MaxRecvDataSegmentLength")
+        {
             assert!(get(&a, k).is_some(), "{k} not answered");
         }
         let allowed_extra = ["MaxRecvDataSegmentLength"];

@@ -90,8 +90,16 @@ fn device_identification(lu: &LogicalUnit) -> Vec<u8> {
     d.extend(designator(0x02, 0x01, &t10));
     // Target port: relative target port 1 (type 4) and target port group 1 (type 5),
     // PIV set, protocol iSCSI, association target port (0x10).
-    d.extend(designator(ISCSI_PROTO | 0x01, 0x80 | 0x10 | 0x04, &[0, 0, 0, 1]));
-    d.extend(designator(ISCSI_PROTO | 0x01, 0x80 | 0x10 | 0x05, &[0, 0, 0, 1]));
+    d.extend(designator(
+        ISCSI_PROTO | 0x01,
+        0x80 | 0x10 | 0x04,
+        &[0, 0, 0, 1],
+    ));
+    d.extend(designator(
+        ISCSI_PROTO | 0x01,
+        0x80 | 0x10 | 0x05,
+        &[0, 0, 0, 1],
+    ));
     // Target port name (SCSI name string, UTF-8, type 8): "<iqn>,t,0x0001", NUL padded to 4.
     let mut port = format!("{},t,0x0001", lu.target_iqn).into_bytes();
     port.push(0);

@@ -263,7 +263,10 @@ impl LogicalUnit {
     }
 
     pub(crate) fn take_ua(&self, nexus: u64) -> Option<Sense> {
-        self.ua.lock().get_mut(&nexus).and_then(|(_, q)| q.pop_front())
+        self.ua
+            .lock()
+            .get_mut(&nexus)
+            .and_then(|(_, q)| q.pop_front())
     }
 
     /// (nexus id, initiator port name) of every attached session.
@@ -379,7 +382,9 @@ impl LogicalUnit {
         }
         let mut r = self.legacy_reservation.lock();
         match *r {
-            Some(h) if h != req.nexus.id => Ok(Response::status(status::RESERVATION_CONFLICT).into()),
+            Some(h) if h != req.nexus.id => {
+                Ok(Response::status(status::RESERVATION_CONFLICT).into())
+            }
             _ => {
                 *r = Some(req.nexus.id);
                 Ok(Response::good(Vec::new()).into())

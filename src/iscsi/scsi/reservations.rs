@@ -190,7 +190,11 @@ pub fn persistent_reserve_out(lu: &LogicalUnit, req: &Request) -> CmdResult {
         return Err(sense::invalid_param_field(20));
     }
     let port = req.nexus.port_name();
-    let conflict = || Ok(Response::status(status::RESERVATION_CONFLICT).consumed(24).into());
+    let conflict = || {
+        Ok(Response::status(status::RESERVATION_CONFLICT)
+            .consumed(24)
+            .into())
+    };
     let good = || Ok(Response::good(Vec::new()).consumed(24).into());
     let valid_type = |t: u8| matches!(t, WE | EA | WE_RO | EA_RO | WE_AR | EA_AR);
     let mut pr = lu.pr.lock();
@@ -254,7 +258,9 @@ pub fn persistent_reserve_out(lu: &LogicalUnit, req: &Request) -> CmdResult {
             if mine != Some(key) {
                 return conflict();
             }
-            let Some(r) = pr.res.clone() else { return good() };
+            let Some(r) = pr.res.clone() else {
+                return good();
+            };
             if !pr.is_holder(&port) {
                 return good();
             }

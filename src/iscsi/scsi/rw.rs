@@ -24,7 +24,10 @@ pub fn read(lu: &LogicalUnit, req: &Request) -> CmdResult {
     no_protect(&r)?;
     lu.check_range(r.lba, r.blocks)?;
     if r.blocks > MAX_READ_BLOCKS {
-        return Err(sense::invalid_cdb_field(if req.cdb.len() >= 16 { 10 } else { 7 }, None));
+        return Err(sense::invalid_cdb_field(
+            if req.cdb.len() >= 16 { 10 } else { 7 },
+            None,
+        ));
     }
     Ok(Outcome::Read(ReadPlan {
         offset: r.lba * BLOCK_SIZE,
@@ -74,7 +77,9 @@ pub fn write(lu: &LogicalUnit, req: &Request) -> CmdResult {
             .map_err(|e| store_sense(&e, true))?;
         maybe_flush(lu, r.fua())?;
     }
-    Ok(Response::good(Vec::new()).consumed(transfer_bytes(&r)).into())
+    Ok(Response::good(Vec::new())
+        .consumed(transfer_bytes(&r))
+        .into())
 }
 
 pub fn write_and_verify(lu: &LogicalUnit, req: &Request) -> CmdResult {
@@ -87,7 +92,9 @@ pub fn write_and_verify(lu: &LogicalUnit, req: &Request) -> CmdResult {
         // Verification means the data is on the medium: flush, as FUA would.
         maybe_flush(lu, true)?;
     }
-    Ok(Response::good(Vec::new()).consumed(transfer_bytes(&r)).into())
+    Ok(Response::good(Vec::new())
+        .consumed(transfer_bytes(&r))
+        .into())
 }
 
 pub fn verify(lu: &LogicalUnit, req: &Request) -> CmdResult {
@@ -148,10 +155,10 @@ pub fn compare_and_write(lu: &LogicalUnit, req: &Request) -> CmdResult {
         return Err(sense::invalid_cdb_field(1, Some(7)));
     }
     let lba = cdb::be64(c, 2);
+    // NUMBER OF LOGICAL BLOCKS is one byte and the limit (VPD 0xB0) is its maximum, so
+    // any value is within it.
     let nob = cdb::byte(c, 13);
-    if nob > MAX_COMPARE_AND_WRITE_BLOCKS {
-        return Err(sense::invalid_cdb_field(13, None));
-    }
+    const _: () = assert!(MAX_COMPARE_AND_WRITE_BLOCKS == u8::MAX);
     lu.check_range(lba, nob as u64)?;
     let len = nob as usize * BLOCK_SIZE as usize;
     // The Data-Out must be exactly the verify and write halves.
@@ -203,5 +210,7 @@ pub fn orwrite(lu: &LogicalUnit, req: &Request) -> CmdResult {
             .map_err(|e| store_sense(&e, true))?;
         maybe_flush(lu, r.fua())?;
     }
-    Ok(Response::good(Vec::new()).consumed(transfer_bytes(&r)).into())
+    Ok(Response::good(Vec::new())
+        .consumed(transfer_bytes(&r))
+        .into())
 }
