@@ -460,3 +460,51 @@ fn full_disk_during_import_and_write() {
     let o = r.run(&["volume", "export", "w", r.path("w.raw").to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// `strata mount` serves until SIGTERM, then unmounts cleanly and keeps what was written.
+#[test]
+fn mount_unmounts_cleanly_on_sigterm_and_keeps_writes() {
+    if !Path::new("/dev/fuse").exists() || unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIP mount_unmounts_cleanly_on_sigterm_and_keeps_writes: needs root and /dev/fuse"
+        );
+        return;
+    }
+    let r = Repo::new();
+    r.ok(&["volume", "create", "m1", "--size", "8M"]);
+    let mnt = r.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--repo")
+        .arg(&r.root)
+        .arg("mount")
+        .arg(&mnt)
+        .spawn()
+        .unwrap();
+    let file = mnt.join("volumes/m1");
+    let mut served = false;
+    for _ in 0..500 {
+        if file.exists() {
+            served = true;
+            break;
+        }
+        std::thread::yield_now();
+        std::thread::sleep(std::time::Duration::from_millis(10)); // polling, bounded
+    }
+    assert!(served, "the mount never appeared");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.write_all_at(&[0x5A; 8192], 4096).unwrap();
+        // No fsync: stopping the mount must flush.
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    assert!(st.success(), "strata mount exited with {st}");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(mnt.to_str().unwrap()), "still mounted");
+    let out = r.path("m1.raw");
+    r.ok(&["volume", "export", "m1", out.to_str().unwrap()]);
+    let d = std::fs::read(&out).unwrap();
+    assert!(d[4096..12288].iter().all(|&b| b == 0x5A) && d[..4096].iter().all(|&b| b == 0));
+}

@@ -911,3 +911,116 @@ fn writes_with_r2t_and_several_outstanding() {
     assert_eq!(st, 0);
     assert!(back == data);
 }
+
+fn write16_fua(lba: u64, blocks: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x8a;
+    c[1] = 0x08; // FUA
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+#[test]
+fn kill_9_keeps_every_write_acknowledged_with_fua_or_before_sync_cache() {
+    let repo = Repo::new();
+    let iqn = repo.exported_volume("crash", 32, &[CLIENT]);
+    let mut srv = repo.serve(&[]);
+    let mut r = Raw::login(srv.addr, &LoginOpts::new(CLIENT, &iqn)).unwrap();
+    settle(&mut r);
+    // Phase 1: plain writes, then SYNCHRONIZE CACHE: all durable.
+    for i in 0..64u32 {
+        let (st, _, _) = r.command(&write10(i * 16, 8), 0, &pattern(4096, i as u64));
+        assert_eq!(st, 0);
+    }
+    let (st, _, _) = r.command(&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, &[]);
+    assert_eq!(st, 0);
+    // Phase 2: FUA writes, each durable once acknowledged; the server dies mid-stream.
+    let mut acked = Vec::new();
+    for i in 0..200u64 {
+        let lba = 4096 + i * 8;
+        let (st, _, _) = r.command(&write16_fua(lba, 8), 0, &pattern(4096, 1000 + i));
+        assert_eq!(st, 0);
+        acked.push((lba, 1000 + i));
+        if i == 150 {
+            srv.child.kill().unwrap(); // SIGKILL
+            srv.child.wait().unwrap();
+            break;
+        }
+    }
+    drop(r);
+    drop(srv);
+    // Everything acknowledged is there, read back through the store with no server.
+    let out = repo.path("after-crash.raw");
+    repo.ok(&["volume", "export", "crash", out.to_str().unwrap()]);
+    let disk = std::fs::read(&out).unwrap();
+    for i in 0..64u64 {
+        let off = (i * 16 * 512) as usize;
+        assert!(disk[off..off + 4096] == pattern(4096, i)[..], "synced write {i} lost");
+    }
+    for (lba, seed) in acked {
+        let off = (lba * 512) as usize;
+        assert!(disk[off..off + 4096] == pattern(4096, seed)[..], "FUA write at {lba} lost");
+    }
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_thousand_exports_and_256_idle_sessions() {
+    let repo = Repo::new();
+    let store = strata::store::Repository::open(&repo.root, Default::default()).unwrap();
+    let mut exports = Vec::new();
+    for i in 0..1000 {
+        let name = format!("vol{i:04}");
+        store.create_volume(&name, None, Some(4 << 20)).unwrap();
+        exports.push(serde_json::json!({
+            "volume": name,
+            "iqn": format!("iqn.2026-11.org.strata:{name}"),
+            "initiators": [CLIENT],
+        }));
+    }
+    drop(store);
+    std::fs::write(
+        repo.root.join("exports.json"),
+        serde_json::to_vec(&serde_json::json!({ "exports": exports })).unwrap(),
+    )
+    .unwrap();
+    let mut srv = repo.serve(&["--nop-interval", "3600"]);
+    let ls = repo.ok(&["export", "ls"]);
+    assert_eq!(ls.lines().count(), 1001);
+    // Discovery sees all thousand (the answer spans several Text responses).
+    let portal = format!("iscsi://{}", srv.addr);
+    let found = ok(Command::new(tool("iscsi-ls")).args(["-i", CLIENT, &portal]));
+    assert_eq!(found.lines().filter(|l| l.contains("Target:")).count(), 1000);
+    // One warm-up session, then 256 sessions on 256 targets, each doing one command.
+    let mut warm = Raw::login(srv.addr, &LoginOpts::new(CLIENT, "iqn.2026-11.org.strata:vol0999")).unwrap();
+    settle(&mut warm);
+    let before = rss_kib(srv.child.id());
+    let mut sessions = Vec::new();
+    for i in 0..256 {
+        let iqn = format!("iqn.2026-11.org.strata:vol{i:04}");
+        let mut r = Raw::login(srv.addr, &LoginOpts::new(CLIENT, &iqn)).unwrap();
+        settle(&mut r);
+        let (st, data, _) = r.command(&read10(0, 8), 4096, &[]);
+        assert_eq!(st, 0);
+        assert_eq!(data.len(), 4096);
+        sessions.push(r);
+    }
+    let after = rss_kib(srv.child.id());
+    let per_session = (after.saturating_sub(before)) / 256;
+    eprintln!("resident memory per idle session (open volume included): {per_session} KiB");
+    assert!(per_session < 256, "{per_session} KiB per idle session");
+    for r in &mut sessions {
+        assert_eq!(r.command(&TUR, 0, &[]).0, 0);
+    }
+    assert!(srv.alive());
+}

@@ -157,7 +157,9 @@ fn bench_io(
         for t in 0..qd {
             let (vol, next, failed) = (&vol, &next, &failed);
             s.spawn(move || {
-                let mut buf = vec![(t as u8) | 0x80; bs as usize];
+                // Aligned, as real I/O stacks (qemu's among them) allocate their buffers.
+                let mut buf = strata::store::AlignedBuf::zeroed(bs as usize);
+                buf.fill((t as u8) | 0x80);
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= count {

@@ -406,7 +406,7 @@ impl fuser::Filesystem for StrataFs {
         let Some((at, n)) = h.clip(offset, size.min(MAX_IO) as usize) else {
             return reply.data(&[]);
         };
-        let mut buf = vec![0u8; n];
+        let mut buf = crate::store::AlignedBuf::zeroed(n);
         match h.disk.read_at(&mut buf, at) {
             Ok(()) => reply.data(&buf),
             Err(e) => {

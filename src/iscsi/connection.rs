@@ -34,6 +34,7 @@ use super::server::ServerCtx;
 use super::session::{sn_gt, sn_lt, SessionKey};
 use super::text;
 use super::tmf;
+use crate::store::AlignedBuf;
 
 /// Largest Data-In chunk read from the volume at once while streaming a read.
 const READ_CHUNK: usize = 1 << 20;
@@ -445,6 +446,7 @@ async fn full_feature<R, W>(
         next_ttt: 1,
         text_pending: None,
         batch: Vec::new(),
+        batches: Arc::new((AtomicUsize::new(0), Notify::new())),
     };
     let mut stop = guard.as_ref().map(|g| g.stop.clone());
     let mut shutdown = ctx.shutdown.clone();
@@ -453,6 +455,8 @@ async fn full_feature<R, W>(
     let mut pings_answered = false;
     let nop_interval = ctx.opts.nop_interval;
     let nop_timeout = ctx.opts.nop_timeout;
+    let batch_done = conn.batches.clone();
+    let batch_done = &batch_done.1;
     let reason: &str = loop {
         let next_tick = match ping {
             Some((_, sent)) => sent + nop_timeout,
@@ -497,11 +501,13 @@ async fn full_feature<R, W>(
                         other => other,
                     };
                 };
-                conn.flush_batch();
                 if let Some(why) = stop_reason {
+                    conn.flush_batch();
                     break why;
                 }
+                conn.maybe_flush_batch();
             }
+            _ = batch_done.notified() => conn.maybe_flush_batch(),
             _ = tokio::time::sleep_until(next_tick) => {
                 match ping {
                     Some(_) if pings_answered => break "initiator stopped answering NOP-In",
@@ -594,6 +600,8 @@ pub struct Conn {
     text_pending: Option<(u32, Vec<u8>)>,
     /// Small commands gathered from the PDUs of one socket read, run as one job.
     batch: Vec<Job>,
+    /// Batches running, and the signal that one finished.
+    batches: Arc<(AtomicUsize, Notify)>,
 }
 
 /// A command ready to run: its PDU header, Data-Out, and abort flag.
@@ -605,6 +613,21 @@ struct Job {
 
 /// Commands moving at most this many bytes are batched; larger ones run on their own.
 const BATCH_MAX_BYTES: usize = 256 * 1024;
+/// Batches of one connection running at once. While they run, new commands gather into
+/// the next batch: under load batches grow and hand-offs per command shrink, while a lone
+/// command (firmware's queue depth of one) still starts at once.
+const MAX_BATCHES: usize = 3;
+
+/// MAX_BATCHES, or STRATA_ISCSI_MAX_BATCHES (for measurements).
+fn max_batches() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("STRATA_ISCSI_MAX_BATCHES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(MAX_BATCHES)
+    })
+}
 
 fn response_header(opcode: u8, itt: u32) -> Bhs {
     let mut b = Bhs::new(opcode);
@@ -938,23 +961,33 @@ impl Conn {
         };
         if big {
             self.flush_batch();
-            self.spawn_jobs(vec![job]);
+            self.spawn_jobs(vec![job], false);
         } else {
             self.batch.push(job);
         }
     }
 
-    /// Runs the gathered small commands.
+    /// Runs the gathered small commands now.
     pub fn flush_batch(&mut self) {
         if !self.batch.is_empty() {
             let jobs = std::mem::take(&mut self.batch);
-            self.spawn_jobs(jobs);
+            self.batches.0.fetch_add(1, Ordering::AcqRel);
+            self.spawn_jobs(jobs, true);
+        }
+    }
+
+    /// Runs the gathered small commands unless enough batches are running already (the
+    /// end of one calls this again).
+    pub fn maybe_flush_batch(&mut self) {
+        if self.batches.0.load(Ordering::Acquire) < max_batches() {
+            self.flush_batch();
         }
     }
 
     /// One hand-off to the blocking pool for `jobs`: each runs from CDB to response; the
     /// responses of a batch go to the writer together. A single large read streams.
-    fn spawn_jobs(&self, jobs: Vec<Job>) {
+    fn spawn_jobs(&self, jobs: Vec<Job>, counted: bool) {
+        let batches = self.batches.clone();
         let lu = self.lu.clone();
         let nexus = self.nexus.clone();
         let tx = self.tx.clone();
@@ -989,6 +1022,10 @@ impl Conn {
             inflight.0.fetch_sub(jobs.len(), Ordering::AcqRel);
             // Wakes `drain` and task-management waits.
             inflight.1.notify_waiters();
+            if counted {
+                batches.0.fetch_sub(1, Ordering::AcqRel);
+                batches.1.notify_one();
+            }
         });
     }
 
@@ -1305,6 +1342,15 @@ fn build_response(bhs: &Bhs, resp: Response, max: usize) -> Out {
     scsi_response(bhs, resp.status, sense_data, rflags, rcount)
 }
 
+/// An aligned read buffer handed to the writer without copying.
+struct Owned(AlignedBuf);
+
+impl AsRef<[u8]> for Owned {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// Streams a read in chunks: each chunk is read and queued to the writer, which sends it
 /// while the next one is read.
 fn stream_read(lu: &LogicalUnit, bhs: &Bhs, plan: scsi::ReadPlan, sink: &Sink, max: usize) {
@@ -1323,7 +1369,9 @@ fn stream_read(lu: &LogicalUnit, bhs: &Bhs, plan: scsi::ReadPlan, sink: &Sink, m
     let mut dsn = 0u32;
     while off < send {
         let n = (send - off).min(chunk);
-        let mut buf = vec![0u8; n];
+        // Page-aligned: the kernel copies into it several times faster (store/buf.rs).
+        // Page-aligned: the kernel copies into it several times faster (store/buf.rs).
+        let mut buf = AlignedBuf::zeroed(n);
         if let Err(e) = lu.volume.read_at(&mut buf, plan.offset + off as u64) {
             tracing::warn!(error = %e, "read failed");
             let s = scsi::store_sense(&e, false);
@@ -1333,7 +1381,7 @@ fn stream_read(lu: &LogicalUnit, bhs: &Bhs, plan: scsi::ReadPlan, sink: &Sink, m
         let last = off + n == send;
         let st = last.then_some((status::GOOD, rflags, rcount));
         let mut pdus = Vec::with_capacity(n.div_ceil(max) + 1);
-        data_in_pdus(bhs, &Bytes::from(buf), max, &mut dsn, off, st, &mut pdus);
+        data_in_pdus(bhs, &Bytes::from_owner(Owned(buf)), max, &mut dsn, off, st, &mut pdus);
         if !sink.send(Out { pdus }) {
             return;
         }

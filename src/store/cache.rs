@@ -70,39 +70,38 @@ impl ChunkCache {
         self.shard(key).lock().get(key).cloned()
     }
 
-    /// The cached chunk, or the one `load` produces (which is then cached). Concurrent
-    /// callers for the same missing chunk wait for the first one's load instead of
-    /// repeating it.
-    pub fn get_or_load<E>(
-        &self,
-        key: ChunkKey,
-        load: impl FnOnce() -> Result<Bytes, E>,
-    ) -> Result<Bytes, E> {
-        if let Some(b) = self.lookup(&key) {
+    /// Looks a chunk up, counting the hit.
+    pub fn get(&self, key: &ChunkKey) -> Option<Bytes> {
+        let b = self.lookup(key);
+        if b.is_some() {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(b);
         }
-        let _loading: MutexGuard<()> = self.loading[self.hash(&key) % LOAD_STRIPES].lock();
-        if let Some(b) = self.lookup(&key) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(b);
-        }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        let b = load()?;
-        self.insert(key, b.clone());
-        Ok(b)
+        b
     }
 
-    /// Lookups served from memory, and chunks loaded from the image files.
+    /// Whether a chunk is cached, without touching its recency or the counters.
+    pub fn contains(&self, key: &ChunkKey) -> bool {
+        self.enabled() && self.shard(key).lock().contains(key)
+    }
+
+    /// The lock one loader of a group of chunks holds while it reads them from disk: the
+    /// other readers of that group wait for it and then find the chunks cached, so a boot
+    /// storm reads each chunk once. `group` is any key that names the group.
+    pub fn loading(&self, group: &ChunkKey) -> MutexGuard<'_, ()> {
+        self.loading[self.hash(group) % LOAD_STRIPES].lock()
+    }
+
+    /// Counts chunks loaded from the image's files.
+    pub fn count_loads(&self, n: u64) {
+        self.misses.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Chunks served from memory, and chunks loaded from the image's files.
     pub fn stats(&self) -> (u64, u64) {
         (
             self.hits.load(Ordering::Relaxed),
             self.misses.load(Ordering::Relaxed),
         )
-    }
-
-    pub fn get(&self, key: &ChunkKey) -> Option<Bytes> {
-        self.lookup(key)
     }
 
     pub fn insert(&self, key: ChunkKey, chunk: Bytes) {

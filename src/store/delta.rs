@@ -58,6 +58,53 @@ pub struct Delta {
     snapshot_len: u64,
     /// Log size below which no compaction happens (see COMPACT_MIN_BYTES).
     compact_min: u64,
+    /// Set when a commit failed: its fate on disk is unknown, so no more commits.
+    failed: Option<String>,
+}
+
+/// Where the map files stand after a commit.
+#[derive(Debug, Clone, Copy)]
+struct CommitState {
+    active: usize,
+    generation: u64,
+    sequence: u64,
+    map_len: u64,
+    snapshot_len: u64,
+}
+
+/// A cut set of changes on its way to disk (see `Delta::begin_commit`). Writing it needs no
+/// lock on the delta: it only syncs the data file and writes its own bytes to a map file.
+pub struct Commit {
+    dir: Arc<dyn StoreDir>,
+    data: Arc<dyn StoreFile>,
+    file: usize,
+    /// Append position for a log batch; `None` for a compaction (rewrites the file).
+    offset: Option<u64>,
+    bytes: Vec<u8>,
+    /// Slots that become free once this commit is durable.
+    freed: Vec<u32>,
+    after: CommitState,
+}
+
+impl Commit {
+    /// Step 2: data first, then the map record that points at it (see format.rs).
+    pub fn write(&self) -> Result<()> {
+        let at = |f: &str| self.dir.describe().join(f);
+        self.data
+            .sync()
+            .map_err(|e| StoreError::io("syncing", at(DATA_FILE), e))?;
+        let name = MAP_FILES[self.file];
+        let f = self
+            .dir
+            .open(name)
+            .map_err(|e| StoreError::io("opening", at(name), e))?;
+        match self.offset {
+            Some(off) => f.write_at(&self.bytes, off),
+            None => f.set_len(0).and_then(|_| f.write_at(&self.bytes, 0)),
+        }
+        .and_then(|_| f.sync())
+        .map_err(|e| StoreError::io("committing to", at(name), e))
+    }
 }
 
 impl Delta {
@@ -86,17 +133,31 @@ impl Delta {
             map_len: 0,
             snapshot_len: 0,
             compact_min: COMPACT_MIN_BYTES,
+            failed: None,
         };
-        d.compact()?;
+        // The first commit: generation 1, an empty snapshot, into map.0.
+        let c = d.snapshot_commit(Vec::new());
+        let r = c.write();
+        d.finish_commit(c, r)?;
         Ok(d)
     }
 
     /// Opens the delta in `dir` at its last durable commit.
     pub fn open(dir: Arc<dyn StoreDir>, label: String) -> Result<Delta> {
-        let at = |f: &str| dir.describe().join(f);
         let data = dir
             .open(DATA_FILE)
-            .map_err(|e| StoreError::io("opening", at(DATA_FILE), e))?;
+            .map_err(|e| StoreError::io("opening", dir.describe().join(DATA_FILE), e))?;
+        Self::open_with_data(dir, data, label)
+    }
+
+    /// Opens the delta in `dir` whose data file the caller has opened already (the
+    /// repository does, to lock it before anything is read).
+    pub fn open_with_data(
+        dir: Arc<dyn StoreDir>,
+        data: Arc<dyn StoreFile>,
+        label: String,
+    ) -> Result<Delta> {
+        let at = |f: &str| dir.describe().join(f);
         // Pick the map file with the highest generation whose header and snapshot are whole.
         let mut best: Option<(u64, usize, Vec<u8>)> = None;
         for (i, name) in MAP_FILES.iter().enumerate() {
@@ -159,6 +220,7 @@ impl Delta {
             map_len: 0,
             snapshot_len: 0,
             compact_min: COMPACT_MIN_BYTES,
+            failed: None,
         };
         let mut pos = MAP_HEADER_LEN;
         while let Some((batch, len)) = Batch::decode(&bytes[pos..]) {
@@ -220,17 +282,20 @@ impl Delta {
             path: self.dir.describe(),
             detail: "delta data file is larger than the format allows".into(),
         })?;
-        let mut used = vec![false; high as usize];
+        // One bit per slot: a 16 TiB delta needs 512 MiB of bits, not 4 GiB of bools.
+        let mut used = vec![0u64; (high as usize).div_ceil(64)];
+        let is_used = |used: &[u64], s: u32| used[s as usize / 64] & (1 << (s % 64)) != 0;
         for s in self.map.values().filter(|s| s.slot != ZERO_SLOT) {
-            if std::mem::replace(&mut used[s.slot as usize], true) {
+            if is_used(&used, s.slot) {
                 return Err(StoreError::Corrupt {
                     path: self.dir.describe(),
                     detail: format!("delta map references slot {} twice", s.slot),
                 });
             }
+            used[s.slot as usize / 64] |= 1 << (s.slot % 64);
         }
         // Highest first, so pops hand out the lowest slots first.
-        self.free = (0..high).rev().filter(|&s| !used[s as usize]).collect();
+        self.free = (0..high).rev().filter(|&s| !is_used(&used, s)).collect();
         self.next_slot = high;
         Ok(())
     }
@@ -260,7 +325,10 @@ impl Delta {
                     let mut j = i + 1;
                     while j < n {
                         match self.map.get(&(first + j as u64)) {
-                            Some(t) if t.slot != ZERO_SLOT && t.slot == s.slot + (j - i) as u32 => {
+                            Some(t)
+                                if t.slot != ZERO_SLOT
+                                    && t.slot.wrapping_sub(s.slot) == (j - i) as u32 =>
+                            {
                                 j += 1
                             }
                             _ => break,
@@ -383,28 +451,76 @@ impl Delta {
         }
     }
 
-    /// Makes every earlier write and discard durable, atomically.
+    /// Makes every earlier write and discard durable, atomically. Holds `&mut self` for the
+    /// whole commit; a caller that wants readers and writers to go on during the syncs uses
+    /// `begin_commit` / `Commit::write` / `finish_commit` instead.
     pub fn flush(&mut self) -> Result<()> {
-        if self.dirty.is_empty() && self.pending_free.is_empty() {
-            return Ok(());
+        match self.begin_commit()? {
+            None => Ok(()),
+            Some(c) => {
+                let r = c.write();
+                self.finish_commit(c, r)
+            }
         }
-        self.data
-            .sync()
-            .map_err(|e| self.io_err("syncing", DATA_FILE, e))?;
+    }
+
+    /// Step 1 of a commit (under the volume's write lock, short): cuts the set of changes
+    /// to commit and encodes it. From here on the cut blocks count as durable for slot
+    /// reuse: a later write to one of them leaves its slot alone until the next commit.
+    /// `None` when there is nothing to commit. Commits must not overlap (the caller
+    /// serializes them).
+    pub fn begin_commit(&mut self) -> Result<Option<Commit>> {
+        if let Some(why) = &self.failed {
+            return Err(StoreError::Failed(format!(
+                "{}: an earlier flush failed ({why}); reopen the volume",
+                self.label
+            )));
+        }
+        if self.dirty.is_empty() && self.pending_free.is_empty() {
+            return Ok(None);
+        }
         let log_len = self.map_len - MAP_HEADER_LEN as u64 - self.snapshot_len;
         let batch_len = Batch::encoded_len(self.dirty.len()) as u64;
         let snapshot_len = Batch::encoded_len(self.map.len()) as u64;
-        if log_len + batch_len > self.compact_min.max(2 * snapshot_len) {
-            self.compact()?;
+        let freed = std::mem::take(&mut self.pending_free);
+        let c = if log_len + batch_len > self.compact_min.max(2 * snapshot_len) {
+            self.snapshot_commit(freed)
         } else {
-            self.append_log()?;
-        }
+            self.log_commit(freed)
+        };
         self.dirty.clear();
-        self.reclaim();
-        Ok(())
+        Ok(Some(c))
     }
 
-    fn append_log(&mut self) -> Result<()> {
+    /// A commit that writes the whole map as a new generation into the inactive map file.
+    fn snapshot_commit(&self, freed: Vec<u32>) -> Commit {
+        let generation = self.generation + 1;
+        let mut bytes = Vec::with_capacity(MAP_HEADER_LEN + Batch::encoded_len(self.map.len()));
+        bytes.extend_from_slice(
+            &MapHeader {
+                block_size: BLOCK as u32,
+                generation,
+            }
+            .encode(),
+        );
+        let entries = self.map.iter().map(|(&block, s)| MapEntry {
+            block,
+            slot: s.slot,
+            crc: s.crc,
+        });
+        Batch::encode_into(BatchKind::Snapshot, generation, 0, entries, &mut bytes);
+        let after = CommitState {
+            active: 1 - self.active,
+            generation,
+            sequence: 0,
+            map_len: bytes.len() as u64,
+            snapshot_len: (bytes.len() - MAP_HEADER_LEN) as u64,
+        };
+        self.commit(after.active, None, bytes, freed, after)
+    }
+
+    /// A commit that appends the changed blocks as one log batch to the active map file.
+    fn log_commit(&self, freed: Vec<u32>) -> Commit {
         let entries = self.dirty.iter().map(|&block| match self.map.get(&block) {
             Some(s) => MapEntry {
                 block,
@@ -417,65 +533,78 @@ impl Delta {
                 crc: 0,
             },
         });
-        let mut buf = Vec::with_capacity(Batch::encoded_len(self.dirty.len()));
+        let mut bytes = Vec::with_capacity(Batch::encoded_len(self.dirty.len()));
+        let sequence = self.sequence + 1;
         Batch::encode_into(
             BatchKind::Log,
             self.generation,
-            self.sequence + 1,
+            sequence,
             entries,
-            &mut buf,
+            &mut bytes,
         );
-        let name = MAP_FILES[self.active];
-        let f = self
-            .dir
-            .open(name)
-            .map_err(|e| self.io_err("opening", name, e))?;
-        f.write_at(&buf, self.map_len)
-            .and_then(|_| f.sync())
-            .map_err(|e| self.io_err("committing to", name, e))?;
-        self.sequence += 1;
-        self.map_len += buf.len() as u64;
-        Ok(())
+        let after = CommitState {
+            sequence,
+            map_len: self.map_len + bytes.len() as u64,
+            ..self.state()
+        };
+        self.commit(self.active, Some(self.map_len), bytes, freed, after)
     }
 
-    /// Writes the whole map as a new generation into the inactive map file.
-    fn compact(&mut self) -> Result<()> {
-        let target = 1 - self.active;
-        let generation = self.generation + 1;
-        let mut buf = Vec::with_capacity(MAP_HEADER_LEN + Batch::encoded_len(self.map.len()));
-        buf.extend_from_slice(
-            &MapHeader {
-                block_size: BLOCK as u32,
-                generation,
+    fn state(&self) -> CommitState {
+        CommitState {
+            active: self.active,
+            generation: self.generation,
+            sequence: self.sequence,
+            map_len: self.map_len,
+            snapshot_len: self.snapshot_len,
+        }
+    }
+
+    fn commit(
+        &self,
+        file: usize,
+        offset: Option<u64>,
+        bytes: Vec<u8>,
+        freed: Vec<u32>,
+        after: CommitState,
+    ) -> Commit {
+        Commit {
+            dir: self.dir.clone(),
+            data: self.data.clone(),
+            file,
+            offset,
+            bytes,
+            freed,
+            after,
+        }
+    }
+
+    /// Step 3 (under the write lock again): records the outcome of `Commit::write`. On
+    /// success the slots the commit superseded become free. On failure the delta refuses
+    /// further commits: whether the commit reached the disk is unknown, so no slot it
+    /// might reference can be reused safely; reopening decides from what is on disk.
+    pub fn finish_commit(&mut self, c: Commit, outcome: Result<()>) -> Result<()> {
+        match outcome {
+            Ok(()) => {
+                let a = c.after;
+                self.active = a.active;
+                self.generation = a.generation;
+                self.sequence = a.sequence;
+                self.map_len = a.map_len;
+                self.snapshot_len = a.snapshot_len;
+                self.reclaim(c.freed);
+                Ok(())
             }
-            .encode(),
-        );
-        let entries = self.map.iter().map(|(&block, s)| MapEntry {
-            block,
-            slot: s.slot,
-            crc: s.crc,
-        });
-        Batch::encode_into(BatchKind::Snapshot, generation, 0, entries, &mut buf);
-        let name = MAP_FILES[target];
-        let f = self
-            .dir
-            .open(name)
-            .map_err(|e| self.io_err("opening", name, e))?;
-        f.set_len(0)
-            .and_then(|_| f.write_at(&buf, 0))
-            .and_then(|_| f.sync())
-            .map_err(|e| self.io_err("committing to", name, e))?;
-        self.active = target;
-        self.generation = generation;
-        self.sequence = 0;
-        self.map_len = buf.len() as u64;
-        self.snapshot_len = (buf.len() - MAP_HEADER_LEN) as u64;
-        Ok(())
+            Err(e) => {
+                tracing::error!(what = %self.label, error = %e, "flush failed; the volume must be reopened");
+                self.failed = Some(e.to_string());
+                Err(e)
+            }
+        }
     }
 
     /// After a durable commit: slots it superseded are free; give their space back.
-    fn reclaim(&mut self) {
-        let mut freed = std::mem::take(&mut self.pending_free);
+    fn reclaim(&mut self, mut freed: Vec<u32>) {
         freed.sort_unstable();
         let mut i = 0;
         while i < freed.len() {

@@ -48,10 +48,14 @@
 //! # Commit protocol (why a crash at any instant is safe)
 //! 1. A write never overwrites a data slot that the durable map references: it goes to a free
 //!    slot, and the slot it supersedes becomes free only once the superseding map is durable.
-//! 2. Flush: sync `data`; then append one log batch to the active map file and sync it. The
-//!    batch's checksum makes it all-or-nothing: a torn batch fails its crc and is ignored, so
-//!    the volume opens at the previous flush. Every block named by a valid batch was synced
-//!    in step 1 before the batch was written, and carries its own crc on top.
+//! 2. Flush: cut the changed blocks into a batch (under the volume lock, briefly); then,
+//!    without the lock, sync `data` and append the batch to the active map file and sync it.
+//!    From the cut on, the cut's slots count as referenced by the durable map for rule 1, so
+//!    writes racing the syncs cannot reuse them. The batch's checksum makes it all-or-nothing:
+//!    a torn batch fails its crc and is ignored, so the volume opens at the previous flush.
+//!    Every block named by a valid batch was synced before the batch was written, and carries
+//!    its own crc on top. If a commit fails, its fate on disk is unknown: the volume refuses
+//!    further commits until it is reopened, which decides from what is on disk.
 //! 3. Compaction (when the log outgrows the snapshot): write header + snapshot with
 //!    generation+1 into the *other* map file, sync it. Until that sync completes the old file
 //!    (lower generation, complete log) wins on open; after it the new one does.
@@ -62,8 +66,14 @@ use std::convert::TryInto;
 
 /// Size of a delta block: the unit of copy-on-write and of checksumming in a volume.
 pub const BLOCK: usize = 4096;
-/// Size of an image chunk: the unit of storage, checksumming and caching in an image.
-pub const CHUNK: usize = 64 * 1024;
+/// Size of an image chunk: the unit of storage, checksumming and caching in an image. Small
+/// on purpose: a cold 4 KiB read loads (and verifies) 4 KiB, not a whole cluster; runs of
+/// chunks stored next to each other are still read from disk in one go.
+pub const CHUNK: usize = 4096;
+/// Chunks are loaded in aligned groups of this many at most (1 MiB), one reader per group
+/// at a time: see `cache.rs`. Large enough that a sequential reader's requests reach the
+/// disk whole.
+pub const LOAD_GROUP: u64 = 256;
 /// Slot value meaning "this block reads as zeros" (masks the image below).
 pub const ZERO_SLOT: u32 = u32::MAX;
 /// Slot value, in log batches only, meaning "this block has no entry any more": reads fall

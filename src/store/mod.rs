@@ -9,8 +9,10 @@
 //! - `volume.rs`   the Volume API: image + delta, byte-granular
 //! - `repo.rs`     the repository directory: names, metadata, create/remove/open
 //! - `transfer.rs` import and export of whole disks; `names.rs` name validation
+//! - `buf.rs`      page-aligned buffers (the kernel copies into them much faster)
 
 pub mod backend;
+pub mod buf;
 pub mod cache;
 pub mod delta;
 pub mod error;
@@ -21,6 +23,7 @@ pub mod repo;
 pub mod transfer;
 pub mod volume;
 
+pub use buf::AlignedBuf;
 pub use error::{ErrorKind, Result, StoreError};
 pub use repo::{ImageInfo, ImageMeta, RepoOptions, Repository, VolumeInfo, VolumeMeta};
 pub use transfer::SourceFormat;

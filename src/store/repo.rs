@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::backend::FsDir;
+use super::backend::{FsDir, FsFile};
 use super::cache::ChunkCache;
 use super::delta::{self, Delta};
 use super::error::{Result, StoreError};
@@ -193,10 +193,8 @@ impl Repository {
                     root.display()
                 )));
             }
-            for sub in ["images", "volumes", "tmp"] {
-                let p = root.join(sub);
-                fs::create_dir_all(&p).map_err(|e| StoreError::io("creating", &p, e))?;
-            }
+            fs::create_dir_all(root.join("tmp"))
+                .map_err(|e| StoreError::io("creating", root.join("tmp"), e))?;
             let tmp = root.join(format!("tmp/{DESCRIPTOR}"));
             write_json(
                 &tmp,
@@ -207,6 +205,11 @@ impl Repository {
             )?;
             fs::rename(&tmp, &desc_path).map_err(|e| StoreError::io("creating", &desc_path, e))?;
             sync_dir(&root)?;
+        }
+        // Recreate what may be missing (a repository copied without its empty directories).
+        for sub in ["images", "volumes", "tmp"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(|e| StoreError::io("creating", &p, e))?;
         }
         let repo = Repository {
             cache: Arc::new(ChunkCache::new(opts.cache_bytes, CHUNK)),
@@ -570,9 +573,14 @@ impl Repository {
             return Ok(v);
         }
         let dir = self.volume_dir(name);
-        let data = dir.join(delta::DATA_FILE);
-        let lock = File::open(&data).map_err(|e| StoreError::io("opening", &data, e))?;
-        if !try_flock(&lock, !read_only).map_err(|e| StoreError::io("locking", &data, e))? {
+        let data_path = dir.join(delta::DATA_FILE);
+        // One descriptor per open volume: its data file, which also carries the lock that
+        // keeps other processes out (flock: one writer, or readers only).
+        let data =
+            FsFile::open(&data_path).map_err(|e| StoreError::io("opening", &data_path, e))?;
+        if !try_flock(data.file(), !read_only)
+            .map_err(|e| StoreError::io("locking", &data_path, e))?
+        {
             return Err(StoreError::InUse {
                 what: format!("volume {name:?}"),
                 users: "another strata process (a mount or a server)".into(),
@@ -583,15 +591,12 @@ impl Repository {
             Some(img) => Some(self.open_image(img)?),
             None => None,
         };
-        let delta = Delta::open(Arc::new(FsDir::new(&dir)), format!("volume {name:?}"))?;
-        let v = Arc::new(Volume::new(
-            name,
-            meta.size,
-            base,
-            delta,
-            read_only,
-            Some(lock),
-        ));
+        let delta = Delta::open_with_data(
+            Arc::new(FsDir::new(&dir)),
+            Arc::new(data),
+            format!("volume {name:?}"),
+        )?;
+        let v = Arc::new(Volume::new(name, meta.size, base, delta, read_only));
         volumes.insert(name.to_string(), Arc::downgrade(&v));
         Ok(v)
     }

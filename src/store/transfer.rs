@@ -11,6 +11,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::buf::AlignedBuf;
 use super::error::{Result, StoreError};
 use super::image::{is_zero, ImageWriter};
 
@@ -174,7 +175,7 @@ pub fn copy_raw_into(
 ) -> Result<()> {
     let f = File::open(src).map_err(|e| StoreError::io("opening", src, e))?;
     const READ: usize = 1 << 20;
-    let mut buf = vec![0u8; READ];
+    let mut buf = AlignedBuf::zeroed(READ);
     let cs = chunk as u64;
     let mut done_before = 0;
     for (start, elen) in data_extents(&f, len) {
@@ -228,7 +229,7 @@ pub fn export_raw(
         f.set_len(len)
             .map_err(|e| StoreError::io("sizing", &partial, e))?;
         const STEP: u64 = 1 << 20;
-        let mut buf = vec![0u8; STEP as usize];
+        let mut buf = AlignedBuf::zeroed(STEP as usize);
         let mut pos = 0;
         while pos < len {
             let n = STEP.min(len - pos);

@@ -8,8 +8,9 @@
 
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
+use super::buf::AlignedBuf;
 use super::delta::{BaseRange, Delta};
 use super::error::{Result, StoreError};
 use super::format::BLOCK;
@@ -23,9 +24,9 @@ pub struct Volume {
     len: u64,
     base: Option<Arc<Image>>,
     delta: RwLock<Delta>,
+    /// Serializes flushes; held across the syncs, while reads and writes go on.
+    committing: Mutex<()>,
     read_only: bool,
-    /// Keeps the cross-process lock (flock on the data file) for as long as it is open.
-    _lock: Option<std::fs::File>,
 }
 
 impl Volume {
@@ -37,7 +38,6 @@ impl Volume {
         base: Option<Arc<Image>>,
         delta: Delta,
         read_only: bool,
-        lock: Option<std::fs::File>,
     ) -> Volume {
         Volume {
             name: name.to_string(),
@@ -45,8 +45,8 @@ impl Volume {
             len,
             base,
             delta: RwLock::new(delta),
+            committing: Mutex::new(()),
             read_only,
-            _lock: lock,
         }
     }
 
@@ -100,7 +100,7 @@ impl Volume {
         }
         let first = offset / B;
         let end = (offset + buf.len() as u64).div_ceil(B);
-        let mut tmp = vec![0u8; ((end - first) * B) as usize];
+        let mut tmp = AlignedBuf::zeroed(((end - first) * B) as usize);
         self.read_blocks(first, &mut tmp)?;
         let skip = (offset - first * B) as usize;
         buf.copy_from_slice(&tmp[skip..skip + buf.len()]);
@@ -143,7 +143,7 @@ impl Volume {
         // write lock so no other writer slips in between.
         let first = offset / B;
         let end = (offset + buf.len() as u64).div_ceil(B);
-        let mut tmp = vec![0u8; ((end - first) * B) as usize];
+        let mut tmp = AlignedBuf::zeroed(((end - first) * B) as usize);
         let mut delta = self.delta.write();
         let mut below = Vec::new();
         {
@@ -198,12 +198,18 @@ impl Volume {
         self.write_at(&vec![0u8; len as usize], offset)
     }
 
-    /// Makes every write and discard completed before this call durable.
+    /// Makes every write and discard completed before this call durable. The syncs run
+    /// without the volume lock: reads and writes go on meanwhile.
     pub fn flush(&self) -> Result<()> {
         if self.read_only {
             return Ok(());
         }
-        self.delta.write().flush()
+        let _one_at_a_time = self.committing.lock();
+        let Some(commit) = self.delta.write().begin_commit()? else {
+            return Ok(());
+        };
+        let outcome = commit.write();
+        self.delta.write().finish_commit(commit, outcome)
     }
 }
 
@@ -225,7 +231,7 @@ mod tests {
     fn mem_volume(len: u64) -> (MemDir, Volume) {
         let dir = MemDir::new();
         let d = Delta::create(Arc::new(dir.clone()), "volume \"t\"".into()).unwrap();
-        (dir, Volume::new("t", len, None, d, false, None))
+        (dir, Volume::new("t", len, None, d, false))
     }
 
     #[test]
