@@ -22,6 +22,8 @@ use common::{ok, tail, tool, Console, ProcessLock, Repo};
 
 const QEMU: &str = "qemu-system-x86_64";
 const HINT: &str = "tools/install-boot-deps";
+/// What firmware prints once it has given up on every boot device: stop waiting then.
+const GAVE_UP: &[&str] = &["No bootable device", "No more network devices"];
 
 /// Serializes the boot tests (2 shared cores: one TCG guest at a time), and checks QEMU.
 fn boot_lock(test: &str) -> Option<ProcessLock> {
@@ -57,17 +59,54 @@ fn netdev(tftp: &Path, port: u16) -> String {
     )
 }
 
-/// An iPXE script that logs in as `initiator` and boots LUN 0 of `target`.
-fn ipxe_script(dir: &Path, initiator: &str, target: &str) {
+/// CHAP credentials: the initiator's (user, secret) and, for mutual CHAP, the target's.
+struct Chap {
+    user: &'static str,
+    secret: &'static str,
+    mutual: Option<(&'static str, &'static str)>,
+}
+
+impl Chap {
+    /// `strata export` options.
+    fn export_args(&self) -> Vec<&'static str> {
+        let mut a = vec!["--chap-user", self.user, "--chap-secret", self.secret];
+        if let Some((u, s)) = self.mutual {
+            a.extend(["--mutual-user", u, "--mutual-secret", s]);
+        }
+        a
+    }
+
+    /// iPXE settings.
+    fn ipxe_settings(&self) -> String {
+        let mut s = format!("set username {}\nset password {}\n", self.user, self.secret);
+        if let Some((u, p)) = self.mutual {
+            s.push_str(&format!(
+                "set reverse-username {u}\nset reverse-password {p}\n"
+            ));
+        }
+        s
+    }
+}
+
+/// An iPXE script that logs in as `initiator` (with `chap`) and boots LUN 0 of `target`.
+fn ipxe_script(dir: &Path, initiator: &str, chap: Option<&Chap>, target: &str) {
     std::fs::create_dir_all(dir).unwrap();
+    let chap = chap.map(Chap::ipxe_settings).unwrap_or_default();
     std::fs::write(
         dir.join("boot.ipxe"),
         format!(
-            "#!ipxe\nset initiator-iqn {initiator}\ndhcp\n\
+            "#!ipxe\nset initiator-iqn {initiator}\n{chap}dhcp\n\
              sanboot iscsi:10.0.2.100::3260:0:{target}\n"
         ),
     )
     .unwrap();
+}
+
+/// Waits for `marker`; false on timeout or as soon as the firmware gives up.
+fn wait_boot(vm: &mut Console, marker: &str, timeout: Duration) -> bool {
+    let mut markers = vec![marker];
+    markers.extend_from_slice(GAVE_UP);
+    vm.wait_for_any(&markers, timeout) == Some(0)
 }
 
 fn failure(what: &str, console: &Console, server: &common::Server) -> String {
@@ -109,19 +148,19 @@ fn bios_disk(repo: &Repo, marker: &str) -> PathBuf {
     disk
 }
 
-#[test]
-fn ipxe_bios_sanboot_boots_the_volume_mbr() {
-    let Some(_lock) = boot_lock("ipxe_bios_sanboot") else {
+/// iPXE (SeaBIOS) sanboots a volume whose MBR prints a marker on COM1.
+fn bios_sanboot(test: &str, initiator: &str, chap: Option<&Chap>) {
+    let Some(_lock) = boot_lock(test) else {
         return;
     };
     tool("socat", HINT);
     const MARKER: &str = "STRATA-BIOS-BOOT-OK";
-    const INITIATOR: &str = "iqn.2026-11.org.strata.test:bios";
     let repo = Repo::new();
     let disk = bios_disk(&repo, MARKER);
-    let target = repo.volume_from_file("bios", &disk, INITIATOR);
+    let export = chap.map(Chap::export_args).unwrap_or_default();
+    let target = repo.volume_from_file("bios", &disk, initiator, &export);
     let tftp = repo.path("tftp");
-    ipxe_script(&tftp, INITIATOR, &target);
+    ipxe_script(&tftp, initiator, chap, &target);
     let server = repo.serve(&[]);
 
     let start = Instant::now();
@@ -131,19 +170,43 @@ fn ipxe_bios_sanboot_boots_the_volume_mbr() {
             .args(["-netdev", &netdev(&tftp, server.port())])
             .args(["-device", "e1000,netdev=n0"]),
     );
-    let booted = vm.wait_for(MARKER, Duration::from_secs(240));
+    let booted = wait_boot(&mut vm, MARKER, Duration::from_secs(240));
     let took = start.elapsed();
     vm.kill();
     assert!(booted, "{}", failure("no BIOS boot marker", &vm, &server));
-    eprintln!(
-        "iPXE BIOS sanboot: marker after {:.1} s",
-        took.as_secs_f64()
+    eprintln!("{test}: marker after {:.1} s", took.as_secs_f64());
+    assert!(
+        vm.text().contains("Booting from SAN device"),
+        "the marker did not come from a SAN boot"
     );
     assert!(
-        server.log().contains(INITIATOR),
+        server.log().contains(initiator),
         "no session from iPXE in the log"
     );
     assert!(server.stop().success());
+}
+
+#[test]
+fn ipxe_bios_sanboot_boots_the_volume_mbr() {
+    bios_sanboot(
+        "ipxe_bios_sanboot",
+        "iqn.2026-11.org.strata.test:bios",
+        None,
+    );
+}
+
+#[test]
+fn ipxe_bios_sanboot_with_mutual_chap() {
+    let chap = Chap {
+        user: "bios-user",
+        secret: "bios-secret-0123",
+        mutual: Some(("strata-target", "target-secret-456")),
+    };
+    bios_sanboot(
+        "ipxe_bios_sanboot_mutual_chap",
+        "iqn.2026-11.org.strata.test:bios-chap",
+        Some(&chap),
+    );
 }
 
 /// A FAT filesystem image of `kib` KiB holding `files` (path in the image, local file).
@@ -266,11 +329,11 @@ fn ipxe_uefi_sanboot_boots_the_volume_esp() {
     }
     let repo = Repo::new();
     let disk = uefi_disk(&repo, MARKER);
-    let target = repo.volume_from_file("uefi", &disk, INITIATOR);
+    let target = repo.volume_from_file("uefi", &disk, INITIATOR, &[]);
     // Debian's ipxe.efi (2019) has no autoexec.ipxe: with no embedded script it runs DHCP
     // and chains the boot file QEMU's DHCP hands out (boot.ipxe over TFTP).
     let tftp = repo.path("tftp");
-    ipxe_script(&tftp, INITIATOR, &target);
+    ipxe_script(&tftp, INITIATOR, None, &target);
     let local = fat_image(
         &repo,
         "ipxe-disk.fat",
@@ -296,7 +359,7 @@ fn ipxe_uefi_sanboot_boots_the_volume_esp() {
             // No option ROM: OVMF must not PXE-boot by itself; ipxe.efi drives the NIC.
             .args(["-device", "e1000,netdev=n0,romfile="]),
     );
-    let booted = vm.wait_for(MARKER, Duration::from_secs(300));
+    let booted = wait_boot(&mut vm, MARKER, Duration::from_secs(300));
     let took = start.elapsed();
     vm.kill();
     assert!(booted, "{}", failure("no UEFI boot marker", &vm, &server));
@@ -479,7 +542,7 @@ fn linux_boots_with_its_root_on_an_iscsi_volume() {
         .arg(&root)
         .arg(&img)
         .arg("32M"));
-    let target = repo.volume_from_file("linux", &img, INITIATOR);
+    let target = repo.volume_from_file("linux", &img, INITIATOR, &[]);
     let server = repo.serve(&[]);
 
     let start = Instant::now();

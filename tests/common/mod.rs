@@ -96,12 +96,20 @@ impl Repo {
     }
 
     /// Imports `file` as golden image `name`-gold, clones volume `name` from it and exports
-    /// it to `initiator`. Returns the target IQN.
-    pub fn volume_from_file(&self, name: &str, file: &Path, initiator: &str) -> String {
+    /// it to `initiator` (with `extra` export options, e.g. CHAP). Returns the target IQN.
+    pub fn volume_from_file(
+        &self,
+        name: &str,
+        file: &Path,
+        initiator: &str,
+        extra: &[&str],
+    ) -> String {
         let image = format!("{name}-gold");
         self.ok(&["image", "import", file.to_str().unwrap(), "--name", &image]);
         self.ok(&["volume", "create", name, "--from", &image]);
-        self.ok(&["export", name, "--initiator", initiator]);
+        let mut args = vec!["export", name, "--initiator", initiator];
+        args.extend_from_slice(extra);
+        self.ok(&args);
         format!("iqn.2026-11.org.strata:{name}")
     }
 
@@ -241,21 +249,27 @@ impl Console {
     /// Waits until `marker` appears on the console; false on timeout or if the console
     /// closed without it.
     pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> bool {
+        self.wait_for_any(&[marker], timeout) == Some(0)
+    }
+
+    /// Waits until one of `markers` appears on the console (e.g. success and known
+    /// failure messages); returns its index, or None on timeout or if the console closed.
+    pub fn wait_for_any(&mut self, markers: &[&str], timeout: Duration) -> Option<usize> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.contains(marker) {
-                return true;
+            if let Some(i) = markers.iter().position(|m| self.contains(m)) {
+                return Some(i);
             }
             if self.eof {
-                return false;
+                return None;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return false;
+                return None;
             }
             match self.rx.recv_timeout(left) {
                 Ok(chunk) => self.seen.extend_from_slice(&chunk),
-                Err(mpsc::RecvTimeoutError::Timeout) => return false,
+                Err(mpsc::RecvTimeoutError::Timeout) => return None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => self.eof = true,
             }
         }
