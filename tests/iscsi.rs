@@ -1024,3 +1024,136 @@ fn a_thousand_exports_and_256_idle_sessions() {
     }
     assert!(srv.alive());
 }
+
+/// A 64 MiB disk whose MBR boot sector prints `msg` on the first serial port and halts
+/// (64 MiB so that iPXE's INT 13h emulation sees at least one cylinder).
+fn serial_boot_disk(msg: &str) -> Vec<u8> {
+    // mov si, msg; mov dx, 0x3f8; l: lodsb; test al, al; jz d; out dx, al; jmp l; d: cli; hlt; jmp $-1
+    let mut code = vec![
+        0xBE, 0, 0, 0xBA, 0xF8, 0x03, 0xAC, 0x84, 0xC0, 0x74, 0x03, 0xEE, 0xEB, 0xF8, 0xFA, 0xF4,
+        0xEB, 0xFD,
+    ];
+    let at = 0x7C00 + code.len() as u16;
+    code[1..3].copy_from_slice(&at.to_le_bytes());
+    let mut disk = vec![0u8; 64 << 20];
+    disk[..code.len()].copy_from_slice(&code);
+    disk[code.len()..code.len() + msg.len()].copy_from_slice(msg.as_bytes());
+    disk[510] = 0x55;
+    disk[511] = 0xAA;
+    disk
+}
+
+#[test]
+fn ipxe_bios_sanboot_boots_a_clone() {
+    let repo = Repo::new();
+    let ipxe_iqn = "iqn.2026-01.test.strata:ipxe";
+    let img = repo.path("boot.raw");
+    std::fs::write(&img, serial_boot_disk("STRATA-SANBOOT-OK\r\n\0")).unwrap();
+    repo.ok(&["image", "import", "--name", "bootimg", img.to_str().unwrap()]);
+    repo.ok(&["volume", "create", "server1", "--from", "bootimg"]);
+    repo.ok(&["export", "server1", "--initiator", ipxe_iqn]);
+    let srv = repo.serve(&[]);
+    let done = |c: &str| c.contains("STRATA-SANBOOT-OK");
+    let fw = ["-machine".to_string(), "graphics=off".to_string()];
+    let console = qemu_sanboot(&repo, &srv, ipxe_iqn, "iqn.2026-11.org.strata:server1", &fw, done);
+    let booted = done(&console);
+    assert!(booted, "the boot sector did not run; console:\n{console}\nserver log:\n{}", srv.log());
+}
+
+/// Boots QEMU from the network with iPXE running `sanboot` against `iqn` on `srv`; returns
+/// the serial console once `done` says so (or after the time limit).
+fn qemu_sanboot(
+    repo: &Repo,
+    srv: &Server,
+    ipxe_iqn: &str,
+    iqn: &str,
+    firmware: &[String],
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let tftp = repo.path("tftp");
+    let _ = std::fs::create_dir(&tftp);
+    std::fs::write(
+        tftp.join("boot.ipxe"),
+        format!("#!ipxe\ndhcp\nset initiator-iqn {ipxe_iqn}\nsanboot iscsi:10.0.2.100::3260::{iqn}\n"),
+    )
+    .unwrap();
+    let serial = repo.path("serial.txt");
+    let _ = std::fs::remove_file(&serial);
+    // The guest reaches the target through QEMU's user network only: 10.0.2.100:3260 is
+    // forwarded to the server on 127.0.0.1.
+    let netdev = format!(
+        "user,id=n0,restrict=on,tftp={},bootfile=boot.ipxe,guestfwd=tcp:10.0.2.100:3260-cmd:socat STDIO TCP:127.0.0.1:{}",
+        tftp.display(),
+        srv.addr.port()
+    );
+    tool("socat");
+    let mut qemu = Command::new(tool("qemu-system-x86_64"))
+        .args(["-accel", "tcg", "-m", "512", "-display", "none"])
+        .args(firmware)
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .args(["-boot", "n", "-monitor", "none", "-netdev", &netdev, "-device", "e1000,netdev=n0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let read = || {
+        let raw = std::fs::read(&serial).unwrap_or_default();
+        String::from_utf8_lossy(&raw).replace('\0', "")
+    };
+    while Instant::now() < deadline && !done(&read()) {
+        if qemu.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    read()
+}
+
+#[test]
+fn ipxe_uefi_sanboot_loads_the_efi_loader_from_the_volume() {
+    let repo = Repo::new();
+    let ipxe_iqn = "iqn.2026-01.test.strata:uefi";
+    // A GPT disk whose EFI system partition holds \EFI\BOOT\BOOTX64.EFI (iPXE itself, as the
+    // "OS loader": it announces itself on the console when OVMF starts it from the SAN disk).
+    let disk = repo.path("san.raw");
+    let esp = repo.path("esp.img");
+    std::fs::File::create(&disk).unwrap().set_len(64 << 20).unwrap();
+    let mut sf = Command::new(tool("sfdisk")).args(["-q"]).arg(&disk).stdin(Stdio::piped()).spawn().unwrap();
+    sf.stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: gpt\nstart=2048, size=100000, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n")
+        .unwrap();
+    assert!(sf.wait().unwrap().success());
+    ok(Command::new(tool("mkfs.vfat")).arg("-C").arg(&esp).arg("50000"));
+    ok(Command::new(tool("mmd")).arg("-i").arg(&esp).args(["::/EFI", "::/EFI/BOOT"]));
+    ok(Command::new(tool("mcopy")).arg("-i").arg(&esp).args(["/usr/lib/ipxe/ipxe.efi", "::/EFI/BOOT/BOOTX64.EFI"]));
+    let mut d = std::fs::read(&disk).unwrap();
+    let e = std::fs::read(&esp).unwrap();
+    d[2048 * 512..2048 * 512 + e.len()].copy_from_slice(&e);
+    std::fs::write(&disk, d).unwrap();
+    repo.ok(&["image", "import", "--name", "efi", disk.to_str().unwrap()]);
+    repo.ok(&["volume", "create", "uefi1", "--from", "efi"]);
+    repo.ok(&["export", "uefi1", "--initiator", ipxe_iqn]);
+    let srv = repo.serve(&["--vendor", "STRATA", "--product", "UEFI Disk"]);
+    let vars = repo.path("vars.fd");
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF is missing: run tools/install-iscsi-deps");
+    let fw: Vec<String> = vec![
+        "-machine".into(),
+        "q35".into(),
+        "-drive".into(),
+        "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+        "-drive".into(),
+        format!("if=pflash,format=raw,file={}", vars.display()),
+    ];
+    let booted = |c: &str| {
+        c.find("Booting from SAN device")
+            .is_some_and(|at| c[at..].contains("iPXE initialising devices"))
+    };
+    let console = qemu_sanboot(&repo, &srv, ipxe_iqn, "iqn.2026-11.org.strata:uefi1", &fw, booted);
+    assert!(booted(&console), "OVMF did not start the loader from the volume; console:\n{console}\nserver log:\n{}", srv.log());
+}

@@ -1226,9 +1226,17 @@ fn run_command(
     };
     match lu.execute(&req) {
         Outcome::Done(resp) => {
+            tracing::debug!(
+                op = cdb[0], itt = bhs.itt(), edtl = bhs.u32_at(20), status = resp.status,
+                sense = ?resp.sense.map(|s| (s.key, s.asc, s.ascq)), len = resp.data.len(),
+                "command"
+            );
             sink.send(build_response(bhs, resp, max_send));
         }
-        Outcome::Read(plan) => stream_read(&lu, bhs, plan, sink, max_send),
+        Outcome::Read(plan) => {
+            tracing::debug!(op = cdb[0], itt = bhs.itt(), edtl = bhs.u32_at(20), offset = plan.offset, len = plan.len, "read");
+            stream_read(&lu, bhs, plan, sink, max_send)
+        }
     }
 }
 
