@@ -186,7 +186,7 @@ fn power_cut_at_every_point_of_a_compacting_flush_sequence() {
             }
             vol.flush().unwrap();
             // Vary which blocks change so the log grows past the snapshot.
-            vol.write_at(&[round as u8; 4096], (round as u64 % 64) * 4096)
+            vol.write_at(&[round as u8; 4096], (round % 64) * 4096)
                 .unwrap();
             expect[((round % 64) * 4096) as usize..((round % 64 + 1) * 4096) as usize]
                 .fill(round as u8);
@@ -200,7 +200,7 @@ fn power_cut_at_every_point_of_a_compacting_flush_sequence() {
         expect[..8192].fill(0xEE);
         dir.cut_power_after((cut % 4) as i64);
         let ok = vol.flush().is_ok();
-        let after = dir.crash(cut as u64);
+        let after = dir.crash(cut);
         std::mem::forget(vol);
         let v2 = open(&after, &None, false);
         let now = read_all(&v2);

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use parking_lot::Mutex;
 
 /// One file of a delta layer.
+#[allow(clippy::len_without_is_empty)] // a file's length, not a collection's
 pub trait StoreFile: Send + Sync {
     /// Reads exactly `buf.len()` bytes; bytes past the end of the file read as zeros.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
