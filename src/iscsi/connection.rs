@@ -158,6 +158,11 @@ pub struct Window {
     depth: u32,
     arrived: AtomicU32,
     completed: AtomicU32,
+    /// The highest MaxCmdSN the initiator has been told (the login response says CmdSN).
+    /// Commands are checked against this, not against the window as it has grown since:
+    /// a command beyond what the initiator was told must be ignored (RFC 7143 4.2.2.1),
+    /// even if the target could take it by now.
+    advertised: AtomicU32,
 }
 
 impl Window {
@@ -167,7 +172,18 @@ impl Window {
             depth,
             arrived: AtomicU32::new(0),
             completed: AtomicU32::new(0),
+            advertised: AtomicU32::new(exp),
         }
+    }
+    /// The MaxCmdSN to put in a PDU about to be sent; remembered as advertised.
+    fn stamp_max_cmd_sn(&self) -> u32 {
+        let m = self.max_cmd_sn();
+        // Only the writer stamps, and the window only grows: a plain store keeps the max.
+        self.advertised.store(m, Ordering::Release);
+        m
+    }
+    fn advertised_max_cmd_sn(&self) -> u32 {
+        self.advertised.load(Ordering::Acquire)
     }
     pub fn exp_cmd_sn(&self) -> u32 {
         self.base.wrapping_add(self.arrived.load(Ordering::Acquire))
@@ -207,7 +223,7 @@ async fn writer<W: AsyncWrite + Unpin>(
                     Sn::Reserved => {}
                 }
                 p.bhs.set_u32(28, window.exp_cmd_sn());
-                p.bhs.set_u32(32, window.max_cmd_sn());
+                p.bhs.set_u32(32, window.stamp_max_cmd_sn());
                 let f = pdu::frame(&p.bhs, &p.data, hd, dd);
                 w.write_all(f.head()).await?;
                 w.write_all(&p.data).await?;
@@ -669,7 +685,7 @@ impl Conn {
         }
         let sn = bhs.cmd_sn();
         let exp = self.window.exp_cmd_sn();
-        let max = self.window.max_cmd_sn();
+        let max = self.window.advertised_max_cmd_sn();
         if sn_lt(sn, exp) || sn_gt(sn, max) {
             tracing::debug!(sn, exp, max, "CmdSN outside window: ignored");
             return false;
