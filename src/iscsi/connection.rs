@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -571,7 +571,7 @@ struct TaskInfo {
     lun: u64,
     cmd_sn: u32,
     /// Set by task management: the task runs on, but sends nothing more.
-    aborted: Arc<AtomicBool>,
+    aborted: Arc<TaskState>,
 }
 
 /// A write collecting its Data-Out.
@@ -628,7 +628,7 @@ pub struct Conn {
 struct Job {
     bhs: Bhs,
     data: Bytes,
-    aborted: Arc<AtomicBool>,
+    aborted: Arc<TaskState>,
 }
 
 /// Commands moving at most this many bytes are batched; larger ones run on their own.
@@ -988,7 +988,7 @@ impl Conn {
 
     /// Runs a command (its data collected) on its own task.
     fn dispatch(&mut self, bhs: Bhs, data_out: Bytes) {
-        let aborted = Arc::new(AtomicBool::new(false));
+        let aborted = Arc::new(TaskState::default());
         self.inflight.0.fetch_add(1, Ordering::AcqRel);
         self.tasks.lock().insert(
             bhs.itt(),
@@ -1116,10 +1116,9 @@ impl Conn {
             tasks
                 .iter()
                 .filter(|(itt, t)| pred(**itt, t.lun, t.cmd_sn))
-                .map(|(itt, t)| {
-                    t.aborted.store(true, Ordering::Release);
-                    *itt
-                })
+                // A task that has begun to answer is not aborted: its response goes out.
+                .filter(|(_, t)| t.aborted.abort())
+                .map(|(itt, _)| *itt)
                 .collect()
         };
         n += running.len();
@@ -1225,11 +1224,39 @@ impl Conn {
     }
 }
 
+/// Whether a running task was aborted or has begun to answer; the first of the two wins,
+/// so a task is never both answered and reported aborted.
+#[derive(Default)]
+pub(crate) struct TaskState(AtomicU8);
+
+const RUNNING: u8 = 0;
+const ANSWERING: u8 = 1;
+const ABORTED: u8 = 2;
+
+impl TaskState {
+    /// Claims the task for a response; false if it was aborted.
+    fn answer(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(RUNNING, ANSWERING, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == ANSWERING,
+        }
+    }
+    /// Aborts the task; false if it has begun to answer (or was aborted already).
+    fn abort(&self) -> bool {
+        self.0
+            .compare_exchange(RUNNING, ABORTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
 /// Where a running command's PDUs go: the writer (or the batch's collected response),
 /// unless the task was aborted.
 struct Sink<'a> {
     tx: &'a mpsc::Sender<Out>,
-    aborted: &'a AtomicBool,
+    aborted: &'a TaskState,
     collect: Option<&'a RefCell<Vec<OutPdu>>>,
 }
 
@@ -1237,7 +1264,7 @@ impl Sink<'_> {
     /// Queues PDUs (blocking while the writer's queue is full); false when the task was
     /// aborted or the connection is gone.
     fn send(&self, mut out: Out) -> bool {
-        if self.aborted.load(Ordering::Acquire) {
+        if !self.aborted.answer() {
             return false;
         }
         match self.collect {

@@ -37,8 +37,12 @@ pub async fn execute(conn: &mut Conn, b: &Bhs) -> TmfResult {
                 return done(response::NO_LUN);
             }
             if conn.has_task(rtt) {
-                conn.abort_tasks(|itt, _, _| itt == rtt).await;
-                done(response::COMPLETE)
+                if conn.abort_tasks(|itt, _, _| itt == rtt).await > 0 {
+                    done(response::COMPLETE)
+                } else {
+                    // It was already answering: its response goes out, nothing was aborted.
+                    done(response::NO_TASK)
+                }
             } else if sn_lt(ref_cmd_sn, conn.exp_cmd_sn()) {
                 // Already completed (its response was sent).
                 done(response::NO_TASK)
