@@ -4,73 +4,11 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_strata");
+mod common;
 
-struct Repo {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    work: PathBuf,
-}
-
-impl Repo {
-    fn new() -> Repo {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("repo");
-        let work = tmp.path().join("work");
-        std::fs::create_dir(&work).unwrap();
-        Repo {
-            root,
-            work,
-            _tmp: tmp,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--repo")
-            .arg(&self.root)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "strata {args:?} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-
-    /// Runs a command that must fail; returns its error output.
-    fn fails(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            !o.status.success(),
-            "strata {args:?} unexpectedly succeeded"
-        );
-        let e = String::from_utf8(o.stderr).unwrap();
-        assert!(e.contains("strata: error:"), "unclear error: {e}");
-        assert!(!e.contains("panicked"), "panic: {e}");
-        e
-    }
-
-    fn staging_is_empty(&self) -> bool {
-        std::fs::read_dir(self.root.join("tmp"))
-            .unwrap()
-            .next()
-            .is_none()
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.work.join(name)
-    }
-}
+use common::{Repo, BIN};
 
 /// A 64 MiB GPT disk with pseudo-random data in a few places and holes elsewhere.
 fn make_disk(path: &Path) -> Vec<u8> {

@@ -95,6 +95,27 @@ impl Repo {
         self.work.join(name)
     }
 
+    /// Runs a command that must fail with a clear message (no panic); returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            !o.status.success(),
+            "strata {args:?} unexpectedly succeeded"
+        );
+        let e = String::from_utf8(o.stderr).unwrap();
+        assert!(e.contains("strata: error:"), "unclear error: {e}");
+        assert!(!e.contains("panicked"), "panic: {e}");
+        e
+    }
+
+    /// Whether the repository's staging directory holds nothing (nothing half-made).
+    pub fn staging_is_empty(&self) -> bool {
+        std::fs::read_dir(self.root.join("tmp"))
+            .unwrap()
+            .next()
+            .is_none()
+    }
+
     /// Imports `file` as golden image `name`-gold, clones volume `name` from it and exports
     /// it to `initiator` (with `extra` export options, e.g. CHAP). Returns the target IQN.
     pub fn volume_from_file(
