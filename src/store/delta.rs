@@ -630,23 +630,8 @@ impl Delta {
         self.compact_min = bytes;
     }
 
-    /// The map file generation: it grows by one at each compaction.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// Blocks with their own data in this delta.
-    pub fn stored_blocks(&self) -> u64 {
-        self.map.values().filter(|s| s.slot != ZERO_SLOT).count() as u64
-    }
-
     /// Whether there are changes not yet made durable.
     pub fn is_dirty(&self) -> bool {
         !self.dirty.is_empty()
-    }
-
-    /// Slots handed out so far (the data file's high-water mark, in blocks).
-    pub fn high_water(&self) -> u32 {
-        self.next_slot
     }
 }

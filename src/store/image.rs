@@ -97,10 +97,6 @@ impl Image {
         &self.name
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Virtual size in bytes.
     pub fn len(&self) -> u64 {
         self.header.virtual_size

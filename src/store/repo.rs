@@ -639,9 +639,3 @@ impl Repository {
         )
     }
 }
-
-/// The image directory layout's file names, for tools and tests that inspect a repository.
-pub mod layout {
-    pub use super::super::delta::DATA_FILE as VOLUME_DATA;
-    pub use super::super::image::{DATA_FILE as IMAGE_DATA, INDEX_FILE as IMAGE_INDEX};
-}

@@ -72,11 +72,6 @@ impl Volume {
         self.base.as_ref()
     }
 
-    /// Bytes held in this volume's own delta.
-    pub fn delta_bytes(&self) -> u64 {
-        self.delta.read().stored_blocks() * B
-    }
-
     fn check_range(&self, offset: u64, len: usize) -> Result<()> {
         match offset.checked_add(len as u64) {
             Some(end) if end <= self.len => Ok(()),
