@@ -22,6 +22,11 @@ use parking_lot::Mutex;
 pub trait StoreFile: Send + Sync {
     /// Reads exactly `buf.len()` bytes; bytes past the end of the file read as zeros.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// `read_at`, but fails with `WouldBlock` rather than wait for the disk (see
+    /// `read_nowait`). Backends in memory never wait.
+    fn read_at_nowait(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_at(buf, offset)
+    }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes every earlier write and length change durable.
     fn sync(&self) -> io::Result<()>;
@@ -79,7 +84,53 @@ impl FsFile {
     }
 }
 
+/// Reads from the page cache only: as many bytes as the file has at `offset` (fewer than
+/// `buf.len()` only at its end), or `WouldBlock` as soon as a part would have to come from
+/// the disk. What was read before that is left in `buf`. This lets a caller on an event
+/// loop serve a hot read at once and hand a cold one to a thread that may wait.
+pub fn read_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        let iov = libc::iovec {
+            iov_base: rest.as_mut_ptr().cast(),
+            iov_len: rest.len(),
+        };
+        // SAFETY: one iovec over memory we borrow mutably, on an fd we own.
+        let n = unsafe {
+            libc::preadv2(
+                file.as_raw_fd(),
+                &iov,
+                1,
+                (offset + done as u64) as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => done += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => {}
+                    // Kernels or filesystems without RWF_NOWAIT: treat as "would wait".
+                    Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) => {
+                        return Err(io::ErrorKind::WouldBlock.into())
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
 impl StoreFile for FsFile {
+    fn read_at_nowait(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let n = read_nowait(&self.file, buf, offset)?;
+        buf[n..].fill(0);
+        Ok(())
+    }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let mut done = 0;
         while done < buf.len() {

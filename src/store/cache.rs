@@ -91,6 +91,11 @@ impl ChunkCache {
         self.loading[self.hash(group) % LOAD_STRIPES].lock()
     }
 
+    /// `loading`, unless another reader holds the lock.
+    pub fn try_loading(&self, group: &ChunkKey) -> Option<MutexGuard<'_, ()>> {
+        self.loading[self.hash(group) % LOAD_STRIPES].try_lock()
+    }
+
     /// Counts chunks loaded from the image's files.
     pub fn count_loads(&self, n: u64) {
         self.misses.fetch_add(n, Ordering::Relaxed);

@@ -30,6 +30,13 @@ struct Slot {
     crc: u32,
 }
 
+/// Whether a read may wait for the disk (`No`: it fails with `StoreError::WouldBlock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Yes,
+    No,
+}
+
 /// A run of the request that the delta does not hold: (byte offset in the buffer, length).
 pub type BaseRange = (usize, usize);
 
@@ -303,6 +310,17 @@ impl Delta {
     /// Fills the blocks of `buf` (starting at virtual block `first`) that the delta holds,
     /// and appends to `below` the ranges it does not hold, for the caller to read.
     pub fn read(&self, first: u64, buf: &mut [u8], below: &mut Vec<BaseRange>) -> Result<()> {
+        self.read_mode(first, buf, below, Wait::Yes)
+    }
+
+    /// `read`; with `Wait::No` it fails with `WouldBlock` rather than wait for the disk.
+    pub fn read_mode(
+        &self,
+        first: u64,
+        buf: &mut [u8],
+        below: &mut Vec<BaseRange>,
+        wait: Wait,
+    ) -> Result<()> {
         debug_assert_eq!(buf.len() % BLOCK, 0);
         let n = buf.len() / BLOCK;
         let mut i = 0;
@@ -335,9 +353,12 @@ impl Delta {
                         }
                     }
                     let out = &mut buf[i * BLOCK..j * BLOCK];
-                    self.data
-                        .read_at(out, s.slot as u64 * BLOCK as u64)
-                        .map_err(|e| self.io_err("reading", DATA_FILE, e))?;
+                    let at = s.slot as u64 * BLOCK as u64;
+                    match wait {
+                        Wait::Yes => self.data.read_at(out, at),
+                        Wait::No => self.data.read_at_nowait(out, at),
+                    }
+                    .map_err(|e| self.io_err("reading", DATA_FILE, e))?;
                     for (k, blk) in out.chunks_exact(BLOCK).enumerate() {
                         let block = first + (i + k) as u64;
                         let want = self.map[&block].crc;

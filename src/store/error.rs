@@ -50,6 +50,10 @@ pub enum StoreError {
         found: u32,
         supported: u32,
     },
+    /// A non-waiting read (`Volume::try_read_at`) found data that is not in memory. Never
+    /// returned by the calls that may wait.
+    #[error("the data is not in memory; read it with a call that may wait")]
+    WouldBlock,
     #[error("{0}")]
     InvalidInput(String),
     #[error("{0}")]
@@ -71,6 +75,9 @@ pub enum ErrorKind {
 
 impl StoreError {
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        if source.kind() == io::ErrorKind::WouldBlock {
+            return StoreError::WouldBlock;
+        }
         StoreError::Io {
             action,
             path: path.into(),
@@ -83,7 +90,7 @@ impl StoreError {
             StoreError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
                 ErrorKind::NoSpace
             }
-            StoreError::Io { .. } | StoreError::Failed(_) => ErrorKind::Io,
+            StoreError::Io { .. } | StoreError::Failed(_) | StoreError::WouldBlock => ErrorKind::Io,
             StoreError::Checksum { .. } | StoreError::Corrupt { .. } => ErrorKind::Integrity,
             StoreError::OutOfRange { .. } => ErrorKind::OutOfRange,
             StoreError::ReadOnly { .. } => ErrorKind::ReadOnly,

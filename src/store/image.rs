@@ -18,8 +18,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use memmap2::Mmap;
 
+use super::backend::read_nowait;
 use super::buf::AlignedBuf;
 use super::cache::ChunkCache;
+use super::delta::Wait;
 use super::error::{Result, StoreError};
 use super::format::{IndexEntry, IndexHeader, INDEX_ENTRY_LEN, INDEX_HEADER_LEN, LOAD_GROUP};
 
@@ -131,7 +133,7 @@ impl Image {
     /// (or reads ahead blindly); measured here it was half as fast as qemu's O_DIRECT
     /// reads of the same file. One pread per run is as fast, and hot reads never come here:
     /// they are served from the shared cache.
-    fn read_run_into(&self, slot: u32, out: &mut [u8]) -> Result<()> {
+    fn read_run_into(&self, slot: u32, out: &mut [u8], wait: Wait) -> Result<()> {
         let start = slot as u64 * self.chunk_size() as u64;
         let path = || self.dir.join(DATA_FILE);
         if start + out.len() as u64 > self.data_len {
@@ -140,9 +142,17 @@ impl Image {
                 detail: format!("data file is shorter than its index says (slot {slot})"),
             });
         }
-        self.data
-            .read_exact_at(out, start)
-            .map_err(|e| StoreError::io("reading", path(), e))
+        match wait {
+            Wait::Yes => self.data.read_exact_at(out, start),
+            Wait::No => read_nowait(&self.data, out, start).and_then(|n| {
+                if n == out.len() {
+                    Ok(())
+                } else {
+                    Err(std::io::ErrorKind::UnexpectedEof.into())
+                }
+            }),
+        }
+        .map_err(|e| StoreError::io("reading", path(), e))
     }
 
     fn check(&self, raw: &[u8], chunk: u64, crc: u32, reader: &str) -> Result<()> {
@@ -164,6 +174,12 @@ impl Image {
     /// by side, within one load group), checked, cached, and copied out. With the cache
     /// disabled they are checked and copied straight from the map.
     pub fn read_at(&self, buf: &mut [u8], offset: u64, reader: &str) -> Result<()> {
+        self.read_mode(buf, offset, reader, Wait::Yes)
+    }
+
+    /// `read_at`; with `Wait::No` it fails with `WouldBlock` rather than wait, for the disk
+    /// or for another reader loading the same chunks.
+    pub fn read_mode(&self, buf: &mut [u8], offset: u64, reader: &str, wait: Wait) -> Result<()> {
         let cs = self.chunk_size() as u64;
         let end = offset + buf.len() as u64;
         let mut pos = offset;
@@ -189,10 +205,15 @@ impl Image {
             }
             // A miss: load the run of chunks this request needs from here, in this group.
             let group = chunk / LOAD_GROUP;
-            let _loader = self
-                .cache
-                .enabled()
-                .then(|| self.cache.loading(&(self.uid, group)));
+            let _loader = match (self.cache.enabled(), wait) {
+                (false, _) => None,
+                (true, Wait::Yes) => Some(self.cache.loading(&(self.uid, group))),
+                (true, Wait::No) => Some(
+                    self.cache
+                        .try_loading(&(self.uid, group))
+                        .ok_or(StoreError::WouldBlock)?,
+                ),
+            };
             if self.cache.contains(&(self.uid, chunk)) {
                 continue; // another reader loaded it while we waited
             }
@@ -216,14 +237,14 @@ impl Image {
                 // A scan: read straight into the caller's buffer and check it there.
                 let o = (first_byte - offset) as usize;
                 let out = &mut buf[o..o + run_bytes as usize];
-                self.read_run_into(slot, out)?;
+                self.read_run_into(slot, out, wait)?;
                 for (k, bytes) in out.chunks_exact(cs as usize).enumerate() {
                     let c = chunk + k as u64;
                     self.check(bytes, c, self.entry(c).crc, reader)?;
                 }
             } else {
                 let mut raw = AlignedBuf::zeroed(run_bytes as usize);
-                self.read_run_into(slot, &mut raw)?;
+                self.read_run_into(slot, &mut raw, wait)?;
                 for (k, bytes) in raw.chunks_exact(cs as usize).enumerate() {
                     let c = chunk + k as u64;
                     self.check(bytes, c, self.entry(c).crc, reader)?;
@@ -385,6 +406,29 @@ mod tests {
         assert!(is_zero(&buf[8192..4 * 4096]));
         assert!(buf[4 * 4096..5 * 4096].iter().all(|&b| b == 9));
         assert!(is_zero(&buf[5 * 4096..]));
+    }
+
+    #[test]
+    fn a_read_that_may_not_wait_refuses_cold_chunks_and_serves_hot_ones() {
+        let t = tempfile::tempdir().unwrap();
+        write_image(t.path(), 2 * 4096, &[(0, 3), (1, 4)]);
+        // Push the data file out of the page cache: its chunks are now on the disk only.
+        let data = File::open(t.path().join(DATA_FILE)).unwrap();
+        data.sync_all().unwrap();
+        // SAFETY: fadvise on an fd we own.
+        let rc = unsafe { libc::posix_fadvise(data.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        let img = Image::open(t.path(), "g", Arc::new(ChunkCache::new(1 << 20, 4096))).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let cold = img.read_mode(&mut buf, 0, "t", Wait::No);
+        assert!(matches!(cold, Err(StoreError::WouldBlock)), "{cold:?}");
+        img.read_at(&mut buf, 0, "t").unwrap();
+        buf.fill(0);
+        img.read_mode(&mut buf, 0, "t", Wait::No).unwrap();
+        assert!(buf.iter().all(|&b| b == 3));
+        // Reading chunk 0 did not bring chunk 1 in (no readahead on image data).
+        let other = img.read_mode(&mut buf, 4096, "t", Wait::No);
+        assert!(matches!(other, Err(StoreError::WouldBlock)), "{other:?}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod transfer;
 pub mod volume;
 
 pub use buf::AlignedBuf;
+pub use delta::Wait;
 pub use error::{ErrorKind, Result, StoreError};
 pub use repo::{ImageInfo, ImageMeta, RepoOptions, Repository, VolumeInfo, VolumeMeta};
 pub use transfer::SourceFormat;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use super::buf::AlignedBuf;
-use super::delta::{BaseRange, Delta};
+use super::delta::{BaseRange, Delta, Wait};
 use super::error::{Result, StoreError};
 use super::format::BLOCK;
 use super::image::Image;
@@ -86,34 +86,67 @@ impl Volume {
 
     /// Reads `buf.len()` bytes at `offset`.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.read_mode(buf, offset, Wait::Yes)
+    }
+
+    /// `read_at` if every byte can be had without waiting for the disk (from the chunk cache
+    /// or the page cache): `Ok(false)` means it would have to wait, and `buf` then holds
+    /// nothing useful. An event loop serves hot reads with this and hands cold ones to a
+    /// thread.
+    pub fn try_read_at(&self, buf: &mut [u8], offset: u64) -> Result<bool> {
+        match self.read_mode(buf, offset, Wait::No) {
+            Ok(()) => Ok(true),
+            Err(StoreError::WouldBlock) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read_mode(&self, buf: &mut [u8], offset: u64, wait: Wait) -> Result<()> {
         self.check_range(offset, buf.len())?;
         if buf.is_empty() {
             return Ok(());
         }
         if offset % B == 0 && buf.len() % BLOCK == 0 {
-            return self.read_blocks(offset / B, buf);
+            return self.read_blocks(offset / B, buf, wait);
         }
         let first = offset / B;
         let end = (offset + buf.len() as u64).div_ceil(B);
         let mut tmp = AlignedBuf::zeroed(((end - first) * B) as usize);
-        self.read_blocks(first, &mut tmp)?;
+        self.read_blocks(first, &mut tmp, wait)?;
         let skip = (offset - first * B) as usize;
         buf.copy_from_slice(&tmp[skip..skip + buf.len()]);
         Ok(())
     }
 
     /// Reads whole blocks; the image part is read after the volume lock is released.
-    fn read_blocks(&self, first: u64, buf: &mut [u8]) -> Result<()> {
+    fn read_blocks(&self, first: u64, buf: &mut [u8], wait: Wait) -> Result<()> {
         let mut below: Vec<BaseRange> = Vec::new();
-        self.delta.read().read(first, buf, &mut below)?;
-        self.read_below(first, buf, &below)
+        {
+            // Not waiting includes not waiting for a writer that holds the lock.
+            let delta = match wait {
+                Wait::Yes => self.delta.read(),
+                Wait::No => self.delta.try_read().ok_or(StoreError::WouldBlock)?,
+            };
+            delta.read_mode(first, buf, &mut below, wait)?;
+        }
+        self.read_below_mode(first, buf, &below, wait)
     }
 
     fn read_below(&self, first: u64, buf: &mut [u8], below: &[BaseRange]) -> Result<()> {
+        self.read_below_mode(first, buf, below, Wait::Yes)
+    }
+
+    fn read_below_mode(
+        &self,
+        first: u64,
+        buf: &mut [u8],
+        below: &[BaseRange],
+        wait: Wait,
+    ) -> Result<()> {
         for &(off, len) in below {
             let out = &mut buf[off..off + len];
             match &self.base {
-                Some(img) => img.read_at(out, first * B + off as u64, &self.label)?,
+                Some(img) => img.read_mode(out, first * B + off as u64, &self.label, wait)?,
                 None => out.fill(0),
             }
         }
