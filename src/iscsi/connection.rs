@@ -34,7 +34,7 @@ use super::server::ServerCtx;
 use super::session::{sn_gt, sn_lt, SessionKey};
 use super::text;
 use super::tmf;
-use crate::store::AlignedBuf;
+use crate::store::{AlignedBuf, Wait};
 
 /// Largest Data-In chunk read from the volume at once while streaming a read.
 const READ_CHUNK: usize = 1 << 20;
@@ -466,6 +466,7 @@ async fn full_feature<R, W>(
         next_ttt: 1,
         text_pending: None,
         batch: Vec::new(),
+        out_pending: Vec::new(),
         batches: Arc::new((AtomicUsize::new(0), Notify::new())),
     };
     let mut stop = guard.as_ref().map(|g| g.stop.clone());
@@ -526,6 +527,9 @@ async fn full_feature<R, W>(
                     break why;
                 }
                 conn.maybe_flush_batch();
+                if conn.send_pending().await.is_err() {
+                    break "writer gone";
+                }
             }
             _ = batch_done.notified() => conn.maybe_flush_batch(),
             _ = tokio::time::sleep_until(next_tick) => {
@@ -577,7 +581,7 @@ struct TaskInfo {
 /// A write collecting its Data-Out.
 struct PendingWrite {
     bhs: Bhs,
-    buf: Vec<u8>,
+    buf: WriteBuf,
     edtl: usize,
     received: usize,
     /// End of the unsolicited (immediate + first burst) part.
@@ -620,6 +624,8 @@ pub struct Conn {
     text_pending: Option<(u32, Vec<u8>)>,
     /// Small commands gathered from the PDUs of one socket read, run as one job.
     batch: Vec<Job>,
+    /// Responses of commands run on this task, sent before the next PDU is read.
+    out_pending: Vec<OutPdu>,
     /// Batches running, and the signal that one finished.
     batches: Arc<(AtomicUsize, Notify)>,
 }
@@ -647,6 +653,13 @@ fn max_batches() -> usize {
             .and_then(|v| v.parse().ok())
             .unwrap_or(MAX_BATCHES)
     })
+}
+
+/// Whether small commands may run on the connection's task (see `Lane`); on unless
+/// STRATA_ISCSI_INLINE=0 (for measurements).
+fn inline_enabled() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("STRATA_ISCSI_INLINE").map_or(true, |v| v != "0"))
 }
 
 fn response_header(opcode: u8, itt: u32) -> Bhs {
@@ -713,6 +726,7 @@ impl Conn {
         if !matches!(b.opcode(), op::SCSI_CMD | op::DATA_OUT) {
             // Task management, logout and the rest see every earlier command dispatched.
             self.flush_batch();
+            self.send_pending().await?;
         }
         match b.opcode() {
             op::SCSI_CMD => {
@@ -825,8 +839,8 @@ impl Conn {
                 edtl.min(self.params.first_burst_length as usize).max(imm)
             };
             let unsolicited_done = flags & pdu::FLAG_FINAL != 0 || imm >= unsolicited_end;
-            let mut buf = Vec::with_capacity(edtl.min(1 << 20));
-            buf.extend_from_slice(&pdu.data);
+            let mut buf = WriteBuf::new(edtl);
+            buf.put(0, &pdu.data);
             let mut w = PendingWrite {
                 bhs: b.clone(),
                 buf,
@@ -849,7 +863,7 @@ impl Conn {
                 r2ts: VecDeque::new(),
             };
             if w.received >= edtl {
-                self.dispatch(b, Bytes::from(w.buf));
+                self.dispatch(b, w.buf.into_bytes());
                 return Ok(());
             }
             if w.unsolicited_done {
@@ -943,10 +957,7 @@ impl Conn {
             r.received += len;
             r.next_datasn += 1;
         }
-        if w.buf.len() < end {
-            w.buf.resize(end, 0);
-        }
-        w.buf[off..end].copy_from_slice(&pdu.data);
+        w.buf.put(off, &pdu.data);
         w.received += len;
         if ttt == RESERVED_TAG {
             if b.final_bit() || end >= w.unsolicited_end {
@@ -961,7 +972,7 @@ impl Conn {
         }
         if w.received >= w.edtl && w.r2ts.is_empty() {
             let bhs = w.bhs.clone();
-            self.dispatch(bhs, Bytes::from(w.buf));
+            self.dispatch(bhs, w.buf.into_bytes());
             return Ok(Flow::Continue);
         }
         if w.unsolicited_done {
@@ -1012,8 +1023,10 @@ impl Conn {
         }
     }
 
-    /// Runs the gathered small commands now.
+    /// Runs the gathered small commands now: on this task those that cannot wait for long,
+    /// the rest as one batch on the blocking pool.
     pub fn flush_batch(&mut self) {
+        self.run_inline();
         if !self.batch.is_empty() {
             let jobs = std::mem::take(&mut self.batch);
             self.batches.0.fetch_add(1, Ordering::AcqRel);
@@ -1024,9 +1037,64 @@ impl Conn {
     /// Runs the gathered small commands unless enough batches are running already (the
     /// end of one calls this again).
     pub fn maybe_flush_batch(&mut self) {
+        self.run_inline();
         if self.batches.0.load(Ordering::Acquire) < max_batches() {
             self.flush_batch();
         }
+    }
+
+    /// Runs the gathered commands that may run on this task (see `Lane`), leaving the others
+    /// in the batch. Their responses wait in `out_pending` for `send_pending`.
+    fn run_inline(&mut self) {
+        if !inline_enabled() || self.batch.is_empty() {
+            return;
+        }
+        let jobs = std::mem::take(&mut self.batch);
+        let max_send = self.params.max_send_data as usize;
+        let collect = RefCell::new(std::mem::take(&mut self.out_pending));
+        let mut done = Vec::new();
+        for j in jobs {
+            let sink = Sink {
+                tx: &self.tx,
+                aborted: &j.aborted,
+                collect: Some(&collect),
+            };
+            let ran = match lane(self.lu.as_deref(), &j.bhs) {
+                Lane::Pool => false,
+                Lane::Inline => {
+                    run_command(
+                        self.lu.clone(),
+                        &self.nexus,
+                        &j.bhs,
+                        &j.data,
+                        &sink,
+                        max_send,
+                    );
+                    true
+                }
+                Lane::HotRead => {
+                    let lu = self.lu.as_ref().expect("HotRead has a logical unit");
+                    try_hot_read(lu, &self.nexus, &j.bhs, &sink, max_send)
+                }
+            };
+            if ran {
+                done.push(j);
+            } else {
+                self.batch.push(j);
+            }
+        }
+        self.out_pending = collect.into_inner();
+        finish_jobs(&done, &self.tasks, &self.window, &self.inflight);
+    }
+
+    /// Queues the responses of the commands run on this task. Awaited before the next PDU
+    /// is read, so a slow initiator holds back its own commands, not the server's memory.
+    async fn send_pending(&mut self) -> Result<(), ()> {
+        if self.out_pending.is_empty() {
+            return Ok(());
+        }
+        let pdus = std::mem::take(&mut self.out_pending);
+        self.send(Out { pdus }).await
     }
 
     /// One hand-off to the blocking pool for `jobs`: each runs from CDB to response; the
@@ -1056,17 +1124,7 @@ impl Conn {
                     let _ = tx.blocking_send(Out { pdus });
                 }
             }
-            let mut t = tasks.lock();
-            for j in &jobs {
-                if !j.bhs.immediate() {
-                    window.complete();
-                }
-                t.remove(&j.bhs.itt());
-            }
-            drop(t);
-            inflight.0.fetch_sub(jobs.len(), Ordering::AcqRel);
-            // Wakes `drain` and task-management waits.
-            inflight.1.notify_waiters();
+            finish_jobs(&jobs, &tasks, &window, &inflight);
             if counted {
                 batches.0.fetch_sub(1, Ordering::AcqRel);
                 batches.1.notify_one();
@@ -1082,6 +1140,7 @@ impl Conn {
     /// Waits until no command of this connection is in flight.
     pub async fn drain(&mut self) {
         self.flush_batch();
+        let _ = self.send_pending().await;
         self.writes.clear();
         loop {
             let n = self.inflight.1.notified();
@@ -1277,6 +1336,88 @@ impl Sink<'_> {
     }
 }
 
+/// The bookkeeping after commands have answered: their CmdSN slots open the window again,
+/// and task management and `drain` stop waiting for them.
+fn finish_jobs(
+    jobs: &[Job],
+    tasks: &Mutex<HashMap<u32, TaskInfo>>,
+    window: &Window,
+    inflight: &(AtomicUsize, Notify),
+) {
+    if jobs.is_empty() {
+        return;
+    }
+    let mut t = tasks.lock();
+    for j in jobs {
+        if !j.bhs.immediate() {
+            window.complete();
+        }
+        t.remove(&j.bhs.itt());
+    }
+    drop(t);
+    inflight.0.fetch_sub(jobs.len(), Ordering::AcqRel);
+    // Wakes `drain` and task-management waits.
+    inflight.1.notify_waiters();
+}
+
+/// Where a command runs. The connection's own task serves what cannot wait for long: a read
+/// whose data is all in memory, a write into the page cache, a command that only looks at
+/// state. Everything that may wait on the disk (flushes, FUA and write-through writes,
+/// unmapping, reads of cold data) or takes long (large transfers) goes to the blocking pool.
+/// Running the small common commands here saves two thread hand-offs per batch: measured
+/// with `qemu-img bench -w` 4 KiB QD32, 48k against 66k writes/s and 24 against 15 µs of
+/// server CPU per write.
+enum Lane {
+    Inline,
+    /// Inline if every byte is in memory (`Volume::try_read_at`), else the pool.
+    HotRead,
+    Pool,
+}
+
+/// Transfers up to this size may run inline.
+const INLINE_MAX: usize = 256 * 1024;
+
+fn lane(lu: Option<&LogicalUnit>, bhs: &Bhs) -> Lane {
+    let Some(lu) = lu.filter(|_| bhs.lun() == 0) else {
+        return Lane::Inline; // answered without a volume
+    };
+    let cdb = &bhs.0[32..48];
+    let small = bhs.u32_at(20) as usize <= INLINE_MAX;
+    match cdb[0] {
+        0x08 | 0x28 | 0xa8 | 0x88 if small => Lane::HotRead,
+        // WRITE(6) has no FUA bit; the others have it in byte 1, bit 3.
+        0x0a | 0x2a | 0xaa | 0x8a
+            if small
+                && (cdb[0] == 0x0a || cdb[1] & 0x08 == 0)
+                && lu.wce.load(Ordering::Relaxed) =>
+        {
+            Lane::Inline
+        }
+        // TEST UNIT READY, REQUEST SENSE, INQUIRY, MODE SENSE, READ CAPACITY, REPORT LUNS.
+        0x00 | 0x03 | 0x12 | 0x1a | 0x5a | 0x25 | 0xa0 => Lane::Inline,
+        // READ CAPACITY(16)
+        0x9e if cdb[1] & 0x1f == 0x10 => Lane::Inline,
+        _ => Lane::Pool,
+    }
+}
+
+/// Serves a read from memory if it can: false (nothing sent) when its data would have to
+/// come from the disk.
+fn try_hot_read(lu: &Arc<LogicalUnit>, nexus: &Nexus, bhs: &Bhs, sink: &Sink, max: usize) -> bool {
+    let req = Request {
+        cdb: &bhs.0[32..48],
+        data_out: &[],
+        nexus,
+    };
+    match lu.execute(&req) {
+        Outcome::Done(resp) => {
+            sink.send(build_response(bhs, resp, max));
+            true
+        }
+        Outcome::Read(plan) => stream_read(lu, bhs, plan, sink, max, Wait::No),
+    }
+}
+
 /// Executes one SCSI command and queues its Data-In and status (on the blocking pool).
 fn run_command(
     lu: Option<Arc<LogicalUnit>>,
@@ -1321,7 +1462,7 @@ fn run_command(
                 len = plan.len,
                 "read"
             );
-            stream_read(&lu, bhs, plan, sink, max_send)
+            stream_read(&lu, bhs, plan, sink, max_send, Wait::Yes);
         }
     }
 }
@@ -1440,8 +1581,51 @@ fn build_response(bhs: &Bhs, resp: Response, max: usize) -> Out {
     scsi_response(bhs, resp.status, sense_data, rflags, rcount)
 }
 
-/// An aligned read buffer handed to the writer without copying.
+/// An aligned buffer handed on (to the writer, or to a command) without copying.
 struct Owned(AlignedBuf);
+
+/// A write's data as it arrives, page-aligned because the kernel copies out of an aligned
+/// buffer several times faster (store/buf.rs). It grows with the data received, not with
+/// the length the command announced, so a command that never sends its data costs little.
+struct WriteBuf {
+    buf: AlignedBuf,
+    /// Bytes up to here hold data; the rest is zeros.
+    filled: usize,
+    cap: usize,
+}
+
+impl WriteBuf {
+    /// Up to this much is allocated at once; beyond, the buffer doubles as data arrives.
+    const FIRST: usize = 1 << 20;
+
+    fn new(edtl: usize) -> WriteBuf {
+        WriteBuf {
+            buf: AlignedBuf::zeroed(edtl.min(Self::FIRST)),
+            filled: 0,
+            cap: edtl,
+        }
+    }
+
+    /// Stores `data` at `off`; the caller has checked that it ends within the length.
+    fn put(&mut self, off: usize, data: &[u8]) {
+        if off >= self.cap || data.is_empty() {
+            return;
+        }
+        let end = (off + data.len()).min(self.cap);
+        if end > self.buf.len() {
+            let mut bigger = AlignedBuf::zeroed((self.buf.len() * 2).max(end).min(self.cap));
+            bigger[..self.filled].copy_from_slice(&self.buf[..self.filled]);
+            self.buf = bigger;
+        }
+        self.buf[off..end].copy_from_slice(&data[..end - off]);
+        self.filled = self.filled.max(end);
+    }
+
+    fn into_bytes(self) -> Bytes {
+        let n = self.filled;
+        Bytes::from_owner(Owned(self.buf)).slice(..n)
+    }
+}
 
 impl AsRef<[u8]> for Owned {
     fn as_ref(&self) -> &[u8] {
@@ -1451,7 +1635,17 @@ impl AsRef<[u8]> for Owned {
 
 /// Streams a read in chunks: each chunk is read and queued to the writer, which sends it
 /// while the next one is read.
-fn stream_read(lu: &LogicalUnit, bhs: &Bhs, plan: scsi::ReadPlan, sink: &Sink, max: usize) {
+///
+/// With `Wait::No` (reads that fit one chunk) it sends nothing and returns false if the
+/// data is not all in memory.
+fn stream_read(
+    lu: &LogicalUnit,
+    bhs: &Bhs,
+    plan: scsi::ReadPlan,
+    sink: &Sink,
+    max: usize,
+    wait: Wait,
+) -> bool {
     let edtl = bhs.u32_at(20) as usize;
     let reading = bhs.flags() & 0x40 != 0;
     let natural = plan.len as usize;
@@ -1459,7 +1653,7 @@ fn stream_read(lu: &LogicalUnit, bhs: &Bhs, plan: scsi::ReadPlan, sink: &Sink, m
     let (rflags, rcount) = residual(natural, edtl);
     if send == 0 {
         sink.send(scsi_response(bhs, status::GOOD, None, rflags, rcount));
-        return;
+        return true;
     }
     // Chunks are whole multiples of the PDU size so PDUs are never split short mid-stream.
     let chunk = (READ_CHUNK / max).max(1) * max;
@@ -1468,9 +1662,17 @@ fn stream_read(lu: &LogicalUnit, bhs: &Bhs, plan: scsi::ReadPlan, sink: &Sink, m
     while off < send {
         let n = (send - off).min(chunk);
         // Page-aligned: the kernel copies into it several times faster (store/buf.rs).
-        // Page-aligned: the kernel copies into it several times faster (store/buf.rs).
         let mut buf = AlignedBuf::zeroed(n);
-        if let Err(e) = lu.volume.read_at(&mut buf, plan.offset + off as u64) {
+        let at = plan.offset + off as u64;
+        let read = match wait {
+            Wait::No if n == send => lu.volume.try_read_at(&mut buf, at),
+            Wait::No => return false,
+            Wait::Yes => lu.volume.read_at(&mut buf, at).map(|()| true),
+        };
+        if let Ok(false) = read {
+            return false;
+        }
+        if let Err(e) = read {
             tracing::warn!(error = %e, "read failed");
             let s = scsi::store_sense(&e, false);
             sink.send(scsi_response(
@@ -1480,7 +1682,7 @@ fn stream_read(lu: &LogicalUnit, bhs: &Bhs, plan: scsi::ReadPlan, sink: &Sink, m
                 rflags,
                 rcount,
             ));
-            return;
+            return true;
         }
         let last = off + n == send;
         let st = last.then_some((status::GOOD, rflags, rcount));
@@ -1495,8 +1697,9 @@ fn stream_read(lu: &LogicalUnit, bhs: &Bhs, plan: scsi::ReadPlan, sink: &Sink, m
             &mut pdus,
         );
         if !sink.send(Out { pdus }) {
-            return;
+            return true;
         }
         off += n;
     }
+    true
 }
