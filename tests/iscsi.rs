@@ -1142,3 +1142,663 @@ fn a_thousand_exports_and_256_idle_sessions() {
     assert!(srv.alive());
 }
 // Boot tests (iPXE BIOS and UEFI sanboot, a Linux guest on an iscsi:// root) are in tests/boot.rs.
+
+// ---------------------------------------------------------------------------------------
+// EDK2 IScsiDxe (OVMF's UEFI iSCSI initiator), played PDU by PDU. Each request below is
+// built the way NetworkPkg/IScsiDxe builds it (IScsiPrepareLoginReq, IScsiCHAPToSendReq,
+// IScsiFillOpParams, IScsiNewScsiCmdPdu), and each response goes through the checks that
+// IScsiProcessLoginRsp, IScsiCHAPOnRspReceived, IScsiCheckOpParams, IScsiOnDataInRcvd and
+// IScsiOnScsiRspRcvd make: a check failing here is a firmware that does not boot.
+
+const EDK2_INITIATOR: &str = "iqn.2026-01.test.strata:ovmf";
+/// The operational keys IScsiFillOpParams sends, in its order, with its default values.
+const EDK2_OP_KEYS: [(&str, &str); 14] = [
+    ("HeaderDigest", "None"),
+    ("DataDigest", "None"),
+    ("ErrorRecoveryLevel", "0"),
+    ("InitialR2T", "No"),
+    ("ImmediateData", "Yes"),
+    ("MaxRecvDataSegmentLength", "65536"),
+    ("MaxBurstLength", "262144"),
+    ("FirstBurstLength", "65536"),
+    ("MaxConnections", "1"),
+    ("DataPDUInOrder", "Yes"),
+    ("DataSequenceInOrder", "Yes"),
+    ("DefaultTime2Wait", "2"),
+    ("DefaultTime2Retain", "20"),
+    ("MaxOutstandingR2T", "1"),
+];
+
+/// IScsiBuildKeyValueList: every pair has '=' and ends in NUL; a malformed list is an error.
+fn edk2_key_values(data: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let eq = rest
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or("pair without '='")?;
+        let key = String::from_utf8_lossy(&rest[..eq]).into_owned();
+        rest = &rest[eq + 1..];
+        let nul = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or("value not NUL-terminated")?;
+        out.push((key, String::from_utf8_lossy(&rest[..nul]).into_owned()));
+        rest = &rest[nul + 1..];
+    }
+    Ok(out)
+}
+
+/// IScsiGetValueByKeyFromList: takes the first pair with this key out of the list.
+fn edk2_take(list: &mut Vec<(String, String)>, key: &str) -> Option<String> {
+    let i = list.iter().position(|(k, _)| k == key)?;
+    Some(list.remove(i).1)
+}
+
+/// IScsiNetNtoi: decimal, or hex after "0x".
+fn edk2_ntoi(v: &str) -> Option<u64> {
+    match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+/// IScsiHexToBin: optional "0x", an even, non-zero number of hex digits (no base64).
+fn edk2_hex(v: &str) -> Result<Vec<u8>, String> {
+    let h = v
+        .strip_prefix("0x")
+        .or_else(|| v.strip_prefix("0X"))
+        .unwrap_or(v);
+    if h.is_empty() || h.len() % 2 != 0 {
+        return Err(format!("{v:?} is not an even number of hex digits"));
+    }
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).map_err(|_| format!("{v:?} is not hex")))
+        .collect()
+}
+
+/// IScsiCheckOpParams, for the values IScsiFillOpParams offered: every key it needs is
+/// answered with a value it accepts, and nothing is left over but the declarations it
+/// tolerates.
+fn edk2_check_op_params(data: &[u8]) -> Result<(), String> {
+    let mut l = edk2_key_values(data)?;
+    fn need(l: &mut Vec<(String, String)>, k: &str) -> Result<String, String> {
+        edk2_take(l, k).ok_or(format!("{k} not answered"))
+    }
+    for k in ["HeaderDigest", "DataDigest"] {
+        let v = need(&mut l, k)?;
+        // "CRC32" only if the initiator asked for digests, which IScsiDxe never does.
+        if v != "None" {
+            return Err(format!("{k}={v}"));
+        }
+    }
+    let erl = edk2_ntoi(&need(&mut l, "ErrorRecoveryLevel")?).ok_or("ErrorRecoveryLevel")?;
+    if erl > 2 {
+        return Err(format!("ErrorRecoveryLevel={erl}"));
+    }
+    let initial_r2t = need(&mut l, "InitialR2T")? == "Yes";
+    let immediate = need(&mut l, "ImmediateData")? == "Yes";
+    if let Some(v) = edk2_take(&mut l, "MaxRecvDataSegmentLength") {
+        edk2_ntoi(&v).ok_or("MaxRecvDataSegmentLength")?;
+    }
+    edk2_ntoi(&need(&mut l, "MaxBurstLength")?).ok_or("MaxBurstLength")?;
+    if !(initial_r2t && !immediate) {
+        edk2_ntoi(&need(&mut l, "FirstBurstLength")?).ok_or("FirstBurstLength")?;
+    }
+    let n = edk2_ntoi(&need(&mut l, "MaxConnections")?).ok_or("MaxConnections")?;
+    if n == 0 || n > 65535 {
+        return Err(format!("MaxConnections={n}"));
+    }
+    for k in ["DefaultTime2Wait", "DefaultTime2Retain"] {
+        let n = edk2_ntoi(&need(&mut l, k)?).ok_or(k)?;
+        if n > 3600 {
+            return Err(format!("{k}={n}"));
+        }
+    }
+    let n = edk2_ntoi(&need(&mut l, "MaxOutstandingR2T")?).ok_or("MaxOutstandingR2T")?;
+    if n == 0 || n > 65535 {
+        return Err(format!("MaxOutstandingR2T={n}"));
+    }
+    for k in [
+        "SessionType",
+        "TargetAlias",
+        "TargetPortalGroupTag",
+        "InitialR2T",
+        "DataPDUInOrder",
+        "DataSequenceInOrder",
+    ] {
+        edk2_take(&mut l, k);
+    }
+    if initial_r2t && !immediate {
+        edk2_take(&mut l, "FirstBurstLength");
+    }
+    if l.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("keys IScsiDxe does not expect: {l:?}"))
+    }
+}
+
+/// The secrets an IScsiDxe attempt is configured with (12 to 16 characters each).
+struct Edk2Chap<'a> {
+    user: &'a str,
+    secret: &'a str,
+    /// Mutual CHAP: the target's expected secret (the target's name is not checked).
+    reverse_secret: Option<&'a str>,
+    /// CHAP_A as the firmware sends it: "7,5" by default, "7" when built without MD5.
+    algorithms: &'a str,
+}
+
+/// One IScsiDxe session: its connection state (ExpStatSN, CmdSN, ITT) over a raw socket.
+struct Edk2 {
+    raw: Raw,
+    isid: [u8; 6],
+    itt: u32,
+    cmd_sn: u32,
+    exp_stat_sn: u32,
+    csg: u8,
+    nsg: u8,
+    /// Keys of every login response, in order, for the test's own assertions.
+    login_keys: Vec<Vec<(String, String)>>,
+    tpgt: Option<u64>,
+    chap_alg: Option<u64>,
+}
+
+impl Edk2 {
+    /// IScsiSessionLogin + IScsiConnLogin: the login, stage by stage.
+    fn login(addr: SocketAddr, target: &str, chap: Option<&Edk2Chap>) -> Result<Edk2, String> {
+        let mut e = Edk2 {
+            raw: Raw::connect(addr),
+            // IScsiDxe derives the ISID from the NIC's MAC; the top byte says "random".
+            isid: [0x40, 0x52, 0x54, 0x00, 0x12, 0x34],
+            itt: 1,
+            cmd_sn: 1,
+            exp_stat_sn: 0,
+            csg: 0,
+            nsg: 1,
+            login_keys: Vec::new(),
+            tpgt: None,
+            chap_alg: None,
+        };
+        let mut keys = vec![
+            ("InitiatorName", EDK2_INITIATOR.to_string()),
+            ("SessionType", "Normal".to_string()),
+            ("TargetName", target.to_string()),
+        ];
+        let Some(c) = chap else {
+            keys.push(("AuthMethod", "None".into()));
+            let l = e.login_step(&keys, true)?;
+            e.check_initial(&l, "None")?;
+            return e.operational();
+        };
+        keys.push(("AuthMethod", "CHAP".into()));
+        let l = e.login_step(&keys, false)?;
+        e.check_initial(&l, "CHAP")?;
+        // CHAP step one: the algorithm list.
+        let mut l = e.login_step(&[("CHAP_A", c.algorithms.to_string())], false)?;
+        let a = edk2_ntoi(&edk2_take(&mut l, "CHAP_A").ok_or("no CHAP_A")?).ok_or("CHAP_A")?;
+        if ![5, 7].contains(&a) || !c.algorithms.split(',').any(|x| x == a.to_string()) {
+            return Err(format!("target chose CHAP_A={a}, not one offered"));
+        }
+        e.chap_alg = Some(a);
+        let id = edk2_ntoi(&edk2_take(&mut l, "CHAP_I").ok_or("no CHAP_I")?).ok_or("CHAP_I")?;
+        if id > 0xff {
+            return Err(format!("CHAP_I={id}"));
+        }
+        let challenge = edk2_hex(&edk2_take(&mut l, "CHAP_C").ok_or("no CHAP_C")?)?;
+        if challenge.len() > 1024 {
+            return Err("CHAP_C longer than IScsiDxe's 1024-byte buffer".into());
+        }
+        let response = edk2_chap_hash(a, id as u8, c.secret, &challenge);
+        // Step three: name and response (and our challenge when mutual), with the T bit.
+        let mut keys = vec![
+            ("CHAP_N", c.user.to_string()),
+            ("CHAP_R", format!("0x{}", hex(&response))),
+        ];
+        let out_id = 0x5a_u8;
+        let digest_len = if a == 7 { 32 } else { 16 };
+        let out_challenge = pattern(digest_len, 7);
+        if c.reverse_secret.is_some() {
+            keys.push(("CHAP_I", out_id.to_string()));
+            keys.push(("CHAP_C", format!("0x{}", hex(&out_challenge))));
+        }
+        let mut l = e.login_step(&keys, true)?;
+        if e.csg != 1 {
+            return Err("target did not move to the operational stage after CHAP".into());
+        }
+        if let Some(rs) = c.reverse_secret {
+            edk2_take(&mut l, "CHAP_N").ok_or("mutual CHAP: no CHAP_N")?;
+            let r = edk2_hex(&edk2_take(&mut l, "CHAP_R").ok_or("mutual CHAP: no CHAP_R")?)?;
+            if r.len() != digest_len {
+                return Err(format!("CHAP_R of {} bytes", r.len()));
+            }
+            if r != edk2_chap_hash(a, out_id, rs, &out_challenge) {
+                return Err("target's CHAP_R is wrong".into());
+            }
+        }
+        e.operational()
+    }
+
+    /// The first response (IScsiCHAPOnRspReceived, ISCSI_AUTH_INITIAL): the portal group
+    /// tag and the AuthMethod the initiator asked for.
+    fn check_initial(&mut self, l: &[(String, String)], method: &str) -> Result<(), String> {
+        let mut l = l.to_vec();
+        let t = edk2_take(&mut l, "TargetPortalGroupTag").ok_or("no TargetPortalGroupTag")?;
+        let t = edk2_ntoi(&t)
+            .filter(|&t| t <= 0xffff)
+            .ok_or("TargetPortalGroupTag")?;
+        self.tpgt = Some(t);
+        let m = edk2_take(&mut l, "AuthMethod").ok_or("no AuthMethod")?;
+        if m != method {
+            return Err(format!("AuthMethod={m}, asked for {method}"));
+        }
+        Ok(())
+    }
+
+    fn operational(mut self) -> Result<Edk2, String> {
+        if self.csg != 1 || self.nsg != 3 {
+            return Err(format!("stage {}->{} after security", self.csg, self.nsg));
+        }
+        let keys: Vec<(&str, String)> = EDK2_OP_KEYS
+            .iter()
+            .map(|(k, v)| (*k, v.to_string()))
+            .collect();
+        self.login_step(&keys, true)?;
+        let last = self.login_keys.last().cloned().unwrap_or_default();
+        edk2_check_op_params(&text::encode_pairs(&last))?;
+        if self.csg != 3 {
+            return Err("no transit to full feature".into());
+        }
+        Ok(self)
+    }
+
+    /// IScsiSendLoginReq + IScsiReceiveLoginRsp + IScsiProcessLoginRsp.
+    fn login_step(
+        &mut self,
+        keys: &[(&str, String)],
+        transit: bool,
+    ) -> Result<Vec<(String, String)>, String> {
+        let mut b = Bhs::new(op::LOGIN_REQ);
+        b.0[0] |= 0x40; // immediate
+        b.set_flags(((transit as u8) << 7) | (self.csg << 2) | self.nsg);
+        b.0[2] = 0; // version-max
+        b.0[3] = 0; // version-min
+        b.0[8..14].copy_from_slice(&self.isid);
+        b.set_u16(14, 0);
+        b.set_itt(self.itt);
+        b.set_u16(20, 1); // CID
+        b.set_u32(24, self.cmd_sn);
+        b.set_u32(28, self.exp_stat_sn);
+        let data = text::encode_pairs(keys);
+        self.raw.send(&b, &data);
+        let r = self.raw.recv().ok_or("connection closed during login")?;
+        let h = &r.bhs;
+        if h.opcode() != op::LOGIN_RESP {
+            return Err(format!("opcode {:#x} during login", h.opcode()));
+        }
+        if h.0[36] != 0 {
+            return Err(format!("login status {}/{}", h.0[36], h.0[37]));
+        }
+        let t = h.flags() & 0x80 != 0;
+        let c = h.flags() & 0x40 != 0;
+        let csg = (h.flags() >> 2) & 3;
+        let nsg = h.flags() & 3;
+        if t && c {
+            return Err("T and C both set".into());
+        }
+        if csg != self.csg {
+            return Err(format!("CSG {csg}, expected {}", self.csg));
+        }
+        if t && !transit {
+            return Err("T set though the request did not ask to transit".into());
+        }
+        if t && nsg != self.nsg {
+            return Err(format!("NSG {nsg}, expected {}", self.nsg));
+        }
+        if h.0[8..14] != self.isid {
+            return Err("ISID not echoed".into());
+        }
+        if h.itt() != self.itt {
+            return Err("ITT not echoed".into());
+        }
+        if c {
+            return Err("partial (C) responses are not part of this exchange".into());
+        }
+        let stat_sn = h.u32_at(24);
+        if self.login_keys.is_empty() {
+            // The leading login: ExpCmdSN must be the CmdSN sent.
+            if h.u32_at(28) != self.cmd_sn {
+                return Err(format!(
+                    "ExpCmdSN {} != CmdSN {}",
+                    h.u32_at(28),
+                    self.cmd_sn
+                ));
+            }
+            self.exp_stat_sn = stat_sn.wrapping_add(1);
+        } else if stat_sn != self.exp_stat_sn {
+            return Err(format!("StatSN {stat_sn}, expected {}", self.exp_stat_sn));
+        } else {
+            self.exp_stat_sn = stat_sn.wrapping_add(1);
+        }
+        let keys = edk2_key_values(&r.data)?;
+        self.login_keys.push(keys.clone());
+        if t {
+            self.csg = self.nsg;
+            if self.csg == 1 {
+                self.nsg = 3;
+            } else if h.u16_at(14) == 0 {
+                return Err("final login response without a TSIH".into());
+            }
+        }
+        Ok(keys)
+    }
+
+    /// IScsiExecuteScsiCommand for a command without Data-Out: returns status, the data
+    /// (InTransferLength after residuals), the sense, and how many Data-In PDUs came.
+    fn command(&mut self, cdb: &[u8], read_len: u32) -> Result<Edk2Result, String> {
+        let itt = self.itt;
+        let mut b = Bhs::new(op::SCSI_CMD);
+        let mut f = 0x80 | 0x01; // F (no unsolicited data follows), simple task
+        if read_len > 0 {
+            f |= 0x40;
+        }
+        b.set_flags(f);
+        b.set_itt(itt);
+        b.set_u32(20, read_len);
+        b.set_u32(24, self.cmd_sn);
+        b.set_u32(28, self.exp_stat_sn);
+        b.0[32..32 + cdb.len()].copy_from_slice(cdb);
+        self.itt += 1;
+        self.cmd_sn += 1;
+        self.raw.send(&b, &[]);
+        let mut data = vec![0u8; read_len as usize];
+        let mut in_len = read_len as u64;
+        let mut exp_data_sn = 0u32;
+        let mut received = 0usize;
+        let mut pdus = 0usize;
+        loop {
+            let r = self
+                .raw
+                .recv()
+                .ok_or("connection closed during a command")?;
+            let h = &r.bhs;
+            match h.opcode() {
+                op::DATA_IN => {
+                    let off = h.u32_at(40) as usize;
+                    if off + r.data.len() > read_len as usize {
+                        return Err(format!("Data-In beyond the buffer at {off}"));
+                    }
+                    if h.u32_at(36) != exp_data_sn {
+                        return Err(format!("DataSN {}, expected {exp_data_sn}", h.u32_at(36)));
+                    }
+                    exp_data_sn += 1;
+                    if h.itt() != itt {
+                        return Err("Data-In for another task".into());
+                    }
+                    // DataPDUInOrder=Yes: what IScsiDxe assumes of the offsets.
+                    if off != received {
+                        return Err(format!("Data-In at offset {off}, expected {received}"));
+                    }
+                    data[off..off + r.data.len()].copy_from_slice(&r.data);
+                    received += r.data.len();
+                    pdus += 1;
+                    if h.flags() & 0x01 != 0 {
+                        if h.flags() & 0x80 == 0 {
+                            return Err("S bit without F bit".into());
+                        }
+                        if h.flags() & 0x06 == 0x06 {
+                            return Err("both overflow and underflow".into());
+                        }
+                        self.check_stat_sn(h.u32_at(24))?;
+                        let status = h.0[3];
+                        if h.flags() & 0x04 != 0 {
+                            return Err("overflow (EFI_BAD_BUFFER_SIZE)".into());
+                        }
+                        if h.flags() & 0x02 != 0 {
+                            in_len -= h.u32_at(44) as u64;
+                        }
+                        data.truncate(in_len as usize);
+                        return Ok(Edk2Result {
+                            status,
+                            data,
+                            sense: Vec::new(),
+                            pdus,
+                        });
+                    }
+                }
+                op::SCSI_RESP => {
+                    if h.itt() != itt {
+                        return Err("SCSI Response for another task".into());
+                    }
+                    self.check_stat_sn(h.u32_at(24))?;
+                    if h.0[2] != 0 {
+                        return Err(format!("iSCSI response {:#x}", h.0[2]));
+                    }
+                    if h.flags() & 0x18 == 0x18 || h.flags() & 0x06 == 0x06 {
+                        return Err("both overflow and underflow".into());
+                    }
+                    if h.flags() & 0x04 != 0 {
+                        return Err("overflow (EFI_BAD_BUFFER_SIZE)".into());
+                    }
+                    if h.flags() & 0x02 != 0 {
+                        in_len -= h.u32_at(44) as u64;
+                    }
+                    let sense = if r.data.len() >= 2 {
+                        let n = u16::from_be_bytes([r.data[0], r.data[1]]) as usize;
+                        r.data[2..2 + n.min(r.data.len() - 2)].to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    data.truncate(in_len.min(received as u64) as usize);
+                    return Ok(Edk2Result {
+                        status: h.0[3],
+                        data,
+                        sense,
+                        pdus,
+                    });
+                }
+                op::NOP_IN => {
+                    // IScsiOnNopInRcvd: a target ping carries the current StatSN.
+                    if h.itt() == 0xffff_ffff {
+                        if h.u32_at(24) != self.exp_stat_sn {
+                            return Err("NOP-In ping with a stale StatSN".into());
+                        }
+                    } else {
+                        self.check_stat_sn(h.u32_at(24))?;
+                    }
+                }
+                other => return Err(format!("opcode {other:#x} during a command")),
+            }
+        }
+    }
+
+    /// IScsiCheckSN on StatSN: exactly the next one.
+    fn check_stat_sn(&mut self, sn: u32) -> Result<(), String> {
+        if sn != self.exp_stat_sn {
+            return Err(format!("StatSN {sn}, expected {}", self.exp_stat_sn));
+        }
+        self.exp_stat_sn = sn.wrapping_add(1);
+        Ok(())
+    }
+}
+
+struct Edk2Result {
+    status: u8,
+    data: Vec<u8>,
+    sense: Vec<u8>,
+    pdus: usize,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// IScsiCHAPCalculateResponse: H(id || secret || challenge), SHA-256 (7) or MD5 (5).
+fn edk2_chap_hash(alg: u64, id: u8, secret: &str, challenge: &[u8]) -> Vec<u8> {
+    use md5::Digest;
+    fn h<D: Digest>(id: u8, secret: &str, challenge: &[u8]) -> Vec<u8> {
+        let mut d = D::new();
+        d.update([id]);
+        d.update(secret.as_bytes());
+        d.update(challenge);
+        d.finalize().to_vec()
+    }
+    match alg {
+        7 => h::<sha2::Sha256>(id, secret, challenge),
+        _ => h::<md5::Md5>(id, secret, challenge),
+    }
+}
+
+/// What OVMF sends once logged in (ScsiBusDxe and ScsiDiskDxe over IScsiDxe), then GRUB's
+/// 10 MB READ(10); checks each answer the way ScsiDiskDxe uses it.
+fn edk2_boot_commands(e: &mut Edk2, image: &[u8]) {
+    let inquiry = |evpd: u8, page: u8, len: u16| {
+        let mut c = [0u8; 6];
+        c[0] = 0x12;
+        c[1] = evpd;
+        c[2] = page;
+        c[3..5].copy_from_slice(&len.to_be_bytes());
+        c
+    };
+    for _ in 0..2 {
+        let r = e.command(&inquiry(0, 0, 96), 96).unwrap();
+        assert_eq!(r.status, 0);
+        assert_eq!(r.data[0] & 0x1f, 0, "not a direct-access device");
+        assert!(r.data.len() >= 36, "INQUIRY data of {} bytes", r.data.len());
+    }
+    let r = e.command(&inquiry(1, 0x00, 260), 260).unwrap();
+    assert_eq!(r.status, 0);
+    let n = u16::from_be_bytes([r.data[2], r.data[3]]) as usize;
+    let pages = &r.data[4..4 + n];
+    assert_eq!(
+        pages.first(),
+        Some(&0x00),
+        "VPD 0x00 must list itself first"
+    );
+    assert!(
+        pages.windows(2).all(|w| w[0] < w[1]),
+        "VPD 0x00 not ascending: {pages:x?}"
+    );
+    assert!(pages.contains(&0xb0));
+    let r = e.command(&inquiry(1, 0xb0, 64), 64).unwrap();
+    assert_eq!((r.status, r.data[1]), (0, 0xb0));
+    // TEST UNIT READY: the power-on unit attention once, then ready.
+    let r = e.command(&TUR, 0).unwrap();
+    assert_eq!(r.status, 2, "first TUR must report the unit attention");
+    assert_eq!(r.sense[2] & 0x0f, 6, "sense key UNIT ATTENTION");
+    let r = e.command(&TUR, 0).unwrap();
+    assert_eq!(r.status, 0);
+    let r = e.command(&[0x03, 0, 0, 0, 18, 0], 18).unwrap();
+    assert_eq!(r.status, 0);
+    assert_eq!(r.data[2] & 0x0f, 0, "REQUEST SENSE: nothing pending");
+    let r = e.command(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8).unwrap();
+    assert_eq!(r.status, 0);
+    let last = u32::from_be_bytes(r.data[0..4].try_into().unwrap()) as usize;
+    let bs = u32::from_be_bytes(r.data[4..8].try_into().unwrap()) as usize;
+    assert_eq!(((last + 1) * bs, bs), (image.len(), 512));
+    // The GPT, then GRUB's core: one READ(10) of 10 MB.
+    let r = e.command(&read10(0, 34), 34 * 512).unwrap();
+    assert_eq!((r.status, &r.data[..]), (0, &image[..34 * 512]));
+    let blocks = 20480u16;
+    let lba = 2048u32;
+    let len = blocks as usize * 512;
+    let r = e.command(&read10(lba, blocks), len as u32).unwrap();
+    assert_eq!(r.status, 0);
+    assert_eq!(
+        r.pdus,
+        len.div_ceil(65536),
+        "Data-In PDUs of MaxRecvDataSegmentLength"
+    );
+    assert!(
+        r.data == image[lba as usize * 512..lba as usize * 512 + len],
+        "the 10 MB read does not return the volume's bytes"
+    );
+}
+
+#[test]
+fn edk2_iscsidxe_login_and_boot_reads_without_chap_and_with_mutual_chap() {
+    let repo = Repo::new();
+    let image = pattern(32 << 20, 11);
+    let file = repo.path("gold.raw");
+    std::fs::write(&file, &image).unwrap();
+    repo.ok(&["image", "import", file.to_str().unwrap(), "--name", "gold"]);
+    repo.ok(&["volume", "create", "open", "--from", "gold"]);
+    repo.ok(&["volume", "create", "guarded", "--from", "gold"]);
+    repo.ok(&["export", "open", "--initiator", EDK2_INITIATOR]);
+    repo.ok(&[
+        "export",
+        "guarded",
+        "--initiator",
+        EDK2_INITIATOR,
+        "--chap-user",
+        "ovmf",
+        "--chap-secret",
+        "ovmf-secret-12",
+        "--mutual-user",
+        "strata",
+        "--mutual-secret",
+        "strata-secret-3",
+    ]);
+    let srv = repo.serve(&[]);
+
+    let mut e = Edk2::login(srv.addr, "iqn.2026-11.org.strata:open", None)
+        .unwrap_or_else(|why| panic!("IScsiDxe would fail this login: {why}"));
+    // Everything the operational request proposed is answered, declarative keys aside.
+    let op = e.login_keys.last().unwrap();
+    for (k, _) in EDK2_OP_KEYS {
+        if k != "MaxRecvDataSegmentLength" {
+            assert!(op.iter().any(|(a, _)| a == k), "{k} not answered");
+        }
+    }
+    let allowed = ["TargetPortalGroupTag", "TargetAlias", "SessionType"];
+    for (k, _) in op {
+        assert!(
+            EDK2_OP_KEYS.iter().any(|(o, _)| o == k) || allowed.contains(&k.as_str()),
+            "target volunteered {k}"
+        );
+    }
+    assert!(e.tpgt.is_some());
+    edk2_boot_commands(&mut e, &image);
+    drop(e);
+
+    // Mutual CHAP with the firmware's default list (SHA-256 preferred), then as built
+    // without MD5, then one-way MD5 only.
+    for (algorithms, mutual, want) in [("7,5", true, 7), ("7", true, 7), ("5", false, 5)] {
+        let c = Edk2Chap {
+            user: "ovmf",
+            secret: "ovmf-secret-12",
+            reverse_secret: mutual.then_some("strata-secret-3"),
+            algorithms,
+        };
+        let mut e = Edk2::login(srv.addr, "iqn.2026-11.org.strata:guarded", Some(&c))
+            .unwrap_or_else(|why| panic!("CHAP_A={algorithms}: IScsiDxe would fail: {why}"));
+        assert_eq!(e.chap_alg, Some(want));
+        if algorithms == "7,5" {
+            edk2_boot_commands(&mut e, &image);
+        }
+    }
+    // A wrong reverse secret is caught by the firmware's check of the target's CHAP_R.
+    let c = Edk2Chap {
+        user: "ovmf",
+        secret: "ovmf-secret-12",
+        reverse_secret: Some("not-the-secret"),
+        algorithms: "7,5",
+    };
+    let why = Edk2::login(srv.addr, "iqn.2026-11.org.strata:guarded", Some(&c))
+        .err()
+        .expect("a wrong reverse secret must fail");
+    assert!(why.contains("CHAP_R is wrong"), "{why}");
+    // And a wrong initiator secret is refused by the target.
+    let c = Edk2Chap {
+        user: "ovmf",
+        secret: "wrong-secret-1",
+        reverse_secret: None,
+        algorithms: "7,5",
+    };
+    let why = Edk2::login(srv.addr, "iqn.2026-11.org.strata:guarded", Some(&c))
+        .err()
+        .expect("a wrong secret must fail");
+    assert!(why.contains("login status 2/1"), "{why}");
+}
