@@ -1802,3 +1802,129 @@ fn edk2_iscsidxe_login_and_boot_reads_without_chap_and_with_mutual_chap() {
         .expect("a wrong secret must fail");
     assert!(why.contains("login status 2/1"), "{why}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Logical block provisioning: GET LBA STATUS tells written from never-written and discarded
+
+fn get_lba_status(r: &mut Raw, lba: u64, alloc: u32) -> (u8, Vec<(u64, u32, u8)>, Vec<u8>) {
+    let mut c = [0u8; 16];
+    c[0] = 0x9e;
+    c[1] = 0x12;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&alloc.to_be_bytes());
+    let (st, d, sense) = r.command(&c, alloc, &[]);
+    if st != 0 || d.len() < 8 {
+        return (st, Vec::new(), sense);
+    }
+    let len = u32::from_be_bytes(d[0..4].try_into().unwrap()) as usize;
+    assert_eq!((len - 4) % 16, 0, "parameter data length {len}");
+    let descs = d[8..]
+        .chunks_exact(16)
+        .map(|e| {
+            (
+                u64::from_be_bytes(e[0..8].try_into().unwrap()),
+                u32::from_be_bytes(e[8..12].try_into().unwrap()),
+                e[12] & 0x0f,
+            )
+        })
+        .collect::<Vec<_>>();
+    assert!(descs.len() <= (len - 4) / 16);
+    (st, descs, sense)
+}
+
+#[test]
+fn get_lba_status_reports_written_image_data_never_written_and_discarded_blocks() {
+    const M: u8 = 0; // mapped
+    const D: u8 = 1; // deallocated
+    let repo = Repo::new();
+    // An 8 MiB golden image with data in its second MiB only; the volume grows to 16 MiB.
+    let mut img = vec![0u8; 8 << 20];
+    img[1 << 20..2 << 20].copy_from_slice(&pattern(1 << 20, 3));
+    let file = repo.path("gold.raw");
+    std::fs::write(&file, &img).unwrap();
+    repo.ok(&["image", "import", file.to_str().unwrap(), "--name", "gold"]);
+    repo.ok(&[
+        "volume", "create", "lbas", "--from", "gold", "--size", "16M",
+    ]);
+    repo.ok(&["export", "lbas", "--initiator", CLIENT]);
+    let srv = repo.serve(&[]);
+    let iqn = "iqn.2026-11.org.strata:lbas";
+    let mut r = Raw::login(srv.addr, &LoginOpts::new(CLIENT, iqn)).unwrap();
+    settle(&mut r);
+    let all = 8 + 16 * 32;
+    let (st, d, _) = get_lba_status(&mut r, 0, all);
+    assert_eq!(st, 0);
+    assert_eq!(d, vec![(0, 2048, D), (2048, 2048, M), (4096, 28672, D)]);
+
+    // Write 8 KiB over a hole; UNMAP one 4 KiB block of image data; WRITE SAME with UNMAP
+    // over 32 KiB of it; a discard smaller than a 4 KiB block leaves it mapped (zeros).
+    assert_eq!(r.command(&write10(96, 16), 0, &pattern(16 * 512, 4)).0, 0);
+    let unmap = |lba: u64, n: u32| {
+        let mut p = vec![0u8; 24];
+        p[0..2].copy_from_slice(&22u16.to_be_bytes());
+        p[2..4].copy_from_slice(&16u16.to_be_bytes());
+        p[8..16].copy_from_slice(&lba.to_be_bytes());
+        p[16..20].copy_from_slice(&n.to_be_bytes());
+        p
+    };
+    let mut c = [0u8; 10];
+    c[0] = 0x42;
+    c[7..9].copy_from_slice(&24u16.to_be_bytes());
+    assert_eq!(r.command(&c, 0, &unmap(2056, 8)).0, 0);
+    assert_eq!(r.command(&c, 0, &unmap(3000, 4)).0, 0);
+    let mut ws = [0u8; 16];
+    ws[0] = 0x93;
+    ws[1] = 0x08; // UNMAP
+    ws[2..10].copy_from_slice(&3072u64.to_be_bytes());
+    ws[10..14].copy_from_slice(&64u32.to_be_bytes());
+    assert_eq!(r.command(&ws, 0, &[0u8; 512]).0, 0);
+    let want = vec![
+        (0, 96, D),
+        (96, 16, M),
+        (112, 1936, D),
+        (2048, 8, M),
+        (2056, 8, D),
+        (2064, 1008, M),
+        (3072, 64, D),
+        (3136, 960, M),
+        (4096, 28672, D),
+    ];
+    let (st, d, _) = get_lba_status(&mut r, 0, all);
+    assert_eq!((st, &d), (0, &want));
+    // From inside a run (and inside a 4 KiB block): the first descriptor starts there.
+    let (_, d, _) = get_lba_status(&mut r, 100, all);
+    assert_eq!(d[0], (100, 12, M));
+    assert_eq!(d[1..], want[2..]);
+    // The allocation length bounds the descriptors: one, or two.
+    let (_, d, _) = get_lba_status(&mut r, 0, 24);
+    assert_eq!(d, want[..1]);
+    let (_, d, _) = get_lba_status(&mut r, 0, 40);
+    assert_eq!(d, want[..2]);
+    let (_, d, _) = get_lba_status(&mut r, 32767, all);
+    assert_eq!(d, vec![(32767, 1, D)]);
+    // Beyond the end: LBA OUT OF RANGE.
+    let (st, _, sense) = get_lba_status(&mut r, 32768, all);
+    assert_eq!((st, sense[2] & 0x0f, sense[12]), (2, 5, 0x21));
+    // What GET LBA STATUS calls deallocated reads as zeros (LBPRZ), and VPD 0xB2 and READ
+    // CAPACITY(16) say so.
+    let (_, d, _) = r.command(&read10(2056, 8), 4096, &[]);
+    assert!(d.iter().all(|&b| b == 0));
+    let (_, d, _) = r.command(&read10(3072, 64), 64 * 512, &[]);
+    assert!(d.iter().all(|&b| b == 0));
+    let (_, vpd, _) = r.command(&[0x12, 1, 0xb2, 0, 64, 0], 64, &[]);
+    assert_eq!(vpd[5] & 0xe4, 0xe4, "LBPU, LBPWS, LBPWS10, LBPRZ");
+    let mut rc = [0u8; 16];
+    rc[0] = 0x9e;
+    rc[1] = 0x10;
+    rc[13] = 32;
+    let (_, cap, _) = r.command(&rc, 32, &[]);
+    assert_eq!(cap[14] & 0xc0, 0xc0, "LBPME, LBPRZ");
+    // The statuses survive a restart.
+    drop(r);
+    assert!(srv.stop().success());
+    let srv = repo.serve(&[]);
+    let mut r = Raw::login(srv.addr, &LoginOpts::new(CLIENT, iqn)).unwrap();
+    settle(&mut r);
+    let (_, d, _) = get_lba_status(&mut r, 0, all);
+    assert_eq!(d, want);
+}
