@@ -5,192 +5,31 @@
 //!
 //! Needs the packages `tools/install-iscsi-deps` installs. Fixtures are built here.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use strata::iscsi::pdu::{self, op, Bhs, FrameLimits};
 use strata::iscsi::text;
 
-const BIN: &str = env!("CARGO_BIN_EXE_strata");
+mod common;
+
+use common::{ok, Repo, Server};
+
 const CLIENT: &str = "iqn.2026-01.test.strata:client";
 const OTHER: &str = "iqn.2026-01.test.strata:other";
 const LIBISCSI_TEST_1: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test";
 const LIBISCSI_TEST_2: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2";
 
+/// `name`, asserting it is installed.
 fn tool(name: &str) -> &str {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(ok, "{name} is missing: run tools/install-iscsi-deps");
-    name
-}
-
-struct Repo {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    work: PathBuf,
-}
-
-impl Repo {
-    fn new() -> Repo {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("repo");
-        let work = tmp.path().join("work");
-        std::fs::create_dir(&work).unwrap();
-        Repo {
-            root,
-            work,
-            _tmp: tmp,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--repo")
-            .arg(&self.root)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "strata {args:?} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.work.join(name)
-    }
-
-    /// A volume of `mib` MiB exported to `initiators`.
-    fn exported_volume(&self, name: &str, mib: u64, initiators: &[&str]) -> String {
-        self.ok(&["volume", "create", name, "--size", &format!("{mib}M")]);
-        let mut args = vec!["export", name];
-        for i in initiators {
-            args.push("--initiator");
-            args.push(i);
-        }
-        self.ok(&args);
-        format!("iqn.2026-11.org.strata:{name}")
-    }
-
-    fn serve(&self, extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
-            .arg("--repo")
-            .arg(&self.root)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = self.path(&format!("serve-{}.log", std::process::id()));
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log2)
-                .unwrap();
-            let _ = std::io::copy(&mut BufReader::new(stderr), &mut f);
-        });
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("server did not announce its address");
-        let addr: SocketAddr = line
-            .rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected announcement {line:?}"));
-        Server { child, addr, log }
-    }
-}
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Server {
-    fn url(&self, iqn: &str) -> String {
-        format!("iscsi://{}/{iqn}/0", self.addr)
-    }
-
-    fn qemu_opts(&self, iqn: &str, initiator: &str) -> String {
-        format!(
-            "driver=iscsi,transport=tcp,portal={},target={iqn},lun=0,initiator-name={initiator}",
-            self.addr
-        )
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// SIGTERM, then wait (bounded) for a clean exit.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id() as i32;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "server ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    common::tool(name, "tools/install-iscsi-deps")
 }
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let o = run(cmd);
-    assert!(
-        o.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Deterministic pseudo-random bytes.
@@ -1047,8 +886,7 @@ fn kill_9_keeps_every_write_acknowledged_with_fua_or_before_sync_cache() {
         assert_eq!(st, 0);
         acked.push((lba, 1000 + i));
         if i == 150 {
-            srv.child.kill().unwrap(); // SIGKILL
-            srv.child.wait().unwrap();
+            srv.kill9();
             break;
         }
     }
@@ -1121,7 +959,7 @@ fn a_thousand_exports_and_256_idle_sessions() {
     )
     .unwrap();
     settle(&mut warm);
-    let before = rss_kib(srv.child.id());
+    let before = rss_kib(srv.pid());
     let mut sessions = Vec::new();
     for i in 0..256 {
         let iqn = format!("iqn.2026-11.org.strata:vol{i:04}");
@@ -1132,7 +970,7 @@ fn a_thousand_exports_and_256_idle_sessions() {
         assert_eq!(data.len(), 4096);
         sessions.push(r);
     }
-    let after = rss_kib(srv.child.id());
+    let after = rss_kib(srv.pid());
     let per_session = (after.saturating_sub(before)) / 256;
     eprintln!("resident memory per idle session (open volume included): {per_session} KiB");
     assert!(per_session < 256, "{per_session} KiB per idle session");
