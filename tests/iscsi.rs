@@ -1766,3 +1766,146 @@ fn get_lba_status_reports_written_image_data_never_written_and_discarded_blocks(
     let (_, d, _) = get_lba_status(&mut r, 0, all);
     assert_eq!(d, want);
 }
+
+// ---------------------------------------------------------------------------------------
+// Shutdown: sessions are asked to log out, in-flight commands finish
+
+#[test]
+fn sigterm_asks_sessions_to_log_out_and_finishes_in_flight_commands() {
+    let repo = Repo::new();
+    let iqn = repo.exported_volume("bye", 16, &[CLIENT]);
+    let srv = repo.serve(&[]);
+    let mut polite = Raw::login(srv.addr, &LoginOpts::new(CLIENT, &iqn)).unwrap();
+    settle(&mut polite);
+    let mut deaf = Raw::login(srv.addr, &LoginOpts::new(CLIENT, &iqn)).unwrap();
+    settle(&mut deaf);
+    // A write in flight when the signal arrives: sent, not yet answered.
+    let data = pattern(64 * 1024, 9);
+    let b = polite.scsi_bhs(&write10(64, 128), data.len() as u32, false, true);
+    polite.send(&b, &data);
+    srv.terminate();
+    // The write's response and the logout request come in either order, StatSNs in sequence.
+    let mut sns = Vec::new();
+    let mut async_msg = None;
+    while sns.len() < 2 {
+        let r = polite.recv().expect("closed before asking for a logout");
+        match r.bhs.opcode() {
+            op::SCSI_RESP => {
+                assert_eq!(
+                    (r.bhs.itt(), r.bhs.0[3]),
+                    (b.itt(), 0),
+                    "the write completes"
+                );
+                sns.push(r.bhs.u32_at(24));
+            }
+            op::ASYNC => {
+                sns.push(r.bhs.u32_at(24));
+                async_msg = Some(r);
+            }
+            op::NOP_IN => {}
+            other => panic!("unexpected PDU {other:#x}"),
+        }
+    }
+    assert_eq!(sns[1], sns[0].wrapping_add(1), "StatSN in sequence");
+    polite.stat_sn = sns[1].wrapping_add(1);
+    let async_msg = async_msg.expect("an Asynchronous Message");
+    assert_eq!(
+        async_msg.bhs.0[36], 1,
+        "AsyncEvent 1: target requests logout"
+    );
+    assert!(async_msg.bhs.u16_at(42) > 0, "Parameter3: time to log out");
+    // The session still serves commands until the initiator logs out.
+    let (st, got, _) = polite.command(&read10(64, 128), data.len() as u32, &[]);
+    assert_eq!((st, got == data), (0, true));
+    let mut lo = Bhs::new(op::LOGOUT_REQ);
+    lo.0[0] |= 0x40;
+    lo.set_flags(0x80); // close the session
+    let itt = polite.next_itt();
+    lo.set_itt(itt);
+    lo.set_u32(24, polite.cmd_sn);
+    lo.set_u32(28, polite.stat_sn);
+    polite.send(&lo, &[]);
+    let r = polite.recv().expect("logout response");
+    assert_eq!((r.bhs.opcode(), r.bhs.0[2]), (op::LOGOUT_RESP, 0));
+    assert!(
+        polite.recv().is_none(),
+        "connection closed after the logout"
+    );
+    // The other session never answers: it is closed once its time is up.
+    let r = deaf.recv().expect("logout request");
+    assert_eq!((r.bhs.opcode(), r.bhs.0[36]), (op::ASYNC, 1));
+    // (A NOP-In ping may come first; the connection then closes.)
+    while let Some(r) = deaf.recv() {
+        assert_eq!(r.bhs.opcode(), op::NOP_IN, "only pings until the close");
+    }
+    let log_path = repo.path("serve.log");
+    assert!(srv.stop().success());
+    let log = strip_ansi(&std::fs::read_to_string(log_path).unwrap());
+    assert!(
+        log.contains("all connections closed logged_out=1 not_logged_out=1"),
+        "shutdown summary missing:\n{log}"
+    );
+    // The acknowledged write is there after a restart.
+    let srv = repo.serve(&[]);
+    let mut r = Raw::login(srv.addr, &LoginOpts::new(CLIENT, &iqn)).unwrap();
+    settle(&mut r);
+    let (st, got, _) = r.command(&read10(64, 128), data.len() as u32, &[]);
+    assert_eq!((st, got == data), (0, true));
+}
+
+/// The log without its terminal colour codes (ESC [ ... m).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' {
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn sigterm_under_libiscsi_load_ends_with_clean_logouts() {
+    let repo = Repo::new();
+    let iqn = repo.exported_volume("perf", 64, &[CLIENT]);
+    let srv = repo.serve(&[]);
+    // iscsi-perf keeps 32 reads in flight until stopped.
+    let mut perf = Command::new(tool("iscsi-perf"))
+        .args(["-i", CLIENT, &srv.url(&iqn)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its progress updates (ending in '\r', not '\n') say reads are flowing.
+    let mut out = perf.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("iops current") {
+        match out.read(&mut buf) {
+            Ok(0) | Err(_) => panic!(
+                "iscsi-perf never got going: {}",
+                String::from_utf8_lossy(&seen)
+            ),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let log_path = repo.path("serve.log");
+    let st = srv.stop();
+    let _ = perf.kill();
+    let _ = perf.wait();
+    assert!(st.success());
+    let log = strip_ansi(&std::fs::read_to_string(log_path).unwrap());
+    let summary = log
+        .lines()
+        .find(|l| l.contains("all connections closed"))
+        .unwrap_or_else(|| panic!("no shutdown summary:\n{log}"));
+    assert!(summary.contains("not_logged_out=0"), "{summary}");
+    assert!(!summary.contains(" logged_out=0"), "{summary}");
+}
