@@ -1082,7 +1082,8 @@ fn edk2_check_op_params(data: &[u8]) -> Result<(), String> {
         edk2_ntoi(&v).ok_or("MaxRecvDataSegmentLength")?;
     }
     edk2_ntoi(&need(&mut l, "MaxBurstLength")?).ok_or("MaxBurstLength")?;
-    if !(initial_r2t && !immediate) {
+    // Needed unless InitialR2T=Yes and ImmediateData=No.
+    if !initial_r2t || immediate {
         edk2_ntoi(&need(&mut l, "FirstBurstLength")?).ok_or("FirstBurstLength")?;
     }
     let n = edk2_ntoi(&need(&mut l, "MaxConnections")?).ok_or("MaxConnections")?;

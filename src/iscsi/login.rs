@@ -73,7 +73,7 @@ impl ChapAlgorithm {
     }
 
     /// Digest length, which is also the length of the challenges we send.
-    pub fn len(self) -> usize {
+    pub fn digest_len(self) -> usize {
         match self {
             ChapAlgorithm::Md5 => 16,
             ChapAlgorithm::Sha256 => 32,
@@ -535,7 +535,9 @@ impl Login {
                     ));
                 };
                 let id: u8 = rand::random();
-                let challenge: Vec<u8> = (0..alg.len()).map(|_| rand::random::<u8>()).collect();
+                let challenge: Vec<u8> = (0..alg.digest_len())
+                    .map(|_| rand::random::<u8>())
+                    .collect();
                 answers.push(("CHAP_A".into(), alg.code().to_string()));
                 answers.push(("CHAP_I".into(), id.to_string()));
                 answers.push(("CHAP_C".into(), hex_encode(&challenge)));
