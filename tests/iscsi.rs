@@ -5,192 +5,31 @@
 //!
 //! Needs the packages `tools/install-iscsi-deps` installs. Fixtures are built here.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use strata::iscsi::pdu::{self, op, Bhs, FrameLimits};
 use strata::iscsi::text;
 
-const BIN: &str = env!("CARGO_BIN_EXE_strata");
+mod common;
+
+use common::{ok, Repo, Server};
+
 const CLIENT: &str = "iqn.2026-01.test.strata:client";
 const OTHER: &str = "iqn.2026-01.test.strata:other";
 const LIBISCSI_TEST_1: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test";
 const LIBISCSI_TEST_2: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2";
 
+/// `name`, asserting it is installed.
 fn tool(name: &str) -> &str {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(ok, "{name} is missing: run tools/install-iscsi-deps");
-    name
-}
-
-struct Repo {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    work: PathBuf,
-}
-
-impl Repo {
-    fn new() -> Repo {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("repo");
-        let work = tmp.path().join("work");
-        std::fs::create_dir(&work).unwrap();
-        Repo {
-            root,
-            work,
-            _tmp: tmp,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--repo")
-            .arg(&self.root)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "strata {args:?} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.work.join(name)
-    }
-
-    /// A volume of `mib` MiB exported to `initiators`.
-    fn exported_volume(&self, name: &str, mib: u64, initiators: &[&str]) -> String {
-        self.ok(&["volume", "create", name, "--size", &format!("{mib}M")]);
-        let mut args = vec!["export", name];
-        for i in initiators {
-            args.push("--initiator");
-            args.push(i);
-        }
-        self.ok(&args);
-        format!("iqn.2026-11.org.strata:{name}")
-    }
-
-    fn serve(&self, extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
-            .arg("--repo")
-            .arg(&self.root)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = self.path(&format!("serve-{}.log", std::process::id()));
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log2)
-                .unwrap();
-            let _ = std::io::copy(&mut BufReader::new(stderr), &mut f);
-        });
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("server did not announce its address");
-        let addr: SocketAddr = line
-            .rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected announcement {line:?}"));
-        Server { child, addr, log }
-    }
-}
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Server {
-    fn url(&self, iqn: &str) -> String {
-        format!("iscsi://{}/{iqn}/0", self.addr)
-    }
-
-    fn qemu_opts(&self, iqn: &str, initiator: &str) -> String {
-        format!(
-            "driver=iscsi,transport=tcp,portal={},target={iqn},lun=0,initiator-name={initiator}",
-            self.addr
-        )
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// SIGTERM, then wait (bounded) for a clean exit.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id() as i32;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "server ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    common::tool(name, "tools/install-iscsi-deps")
 }
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let o = run(cmd);
-    assert!(
-        o.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Deterministic pseudo-random bytes.
@@ -1047,8 +886,7 @@ fn kill_9_keeps_every_write_acknowledged_with_fua_or_before_sync_cache() {
         assert_eq!(st, 0);
         acked.push((lba, 1000 + i));
         if i == 150 {
-            srv.child.kill().unwrap(); // SIGKILL
-            srv.child.wait().unwrap();
+            srv.kill9();
             break;
         }
     }
@@ -1121,7 +959,7 @@ fn a_thousand_exports_and_256_idle_sessions() {
     )
     .unwrap();
     settle(&mut warm);
-    let before = rss_kib(srv.child.id());
+    let before = rss_kib(srv.pid());
     let mut sessions = Vec::new();
     for i in 0..256 {
         let iqn = format!("iqn.2026-11.org.strata:vol{i:04}");
@@ -1132,7 +970,7 @@ fn a_thousand_exports_and_256_idle_sessions() {
         assert_eq!(data.len(), 4096);
         sessions.push(r);
     }
-    let after = rss_kib(srv.child.id());
+    let after = rss_kib(srv.pid());
     let per_session = (after.saturating_sub(before)) / 256;
     eprintln!("resident memory per idle session (open volume included): {per_session} KiB");
     assert!(per_session < 256, "{per_session} KiB per idle session");
@@ -1142,3 +980,933 @@ fn a_thousand_exports_and_256_idle_sessions() {
     assert!(srv.alive());
 }
 // Boot tests (iPXE BIOS and UEFI sanboot, a Linux guest on an iscsi:// root) are in tests/boot.rs.
+
+// ---------------------------------------------------------------------------------------
+// EDK2 IScsiDxe (OVMF's UEFI iSCSI initiator), played PDU by PDU. Each request below is
+// built the way NetworkPkg/IScsiDxe builds it (IScsiPrepareLoginReq, IScsiCHAPToSendReq,
+// IScsiFillOpParams, IScsiNewScsiCmdPdu), and each response goes through the checks that
+// IScsiProcessLoginRsp, IScsiCHAPOnRspReceived, IScsiCheckOpParams, IScsiOnDataInRcvd and
+// IScsiOnScsiRspRcvd make: a check failing here is a firmware that does not boot.
+
+const EDK2_INITIATOR: &str = "iqn.2026-01.test.strata:ovmf";
+/// The operational keys IScsiFillOpParams sends, in its order, with its default values.
+const EDK2_OP_KEYS: [(&str, &str); 14] = [
+    ("HeaderDigest", "None"),
+    ("DataDigest", "None"),
+    ("ErrorRecoveryLevel", "0"),
+    ("InitialR2T", "No"),
+    ("ImmediateData", "Yes"),
+    ("MaxRecvDataSegmentLength", "65536"),
+    ("MaxBurstLength", "262144"),
+    ("FirstBurstLength", "65536"),
+    ("MaxConnections", "1"),
+    ("DataPDUInOrder", "Yes"),
+    ("DataSequenceInOrder", "Yes"),
+    ("DefaultTime2Wait", "2"),
+    ("DefaultTime2Retain", "20"),
+    ("MaxOutstandingR2T", "1"),
+];
+
+/// IScsiBuildKeyValueList: every pair has '=' and ends in NUL; a malformed list is an error.
+fn edk2_key_values(data: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let eq = rest
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or("pair without '='")?;
+        let key = String::from_utf8_lossy(&rest[..eq]).into_owned();
+        rest = &rest[eq + 1..];
+        let nul = rest
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or("value not NUL-terminated")?;
+        out.push((key, String::from_utf8_lossy(&rest[..nul]).into_owned()));
+        rest = &rest[nul + 1..];
+    }
+    Ok(out)
+}
+
+/// IScsiGetValueByKeyFromList: takes the first pair with this key out of the list.
+fn edk2_take(list: &mut Vec<(String, String)>, key: &str) -> Option<String> {
+    let i = list.iter().position(|(k, _)| k == key)?;
+    Some(list.remove(i).1)
+}
+
+/// IScsiNetNtoi: decimal, or hex after "0x".
+fn edk2_ntoi(v: &str) -> Option<u64> {
+    match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+/// IScsiHexToBin: optional "0x", an even, non-zero number of hex digits (no base64).
+fn edk2_hex(v: &str) -> Result<Vec<u8>, String> {
+    let h = v
+        .strip_prefix("0x")
+        .or_else(|| v.strip_prefix("0X"))
+        .unwrap_or(v);
+    if h.is_empty() || h.len() % 2 != 0 {
+        return Err(format!("{v:?} is not an even number of hex digits"));
+    }
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).map_err(|_| format!("{v:?} is not hex")))
+        .collect()
+}
+
+/// IScsiCheckOpParams, for the values IScsiFillOpParams offered: every key it needs is
+/// answered with a value it accepts, and nothing is left over but the declarations it
+/// tolerates.
+fn edk2_check_op_params(data: &[u8]) -> Result<(), String> {
+    let mut l = edk2_key_values(data)?;
+    fn need(l: &mut Vec<(String, String)>, k: &str) -> Result<String, String> {
+        edk2_take(l, k).ok_or(format!("{k} not answered"))
+    }
+    for k in ["HeaderDigest", "DataDigest"] {
+        let v = need(&mut l, k)?;
+        // "CRC32" only if the initiator asked for digests, which IScsiDxe never does.
+        if v != "None" {
+            return Err(format!("{k}={v}"));
+        }
+    }
+    let erl = edk2_ntoi(&need(&mut l, "ErrorRecoveryLevel")?).ok_or("ErrorRecoveryLevel")?;
+    if erl > 2 {
+        return Err(format!("ErrorRecoveryLevel={erl}"));
+    }
+    let initial_r2t = need(&mut l, "InitialR2T")? == "Yes";
+    let immediate = need(&mut l, "ImmediateData")? == "Yes";
+    if let Some(v) = edk2_take(&mut l, "MaxRecvDataSegmentLength") {
+        edk2_ntoi(&v).ok_or("MaxRecvDataSegmentLength")?;
+    }
+    edk2_ntoi(&need(&mut l, "MaxBurstLength")?).ok_or("MaxBurstLength")?;
+    // Needed unless InitialR2T=Yes and ImmediateData=No.
+    if !initial_r2t || immediate {
+        edk2_ntoi(&need(&mut l, "FirstBurstLength")?).ok_or("FirstBurstLength")?;
+    }
+    let n = edk2_ntoi(&need(&mut l, "MaxConnections")?).ok_or("MaxConnections")?;
+    if n == 0 || n > 65535 {
+        return Err(format!("MaxConnections={n}"));
+    }
+    for k in ["DefaultTime2Wait", "DefaultTime2Retain"] {
+        let n = edk2_ntoi(&need(&mut l, k)?).ok_or(k)?;
+        if n > 3600 {
+            return Err(format!("{k}={n}"));
+        }
+    }
+    let n = edk2_ntoi(&need(&mut l, "MaxOutstandingR2T")?).ok_or("MaxOutstandingR2T")?;
+    if n == 0 || n > 65535 {
+        return Err(format!("MaxOutstandingR2T={n}"));
+    }
+    for k in [
+        "SessionType",
+        "TargetAlias",
+        "TargetPortalGroupTag",
+        "InitialR2T",
+        "DataPDUInOrder",
+        "DataSequenceInOrder",
+    ] {
+        edk2_take(&mut l, k);
+    }
+    if initial_r2t && !immediate {
+        edk2_take(&mut l, "FirstBurstLength");
+    }
+    if l.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("keys IScsiDxe does not expect: {l:?}"))
+    }
+}
+
+/// The secrets an IScsiDxe attempt is configured with (12 to 16 characters each).
+struct Edk2Chap<'a> {
+    user: &'a str,
+    secret: &'a str,
+    /// Mutual CHAP: the target's expected secret (the target's name is not checked).
+    reverse_secret: Option<&'a str>,
+    /// CHAP_A as the firmware sends it: "7,5" by default, "7" when built without MD5.
+    algorithms: &'a str,
+}
+
+/// One IScsiDxe session: its connection state (ExpStatSN, CmdSN, ITT) over a raw socket.
+struct Edk2 {
+    raw: Raw,
+    isid: [u8; 6],
+    itt: u32,
+    cmd_sn: u32,
+    exp_stat_sn: u32,
+    csg: u8,
+    nsg: u8,
+    /// Keys of every login response, in order, for the test's own assertions.
+    login_keys: Vec<Vec<(String, String)>>,
+    tpgt: Option<u64>,
+    chap_alg: Option<u64>,
+}
+
+impl Edk2 {
+    /// IScsiSessionLogin + IScsiConnLogin: the login, stage by stage.
+    fn login(addr: SocketAddr, target: &str, chap: Option<&Edk2Chap>) -> Result<Edk2, String> {
+        let mut e = Edk2 {
+            raw: Raw::connect(addr),
+            // IScsiDxe derives the ISID from the NIC's MAC; the top byte says "random".
+            isid: [0x40, 0x52, 0x54, 0x00, 0x12, 0x34],
+            itt: 1,
+            cmd_sn: 1,
+            exp_stat_sn: 0,
+            csg: 0,
+            nsg: 1,
+            login_keys: Vec::new(),
+            tpgt: None,
+            chap_alg: None,
+        };
+        let mut keys = vec![
+            ("InitiatorName", EDK2_INITIATOR.to_string()),
+            ("SessionType", "Normal".to_string()),
+            ("TargetName", target.to_string()),
+        ];
+        let Some(c) = chap else {
+            keys.push(("AuthMethod", "None".into()));
+            let l = e.login_step(&keys, true)?;
+            e.check_initial(&l, "None")?;
+            return e.operational();
+        };
+        keys.push(("AuthMethod", "CHAP".into()));
+        let l = e.login_step(&keys, false)?;
+        e.check_initial(&l, "CHAP")?;
+        // CHAP step one: the algorithm list.
+        let mut l = e.login_step(&[("CHAP_A", c.algorithms.to_string())], false)?;
+        let a = edk2_ntoi(&edk2_take(&mut l, "CHAP_A").ok_or("no CHAP_A")?).ok_or("CHAP_A")?;
+        if ![5, 7].contains(&a) || !c.algorithms.split(',').any(|x| x == a.to_string()) {
+            return Err(format!("target chose CHAP_A={a}, not one offered"));
+        }
+        e.chap_alg = Some(a);
+        let id = edk2_ntoi(&edk2_take(&mut l, "CHAP_I").ok_or("no CHAP_I")?).ok_or("CHAP_I")?;
+        if id > 0xff {
+            return Err(format!("CHAP_I={id}"));
+        }
+        let challenge = edk2_hex(&edk2_take(&mut l, "CHAP_C").ok_or("no CHAP_C")?)?;
+        if challenge.len() > 1024 {
+            return Err("CHAP_C longer than IScsiDxe's 1024-byte buffer".into());
+        }
+        let response = edk2_chap_hash(a, id as u8, c.secret, &challenge);
+        // Step three: name and response (and our challenge when mutual), with the T bit.
+        let mut keys = vec![
+            ("CHAP_N", c.user.to_string()),
+            ("CHAP_R", format!("0x{}", hex(&response))),
+        ];
+        let out_id = 0x5a_u8;
+        let digest_len = if a == 7 { 32 } else { 16 };
+        let out_challenge = pattern(digest_len, 7);
+        if c.reverse_secret.is_some() {
+            keys.push(("CHAP_I", out_id.to_string()));
+            keys.push(("CHAP_C", format!("0x{}", hex(&out_challenge))));
+        }
+        let mut l = e.login_step(&keys, true)?;
+        if e.csg != 1 {
+            return Err("target did not move to the operational stage after CHAP".into());
+        }
+        if let Some(rs) = c.reverse_secret {
+            edk2_take(&mut l, "CHAP_N").ok_or("mutual CHAP: no CHAP_N")?;
+            let r = edk2_hex(&edk2_take(&mut l, "CHAP_R").ok_or("mutual CHAP: no CHAP_R")?)?;
+            if r.len() != digest_len {
+                return Err(format!("CHAP_R of {} bytes", r.len()));
+            }
+            if r != edk2_chap_hash(a, out_id, rs, &out_challenge) {
+                return Err("target's CHAP_R is wrong".into());
+            }
+        }
+        e.operational()
+    }
+
+    /// The first response (IScsiCHAPOnRspReceived, ISCSI_AUTH_INITIAL): the portal group
+    /// tag and the AuthMethod the initiator asked for.
+    fn check_initial(&mut self, l: &[(String, String)], method: &str) -> Result<(), String> {
+        let mut l = l.to_vec();
+        let t = edk2_take(&mut l, "TargetPortalGroupTag").ok_or("no TargetPortalGroupTag")?;
+        let t = edk2_ntoi(&t)
+            .filter(|&t| t <= 0xffff)
+            .ok_or("TargetPortalGroupTag")?;
+        self.tpgt = Some(t);
+        let m = edk2_take(&mut l, "AuthMethod").ok_or("no AuthMethod")?;
+        if m != method {
+            return Err(format!("AuthMethod={m}, asked for {method}"));
+        }
+        Ok(())
+    }
+
+    fn operational(mut self) -> Result<Edk2, String> {
+        if self.csg != 1 || self.nsg != 3 {
+            return Err(format!("stage {}->{} after security", self.csg, self.nsg));
+        }
+        let keys: Vec<(&str, String)> = EDK2_OP_KEYS
+            .iter()
+            .map(|(k, v)| (*k, v.to_string()))
+            .collect();
+        self.login_step(&keys, true)?;
+        let last = self.login_keys.last().cloned().unwrap_or_default();
+        edk2_check_op_params(&text::encode_pairs(&last))?;
+        if self.csg != 3 {
+            return Err("no transit to full feature".into());
+        }
+        Ok(self)
+    }
+
+    /// IScsiSendLoginReq + IScsiReceiveLoginRsp + IScsiProcessLoginRsp.
+    fn login_step(
+        &mut self,
+        keys: &[(&str, String)],
+        transit: bool,
+    ) -> Result<Vec<(String, String)>, String> {
+        let mut b = Bhs::new(op::LOGIN_REQ);
+        b.0[0] |= 0x40; // immediate
+        b.set_flags(((transit as u8) << 7) | (self.csg << 2) | self.nsg);
+        b.0[2] = 0; // version-max
+        b.0[3] = 0; // version-min
+        b.0[8..14].copy_from_slice(&self.isid);
+        b.set_u16(14, 0);
+        b.set_itt(self.itt);
+        b.set_u16(20, 1); // CID
+        b.set_u32(24, self.cmd_sn);
+        b.set_u32(28, self.exp_stat_sn);
+        let data = text::encode_pairs(keys);
+        self.raw.send(&b, &data);
+        let r = self.raw.recv().ok_or("connection closed during login")?;
+        let h = &r.bhs;
+        if h.opcode() != op::LOGIN_RESP {
+            return Err(format!("opcode {:#x} during login", h.opcode()));
+        }
+        if h.0[36] != 0 {
+            return Err(format!("login status {}/{}", h.0[36], h.0[37]));
+        }
+        let t = h.flags() & 0x80 != 0;
+        let c = h.flags() & 0x40 != 0;
+        let csg = (h.flags() >> 2) & 3;
+        let nsg = h.flags() & 3;
+        if t && c {
+            return Err("T and C both set".into());
+        }
+        if csg != self.csg {
+            return Err(format!("CSG {csg}, expected {}", self.csg));
+        }
+        if t && !transit {
+            return Err("T set though the request did not ask to transit".into());
+        }
+        if t && nsg != self.nsg {
+            return Err(format!("NSG {nsg}, expected {}", self.nsg));
+        }
+        if h.0[8..14] != self.isid {
+            return Err("ISID not echoed".into());
+        }
+        if h.itt() != self.itt {
+            return Err("ITT not echoed".into());
+        }
+        if c {
+            return Err("partial (C) responses are not part of this exchange".into());
+        }
+        let stat_sn = h.u32_at(24);
+        if self.login_keys.is_empty() {
+            // The leading login: ExpCmdSN must be the CmdSN sent.
+            if h.u32_at(28) != self.cmd_sn {
+                return Err(format!(
+                    "ExpCmdSN {} != CmdSN {}",
+                    h.u32_at(28),
+                    self.cmd_sn
+                ));
+            }
+            self.exp_stat_sn = stat_sn.wrapping_add(1);
+        } else if stat_sn != self.exp_stat_sn {
+            return Err(format!("StatSN {stat_sn}, expected {}", self.exp_stat_sn));
+        } else {
+            self.exp_stat_sn = stat_sn.wrapping_add(1);
+        }
+        let keys = edk2_key_values(&r.data)?;
+        self.login_keys.push(keys.clone());
+        if t {
+            self.csg = self.nsg;
+            if self.csg == 1 {
+                self.nsg = 3;
+            } else if h.u16_at(14) == 0 {
+                return Err("final login response without a TSIH".into());
+            }
+        }
+        Ok(keys)
+    }
+
+    /// IScsiExecuteScsiCommand for a command without Data-Out: returns status, the data
+    /// (InTransferLength after residuals), the sense, and how many Data-In PDUs came.
+    fn command(&mut self, cdb: &[u8], read_len: u32) -> Result<Edk2Result, String> {
+        let itt = self.itt;
+        let mut b = Bhs::new(op::SCSI_CMD);
+        let mut f = 0x80 | 0x01; // F (no unsolicited data follows), simple task
+        if read_len > 0 {
+            f |= 0x40;
+        }
+        b.set_flags(f);
+        b.set_itt(itt);
+        b.set_u32(20, read_len);
+        b.set_u32(24, self.cmd_sn);
+        b.set_u32(28, self.exp_stat_sn);
+        b.0[32..32 + cdb.len()].copy_from_slice(cdb);
+        self.itt += 1;
+        self.cmd_sn += 1;
+        self.raw.send(&b, &[]);
+        let mut data = vec![0u8; read_len as usize];
+        let mut in_len = read_len as u64;
+        let mut exp_data_sn = 0u32;
+        let mut received = 0usize;
+        let mut pdus = 0usize;
+        loop {
+            let r = self
+                .raw
+                .recv()
+                .ok_or("connection closed during a command")?;
+            let h = &r.bhs;
+            match h.opcode() {
+                op::DATA_IN => {
+                    let off = h.u32_at(40) as usize;
+                    if off + r.data.len() > read_len as usize {
+                        return Err(format!("Data-In beyond the buffer at {off}"));
+                    }
+                    if h.u32_at(36) != exp_data_sn {
+                        return Err(format!("DataSN {}, expected {exp_data_sn}", h.u32_at(36)));
+                    }
+                    exp_data_sn += 1;
+                    if h.itt() != itt {
+                        return Err("Data-In for another task".into());
+                    }
+                    // DataPDUInOrder=Yes: what IScsiDxe assumes of the offsets.
+                    if off != received {
+                        return Err(format!("Data-In at offset {off}, expected {received}"));
+                    }
+                    data[off..off + r.data.len()].copy_from_slice(&r.data);
+                    received += r.data.len();
+                    pdus += 1;
+                    if h.flags() & 0x01 != 0 {
+                        if h.flags() & 0x80 == 0 {
+                            return Err("S bit without F bit".into());
+                        }
+                        if h.flags() & 0x06 == 0x06 {
+                            return Err("both overflow and underflow".into());
+                        }
+                        self.check_stat_sn(h.u32_at(24))?;
+                        let status = h.0[3];
+                        if h.flags() & 0x04 != 0 {
+                            return Err("overflow (EFI_BAD_BUFFER_SIZE)".into());
+                        }
+                        if h.flags() & 0x02 != 0 {
+                            in_len -= h.u32_at(44) as u64;
+                        }
+                        data.truncate(in_len as usize);
+                        return Ok(Edk2Result {
+                            status,
+                            data,
+                            sense: Vec::new(),
+                            pdus,
+                        });
+                    }
+                }
+                op::SCSI_RESP => {
+                    if h.itt() != itt {
+                        return Err("SCSI Response for another task".into());
+                    }
+                    self.check_stat_sn(h.u32_at(24))?;
+                    if h.0[2] != 0 {
+                        return Err(format!("iSCSI response {:#x}", h.0[2]));
+                    }
+                    if h.flags() & 0x18 == 0x18 || h.flags() & 0x06 == 0x06 {
+                        return Err("both overflow and underflow".into());
+                    }
+                    if h.flags() & 0x04 != 0 {
+                        return Err("overflow (EFI_BAD_BUFFER_SIZE)".into());
+                    }
+                    if h.flags() & 0x02 != 0 {
+                        in_len -= h.u32_at(44) as u64;
+                    }
+                    let sense = if r.data.len() >= 2 {
+                        let n = u16::from_be_bytes([r.data[0], r.data[1]]) as usize;
+                        r.data[2..2 + n.min(r.data.len() - 2)].to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    data.truncate(in_len.min(received as u64) as usize);
+                    return Ok(Edk2Result {
+                        status: h.0[3],
+                        data,
+                        sense,
+                        pdus,
+                    });
+                }
+                op::NOP_IN => {
+                    // IScsiOnNopInRcvd: a target ping carries the current StatSN.
+                    if h.itt() == 0xffff_ffff {
+                        if h.u32_at(24) != self.exp_stat_sn {
+                            return Err("NOP-In ping with a stale StatSN".into());
+                        }
+                    } else {
+                        self.check_stat_sn(h.u32_at(24))?;
+                    }
+                }
+                other => return Err(format!("opcode {other:#x} during a command")),
+            }
+        }
+    }
+
+    /// IScsiCheckSN on StatSN: exactly the next one.
+    fn check_stat_sn(&mut self, sn: u32) -> Result<(), String> {
+        if sn != self.exp_stat_sn {
+            return Err(format!("StatSN {sn}, expected {}", self.exp_stat_sn));
+        }
+        self.exp_stat_sn = sn.wrapping_add(1);
+        Ok(())
+    }
+}
+
+struct Edk2Result {
+    status: u8,
+    data: Vec<u8>,
+    sense: Vec<u8>,
+    pdus: usize,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// IScsiCHAPCalculateResponse: H(id || secret || challenge), SHA-256 (7) or MD5 (5).
+fn edk2_chap_hash(alg: u64, id: u8, secret: &str, challenge: &[u8]) -> Vec<u8> {
+    use md5::Digest;
+    fn h<D: Digest>(id: u8, secret: &str, challenge: &[u8]) -> Vec<u8> {
+        let mut d = D::new();
+        d.update([id]);
+        d.update(secret.as_bytes());
+        d.update(challenge);
+        d.finalize().to_vec()
+    }
+    match alg {
+        7 => h::<sha2::Sha256>(id, secret, challenge),
+        _ => h::<md5::Md5>(id, secret, challenge),
+    }
+}
+
+/// What OVMF sends once logged in (ScsiBusDxe and ScsiDiskDxe over IScsiDxe), then GRUB's
+/// 10 MB READ(10); checks each answer the way ScsiDiskDxe uses it.
+fn edk2_boot_commands(e: &mut Edk2, image: &[u8]) {
+    let inquiry = |evpd: u8, page: u8, len: u16| {
+        let mut c = [0u8; 6];
+        c[0] = 0x12;
+        c[1] = evpd;
+        c[2] = page;
+        c[3..5].copy_from_slice(&len.to_be_bytes());
+        c
+    };
+    for _ in 0..2 {
+        let r = e.command(&inquiry(0, 0, 96), 96).unwrap();
+        assert_eq!(r.status, 0);
+        assert_eq!(r.data[0] & 0x1f, 0, "not a direct-access device");
+        assert!(r.data.len() >= 36, "INQUIRY data of {} bytes", r.data.len());
+    }
+    let r = e.command(&inquiry(1, 0x00, 260), 260).unwrap();
+    assert_eq!(r.status, 0);
+    let n = u16::from_be_bytes([r.data[2], r.data[3]]) as usize;
+    let pages = &r.data[4..4 + n];
+    assert_eq!(
+        pages.first(),
+        Some(&0x00),
+        "VPD 0x00 must list itself first"
+    );
+    assert!(
+        pages.windows(2).all(|w| w[0] < w[1]),
+        "VPD 0x00 not ascending: {pages:x?}"
+    );
+    assert!(pages.contains(&0xb0));
+    let r = e.command(&inquiry(1, 0xb0, 64), 64).unwrap();
+    assert_eq!((r.status, r.data[1]), (0, 0xb0));
+    // TEST UNIT READY: the power-on unit attention once, then ready.
+    let r = e.command(&TUR, 0).unwrap();
+    assert_eq!(r.status, 2, "first TUR must report the unit attention");
+    assert_eq!(r.sense[2] & 0x0f, 6, "sense key UNIT ATTENTION");
+    let r = e.command(&TUR, 0).unwrap();
+    assert_eq!(r.status, 0);
+    let r = e.command(&[0x03, 0, 0, 0, 18, 0], 18).unwrap();
+    assert_eq!(r.status, 0);
+    assert_eq!(r.data[2] & 0x0f, 0, "REQUEST SENSE: nothing pending");
+    let r = e.command(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8).unwrap();
+    assert_eq!(r.status, 0);
+    let last = u32::from_be_bytes(r.data[0..4].try_into().unwrap()) as usize;
+    let bs = u32::from_be_bytes(r.data[4..8].try_into().unwrap()) as usize;
+    assert_eq!(((last + 1) * bs, bs), (image.len(), 512));
+    // The GPT, then GRUB's core: one READ(10) of 10 MB.
+    let r = e.command(&read10(0, 34), 34 * 512).unwrap();
+    assert_eq!((r.status, &r.data[..]), (0, &image[..34 * 512]));
+    let blocks = 20480u16;
+    let lba = 2048u32;
+    let len = blocks as usize * 512;
+    let r = e.command(&read10(lba, blocks), len as u32).unwrap();
+    assert_eq!(r.status, 0);
+    assert_eq!(
+        r.pdus,
+        len.div_ceil(65536),
+        "Data-In PDUs of MaxRecvDataSegmentLength"
+    );
+    assert!(
+        r.data == image[lba as usize * 512..lba as usize * 512 + len],
+        "the 10 MB read does not return the volume's bytes"
+    );
+}
+
+#[test]
+fn edk2_iscsidxe_login_and_boot_reads_without_chap_and_with_mutual_chap() {
+    let repo = Repo::new();
+    let image = pattern(32 << 20, 11);
+    let file = repo.path("gold.raw");
+    std::fs::write(&file, &image).unwrap();
+    repo.ok(&["image", "import", file.to_str().unwrap(), "--name", "gold"]);
+    repo.ok(&["volume", "create", "open", "--from", "gold"]);
+    repo.ok(&["volume", "create", "guarded", "--from", "gold"]);
+    repo.ok(&["export", "open", "--initiator", EDK2_INITIATOR]);
+    repo.ok(&[
+        "export",
+        "guarded",
+        "--initiator",
+        EDK2_INITIATOR,
+        "--chap-user",
+        "ovmf",
+        "--chap-secret",
+        "ovmf-secret-12",
+        "--mutual-user",
+        "strata",
+        "--mutual-secret",
+        "strata-secret-3",
+    ]);
+    let srv = repo.serve(&[]);
+
+    let mut e = Edk2::login(srv.addr, "iqn.2026-11.org.strata:open", None)
+        .unwrap_or_else(|why| panic!("IScsiDxe would fail this login: {why}"));
+    // Everything the operational request proposed is answered, declarative keys aside.
+    let op = e.login_keys.last().unwrap();
+    for (k, _) in EDK2_OP_KEYS {
+        if k != "MaxRecvDataSegmentLength" {
+            assert!(op.iter().any(|(a, _)| a == k), "{k} not answered");
+        }
+    }
+    let allowed = ["TargetPortalGroupTag", "TargetAlias", "SessionType"];
+    for (k, _) in op {
+        assert!(
+            EDK2_OP_KEYS.iter().any(|(o, _)| o == k) || allowed.contains(&k.as_str()),
+            "target volunteered {k}"
+        );
+    }
+    assert!(e.tpgt.is_some());
+    edk2_boot_commands(&mut e, &image);
+    drop(e);
+
+    // Mutual CHAP with the firmware's default list (SHA-256 preferred), then as built
+    // without MD5, then one-way MD5 only.
+    for (algorithms, mutual, want) in [("7,5", true, 7), ("7", true, 7), ("5", false, 5)] {
+        let c = Edk2Chap {
+            user: "ovmf",
+            secret: "ovmf-secret-12",
+            reverse_secret: mutual.then_some("strata-secret-3"),
+            algorithms,
+        };
+        let mut e = Edk2::login(srv.addr, "iqn.2026-11.org.strata:guarded", Some(&c))
+            .unwrap_or_else(|why| panic!("CHAP_A={algorithms}: IScsiDxe would fail: {why}"));
+        assert_eq!(e.chap_alg, Some(want));
+        if algorithms == "7,5" {
+            edk2_boot_commands(&mut e, &image);
+        }
+    }
+    // A wrong reverse secret is caught by the firmware's check of the target's CHAP_R.
+    let c = Edk2Chap {
+        user: "ovmf",
+        secret: "ovmf-secret-12",
+        reverse_secret: Some("not-the-secret"),
+        algorithms: "7,5",
+    };
+    let why = Edk2::login(srv.addr, "iqn.2026-11.org.strata:guarded", Some(&c))
+        .err()
+        .expect("a wrong reverse secret must fail");
+    assert!(why.contains("CHAP_R is wrong"), "{why}");
+    // And a wrong initiator secret is refused by the target.
+    let c = Edk2Chap {
+        user: "ovmf",
+        secret: "wrong-secret-1",
+        reverse_secret: None,
+        algorithms: "7,5",
+    };
+    let why = Edk2::login(srv.addr, "iqn.2026-11.org.strata:guarded", Some(&c))
+        .err()
+        .expect("a wrong secret must fail");
+    assert!(why.contains("login status 2/1"), "{why}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Logical block provisioning: GET LBA STATUS tells written from never-written and discarded
+
+fn get_lba_status(r: &mut Raw, lba: u64, alloc: u32) -> (u8, Vec<(u64, u32, u8)>, Vec<u8>) {
+    let mut c = [0u8; 16];
+    c[0] = 0x9e;
+    c[1] = 0x12;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&alloc.to_be_bytes());
+    let (st, d, sense) = r.command(&c, alloc, &[]);
+    if st != 0 || d.len() < 8 {
+        return (st, Vec::new(), sense);
+    }
+    let len = u32::from_be_bytes(d[0..4].try_into().unwrap()) as usize;
+    assert_eq!((len - 4) % 16, 0, "parameter data length {len}");
+    let descs = d[8..]
+        .chunks_exact(16)
+        .map(|e| {
+            (
+                u64::from_be_bytes(e[0..8].try_into().unwrap()),
+                u32::from_be_bytes(e[8..12].try_into().unwrap()),
+                e[12] & 0x0f,
+            )
+        })
+        .collect::<Vec<_>>();
+    assert!(descs.len() <= (len - 4) / 16);
+    (st, descs, sense)
+}
+
+#[test]
+fn get_lba_status_reports_written_image_data_never_written_and_discarded_blocks() {
+    const M: u8 = 0; // mapped
+    const D: u8 = 1; // deallocated
+    let repo = Repo::new();
+    // An 8 MiB golden image with data in its second MiB only; the volume grows to 16 MiB.
+    let mut img = vec![0u8; 8 << 20];
+    img[1 << 20..2 << 20].copy_from_slice(&pattern(1 << 20, 3));
+    let file = repo.path("gold.raw");
+    std::fs::write(&file, &img).unwrap();
+    repo.ok(&["image", "import", file.to_str().unwrap(), "--name", "gold"]);
+    repo.ok(&[
+        "volume", "create", "lbas", "--from", "gold", "--size", "16M",
+    ]);
+    repo.ok(&["export", "lbas", "--initiator", CLIENT]);
+    let srv = repo.serve(&[]);
+    let iqn = "iqn.2026-11.org.strata:lbas";
+    let mut r = Raw::login(srv.addr, &LoginOpts::new(CLIENT, iqn)).unwrap();
+    settle(&mut r);
+    let all = 8 + 16 * 32;
+    let (st, d, _) = get_lba_status(&mut r, 0, all);
+    assert_eq!(st, 0);
+    assert_eq!(d, vec![(0, 2048, D), (2048, 2048, M), (4096, 28672, D)]);
+
+    // Write 8 KiB over a hole; UNMAP one 4 KiB block of image data; WRITE SAME with UNMAP
+    // over 32 KiB of it; a discard smaller than a 4 KiB block leaves it mapped (zeros).
+    assert_eq!(r.command(&write10(96, 16), 0, &pattern(16 * 512, 4)).0, 0);
+    let unmap = |lba: u64, n: u32| {
+        let mut p = vec![0u8; 24];
+        p[0..2].copy_from_slice(&22u16.to_be_bytes());
+        p[2..4].copy_from_slice(&16u16.to_be_bytes());
+        p[8..16].copy_from_slice(&lba.to_be_bytes());
+        p[16..20].copy_from_slice(&n.to_be_bytes());
+        p
+    };
+    let mut c = [0u8; 10];
+    c[0] = 0x42;
+    c[7..9].copy_from_slice(&24u16.to_be_bytes());
+    assert_eq!(r.command(&c, 0, &unmap(2056, 8)).0, 0);
+    assert_eq!(r.command(&c, 0, &unmap(3000, 4)).0, 0);
+    let mut ws = [0u8; 16];
+    ws[0] = 0x93;
+    ws[1] = 0x08; // UNMAP
+    ws[2..10].copy_from_slice(&3072u64.to_be_bytes());
+    ws[10..14].copy_from_slice(&64u32.to_be_bytes());
+    assert_eq!(r.command(&ws, 0, &[0u8; 512]).0, 0);
+    let want = vec![
+        (0, 96, D),
+        (96, 16, M),
+        (112, 1936, D),
+        (2048, 8, M),
+        (2056, 8, D),
+        (2064, 1008, M),
+        (3072, 64, D),
+        (3136, 960, M),
+        (4096, 28672, D),
+    ];
+    let (st, d, _) = get_lba_status(&mut r, 0, all);
+    assert_eq!((st, &d), (0, &want));
+    // From inside a run (and inside a 4 KiB block): the first descriptor starts there.
+    let (_, d, _) = get_lba_status(&mut r, 100, all);
+    assert_eq!(d[0], (100, 12, M));
+    assert_eq!(d[1..], want[2..]);
+    // The allocation length bounds the descriptors: one, or two.
+    let (_, d, _) = get_lba_status(&mut r, 0, 24);
+    assert_eq!(d, want[..1]);
+    let (_, d, _) = get_lba_status(&mut r, 0, 40);
+    assert_eq!(d, want[..2]);
+    let (_, d, _) = get_lba_status(&mut r, 32767, all);
+    assert_eq!(d, vec![(32767, 1, D)]);
+    // Beyond the end: LBA OUT OF RANGE.
+    let (st, _, sense) = get_lba_status(&mut r, 32768, all);
+    assert_eq!((st, sense[2] & 0x0f, sense[12]), (2, 5, 0x21));
+    // What GET LBA STATUS calls deallocated reads as zeros (LBPRZ), and VPD 0xB2 and READ
+    // CAPACITY(16) say so.
+    let (_, d, _) = r.command(&read10(2056, 8), 4096, &[]);
+    assert!(d.iter().all(|&b| b == 0));
+    let (_, d, _) = r.command(&read10(3072, 64), 64 * 512, &[]);
+    assert!(d.iter().all(|&b| b == 0));
+    let (_, vpd, _) = r.command(&[0x12, 1, 0xb2, 0, 64, 0], 64, &[]);
+    assert_eq!(vpd[5] & 0xe4, 0xe4, "LBPU, LBPWS, LBPWS10, LBPRZ");
+    let mut rc = [0u8; 16];
+    rc[0] = 0x9e;
+    rc[1] = 0x10;
+    rc[13] = 32;
+    let (_, cap, _) = r.command(&rc, 32, &[]);
+    assert_eq!(cap[14] & 0xc0, 0xc0, "LBPME, LBPRZ");
+    // The statuses survive a restart.
+    drop(r);
+    assert!(srv.stop().success());
+    let srv = repo.serve(&[]);
+    let mut r = Raw::login(srv.addr, &LoginOpts::new(CLIENT, iqn)).unwrap();
+    settle(&mut r);
+    let (_, d, _) = get_lba_status(&mut r, 0, all);
+    assert_eq!(d, want);
+}
+
+// ---------------------------------------------------------------------------------------
+// Shutdown: sessions are asked to log out, in-flight commands finish
+
+#[test]
+fn sigterm_asks_sessions_to_log_out_and_finishes_in_flight_commands() {
+    let repo = Repo::new();
+    let iqn = repo.exported_volume("bye", 16, &[CLIENT]);
+    let srv = repo.serve(&[]);
+    let mut polite = Raw::login(srv.addr, &LoginOpts::new(CLIENT, &iqn)).unwrap();
+    settle(&mut polite);
+    let mut deaf = Raw::login(srv.addr, &LoginOpts::new(CLIENT, &iqn)).unwrap();
+    settle(&mut deaf);
+    // A write in flight when the signal arrives: sent, not yet answered.
+    let data = pattern(64 * 1024, 9);
+    let b = polite.scsi_bhs(&write10(64, 128), data.len() as u32, false, true);
+    polite.send(&b, &data);
+    srv.terminate();
+    // The write's response and the logout request come in either order, StatSNs in sequence.
+    let mut sns = Vec::new();
+    let mut async_msg = None;
+    while sns.len() < 2 {
+        let r = polite.recv().expect("closed before asking for a logout");
+        match r.bhs.opcode() {
+            op::SCSI_RESP => {
+                assert_eq!(
+                    (r.bhs.itt(), r.bhs.0[3]),
+                    (b.itt(), 0),
+                    "the write completes"
+                );
+                sns.push(r.bhs.u32_at(24));
+            }
+            op::ASYNC => {
+                sns.push(r.bhs.u32_at(24));
+                async_msg = Some(r);
+            }
+            op::NOP_IN => {}
+            other => panic!("unexpected PDU {other:#x}"),
+        }
+    }
+    assert_eq!(sns[1], sns[0].wrapping_add(1), "StatSN in sequence");
+    polite.stat_sn = sns[1].wrapping_add(1);
+    let async_msg = async_msg.expect("an Asynchronous Message");
+    assert_eq!(
+        async_msg.bhs.0[36], 1,
+        "AsyncEvent 1: target requests logout"
+    );
+    assert!(async_msg.bhs.u16_at(42) > 0, "Parameter3: time to log out");
+    // The session still serves commands until the initiator logs out.
+    let (st, got, _) = polite.command(&read10(64, 128), data.len() as u32, &[]);
+    assert_eq!((st, got == data), (0, true));
+    let mut lo = Bhs::new(op::LOGOUT_REQ);
+    lo.0[0] |= 0x40;
+    lo.set_flags(0x80); // close the session
+    let itt = polite.next_itt();
+    lo.set_itt(itt);
+    lo.set_u32(24, polite.cmd_sn);
+    lo.set_u32(28, polite.stat_sn);
+    polite.send(&lo, &[]);
+    let r = polite.recv().expect("logout response");
+    assert_eq!((r.bhs.opcode(), r.bhs.0[2]), (op::LOGOUT_RESP, 0));
+    assert!(
+        polite.recv().is_none(),
+        "connection closed after the logout"
+    );
+    // The other session never answers: it is closed once its time is up.
+    let r = deaf.recv().expect("logout request");
+    assert_eq!((r.bhs.opcode(), r.bhs.0[36]), (op::ASYNC, 1));
+    // (A NOP-In ping may come first; the connection then closes.)
+    while let Some(r) = deaf.recv() {
+        assert_eq!(r.bhs.opcode(), op::NOP_IN, "only pings until the close");
+    }
+    let log_path = repo.path("serve.log");
+    assert!(srv.stop().success());
+    let log = strip_ansi(&std::fs::read_to_string(log_path).unwrap());
+    assert!(
+        log.contains("all connections closed logged_out=1 not_logged_out=1"),
+        "shutdown summary missing:\n{log}"
+    );
+    // The acknowledged write is there after a restart.
+    let srv = repo.serve(&[]);
+    let mut r = Raw::login(srv.addr, &LoginOpts::new(CLIENT, &iqn)).unwrap();
+    settle(&mut r);
+    let (st, got, _) = r.command(&read10(64, 128), data.len() as u32, &[]);
+    assert_eq!((st, got == data), (0, true));
+}
+
+/// The log without its terminal colour codes (ESC [ ... m).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' {
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn sigterm_under_libiscsi_load_ends_with_clean_logouts() {
+    let repo = Repo::new();
+    let iqn = repo.exported_volume("perf", 64, &[CLIENT]);
+    let srv = repo.serve(&[]);
+    // iscsi-perf keeps 32 reads in flight until stopped.
+    let mut perf = Command::new(tool("iscsi-perf"))
+        .args(["-i", CLIENT, &srv.url(&iqn)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its progress updates (ending in '\r', not '\n') say reads are flowing.
+    let mut out = perf.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("iops current") {
+        match out.read(&mut buf) {
+            Ok(0) | Err(_) => panic!(
+                "iscsi-perf never got going: {}",
+                String::from_utf8_lossy(&seen)
+            ),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let log_path = repo.path("serve.log");
+    let st = srv.stop();
+    let _ = perf.kill();
+    let _ = perf.wait();
+    assert!(st.success());
+    let log = strip_ansi(&std::fs::read_to_string(log_path).unwrap());
+    let summary = log
+        .lines()
+        .find(|l| l.contains("all connections closed"))
+        .unwrap_or_else(|| panic!("no shutdown summary:\n{log}"));
+    assert!(summary.contains("not_logged_out=0"), "{summary}");
+    assert!(!summary.contains(" logged_out=0"), "{summary}");
+}

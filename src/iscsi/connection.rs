@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
@@ -476,6 +477,8 @@ async fn full_feature<R, W>(
     let mut pings_answered = false;
     let nop_interval = ctx.opts.nop_interval;
     let nop_timeout = ctx.opts.nop_timeout;
+    // Set once the server is shutting down and has asked the initiator to log out.
+    let mut logout_by: Option<Instant> = None;
     let batch_done = conn.batches.clone();
     let batch_done = &batch_done.1;
     let reason: &str = loop {
@@ -552,10 +555,32 @@ async fn full_feature<R, W>(
             _ = async { match stop.as_mut() { Some(s) => { let _ = s.changed().await; } None => std::future::pending().await } } => {
                 break "session reinstated";
             }
-            _ = shutdown.changed() => break "server shutting down",
+            _ = shutdown.changed(), if logout_by.is_none() => {
+                if est.session_type != SessionType::Normal {
+                    break "server shutting down";
+                }
+                // Ask for a Logout (RFC 7143 §11.9.1, AsyncEvent 1) and serve on until it
+                // comes, the initiator goes away, or the time given runs out.
+                if conn.tx.send(logout_request(SHUTDOWN_LOGOUT_WAIT)).await.is_err() {
+                    break "writer gone";
+                }
+                tracing::info!(%peer, initiator = %est.initiator, "shutting down: asked the initiator to log out");
+                logout_by = Some(Instant::now() + SHUTDOWN_LOGOUT_WAIT);
+            }
+            _ = async { match logout_by { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                break "server shutting down: no logout in time";
+            }
         }
     };
     tracing::info!(%peer, initiator = %est.initiator, reason, "session ending");
+    if logout_by.is_some() {
+        let counter = if reason == "logout" {
+            &ctx.shutdown_logouts
+        } else {
+            &ctx.shutdown_drops
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
     // In-flight commands finish and their responses go out before the socket closes.
     conn.drain().await;
     if let Some(lu) = &lu {
@@ -564,6 +589,20 @@ async fn full_feature<R, W>(
     drop(conn);
     let _ = w_task.await;
     drop(guard);
+}
+
+/// How long a shutting-down server waits for an initiator to log out when asked.
+const SHUTDOWN_LOGOUT_WAIT: Duration = Duration::from_secs(5);
+
+/// Asynchronous Message, AsyncEvent 1: "target requests Logout" within `within` (whole
+/// seconds, Parameter3). It carries status: it takes the next StatSN.
+fn logout_request(within: Duration) -> Out {
+    let mut b = Bhs::new(op::ASYNC);
+    b.set_flags(pdu::FLAG_FINAL);
+    b.set_itt(RESERVED_TAG);
+    b.0[36] = 1; // AsyncEvent: logout requested
+    b.set_u16(42, within.as_secs().min(u16::MAX as u64) as u16);
+    Out::one(b, Bytes::new(), Sn::Advance)
 }
 
 pub enum Flow {

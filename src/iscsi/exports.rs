@@ -75,18 +75,24 @@ struct ExportsFile {
     exports: Vec<Export>,
 }
 
+/// The target name of a volume exported without `--iqn`. Volume names may hold '_', which
+/// iSCSI names may not (RFC 3722; EDK2's IScsiNormalizeName refuses it): it becomes '-'.
 pub fn default_iqn(volume: &str) -> String {
-    format!("{DEFAULT_IQN_PREFIX}{}", volume.to_ascii_lowercase())
+    format!(
+        "{DEFAULT_IQN_PREFIX}{}",
+        volume.to_ascii_lowercase().replace('_', "-")
+    )
 }
 
-/// Checks an iSCSI name the way strict initiators do: `iqn.` names only, no spaces.
+/// Checks an iSCSI name the way strict initiators do: `iqn.` names only, made of letters,
+/// digits, '.', '-' and ':' (EDK2 lower-cases the rest and refuses anything else).
 pub fn validate_iqn(name: &str) -> Result<(), ExportError> {
     let ok = name.len() <= 223
         && name.starts_with("iqn.")
         && name.len() > 4
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
     if ok {
         Ok(())
     } else {
@@ -317,6 +323,14 @@ mod tests {
         assert!(t.find_target(&default_iqn("A").to_uppercase()).is_some());
         remove(d.path(), "a").unwrap();
         assert!(t.find_target(&default_iqn("a")).is_none());
+    }
+
+    #[test]
+    fn target_names_are_ones_edk2_accepts() {
+        assert_eq!(default_iqn("Web_01"), format!("{DEFAULT_IQN_PREFIX}web-01"));
+        assert!(validate_iqn(&default_iqn("Web_01.a-b")).is_ok());
+        assert!(validate_iqn("iqn.2000-01.x:under_score").is_err());
+        assert!(validate_iqn("iqn.2000-01.x:sp ace").is_err());
     }
 
     #[test]

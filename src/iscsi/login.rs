@@ -1,5 +1,5 @@
-//! The login phase (RFC 7143 §6.3, §11.12-13): security stage with CHAP (MD5, one-way and
-//! mutual), operational negotiation, the initiator ACL, and the final response.
+//! The login phase (RFC 7143 §6.3, §11.12-13): security stage with CHAP (SHA-256 or MD5,
+//! one-way and mutual), operational negotiation, the initiator ACL, and the final response.
 //!
 //! A `Login` consumes Login Request PDUs one at a time and produces the response for each;
 //! it does no I/O. The connection sends the responses and, when `Step::done` is set, asks
@@ -7,6 +7,7 @@
 //! status class/detail the initiator sees; the connection closes after sending them.
 
 use md5::{Digest, Md5};
+use sha2::Sha256;
 
 use super::exports::{Export, ExportTable};
 use super::pdu::{op, Bhs, Pdu};
@@ -35,7 +36,50 @@ const FULL_FEATURE: u8 = 3;
 
 /// Longest login text we accumulate across Continue PDUs.
 const MAX_LOGIN_TEXT: usize = 64 * 1024;
-const CHAP_CHALLENGE_LEN: usize = 16;
+/// Longest CHAP challenge we answer (RFC 7143 §12.1.3 bounds it by the login text; EDK2
+/// sends the digest size, libiscsi 16 bytes).
+const MAX_CHAP_CHALLENGE: usize = 1024;
+
+/// CHAP hash algorithms (CHAP_A values from the IANA PPP authentication algorithms
+/// registry). EDK2's IScsiDxe offers `CHAP_A=7,5`, or only `7` when built without MD5, so
+/// SHA-256 is needed to boot such firmware; libiscsi offers only 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChapAlgorithm {
+    Md5,
+    Sha256,
+}
+
+impl ChapAlgorithm {
+    /// The CHAP_A number.
+    pub fn code(self) -> u8 {
+        match self {
+            ChapAlgorithm::Md5 => 5,
+            ChapAlgorithm::Sha256 => 7,
+        }
+    }
+
+    fn from_code(v: &str) -> Option<ChapAlgorithm> {
+        match text::number(v.trim(), 0, 255)? {
+            5 => Some(ChapAlgorithm::Md5),
+            7 => Some(ChapAlgorithm::Sha256),
+            _ => None,
+        }
+    }
+
+    /// The first algorithm of a CHAP_A list we support: the list is in the initiator's
+    /// order of preference (RFC 7143 §12.1.3).
+    pub fn choose(list: &str) -> Option<ChapAlgorithm> {
+        list.split(',').find_map(ChapAlgorithm::from_code)
+    }
+
+    /// Digest length, which is also the length of the challenges we send.
+    pub fn digest_len(self) -> usize {
+        match self {
+            ChapAlgorithm::Md5 => 16,
+            ChapAlgorithm::Sha256 => 32,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionType {
@@ -93,6 +137,7 @@ enum Chap {
     Chosen,
     /// Challenge sent; waiting for CHAP_N/CHAP_R.
     Challenged {
+        alg: ChapAlgorithm,
         id: u8,
         challenge: Vec<u8>,
     },
@@ -179,16 +224,19 @@ fn hex_encode(b: &[u8]) -> String {
     s
 }
 
-/// CHAP response: MD5(id || secret || challenge) (RFC 1994).
-pub fn chap_response(id: u8, secret: &[u8], challenge: &[u8]) -> [u8; 16] {
-    let mut h = Md5::new();
-    h.update([id]);
-    h.update(secret);
-    h.update(challenge);
-    let out = h.finalize();
-    let mut r = [0u8; 16];
-    r.copy_from_slice(&out);
-    r
+/// CHAP response: H(id || secret || challenge) (RFC 1994 §4.1, with H the chosen hash).
+pub fn chap_response(alg: ChapAlgorithm, id: u8, secret: &[u8], challenge: &[u8]) -> Vec<u8> {
+    fn hash<D: Digest>(id: u8, secret: &[u8], challenge: &[u8]) -> Vec<u8> {
+        let mut h = D::new();
+        h.update([id]);
+        h.update(secret);
+        h.update(challenge);
+        h.finalize().to_vec()
+    }
+    match alg {
+        ChapAlgorithm::Md5 => hash::<Md5>(id, secret, challenge),
+        ChapAlgorithm::Sha256 => hash::<Sha256>(id, secret, challenge),
+    }
 }
 
 /// Constant-time comparison for authenticators.
@@ -480,21 +528,23 @@ impl Login {
                     self.chap = Chap::Chosen;
                     return Ok(false);
                 };
-                if !algs.split(',').any(|a| a == "5") {
-                    return Err(fail(status::AUTH_FAILURE, "CHAP without MD5"));
-                }
+                let Some(alg) = ChapAlgorithm::choose(algs) else {
+                    return Err(fail(
+                        status::AUTH_FAILURE,
+                        format!("no supported CHAP algorithm in CHAP_A={algs} (5 or 7)"),
+                    ));
+                };
                 let id: u8 = rand::random();
-                let challenge: [u8; CHAP_CHALLENGE_LEN] = rand::random();
-                answers.push(("CHAP_A".into(), "5".into()));
+                let challenge: Vec<u8> = (0..alg.digest_len())
+                    .map(|_| rand::random::<u8>())
+                    .collect();
+                answers.push(("CHAP_A".into(), alg.code().to_string()));
                 answers.push(("CHAP_I".into(), id.to_string()));
                 answers.push(("CHAP_C".into(), hex_encode(&challenge)));
-                self.chap = Chap::Challenged {
-                    id,
-                    challenge: challenge.to_vec(),
-                };
+                self.chap = Chap::Challenged { alg, id, challenge };
                 Ok(false)
             }
-            Chap::Challenged { id, challenge } => {
+            Chap::Challenged { alg, id, challenge } => {
                 let (Some(n), Some(r)) = (get("CHAP_N"), get("CHAP_R")) else {
                     return Err(fail(status::AUTH_FAILURE, "CHAP_N/CHAP_R missing"));
                 };
@@ -505,7 +555,7 @@ impl Login {
                     return Err(fail(status::AUTH_FAILURE, "no CHAP secret"));
                 };
                 let got = hex_decode(r).ok_or_else(|| fail(status::AUTH_FAILURE, "bad CHAP_R"))?;
-                let want = chap_response(id, cred.secret.as_bytes(), &challenge);
+                let want = chap_response(alg, id, cred.secret.as_bytes(), &challenge);
                 if n != cred.user || !same(&got, &want) {
                     return Err(fail(
                         status::AUTH_FAILURE,
@@ -521,16 +571,16 @@ impl Login {
                                 "initiator asks for mutual CHAP, none configured",
                             ));
                         };
-                        let i: u8 = i
-                            .parse()
-                            .map_err(|_| fail(status::AUTH_FAILURE, "bad CHAP_I"))?;
+                        let i = text::number(i, 0, 255)
+                            .ok_or_else(|| fail(status::AUTH_FAILURE, "bad CHAP_I"))?
+                            as u8;
                         let c = hex_decode(c)
-                            .filter(|c| !c.is_empty() && c.len() <= 1024)
+                            .filter(|c| !c.is_empty() && c.len() <= MAX_CHAP_CHALLENGE)
                             .ok_or_else(|| fail(status::AUTH_FAILURE, "bad CHAP_C"))?;
                         if c == challenge {
                             return Err(fail(status::AUTH_FAILURE, "reflected CHAP challenge"));
                         }
-                        let resp = chap_response(i, m.secret.as_bytes(), &c);
+                        let resp = chap_response(alg, i, m.secret.as_bytes(), &c);
                         answers.push(("CHAP_N".into(), m.user.clone()));
                         answers.push(("CHAP_R".into(), hex_encode(&resp)));
                     }
@@ -576,5 +626,44 @@ impl Login {
 
     pub fn limits(&self) -> &TargetLimits {
         &self.limits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chap_algorithm_is_the_initiators_first_supported_choice() {
+        // EDK2 IScsiDxe: "7,5" (or "7" when built without MD5); libiscsi: "5".
+        assert_eq!(ChapAlgorithm::choose("7,5"), Some(ChapAlgorithm::Sha256));
+        assert_eq!(ChapAlgorithm::choose("7"), Some(ChapAlgorithm::Sha256));
+        assert_eq!(ChapAlgorithm::choose("5"), Some(ChapAlgorithm::Md5));
+        assert_eq!(ChapAlgorithm::choose("6,5,7"), Some(ChapAlgorithm::Md5));
+        assert_eq!(ChapAlgorithm::choose("0x7"), Some(ChapAlgorithm::Sha256));
+        assert_eq!(ChapAlgorithm::choose("6,8,junk"), None);
+        assert_eq!(ChapAlgorithm::choose(""), None);
+    }
+
+    #[test]
+    fn chap_response_hashes_id_secret_and_challenge() {
+        // Expected values computed independently (Python hashlib).
+        let ch: Vec<u8> = (0..16).collect();
+        let md5 = chap_response(ChapAlgorithm::Md5, 0x2a, b"edk2-secret-12", &ch);
+        assert_eq!(hex_encode(&md5), "0xbe6b8d43827991d896a02cefe48b320a");
+        let sha = chap_response(ChapAlgorithm::Sha256, 0x2a, b"edk2-secret-12", &ch);
+        assert_eq!(
+            hex_encode(&sha),
+            "0xc607d3501d7befe7149bade83db1f4a8d2c5e5cd24c8244388dafac982acb5ad"
+        );
+    }
+
+    #[test]
+    fn chap_values_decode_from_hex_and_base64() {
+        assert_eq!(hex_decode("0x0aFF"), Some(vec![0x0a, 0xff]));
+        assert_eq!(hex_decode("0X1"), Some(vec![0x01]));
+        assert_eq!(hex_decode("0b/w=="), Some(vec![0xff]));
+        assert_eq!(hex_decode("0xzz"), None);
+        assert_eq!(hex_decode("1234"), None);
     }
 }

@@ -1,7 +1,8 @@
 //! The server: listeners on each `--listen` address, the shared context every connection
 //! uses (repository, exports, session table, open logical units), and graceful shutdown —
-//! on SIGTERM/SIGINT listeners stop accepting, connections stop reading new commands,
-//! in-flight commands finish and their responses are sent, then sockets close.
+//! on SIGTERM/SIGINT listeners stop accepting, each full-feature session is asked to log
+//! out (Asynchronous Message, AsyncEvent 1) and served until it does or 5 s pass, in-flight
+//! commands finish and their responses are sent, then sockets close.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -64,6 +65,9 @@ pub struct ServerCtx {
     next_nexus: AtomicU64,
     pub connections: AtomicUsize,
     pub shutdown: watch::Receiver<bool>,
+    /// Sessions asked to log out at shutdown that did, and that did not (closed anyway).
+    pub shutdown_logouts: AtomicUsize,
+    pub shutdown_drops: AtomicUsize,
 }
 
 impl ServerCtx {
@@ -81,6 +85,8 @@ impl ServerCtx {
             next_nexus: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             shutdown,
+            shutdown_logouts: AtomicUsize::new(0),
+            shutdown_drops: AtomicUsize::new(0),
         }
     }
 
@@ -169,7 +175,11 @@ pub async fn serve(
     let _ = sd_tx.send(true);
     // Accept loops return once they see the shutdown; each waits for its connections.
     while tasks.join_next().await.is_some() {}
-    tracing::info!("all connections closed");
+    tracing::info!(
+        logged_out = ctx.shutdown_logouts.load(Ordering::Relaxed),
+        not_logged_out = ctx.shutdown_drops.load(Ordering::Relaxed),
+        "all connections closed"
+    );
     Ok(())
 }
 

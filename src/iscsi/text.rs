@@ -145,7 +145,8 @@ fn yn(b: bool) -> String {
     if b { "Yes" } else { "No" }.to_string()
 }
 
-fn number(v: &str, min: u32, max: u32) -> Option<u32> {
+/// A numeric value (decimal or 0x-hex, RFC 7143 §6.1) within `min..=max`.
+pub(crate) fn number(v: &str, min: u32, max: u32) -> Option<u32> {
     let n: u64 = if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
         u64::from_str_radix(h, 16).ok()?
     } else {

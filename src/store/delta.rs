@@ -378,6 +378,13 @@ impl Delta {
         Ok(())
     }
 
+    /// What the delta holds for `block`: `None` when it has no entry (what is below shows
+    /// through), `Some(true)` for stored data, `Some(false)` for a zero entry (a discard
+    /// hiding what is below).
+    pub fn block_state(&self, block: u64) -> Option<bool> {
+        self.map.get(&block).map(|s| s.slot != ZERO_SLOT)
+    }
+
     /// Writes whole blocks starting at virtual block `first`. Never overwrites a slot the
     /// durable map references.
     pub fn write(&mut self, first: u64, data: &[u8]) -> Result<()> {

@@ -153,6 +153,50 @@ impl Volume {
         Ok(())
     }
 
+    /// Provisioning status from `offset`: whether the bytes there are mapped (data written
+    /// to this volume, or stored in its image) or deallocated (never written over a hole or
+    /// zero chunk of the image, or discarded: they read as zeros), and the length of the run
+    /// from `offset` with that same status, at most `len` bytes. Status is per 4 KiB block,
+    /// so a run ends on a block boundary or at `offset + len`. Read-only: only the map is
+    /// consulted, under the volume's read lock for the length of the scan.
+    pub fn allocation(&self, offset: u64, len: u64) -> Result<(bool, u64)> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len && len > 0 => {}
+            _ => {
+                return Err(StoreError::OutOfRange {
+                    what: self.label.clone(),
+                    offset,
+                    len,
+                    size: self.len,
+                })
+            }
+        }
+        let end = offset + len;
+        let (first, last) = (offset / B, (end - 1) / B);
+        let delta = self.delta.read();
+        let mapped = |block: u64| {
+            delta
+                .block_state(block)
+                .unwrap_or_else(|| self.base_has_data(block))
+        };
+        let status = mapped(first);
+        let mut b = first + 1;
+        while b <= last && mapped(b) == status {
+            b += 1;
+        }
+        Ok((status, (b * B).min(end) - offset))
+    }
+
+    /// Whether the image stores data for any part of `block` (holes and zero chunks are
+    /// not stored; nor is anything past the image's end).
+    fn base_has_data(&self, block: u64) -> bool {
+        let Some(img) = &self.base else {
+            return false;
+        };
+        let cs = img.chunk_size() as u64;
+        (block * B / cs..=((block + 1) * B - 1) / cs).any(|c| img.chunk_is_stored(c))
+    }
+
     /// Writes `buf` at `offset`. Durable after the next `flush`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len())?;
@@ -298,6 +342,116 @@ mod tests {
         assert!(buf[..1000].iter().all(|&b| b == 7));
         assert!(buf[1000..21_000].iter().all(|&b| b == 0));
         assert!(buf[21_000..].iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn allocation_reports_runs_of_written_never_written_and_discarded_blocks() {
+        let (_d, v) = mem_volume(64 * 4096);
+        // Nothing written and no image: one deallocated run, cut at the length asked.
+        assert_eq!(v.allocation(0, 64 * 4096).unwrap(), (false, 64 * 4096));
+        assert_eq!(v.allocation(512, 4096).unwrap(), (false, 4096));
+        v.write_at(&[1u8; 3 * 4096], 4 * 4096).unwrap();
+        // A partial write maps its whole block.
+        v.write_at(&[1u8; 10], 20 * 4096 + 100).unwrap();
+        assert_eq!(v.allocation(0, 64 * 4096).unwrap(), (false, 4 * 4096));
+        assert_eq!(v.allocation(4 * 4096, 60 * 4096).unwrap(), (true, 3 * 4096));
+        // From inside a block: the run still ends on the block boundary.
+        assert_eq!(v.allocation(5 * 4096 + 512, 4096).unwrap(), (true, 4096));
+        assert_eq!(
+            v.allocation(5 * 4096 + 512, 10 * 4096).unwrap(),
+            (true, 2 * 4096 - 512)
+        );
+        assert_eq!(
+            v.allocation(7 * 4096, 57 * 4096).unwrap(),
+            (false, 13 * 4096)
+        );
+        assert_eq!(v.allocation(20 * 4096, 44 * 4096).unwrap(), (true, 4096));
+        // Discarding the middle block splits the run; a partial discard stays mapped.
+        v.discard(5 * 4096, 4096).unwrap();
+        v.discard(6 * 4096, 100).unwrap();
+        assert_eq!(v.allocation(4 * 4096, 60 * 4096).unwrap(), (true, 4096));
+        assert_eq!(v.allocation(5 * 4096, 59 * 4096).unwrap(), (false, 4096));
+        assert_eq!(v.allocation(6 * 4096, 58 * 4096).unwrap(), (true, 4096));
+        // Out of range and empty queries are errors, not panics.
+        assert!(v.allocation(64 * 4096, 1).is_err());
+        assert!(v.allocation(0, 64 * 4096 + 1).is_err());
+        assert!(v.allocation(u64::MAX, 2).is_err());
+        assert!(v.allocation(0, 0).is_err());
+    }
+
+    #[test]
+    fn allocation_sees_through_to_the_images_stored_chunks() {
+        use crate::store::repo::{RepoOptions, Repository};
+        use crate::store::transfer::SourceFormat;
+        let tmp = tempfile::tempdir().unwrap();
+        let raw = tmp.path().join("gold.raw");
+        // 16 blocks: data in blocks 2..5 and 9, zeros (not stored) elsewhere.
+        let mut img = vec![0u8; 16 * 4096];
+        img[2 * 4096..5 * 4096].fill(3);
+        img[9 * 4096 + 7] = 1;
+        std::fs::write(&raw, &img).unwrap();
+        let repo = Repository::open(tmp.path().join("repo"), RepoOptions::default()).unwrap();
+        repo.import_image("gold", &raw, SourceFormat::Raw, &|_, _| {})
+            .unwrap();
+        repo.create_volume("v", Some("gold"), Some(20 * 4096))
+            .unwrap();
+        let v = repo.open_volume("v", false).unwrap();
+        let all = 20 * 4096;
+        assert_eq!(v.allocation(0, all).unwrap(), (false, 2 * 4096));
+        assert_eq!(
+            v.allocation(2 * 4096, all - 2 * 4096).unwrap(),
+            (true, 3 * 4096)
+        );
+        assert_eq!(
+            v.allocation(5 * 4096, all - 5 * 4096).unwrap(),
+            (false, 4 * 4096)
+        );
+        assert_eq!(
+            v.allocation(9 * 4096, all - 9 * 4096).unwrap(),
+            (true, 4096)
+        );
+        // Past the image's end (the volume grew) reads zeros: deallocated.
+        assert_eq!(
+            v.allocation(10 * 4096, all - 10 * 4096).unwrap(),
+            (false, 10 * 4096)
+        );
+        // Discarding image data hides it (deallocated); writing over a hole maps it.
+        v.discard(3 * 4096, 4096).unwrap();
+        v.write_at(&[8u8; 4096], 6 * 4096).unwrap();
+        assert_eq!(
+            v.allocation(2 * 4096, all - 2 * 4096).unwrap(),
+            (true, 4096)
+        );
+        assert_eq!(
+            v.allocation(3 * 4096, all - 3 * 4096).unwrap(),
+            (false, 4096)
+        );
+        assert_eq!(
+            v.allocation(4 * 4096, all - 4 * 4096).unwrap(),
+            (true, 4096)
+        );
+        assert_eq!(
+            v.allocation(5 * 4096, all - 5 * 4096).unwrap(),
+            (false, 4096)
+        );
+        assert_eq!(
+            v.allocation(6 * 4096, all - 6 * 4096).unwrap(),
+            (true, 4096)
+        );
+        // Discarding over a hole leaves it deallocated; the answers survive a reopen.
+        v.discard(0, 2 * 4096).unwrap();
+        v.flush().unwrap();
+        drop(v);
+        let v = repo.open_volume("v", false).unwrap();
+        assert_eq!(v.allocation(0, all).unwrap(), (false, 2 * 4096));
+        assert_eq!(
+            v.allocation(3 * 4096, all - 3 * 4096).unwrap(),
+            (false, 4096)
+        );
+        assert_eq!(
+            v.allocation(6 * 4096, all - 6 * 4096).unwrap(),
+            (true, 4096)
+        );
     }
 
     #[test]

@@ -134,9 +134,28 @@ impl Repo {
         format!("iqn.2026-11.org.strata:{name}")
     }
 
-    /// `strata serve` on a free 127.0.0.1 port; its stderr (the log) goes to a file.
+    /// An empty volume of `mib` MiB exported to `initiators`; returns the target IQN.
+    pub fn exported_volume(&self, name: &str, mib: u64, initiators: &[&str]) -> String {
+        self.ok(&["volume", "create", name, "--size", &format!("{mib}M")]);
+        let mut args = vec!["export", name];
+        for i in initiators {
+            args.push("--initiator");
+            args.push(i);
+        }
+        self.ok(&args);
+        format!("iqn.2026-11.org.strata:{name}")
+    }
+
+    /// `strata serve` on a free 127.0.0.1 port; its stderr (the log) goes to a file, one
+    /// per server started (a restarted server does not overwrite the earlier log).
     pub fn serve(&self, extra: &[&str]) -> Server {
-        let log = self.path("serve.log");
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = self.path(&if n == 0 {
+            "serve.log".to_string()
+        } else {
+            format!("serve-{n}.log")
+        });
         let mut child = Command::new(BIN)
             .arg("--repo")
             .arg(&self.root)
@@ -181,6 +200,39 @@ pub struct Server {
 impl Server {
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// The `iscsi://` URL of LUN 0 of `iqn` (libiscsi tools, qemu-img).
+    pub fn url(&self, iqn: &str) -> String {
+        format!("iscsi://{}/{iqn}/0", self.addr)
+    }
+
+    /// QEMU `--image-opts` for LUN 0 of `iqn` as `initiator`.
+    pub fn qemu_opts(&self, iqn: &str, initiator: &str) -> String {
+        format!(
+            "driver=iscsi,transport=tcp,portal={},target={iqn},lun=0,initiator-name={initiator}",
+            self.addr
+        )
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap the process.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn terminate(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
     }
 
     /// SIGTERM, then wait (bounded) for a clean exit.

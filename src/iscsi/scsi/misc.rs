@@ -2,7 +2,7 @@
 //! REPORT SUPPORTED OPERATION CODES and GET LBA STATUS.
 
 use super::sense::{self};
-use super::{cdb, truncate, CmdResult, LogicalUnit, Request, Response};
+use super::{cdb, store_sense, truncate, CmdResult, LogicalUnit, Request, Response, BLOCK_SIZE};
 
 pub fn request_sense(lu: &LogicalUnit, req: &Request) -> CmdResult {
     let c = req.cdb;
@@ -198,21 +198,54 @@ pub fn read_defect_data(_lu: &LogicalUnit, req: &Request) -> CmdResult {
     Ok(Response::good(truncate(d, alloc)).into())
 }
 
+/// Bytes of the volume one GET LBA STATUS looks at, at most: the scan takes the volume's
+/// read lock per piece, and an initiator asks again from where the answer stops.
+const LBA_STATUS_SCAN_BYTES: u64 = 4 << 30;
+/// Bytes scanned per look at the volume's map (the read lock is released in between).
+const LBA_STATUS_PIECE_BYTES: u64 = 256 << 20;
+
+/// GET LBA STATUS (SBC-3 §5.6): descriptors of mapped (0) and deallocated (1) extents
+/// from the requested LBA on, as many as the allocation length holds. Status is tracked
+/// per 4 KiB block by the store, so a descriptor may start or end inside one only at the
+/// requested LBA or the end of the volume.
 pub fn get_lba_status(lu: &LogicalUnit, req: &Request) -> CmdResult {
     let c = req.cdb;
     let lba = cdb::be64(c, 2);
     let alloc = cdb::be32(c, 10);
-    if lba >= lu.blocks() {
+    let blocks = lu.blocks();
+    if lba >= blocks {
         return Err(sense::LBA_OUT_OF_RANGE);
     }
-    // The store does not expose its map: report everything from `lba` on as mapped, which
-    // is always a correct (if conservative) answer.
-    let count = (lu.blocks() - lba).min(u32::MAX as u64) as u32;
-    let mut d = vec![0u8; 8];
-    d[0..4].copy_from_slice(&20u32.to_be_bytes());
-    let mut e = vec![0u8; 16];
-    e[0..8].copy_from_slice(&lba.to_be_bytes());
-    e[8..12].copy_from_slice(&count.to_be_bytes());
-    d.extend(e);
+    // Room for at least one descriptor even when the allocation length cuts it short.
+    let room = ((alloc as usize).saturating_sub(8) / 16).max(1);
+    let mut descs: Vec<(u64, u64, bool)> = Vec::new();
+    let mut pos = lba * BLOCK_SIZE;
+    let stop = (blocks * BLOCK_SIZE).min(pos.saturating_add(LBA_STATUS_SCAN_BYTES));
+    while pos < stop {
+        let ask = (stop - pos).min(LBA_STATUS_PIECE_BYTES);
+        let (mapped, run) = lu
+            .volume
+            .allocation(pos, ask)
+            .map_err(|e| store_sense(&e, false))?;
+        let run_blocks = run.div_ceil(BLOCK_SIZE);
+        let full = descs.len() == room;
+        match descs.last_mut() {
+            Some((_, n, m)) if *m == mapped && *n + run_blocks <= u32::MAX as u64 => {
+                *n += run_blocks
+            }
+            _ if full => break,
+            _ => descs.push((pos / BLOCK_SIZE, run_blocks, mapped)),
+        }
+        pos += run_blocks * BLOCK_SIZE;
+    }
+    let mut d = Vec::with_capacity(8 + 16 * descs.len());
+    d.extend_from_slice(&(4 + 16 * descs.len() as u32).to_be_bytes());
+    d.extend_from_slice(&[0; 4]);
+    for (start, count, mapped) in descs {
+        d.extend_from_slice(&start.to_be_bytes());
+        d.extend_from_slice(&(count as u32).to_be_bytes());
+        d.push(if mapped { 0 } else { 1 }); // provisioning status
+        d.extend_from_slice(&[0; 3]);
+    }
     Ok(Response::good(truncate(d, alloc)).into())
 }
