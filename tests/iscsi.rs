@@ -1910,3 +1910,61 @@ fn sigterm_under_libiscsi_load_ends_with_clean_logouts() {
     assert!(summary.contains("not_logged_out=0"), "{summary}");
     assert!(!summary.contains(" logged_out=0"), "{summary}");
 }
+
+/// Drops a file's clean pages from the page cache, so reading it has to go to the disk.
+fn evict(path: &std::path::Path) {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: fadvise on an fd we own.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "fadvise {}", path.display());
+}
+
+/// Small reads run on the connection's task only when their data is in memory; cold ones
+/// (image chunks and delta blocks out of the page cache) go to the blocking pool. Both
+/// must give the volume's bytes.
+#[test]
+fn small_reads_of_cold_and_hot_data_return_the_volume_bytes() {
+    let repo = Repo::new();
+    let img = repo.path("gold.raw");
+    let mut data = pattern(4 << 20, 5);
+    data[1 << 20..2 << 20].fill(0); // a hole in the image
+    std::fs::write(&img, &data).unwrap();
+    let iqn = repo.volume_from_file("cold", &img, CLIENT, &[]);
+    let srv = repo.serve(&[]);
+    let mut r = Raw::login(srv.addr, &LoginOpts::new(CLIENT, &iqn)).unwrap();
+    settle(&mut r);
+    // Some blocks live in the clone's delta.
+    let mine = pattern(64 << 10, 6);
+    for lba in [0u32, 4096, 6000] {
+        let (st, _, _) = r.command(&write10(lba, 128), 0, &mine);
+        assert_eq!(st, 0);
+        let at = lba as usize * 512;
+        data[at..at + mine.len()].copy_from_slice(&mine);
+    }
+    assert_eq!(r.command(&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, &[]).0, 0);
+    for pass in ["cold", "hot"] {
+        if pass == "cold" {
+            evict(&repo.root.join("images/cold-gold/data"));
+            evict(&repo.root.join("volumes/cold/data"));
+        }
+        // 4 KiB and 64 KiB reads over the whole volume.
+        for (step, blocks) in [(8u32, 8u16), (128, 128)] {
+            let mut got = Vec::with_capacity(data.len());
+            for lba in (0..(data.len() / 512) as u32).step_by(step as usize) {
+                let (st, d, sense) = r.command(&read10(lba, blocks), blocks as u32 * 512, &[]);
+                assert_eq!(st, 0, "{pass} read at {lba}: sense {sense:?}");
+                got.extend_from_slice(&d);
+            }
+            assert!(
+                got == data,
+                "{pass} {blocks}-block reads differ from the volume"
+            );
+            if pass == "cold" {
+                evict(&repo.root.join("images/cold-gold/data"));
+                evict(&repo.root.join("volumes/cold/data"));
+            }
+        }
+    }
+}
