@@ -2,9 +2,11 @@
 //!
 //! Shape: this task reads PDUs and dispatches them; a writer task owns the socket's write
 //! half, StatSN and the ExpCmdSN/MaxCmdSN fields of everything sent, and batches PDUs into
-//! few writes (header, data and digest pieces go out through one buffered writer). Each
-//! SCSI command runs as its own task, its volume I/O on the blocking pool, so commands of a
-//! connection execute concurrently and complete in any order. Writes collect their data
+//! few vectored writes (headers, data and digests straight from their own buffers).
+//! Commands that cannot wait long (hot reads, page-cache writes, state queries; see `Lane`)
+//! run right here between reads of the socket; the others run in batches on the blocking
+//! pool, so commands of a connection execute concurrently and complete in any order.
+//! Writes collect their data
 //! here (immediate, unsolicited, then R2T-solicited with up to MaxOutstandingR2T bursts
 //! outstanding) before they are dispatched. Memory per connection is bounded by the
 //! negotiated lengths, the CmdSN window and the largest transfer.
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -41,7 +43,6 @@ use crate::store::{AlignedBuf, Wait};
 const READ_CHUNK: usize = 1 << 20;
 const READ_BUF_INITIAL: usize = 16 * 1024;
 const READ_BUF_IDLE_MAX: usize = 64 * 1024;
-const WRITE_BUF: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -204,41 +205,74 @@ impl Window {
 }
 
 async fn writer<W: AsyncWrite + Unpin>(
-    wr: W,
+    mut wr: W,
     mut rx: mpsc::Receiver<Out>,
     window: Arc<Window>,
     mut stat_sn: u32,
     hd: bool,
     dd: bool,
 ) -> std::io::Result<()> {
-    let mut w = BufWriter::with_capacity(WRITE_BUF, wr);
+    let mut frames: Vec<(pdu::Framing, Bytes)> = Vec::new();
     while let Some(mut msg) = rx.recv().await {
         loop {
-            for p in &mut msg.pdus {
+            for p in msg.pdus.drain(..) {
+                let mut bhs = p.bhs;
                 match p.sn {
                     Sn::Advance => {
-                        p.bhs.set_u32(24, stat_sn);
+                        bhs.set_u32(24, stat_sn);
                         stat_sn = stat_sn.wrapping_add(1);
                     }
-                    Sn::Current => p.bhs.set_u32(24, stat_sn),
+                    Sn::Current => bhs.set_u32(24, stat_sn),
                     Sn::Reserved => {}
                 }
-                p.bhs.set_u32(28, window.exp_cmd_sn());
-                p.bhs.set_u32(32, window.stamp_max_cmd_sn());
-                let f = pdu::frame(&p.bhs, &p.data, hd, dd);
-                w.write_all(f.head()).await?;
-                w.write_all(&p.data).await?;
-                w.write_all(f.tail()).await?;
+                bhs.set_u32(28, window.exp_cmd_sn());
+                bhs.set_u32(32, window.stamp_max_cmd_sn());
+                frames.push((pdu::frame(&bhs, &p.data, hd, dd), p.data));
+            }
+            if frames.len() >= WRITE_FRAMES {
+                break;
             }
             match rx.try_recv() {
                 Ok(m) => msg = m,
                 Err(_) => break,
             }
         }
-        w.flush().await?;
+        write_frames(&mut wr, &frames).await?;
+        frames.clear();
     }
-    w.flush().await?;
-    w.shutdown().await
+    wr.shutdown().await
+}
+
+/// PDUs gathered into one write at most.
+const WRITE_FRAMES: usize = 128;
+
+/// Writes PDUs with vectored writes straight from their buffers: Data-In leaves from the
+/// buffer it was read into, without another copy on its way to the socket.
+async fn write_frames<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    frames: &[(pdu::Framing, Bytes)],
+) -> std::io::Result<()> {
+    let mut slices = Vec::with_capacity(frames.len() * 3);
+    for (f, data) in frames {
+        slices.push(std::io::IoSlice::new(f.head()));
+        if !data.is_empty() {
+            slices.push(std::io::IoSlice::new(data));
+        }
+        if !f.tail().is_empty() {
+            slices.push(std::io::IoSlice::new(f.tail()));
+        }
+    }
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        // Well under IOV_MAX (1024).
+        let n = rest.len().min(512);
+        let written = wr.write_vectored(&rest[..n]).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut rest, written);
+    }
+    Ok(())
 }
 
 fn set_keepalive(sock: &TcpStream) {
