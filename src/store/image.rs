@@ -198,8 +198,10 @@ impl Image {
                 pos += n as u64;
                 continue;
             };
-            if let Some(b) = self.cache.get(&(self.uid, chunk)) {
-                buf[at..at + n].copy_from_slice(&b[within..within + n]);
+            if self
+                .cache
+                .copy_out(&(self.uid, chunk), within, &mut buf[at..at + n])
+            {
                 pos += n as u64;
                 continue;
             }
