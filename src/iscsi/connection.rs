@@ -37,7 +37,7 @@ use super::server::ServerCtx;
 use super::session::{sn_gt, sn_lt, SessionKey};
 use super::text;
 use super::tmf;
-use crate::store::{AlignedBuf, Wait};
+use crate::store::{AlignedBuf, ReadBuf, Wait};
 
 /// Largest Data-In chunk read from the volume at once while streaming a read.
 const READ_CHUNK: usize = 1 << 20;
@@ -788,6 +788,13 @@ impl Conn {
         true
     }
 
+    fn data_in(&self) -> DataIn {
+        DataIn {
+            pdu: self.params.max_send_data as usize,
+            burst: self.params.max_burst_length as usize,
+        }
+    }
+
     fn complete_non_scsi(&self, bhs: &Bhs) {
         if !bhs.immediate() {
             self.window.complete();
@@ -1058,12 +1065,7 @@ impl Conn {
     async fn fail_data_phase(&mut self, cmd: &Bhs, why: &str) -> Result<Flow, ()> {
         tracing::warn!(itt = cmd.itt(), why, "failing write");
         let resp = Response::check(sense::DATA_PHASE_ERROR);
-        self.send(build_response(
-            cmd,
-            resp,
-            self.params.max_send_data as usize,
-        ))
-        .await?;
+        self.send(build_response(cmd, resp, self.data_in())).await?;
         if !cmd.immediate() {
             self.window.complete();
         }
@@ -1123,7 +1125,7 @@ impl Conn {
             return;
         }
         let jobs = std::mem::take(&mut self.batch);
-        let max_send = self.params.max_send_data as usize;
+        let max_send = self.data_in();
         let collect = RefCell::new(std::mem::take(&mut self.out_pending));
         let mut done = Vec::new();
         for j in jobs {
@@ -1178,7 +1180,7 @@ impl Conn {
         let nexus = self.nexus.clone();
         let tx = self.tx.clone();
         let window = self.window.clone();
-        let max_send = self.params.max_send_data as usize;
+        let max_send = self.data_in();
         let tasks = self.tasks.clone();
         let inflight = self.inflight.clone();
         tokio::task::spawn_blocking(move || {
@@ -1206,7 +1208,7 @@ impl Conn {
     }
 
     async fn finish_response(&self, b: &Bhs, resp: Response, _unused: usize) -> Result<(), ()> {
-        let out = build_response(b, resp, self.params.max_send_data as usize);
+        let out = build_response(b, resp, self.data_in());
         self.send(out).await
     }
 
@@ -1447,6 +1449,14 @@ enum Lane {
     Pool,
 }
 
+/// How a read's data is cut into Data-In PDUs: at most `pdu` bytes each (the initiator's
+/// MaxRecvDataSegmentLength), in sequences of at most `burst` bytes (MaxBurstLength).
+#[derive(Debug, Clone, Copy)]
+struct DataIn {
+    pdu: usize,
+    burst: usize,
+}
+
 /// Transfers up to this size may run inline.
 const INLINE_MAX: usize = 256 * 1024;
 
@@ -1476,7 +1486,7 @@ fn lane(lu: Option<&LogicalUnit>, bhs: &Bhs) -> Lane {
 
 /// Serves a read from memory if it can: false (nothing sent) when its data would have to
 /// come from the disk.
-fn try_hot_read(lu: &Arc<LogicalUnit>, nexus: &Nexus, bhs: &Bhs, sink: &Sink, max: usize) -> bool {
+fn try_hot_read(lu: &Arc<LogicalUnit>, nexus: &Nexus, bhs: &Bhs, sink: &Sink, max: DataIn) -> bool {
     let req = Request {
         cdb: &bhs.0[32..48],
         data_out: &[],
@@ -1498,7 +1508,7 @@ fn run_command(
     bhs: &Bhs,
     data_out: &[u8],
     sink: &Sink,
-    max_send: usize,
+    max_send: DataIn,
 ) {
     let cdb = &bhs.0[32..48];
     let req = Request {
@@ -1553,36 +1563,42 @@ fn residual(natural: usize, edtl: usize) -> (u8, u32) {
 
 /// Data-In PDUs over `data`, at most `max` bytes each; DataSN from `data_sn`, buffer
 /// offsets from `base`. The last one carries status when `last_status` is given.
+/// Cuts `data` (at offset `base` of the transfer) into Data-In PDUs. A sequence ends (F
+/// bit) at every MaxBurstLength boundary and where the transfer ends (`ends_transfer` and
+/// this is the last piece); the status goes in the transfer's last PDU when given.
+#[allow(clippy::too_many_arguments)]
 fn data_in_pdus(
     bhs: &Bhs,
     data: &Bytes,
-    max: usize,
+    lim: DataIn,
     data_sn: &mut u32,
     base: usize,
+    ends_transfer: bool,
     last_status: Option<(u8, u8, u32)>,
     pdus: &mut Vec<OutPdu>,
 ) {
     let len = data.len();
+    let burst = lim.burst.max(1);
     let mut off = 0;
     while off < len {
-        let n = (len - off).min(max);
+        let at = base + off;
+        let n = (len - off).min(lim.pdu.max(1)).min(burst - at % burst);
         let mut d = Bhs::new(op::DATA_IN);
         d.set_itt(bhs.itt());
         d.set_u32(20, RESERVED_TAG);
         d.set_u32(36, *data_sn);
-        d.set_u32(40, (base + off) as u32);
+        d.set_u32(40, at as u32);
         *data_sn += 1;
-        let last = off + n == len;
+        let last = ends_transfer && off + n == len;
         let mut sn = Sn::Reserved;
-        if last {
-            if let Some((st, rflags, rcount)) = last_status {
-                d.set_flags(pdu::FLAG_FINAL | 0x01 | rflags);
-                d.0[3] = st;
-                d.set_u32(44, rcount);
-                sn = Sn::Advance;
-            } else {
-                d.set_flags(pdu::FLAG_FINAL);
-            }
+        if last || (at + n) % burst == 0 {
+            d.set_flags(pdu::FLAG_FINAL);
+        }
+        if let (true, Some((st, rflags, rcount))) = (last, last_status) {
+            d.set_flags(pdu::FLAG_FINAL | 0x01 | rflags);
+            d.0[3] = st;
+            d.set_u32(44, rcount);
+            sn = Sn::Advance;
         }
         pdus.push(OutPdu {
             bhs: d,
@@ -1612,7 +1628,7 @@ fn scsi_response(bhs: &Bhs, st: u8, sense_data: Option<Vec<u8>>, rflags: u8, rco
 }
 
 /// The Data-In (if any) and status of a completed command, phase-collapsed when GOOD.
-fn build_response(bhs: &Bhs, resp: Response, max: usize) -> Out {
+fn build_response(bhs: &Bhs, resp: Response, max: DataIn) -> Out {
     let flags = bhs.flags();
     let edtl = bhs.u32_at(20) as usize;
     let reading = flags & 0x40 != 0;
@@ -1637,13 +1653,13 @@ fn build_response(bhs: &Bhs, resp: Response, max: usize) -> Out {
         data.truncate(can_send);
         let data = Bytes::from(data);
         let mut dsn = 0;
-        let mut pdus = Vec::with_capacity(can_send.div_ceil(max.max(1)) + 1);
+        let mut pdus = Vec::with_capacity(can_send.div_ceil(max.pdu.max(1)) + 1);
         if resp.status == status::GOOD && sense_data.is_none() {
             let st = Some((resp.status, rflags, rcount));
-            data_in_pdus(bhs, &data, max, &mut dsn, 0, st, &mut pdus);
+            data_in_pdus(bhs, &data, max, &mut dsn, 0, true, st, &mut pdus);
             return Out { pdus };
         }
-        data_in_pdus(bhs, &data, max, &mut dsn, 0, None, &mut pdus);
+        data_in_pdus(bhs, &data, max, &mut dsn, 0, true, None, &mut pdus);
         let mut st = scsi_response(bhs, resp.status, sense_data, rflags, rcount);
         if let Some(p) = st.pdus.first_mut() {
             p.bhs.set_u32(36, dsn); // ExpDataSN
@@ -1716,7 +1732,7 @@ fn stream_read(
     bhs: &Bhs,
     plan: scsi::ReadPlan,
     sink: &Sink,
-    max: usize,
+    max: DataIn,
     wait: Wait,
 ) -> bool {
     let edtl = bhs.u32_at(20) as usize;
@@ -1729,13 +1745,13 @@ fn stream_read(
         return true;
     }
     // Chunks are whole multiples of the PDU size so PDUs are never split short mid-stream.
-    let chunk = (READ_CHUNK / max).max(1) * max;
+    let chunk = (READ_CHUNK / max.pdu).max(1) * max.pdu;
     let mut off = 0usize;
     let mut dsn = 0u32;
     while off < send {
         let n = (send - off).min(chunk);
-        // Page-aligned: the kernel copies into it several times faster (store/buf.rs).
-        let mut buf = AlignedBuf::zeroed(n);
+        // Page-aligned and recycled (store/buf.rs); read_at overwrites all of it.
+        let mut buf = ReadBuf::new(n);
         let at = plan.offset + off as u64;
         let read = match wait {
             Wait::No if n == send => lu.volume.try_read_at(&mut buf, at),
@@ -1759,13 +1775,14 @@ fn stream_read(
         }
         let last = off + n == send;
         let st = last.then_some((status::GOOD, rflags, rcount));
-        let mut pdus = Vec::with_capacity(n.div_ceil(max) + 1);
+        let mut pdus = Vec::with_capacity(n.div_ceil(max.pdu) + 1);
         data_in_pdus(
             bhs,
-            &Bytes::from_owner(Owned(buf)),
+            &Bytes::from_owner(buf),
             max,
             &mut dsn,
             off,
+            last,
             st,
             &mut pdus,
         );
@@ -1775,4 +1792,77 @@ fn stream_read(
         off += n;
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cut(len: usize, lim: DataIn, base: usize, ends: bool) -> Vec<(u32, u32, usize, bool, bool)> {
+        let mut cmd = Bhs::new(op::SCSI_CMD);
+        cmd.set_itt(7);
+        let mut pdus = Vec::new();
+        let mut dsn = 0;
+        let st = Some((status::GOOD, 0, 0));
+        data_in_pdus(
+            &cmd,
+            &Bytes::from(vec![0u8; len]),
+            lim,
+            &mut dsn,
+            base,
+            ends,
+            st,
+            &mut pdus,
+        );
+        pdus.iter()
+            .map(|p| {
+                let f = p.bhs.flags();
+                (
+                    p.bhs.u32_at(36),
+                    p.bhs.u32_at(40),
+                    p.data.len(),
+                    f & 0x80 != 0,
+                    f & 0x01 != 0,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn data_in_sequences_end_at_every_burst_boundary_and_at_the_end() {
+        // 40 KiB in PDUs of 8 KiB, bursts of 12 KiB: PDUs are cut at burst boundaries.
+        let lim = DataIn {
+            pdu: 8192,
+            burst: 12288,
+        };
+        let got = cut(40960, lim, 0, true);
+        let want = vec![
+            (0, 0, 8192, false, false),
+            (1, 8192, 4096, true, false),
+            (2, 12288, 8192, false, false),
+            (3, 20480, 4096, true, false),
+            (4, 24576, 8192, false, false),
+            (5, 32768, 4096, true, false),
+            (6, 36864, 4096, true, true),
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_piece_in_the_middle_of_a_streamed_read_ends_no_sequence_off_a_boundary() {
+        let lim = DataIn {
+            pdu: 4096,
+            burst: 16384,
+        };
+        // Bytes 8 KiB..20 KiB of a longer transfer: F only where 16 KiB is crossed.
+        let got = cut(12288, lim, 8192, false);
+        assert_eq!(
+            got,
+            vec![
+                (0, 8192, 4096, false, false),
+                (1, 12288, 4096, true, false),
+                (2, 16384, 4096, false, false),
+            ]
+        );
+    }
 }
