@@ -222,11 +222,15 @@ impl Image {
             let last = ((end - 1) / cs)
                 .min((group + 1) * LOAD_GROUP - 1)
                 .min(self.header.chunk_count - 1);
+            // Chunks stored side by side: one read. A short run stops at a cached chunk, so
+            // a boot storm loads each chunk once; a scan (past CACHE_RUN_MAX) stops asking,
+            // as re-reading a few cached chunks costs less than a lookup for every chunk.
             let mut run = 1usize;
             while chunk + (run as u64) <= last {
                 let next = self.entry(chunk + run as u64);
                 if next.slot != Some(slot + run as u32)
-                    || self.cache.contains(&(self.uid, chunk + run as u64))
+                    || (run <= CACHE_RUN_MAX
+                        && self.cache.contains(&(self.uid, chunk + run as u64)))
                 {
                     break;
                 }

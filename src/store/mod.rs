@@ -23,7 +23,7 @@ pub mod repo;
 pub mod transfer;
 pub mod volume;
 
-pub use buf::AlignedBuf;
+pub use buf::{AlignedBuf, ReadBuf};
 pub use delta::Wait;
 pub use error::{ErrorKind, Result, StoreError};
 pub use repo::{ImageInfo, ImageMeta, RepoOptions, Repository, VolumeInfo, VolumeMeta};
