@@ -1841,7 +1841,7 @@ fn sigterm_asks_sessions_to_log_out_and_finishes_in_flight_commands() {
     }
     let log_path = repo.path("serve.log");
     assert!(srv.stop().success());
-    let log = strip_ansi(&std::fs::read_to_string(log_path).unwrap());
+    let log = std::fs::read_to_string(log_path).unwrap();
     assert!(
         log.contains("all connections closed logged_out=1 not_logged_out=1"),
         "shutdown summary missing:\n{log}"
@@ -1852,24 +1852,6 @@ fn sigterm_asks_sessions_to_log_out_and_finishes_in_flight_commands() {
     settle(&mut r);
     let (st, got, _) = r.command(&read10(64, 128), data.len() as u32, &[]);
     assert_eq!((st, got == data), (0, true));
-}
-
-/// The log without its terminal colour codes (ESC [ ... m).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars();
-    while let Some(c) = it.next() {
-        if c == '\u{1b}' {
-            for d in it.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[test]
@@ -1902,7 +1884,7 @@ fn sigterm_under_libiscsi_load_ends_with_clean_logouts() {
     let _ = perf.kill();
     let _ = perf.wait();
     assert!(st.success());
-    let log = strip_ansi(&std::fs::read_to_string(log_path).unwrap());
+    let log = std::fs::read_to_string(log_path).unwrap();
     let summary = log
         .lines()
         .find(|l| l.contains("all connections closed"))

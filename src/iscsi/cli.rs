@@ -184,6 +184,22 @@ pub fn export(repo: &Repository, a: ExportArgs) -> CliResult {
             .zip(add.mutual_secret)
             .map(|(user, secret)| Chap { user, secret }),
     };
+    let secrets = [
+        ("--chap-secret", &e.chap),
+        ("--mutual-secret", &e.mutual_chap),
+    ];
+    for (flag, chap) in secrets {
+        if let Some(c) = chap
+            .as_ref()
+            .filter(|c| !(12..=16).contains(&c.secret.len()))
+        {
+            eprintln!(
+                "note: {flag} has {} characters; UEFI firmware (EDK2/OVMF iSCSI) accepts only \
+                 12 to 16, and RFC 7143 asks for at least 12",
+                c.secret.len()
+            );
+        }
+    }
     exports::add(repo.root(), e)?;
     println!("exported volume {volume} as {iqn}");
     Ok(())
