@@ -395,63 +395,32 @@ mod tests {
             .unwrap();
         repo.create_volume("v", Some("gold"), Some(20 * 4096))
             .unwrap();
+        // The run from block `b` to the end: (mapped, length in blocks).
+        let from = |v: &Volume, b: u64| {
+            let (mapped, len) = v.allocation(b * 4096, (20 - b) * 4096).unwrap();
+            (mapped, len / 4096)
+        };
         let v = repo.open_volume("v", false).unwrap();
-        let all = 20 * 4096;
-        assert_eq!(v.allocation(0, all).unwrap(), (false, 2 * 4096));
-        assert_eq!(
-            v.allocation(2 * 4096, all - 2 * 4096).unwrap(),
-            (true, 3 * 4096)
-        );
-        assert_eq!(
-            v.allocation(5 * 4096, all - 5 * 4096).unwrap(),
-            (false, 4 * 4096)
-        );
-        assert_eq!(
-            v.allocation(9 * 4096, all - 9 * 4096).unwrap(),
-            (true, 4096)
-        );
+        assert_eq!(from(&v, 0), (false, 2));
+        assert_eq!(from(&v, 2), (true, 3));
+        assert_eq!(from(&v, 5), (false, 4));
+        assert_eq!(from(&v, 9), (true, 1));
         // Past the image's end (the volume grew) reads zeros: deallocated.
-        assert_eq!(
-            v.allocation(10 * 4096, all - 10 * 4096).unwrap(),
-            (false, 10 * 4096)
-        );
+        assert_eq!(from(&v, 10), (false, 10));
         // Discarding image data hides it (deallocated); writing over a hole maps it.
         v.discard(3 * 4096, 4096).unwrap();
         v.write_at(&[8u8; 4096], 6 * 4096).unwrap();
-        assert_eq!(
-            v.allocation(2 * 4096, all - 2 * 4096).unwrap(),
-            (true, 4096)
-        );
-        assert_eq!(
-            v.allocation(3 * 4096, all - 3 * 4096).unwrap(),
-            (false, 4096)
-        );
-        assert_eq!(
-            v.allocation(4 * 4096, all - 4 * 4096).unwrap(),
-            (true, 4096)
-        );
-        assert_eq!(
-            v.allocation(5 * 4096, all - 5 * 4096).unwrap(),
-            (false, 4096)
-        );
-        assert_eq!(
-            v.allocation(6 * 4096, all - 6 * 4096).unwrap(),
-            (true, 4096)
-        );
+        for (b, mapped) in [(2, true), (3, false), (4, true), (5, false), (6, true)] {
+            assert_eq!(from(&v, b), (mapped, 1), "block {b}");
+        }
         // Discarding over a hole leaves it deallocated; the answers survive a reopen.
         v.discard(0, 2 * 4096).unwrap();
         v.flush().unwrap();
         drop(v);
         let v = repo.open_volume("v", false).unwrap();
-        assert_eq!(v.allocation(0, all).unwrap(), (false, 2 * 4096));
-        assert_eq!(
-            v.allocation(3 * 4096, all - 3 * 4096).unwrap(),
-            (false, 4096)
-        );
-        assert_eq!(
-            v.allocation(6 * 4096, all - 6 * 4096).unwrap(),
-            (true, 4096)
-        );
+        assert_eq!(from(&v, 0), (false, 2));
+        assert_eq!(from(&v, 3), (false, 1));
+        assert_eq!(from(&v, 6), (true, 1));
     }
 
     #[test]
