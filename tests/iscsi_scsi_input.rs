@@ -43,7 +43,7 @@ proptest! {
         cdb.extend(if use_small { &small } else { &rest });
         let nexus = Nexus { id: who as u64, initiator: "iqn.2026-01.test:p".into(), isid: [0, 0, 0, 0, 0, who] };
         lu.attach(&nexus);
-        let req = Request { cdb: &cdb, data_out: &out, nexus: &nexus };
+        let req = Request { cdb: &cdb, data_out: &out, nexus: &nexus, wait: strata::store::Wait::Yes };
         for _ in 0..2 {
             match lu.execute(&req) {
                 Outcome::Done(r) => {
@@ -51,6 +51,7 @@ proptest! {
                     prop_assert_eq!(r.sense.is_some(), r.status == 0x02);
                 }
                 Outcome::Read(p) => prop_assert!(p.offset + p.len <= lu.volume.len()),
+                Outcome::WouldBlock => prop_assert!(false, "a command allowed to wait refused to"),
             }
         }
         let _ = scsi::execute_without_lun(&req);

@@ -45,6 +45,7 @@ fuzz_target!(|data: &[u8]| {
         cdb: &head[..16],
         data_out: out,
         nexus: &nexus,
+        wait: strata::store::Wait::Yes,
     };
     match f.lu.execute(&req) {
         Outcome::Done(r) => {
@@ -54,6 +55,7 @@ fuzz_target!(|data: &[u8]| {
         Outcome::Read(plan) => {
             assert!(plan.offset + plan.len <= f.lu.volume.len());
         }
+        Outcome::WouldBlock => panic!("a command allowed to wait refused to"),
     }
     let _ = scsi::execute_without_lun(&req);
 });

@@ -3,7 +3,8 @@
 //! Shape: this task reads PDUs and dispatches them; a writer task owns the socket's write
 //! half, StatSN and the ExpCmdSN/MaxCmdSN fields of everything sent, and batches PDUs into
 //! few vectored writes (headers, data and digests straight from their own buffers).
-//! Commands that cannot wait long (hot reads, page-cache writes, state queries; see `Lane`)
+//! Commands that need not wait (hot reads, page-cache writes, state queries; see
+//! `inline_candidate`)
 //! run right here between reads of the socket; the others run in batches on the blocking
 //! pool, so commands of a connection execute concurrently and complete in any order.
 //! Writes collect their data
@@ -728,7 +729,7 @@ fn max_batches() -> usize {
     })
 }
 
-/// Whether small commands may run on the connection's task (see `Lane`); on unless
+/// Whether small commands may run on the connection's task (see `inline_candidate`); on unless
 /// STRATA_ISCSI_INLINE=0 (for measurements).
 fn inline_enabled() -> bool {
     static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -1118,7 +1119,8 @@ impl Conn {
         }
     }
 
-    /// Runs the gathered commands that may run on this task (see `Lane`), leaving the others
+    /// Runs the gathered commands that can run on this task without waiting (see
+    /// `inline_candidate`), leaving the others
     /// in the batch. Their responses wait in `out_pending` for `send_pending`.
     fn run_inline(&mut self) {
         if !inline_enabled() || self.batch.is_empty() {
@@ -1134,24 +1136,16 @@ impl Conn {
                 aborted: &j.aborted,
                 collect: Some(&collect),
             };
-            let ran = match lane(self.lu.as_deref(), &j.bhs) {
-                Lane::Pool => false,
-                Lane::Inline => {
-                    run_command(
-                        self.lu.clone(),
-                        &self.nexus,
-                        &j.bhs,
-                        &j.data,
-                        &sink,
-                        max_send,
-                    );
-                    true
-                }
-                Lane::HotRead => {
-                    let lu = self.lu.as_ref().expect("HotRead has a logical unit");
-                    try_hot_read(lu, &self.nexus, &j.bhs, &sink, max_send)
-                }
-            };
+            let ran = inline_candidate(self.lu.as_deref(), &j.bhs)
+                && run_command(
+                    self.lu.clone(),
+                    &self.nexus,
+                    &j.bhs,
+                    &j.data,
+                    &sink,
+                    max_send,
+                    Wait::No,
+                );
             if ran {
                 done.push(j);
             } else {
@@ -1191,7 +1185,16 @@ impl Conn {
                     aborted: &j.aborted,
                     collect: collect.as_ref(),
                 };
-                run_command(lu.clone(), &nexus, &j.bhs, &j.data, &sink, max_send);
+                let ran = run_command(
+                    lu.clone(),
+                    &nexus,
+                    &j.bhs,
+                    &j.data,
+                    &sink,
+                    max_send,
+                    Wait::Yes,
+                );
+                debug_assert!(ran, "a command that may wait always answers");
             }
             if let Some(c) = collect {
                 let pdus = c.into_inner();
@@ -1435,20 +1438,6 @@ fn finish_jobs(
     inflight.1.notify_waiters();
 }
 
-/// Where a command runs. The connection's own task serves what cannot wait for long: a read
-/// whose data is all in memory, a write into the page cache, a command that only looks at
-/// state. Everything that may wait on the disk (flushes, FUA and write-through writes,
-/// unmapping, reads of cold data) or takes long (large transfers) goes to the blocking pool.
-/// Running the small common commands here saves two thread hand-offs per batch: measured
-/// with `qemu-img bench -w` 4 KiB QD32, 48k against 66k writes/s and 24 against 15 µs of
-/// server CPU per write.
-enum Lane {
-    Inline,
-    /// Inline if every byte is in memory (`Volume::try_read_at`), else the pool.
-    HotRead,
-    Pool,
-}
-
 /// How a read's data is cut into Data-In PDUs: at most `pdu` bytes each (the initiator's
 /// MaxRecvDataSegmentLength), in sequences of at most `burst` bytes (MaxBurstLength).
 #[derive(Debug, Clone, Copy)]
@@ -1460,48 +1449,37 @@ struct DataIn {
 /// Transfers up to this size may run inline.
 const INLINE_MAX: usize = 256 * 1024;
 
-fn lane(lu: Option<&LogicalUnit>, bhs: &Bhs) -> Lane {
+/// Whether a command may be tried on the connection's own task: a read or write small
+/// enough and free of flushes (no FUA, write cache on), or a command that only looks at
+/// state. Tried with `Wait::No`, it runs here only if its data is in memory (the chunk cache
+/// or page cache) and no other thread holds the volume; otherwise it goes to the blocking
+/// pool with everything else (flushes, unmapping, large transfers). Running the small
+/// common commands here saves two thread hand-offs per batch: measured with `qemu-img
+/// bench -w` 4 KiB QD32, 48k against 66k writes/s and 24 against 15 µs of server CPU per
+/// write.
+fn inline_candidate(lu: Option<&LogicalUnit>, bhs: &Bhs) -> bool {
     let Some(lu) = lu.filter(|_| bhs.lun() == 0) else {
-        return Lane::Inline; // answered without a volume
+        return true; // answered without a volume
     };
     let cdb = &bhs.0[32..48];
     let small = bhs.u32_at(20) as usize <= INLINE_MAX;
     match cdb[0] {
-        0x08 | 0x28 | 0xa8 | 0x88 if small => Lane::HotRead,
+        0x08 | 0x28 | 0xa8 | 0x88 => small,
         // WRITE(6) has no FUA bit; the others have it in byte 1, bit 3.
-        0x0a | 0x2a | 0xaa | 0x8a
-            if small
-                && (cdb[0] == 0x0a || cdb[1] & 0x08 == 0)
-                && lu.wce.load(Ordering::Relaxed) =>
-        {
-            Lane::Inline
+        0x0a | 0x2a | 0xaa | 0x8a => {
+            small && (cdb[0] == 0x0a || cdb[1] & 0x08 == 0) && lu.wce.load(Ordering::Relaxed)
         }
         // TEST UNIT READY, REQUEST SENSE, INQUIRY, MODE SENSE, READ CAPACITY, REPORT LUNS.
-        0x00 | 0x03 | 0x12 | 0x1a | 0x5a | 0x25 | 0xa0 => Lane::Inline,
+        0x00 | 0x03 | 0x12 | 0x1a | 0x5a | 0x25 | 0xa0 => true,
         // READ CAPACITY(16)
-        0x9e if cdb[1] & 0x1f == 0x10 => Lane::Inline,
-        _ => Lane::Pool,
+        0x9e => cdb[1] & 0x1f == 0x10,
+        _ => false,
     }
 }
 
-/// Serves a read from memory if it can: false (nothing sent) when its data would have to
-/// come from the disk.
-fn try_hot_read(lu: &Arc<LogicalUnit>, nexus: &Nexus, bhs: &Bhs, sink: &Sink, max: DataIn) -> bool {
-    let req = Request {
-        cdb: &bhs.0[32..48],
-        data_out: &[],
-        nexus,
-    };
-    match lu.execute(&req) {
-        Outcome::Done(resp) => {
-            sink.send(build_response(bhs, resp, max));
-            true
-        }
-        Outcome::Read(plan) => stream_read(lu, bhs, plan, sink, max, Wait::No),
-    }
-}
-
-/// Executes one SCSI command and queues its Data-In and status (on the blocking pool).
+/// Executes one SCSI command and queues its Data-In and status. With `Wait::No` (on the
+/// connection's task) it returns false, having done and sent nothing, when the command
+/// would have to wait for the disk or for another thread using the volume.
 fn run_command(
     lu: Option<Arc<LogicalUnit>>,
     nexus: &Nexus,
@@ -1509,12 +1487,14 @@ fn run_command(
     data_out: &[u8],
     sink: &Sink,
     max_send: DataIn,
-) {
+    wait: Wait,
+) -> bool {
     let cdb = &bhs.0[32..48];
     let req = Request {
         cdb,
         data_out,
         nexus,
+        wait,
     };
     let lu = match lu {
         Some(lu) if bhs.lun() == 0 => lu,
@@ -1524,7 +1504,7 @@ fn run_command(
                 scsi::execute_without_lun(&req),
                 max_send,
             ));
-            return;
+            return true;
         }
     };
     match lu.execute(&req) {
@@ -1535,7 +1515,9 @@ fn run_command(
                 "command"
             );
             sink.send(build_response(bhs, resp, max_send));
+            true
         }
+        Outcome::WouldBlock => false,
         Outcome::Read(plan) => {
             tracing::debug!(
                 op = cdb[0],
@@ -1545,7 +1527,7 @@ fn run_command(
                 len = plan.len,
                 "read"
             );
-            stream_read(&lu, bhs, plan, sink, max_send, Wait::Yes);
+            stream_read(&lu, bhs, plan, sink, max_send, wait)
         }
     }
 }

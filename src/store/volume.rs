@@ -234,6 +234,25 @@ impl Volume {
         delta.write(first, &tmp)
     }
 
+    /// `write_at` for whole blocks if it need not wait for another thread holding the
+    /// volume: `Ok(false)` (nothing written) when the volume is busy or the write is not
+    /// block-aligned. An event loop writes with this and hands what it refuses to a thread.
+    pub fn try_write_at(&self, buf: &[u8], offset: u64) -> Result<bool> {
+        self.check_range(offset, buf.len())?;
+        if self.read_only {
+            return Err(StoreError::ReadOnly {
+                what: self.label.clone(),
+            });
+        }
+        if offset % B != 0 || buf.len() % BLOCK != 0 {
+            return Ok(false);
+        }
+        match self.delta.try_write() {
+            Some(mut d) => d.write(offset / B, buf).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
     /// Discards `len` bytes at `offset`: the range then reads as zeros (LBPRZ) and whole
     /// blocks give their delta space back after the next flush.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
@@ -304,6 +323,22 @@ mod tests {
         let dir = MemDir::new();
         let d = Delta::create(Arc::new(dir.clone()), "volume \"t\"".into()).unwrap();
         (dir, Volume::new("t", len, None, d, false))
+    }
+
+    #[test]
+    fn a_write_that_may_not_wait_refuses_a_busy_volume_and_unaligned_data() {
+        let (_d, v) = mem_volume(64 * 1024);
+        assert!(v.try_write_at(&[1u8; 4096], 8192).unwrap());
+        assert!(!v.try_write_at(&[2u8; 100], 0).unwrap());
+        {
+            let _reader = v.delta.read();
+            assert!(!v.try_write_at(&[3u8; 4096], 0).unwrap());
+        }
+        let mut buf = vec![9u8; 3 * 4096];
+        v.read_at(&mut buf, 0).unwrap();
+        assert!(buf[..8192].iter().all(|&b| b == 0), "refused writes wrote nothing");
+        assert!(buf[8192..].iter().all(|&b| b == 1));
+        assert!(v.try_write_at(&[1u8; 4096], 64 * 1024).is_err());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::store::{ErrorKind, StoreError, Volume};
+use crate::store::{ErrorKind, StoreError, Volume, Wait};
 
 use super::cdb;
 use sense::{status, Sense};
@@ -133,6 +133,8 @@ pub struct ReadPlan {
 pub enum Outcome {
     Done(Response),
     Read(ReadPlan),
+    /// Asked not to wait, the command would have had to; nothing was done.
+    WouldBlock,
 }
 
 impl From<Response> for Outcome {
@@ -148,6 +150,9 @@ pub struct Request<'a> {
     pub cdb: &'a [u8],
     pub data_out: &'a [u8],
     pub nexus: &'a Nexus,
+    /// `Wait::No`: a write that would wait for the volume comes back as
+    /// `Outcome::WouldBlock` instead, having done nothing.
+    pub wait: Wait,
 }
 
 /// The sense condition for a failed store call.

@@ -5,6 +5,8 @@
 
 use std::sync::atomic::Ordering;
 
+use crate::store::Wait;
+
 use super::sense::{self};
 use super::{
     cdb, store_sense, CmdResult, LogicalUnit, Outcome, ReadPlan, Request, Response, BLOCK_SIZE,
@@ -72,9 +74,15 @@ pub fn write(lu: &LogicalUnit, req: &Request) -> CmdResult {
     let r = cdb::block_range(req.cdb);
     let data = write_data(lu, req, &r)?;
     if !data.is_empty() {
-        lu.volume
-            .write_at(data, r.lba * BLOCK_SIZE)
-            .map_err(|e| store_sense(&e, true))?;
+        let at = r.lba * BLOCK_SIZE;
+        let written = match req.wait {
+            Wait::Yes => lu.volume.write_at(data, at).map(|()| true),
+            Wait::No => lu.volume.try_write_at(data, at),
+        }
+        .map_err(|e| store_sense(&e, true))?;
+        if !written {
+            return Ok(Outcome::WouldBlock);
+        }
         maybe_flush(lu, r.fua())?;
     }
     Ok(Response::good(Vec::new())
