@@ -8,7 +8,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_logging(args.verbose);
+    // A server's log is its record of sessions: `serve` logs at info level unless told.
+    let server = matches!(args.command, cli::Command::Serve(_));
+    cli::init_logging(args.verbose.max(server as u8));
     cli::raise_fd_limit();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,7 +35,8 @@ pub struct Cli {
     /// Memory for the image-chunk cache shared by all volumes, in MiB (0 disables).
     #[arg(long, global = true, default_value_t = 256)]
     pub cache_mb: u64,
-    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    /// More log output (-v info, -vv debug; `serve` logs at info already); RUST_LOG
+    /// overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]

@@ -458,7 +458,8 @@ async fn full_feature<R, W>(
     };
     let p = est.params.clone();
     tracing::info!(
-        %peer, initiator = %est.initiator, target = ?est.export.as_ref().map(|e| &e.iqn),
+        %peer, initiator = %est.initiator,
+        target = est.export.as_ref().map_or("(discovery)", |e| e.iqn.as_str()),
         tsih, header_digest = p.header_digest, data_digest = p.data_digest,
         max_send = p.max_send_data, "session started"
     );

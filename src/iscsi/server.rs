@@ -180,6 +180,15 @@ pub async fn serve(
         not_logged_out = ctx.shutdown_drops.load(Ordering::Relaxed),
         "all connections closed"
     );
+    // What the shared cache saved: chunk reads served from memory, and chunks read from the
+    // images' files (in a boot storm, about one image's working set however many clones).
+    let (hits, loaded) = ctx.repo.cache().stats();
+    tracing::info!(
+        chunk_hits = hits,
+        chunks_loaded = loaded,
+        mib_loaded = (loaded * crate::store::format::CHUNK as u64) >> 20,
+        "image chunk cache"
+    );
     Ok(())
 }
 

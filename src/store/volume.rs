@@ -336,7 +336,10 @@ mod tests {
         }
         let mut buf = vec![9u8; 3 * 4096];
         v.read_at(&mut buf, 0).unwrap();
-        assert!(buf[..8192].iter().all(|&b| b == 0), "refused writes wrote nothing");
+        assert!(
+            buf[..8192].iter().all(|&b| b == 0),
+            "refused writes wrote nothing"
+        );
         assert!(buf[8192..].iter().all(|&b| b == 1));
         assert!(v.try_write_at(&[1u8; 4096], 64 * 1024).is_err());
     }
