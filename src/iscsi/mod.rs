@@ -5,11 +5,14 @@
 //! - `cdb.rs`     CDB field decoding; `scsi/` the block device, one file per command family
 //! - `exports.rs` which volume is served as which target to which initiators (REPO/exports.json)
 //! - `login.rs`   the login state machine, CHAP and the ACL; `session.rs` the session table
+//! - `wire.rs`    PDUs in from and out to a socket; `window.rs` the CmdSN window
+//! - `command.rs` one SCSI command from CDB to Data-In and status
 //! - `connection.rs` one TCP connection's loop; `tmf.rs` task management
 //! - `server.rs`  listeners and graceful shutdown; `cli.rs` the `serve`/`export` commands
 
 pub mod cdb;
 pub mod cli;
+mod command;
 pub mod connection;
 pub mod digest;
 pub mod exports;
@@ -20,3 +23,5 @@ pub mod server;
 pub mod session;
 pub mod text;
 pub mod tmf;
+mod window;
+pub mod wire;
