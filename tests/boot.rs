@@ -3,6 +3,8 @@
 //! - BIOS: SeaBIOS + iPXE (`sanboot`) boots a hand-assembled MBR that prints a marker.
 //! - UEFI: OVMF runs Debian's ipxe.efi from a local FAT disk; it `sanboot`s a GPT volume
 //!   whose EFI system partition holds a standalone GRUB that prints a marker.
+//! - UEFI without iPXE: OVMF's own iSCSI initiator (IScsiDxe), configured by variables
+//!   written into a copy of OVMF's variable store (tests/ovmf_vars), boots the same volume.
 //! - Linux: QEMU's libiscsi driver (`iscsi://`) is the root disk of a Debian kernel; a tiny
 //!   initramfs loads virtio/ext4 modules and switches to the volume's ext4 root, whose /init
 //!   prints a marker, writes a file and powers off; the file is then read from the volume.
@@ -13,6 +15,7 @@
 //! only when qemu-system-x86_64 is missing. Fixtures are built here.
 
 mod common;
+mod ovmf_vars;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -372,6 +375,113 @@ fn ipxe_uefi_sanboot_boots_the_volume_esp() {
         "the marker did not come from a SAN boot"
     );
     assert!(server.stop().success());
+}
+
+/// OVMF's own UEFI iSCSI initiator (EDK2's IScsiDxe, part of Debian's OVMF), configured
+/// through variables written into a copy of the variable store, logs in to strata as
+/// `initiator` (with `chap`) at boot; OVMF then boots the volume's ESP like a local disk.
+fn ovmf_iscsi_boot(test: &str, initiator: &str, chap: Option<&Chap>) {
+    let Some(_lock) = boot_lock(test) else {
+        return;
+    };
+    tool("socat", HINT);
+    const MARKER: &str = "STRATA-OVMF-ISCSI-BOOT-OK";
+    const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+    const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+    const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    for f in [OVMF_CODE, OVMF_VARS] {
+        assert!(Path::new(f).exists(), "{f} is missing: run {HINT}");
+    }
+    let repo = Repo::new();
+    let disk = uefi_disk(&repo, MARKER);
+    let export = chap.map(Chap::export_args).unwrap_or_default();
+    let target = repo.volume_from_file("ovmf", &disk, initiator, &export);
+    let vars = repo.path("OVMF_VARS.fd");
+    let mut store = ovmf_vars::VarStore::open(Path::new(OVMF_VARS));
+    ovmf_vars::configure_iscsi_boot(
+        &mut store,
+        initiator,
+        &ovmf_vars::Attempt {
+            mac: MAC,
+            target: &target,
+            // Where `netdev` forwards to strata.
+            target_ip: [10, 0, 2, 100],
+            port: 3260,
+            chap: chap.map(|c| (c.user, c.secret)),
+            reverse_chap: chap.and_then(|c| c.mutual),
+        },
+    );
+    store.save(&vars);
+    // An empty TFTP directory: should OVMF fall back to PXE, it finds no boot file.
+    let tftp = repo.path("tftp");
+    std::fs::create_dir_all(&tftp).unwrap();
+    let server = repo.serve(&[]);
+    let mac = MAC.map(|b| format!("{b:02x}")).join(":");
+
+    let start = Instant::now();
+    let mut vm = Console::spawn(
+        qemu_base()
+            .args(["-machine", "q35", "-m", "256"])
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+            .args(["-netdev", &netdev(&tftp, server.port())])
+            // OVMF's own virtio-net driver (no iPXE option ROM), with the MAC the attempt
+            // names. No disks: OVMF connects the NIC, IScsiDxe logs in during that connect,
+            // and the boot manager finds the removable-media loader on the iSCSI disk.
+            .arg("-device")
+            .arg(format!("virtio-net-pci,netdev=n0,romfile=,mac={mac}")),
+    );
+    // OVMF lists boot options for disks before network ones: once it falls back to PXE,
+    // the iSCSI disk did not boot (and PXE, then HTTP boot, would take minutes to give up).
+    let mut stop = vec![MARKER, ">>Start PXE over IPv4"];
+    stop.extend_from_slice(GAVE_UP);
+    let booted = vm.wait_for_any(&stop, Duration::from_secs(150)) == Some(0);
+    let took = start.elapsed();
+    vm.kill();
+    assert!(
+        booted,
+        "{}",
+        failure("no OVMF iSCSI boot marker", &vm, &server)
+    );
+    eprintln!("{test}: marker after {:.1} s", took.as_secs_f64());
+    // OVMF's boot manager names the option it starts by its device path, which ends in the
+    // iSCSI node IScsiDxe built for the session.
+    let text = vm.text();
+    let started = text
+        .lines()
+        .find(|l| l.starts_with("BdsDxe: starting Boot"));
+    assert!(
+        started.is_some_and(|l| l.contains(&format!("/iSCSI({target},"))),
+        "the marker did not come from the iSCSI disk:\n{}",
+        tail(&text, 2000)
+    );
+    assert!(
+        server.log().contains(&format!("initiator={initiator}")),
+        "no session from IScsiDxe in the log"
+    );
+    assert!(server.stop().success());
+}
+
+#[test]
+fn ovmf_iscsi_boots_the_volume_esp() {
+    ovmf_iscsi_boot("ovmf_iscsi", "iqn.2026-11.org.strata.test:ovmf", None);
+}
+
+#[test]
+fn ovmf_iscsi_boot_with_mutual_chap() {
+    // EDK2 takes CHAP secrets of 12 to 16 characters only.
+    let chap = Chap {
+        user: "ovmf-user",
+        secret: "ovmf-secret-0123",
+        mutual: Some(("strata-target", "target-secret-45")),
+    };
+    ovmf_iscsi_boot(
+        "ovmf_iscsi_mutual_chap",
+        "iqn.2026-11.org.strata.test:ovmf-chap",
+        Some(&chap),
+    );
 }
 
 /// The newest kernel under /boot and its module directory.
