@@ -19,6 +19,7 @@ use crate::store::{ReadBuf, Wait};
 /// Largest Data-In chunk read from the volume at once while streaming a read.
 const READ_CHUNK: usize = 1 << 20;
 
+/// The header of a target PDU answering task `itt`, F bit set.
 pub(super) fn response_header(opcode: u8, itt: u32) -> Bhs {
     let mut b = Bhs::new(opcode);
     b.set_flags(pdu::FLAG_FINAL);
@@ -184,8 +185,6 @@ fn residual(natural: usize, edtl: usize) -> (u8, u32) {
     }
 }
 
-/// Data-In PDUs over `data`, at most `max` bytes each; DataSN from `data_sn`, buffer
-/// offsets from `base`. The last one carries status when `last_status` is given.
 /// Cuts `data` (at offset `base` of the transfer) into Data-In PDUs. A sequence ends (F
 /// bit) at every MaxBurstLength boundary and where the transfer ends (`ends_transfer` and
 /// this is the last piece); the status goes in the transfer's last PDU when given.
