@@ -406,7 +406,8 @@ impl fuser::Filesystem for StrataFs {
         let Some((at, n)) = h.clip(offset, size.min(MAX_IO) as usize) else {
             return reply.data(&[]);
         };
-        let mut buf = crate::store::AlignedBuf::zeroed(n);
+        // Recycled, not zeroed: read_at overwrites all of it (store/buf.rs).
+        let mut buf = crate::store::ReadBuf::new(n);
         match h.disk.read_at(&mut buf, at) {
             Ok(()) => reply.data(&buf),
             Err(e) => {
