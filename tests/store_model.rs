@@ -322,7 +322,8 @@ fn writes_during_a_commit_leave_the_committed_blocks_alone() {
         let d2 = Delta::open(Arc::new(after), "volume \"c\"".into()).unwrap();
         let mut buf = vec![0u8; 32 * 4096];
         let mut below = Vec::new();
-        d2.read(0, &mut buf, &mut below).unwrap();
+        d2.read(0, &mut buf, &mut below, strata::store::Wait::Yes)
+            .unwrap();
         assert!(below.is_empty());
         for b in 0..32usize {
             assert!(

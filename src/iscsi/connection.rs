@@ -1146,9 +1146,6 @@ fn finish_jobs(
     inflight.1.notify_waiters();
 }
 
-/// An aligned buffer handed on (to the writer, or to a command) without copying.
-struct Owned(AlignedBuf);
-
 /// A write's data as it arrives, page-aligned because the kernel copies out of an aligned
 /// buffer several times faster (store/buf.rs). It grows with the data received, not with
 /// the length the command announced, so a command that never sends its data costs little.
@@ -1188,12 +1185,6 @@ impl WriteBuf {
 
     fn into_bytes(self) -> Bytes {
         let n = self.filled;
-        Bytes::from_owner(Owned(self.buf)).slice(..n)
-    }
-}
-
-impl AsRef<[u8]> for Owned {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
+        Bytes::from_owner(self.buf).slice(..n)
     }
 }

@@ -50,11 +50,12 @@ impl Shard {
         }
     }
 
-    fn get(&mut self, key: &ChunkKey) -> Option<Bytes> {
+    /// A cached chunk, marked as read since the hand last passed.
+    fn get(&mut self, key: &ChunkKey) -> Option<&Bytes> {
         let i = *self.index.get(key)?;
         let s = &mut self.slots[i];
         s.referenced = true;
-        Some(s.chunk.clone())
+        Some(&s.chunk)
     }
 
     fn put(&mut self, key: ChunkKey, chunk: Bytes) {
@@ -133,20 +134,13 @@ impl ChunkCache {
         &self.shards[self.hash(key) % self.shards.len()]
     }
 
-    fn lookup(&self, key: &ChunkKey) -> Option<Bytes> {
+    /// A cached chunk (tests; readers use `copy_out`).
+    #[cfg(test)]
+    fn get(&self, key: &ChunkKey) -> Option<Bytes> {
         if !self.enabled() {
             return None;
         }
-        self.shard(key).lock().get(key)
-    }
-
-    /// Looks a chunk up, counting the hit.
-    pub fn get(&self, key: &ChunkKey) -> Option<Bytes> {
-        let b = self.lookup(key);
-        if b.is_some() {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-        }
-        b
+        self.shard(key).lock().get(key).cloned()
     }
 
     /// Copies bytes `within..within + out.len()` of a cached chunk into `out`, counting the
@@ -157,12 +151,10 @@ impl ChunkCache {
             return false;
         }
         let mut g = self.shard(key).lock();
-        let Some(&i) = g.index.get(key) else {
+        let Some(chunk) = g.get(key) else {
             return false;
         };
-        let s = &mut g.slots[i];
-        s.referenced = true;
-        out.copy_from_slice(&s.chunk[within..within + out.len()]);
+        out.copy_from_slice(&chunk[within..within + out.len()]);
         drop(g);
         self.hits.fetch_add(1, Ordering::Relaxed);
         true

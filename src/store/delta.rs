@@ -308,13 +308,9 @@ impl Delta {
     }
 
     /// Fills the blocks of `buf` (starting at virtual block `first`) that the delta holds,
-    /// and appends to `below` the ranges it does not hold, for the caller to read.
-    pub fn read(&self, first: u64, buf: &mut [u8], below: &mut Vec<BaseRange>) -> Result<()> {
-        self.read_mode(first, buf, below, Wait::Yes)
-    }
-
-    /// `read`; with `Wait::No` it fails with `WouldBlock` rather than wait for the disk.
-    pub fn read_mode(
+    /// and appends to `below` the ranges it does not hold, for the caller to read. With
+    /// `Wait::No` it fails with `WouldBlock` rather than wait for the disk.
+    pub fn read(
         &self,
         first: u64,
         buf: &mut [u8],

@@ -127,16 +127,12 @@ impl Volume {
                 Wait::Yes => self.delta.read(),
                 Wait::No => self.delta.try_read().ok_or(StoreError::WouldBlock)?,
             };
-            delta.read_mode(first, buf, &mut below, wait)?;
+            delta.read(first, buf, &mut below, wait)?;
         }
-        self.read_below_mode(first, buf, &below, wait)
+        self.read_below(first, buf, &below, wait)
     }
 
-    fn read_below(&self, first: u64, buf: &mut [u8], below: &[BaseRange]) -> Result<()> {
-        self.read_below_mode(first, buf, below, Wait::Yes)
-    }
-
-    fn read_below_mode(
+    fn read_below(
         &self,
         first: u64,
         buf: &mut [u8],
@@ -221,12 +217,12 @@ impl Volume {
         {
             // Only the head and tail blocks need their old contents.
             let last = tmp.len() - BLOCK;
-            delta.read(first, &mut tmp[..BLOCK], &mut below)?;
-            self.read_below(first, &mut tmp[..BLOCK], &below)?;
+            delta.read(first, &mut tmp[..BLOCK], &mut below, Wait::Yes)?;
+            self.read_below(first, &mut tmp[..BLOCK], &below, Wait::Yes)?;
             if last > 0 {
                 below.clear();
-                delta.read(end - 1, &mut tmp[last..], &mut below)?;
-                self.read_below(end - 1, &mut tmp[last..], &below)?;
+                delta.read(end - 1, &mut tmp[last..], &mut below, Wait::Yes)?;
+                self.read_below(end - 1, &mut tmp[last..], &below, Wait::Yes)?;
             }
         }
         let skip = (offset - first * B) as usize;
