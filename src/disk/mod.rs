@@ -1,5 +1,5 @@
-//! Partition tables: a disk (a Volume or an Image, seen as a read function and a length)
-//! seen as numbered partitions, each a byte range of the disk.
+//! Partition tables: a disk (any `BlockDevice`) seen as numbered partitions, each a byte
+//! range of the disk.
 //!
 //! This module owns the I/O side: which sectors to read, in what order, and the choice
 //! between GPT and MBR. The byte layouts live in `gpt.rs` and `mbr.rs` (pure parsing, no
@@ -10,8 +10,12 @@
 
 pub mod gpt;
 pub mod mbr;
+pub mod window;
 
 use std::io;
+
+use crate::store::device::BlockDevice;
+use crate::store::StoreError;
 
 /// Logical sector size of every disk strata serves.
 pub const SECTOR: u64 = 512;
@@ -36,7 +40,7 @@ pub enum DiskError {
         what: &'static str,
         offset: u64,
         #[source]
-        source: io::Error,
+        source: StoreError,
     },
     #[error("parsing the GPT header at LBA {lba}: {detail}")]
     ParsingGptHeader { lba: u64, detail: String },
@@ -58,18 +62,12 @@ pub enum DiskError {
     InvalidPartition { number: u32, detail: String },
 }
 
-/// Reads the partition table of a disk of `disk_len` bytes through `read(buf, offset)`,
-/// which must fill `buf` entirely. GPT is recognized by its protective MBR (type 0xEE);
+/// Reads the partition table of `dev`. GPT is recognized by its protective MBR (type 0xEE);
 /// otherwise an MBR with the 0x55AA signature; no table gives an empty list.
 /// Partitions come back sorted by number.
-pub fn read_partitions(
-    read: &dyn Fn(&mut [u8], u64) -> io::Result<()>,
-    disk_len: u64,
-) -> Result<Vec<Partition>, DiskError> {
-    let disk = Disk {
-        read,
-        len: disk_len,
-    };
+pub fn read_partitions(dev: &dyn BlockDevice) -> Result<Vec<Partition>, DiskError> {
+    let disk_len = dev.len();
+    let disk = Disk { dev, len: disk_len };
     if disk_len < SECTOR {
         return Ok(Vec::new());
     }
@@ -88,7 +86,7 @@ pub fn read_partitions(
 }
 
 struct Disk<'a> {
-    read: &'a dyn Fn(&mut [u8], u64) -> io::Result<()>,
+    dev: &'a dyn BlockDevice,
     len: u64,
 }
 
@@ -99,14 +97,20 @@ impl Disk<'_> {
             return Err(DiskError::Reading {
                 what,
                 offset,
-                source: io::Error::new(io::ErrorKind::UnexpectedEof, "beyond the end of the disk"),
+                source: StoreError::io(
+                    "reading",
+                    self.dev.describe(),
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "beyond the end of the disk"),
+                ),
             });
         }
-        (self.read)(buf, offset).map_err(|source| DiskError::Reading {
-            what,
-            offset,
-            source,
-        })
+        self.dev
+            .read_at(buf, offset)
+            .map_err(|source| DiskError::Reading {
+                what,
+                offset,
+                source,
+            })
     }
 
     fn sectors(&self) -> u64 {
@@ -281,15 +285,11 @@ fn read_logical(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::device::MemDevice;
     use std::process::Command;
 
     fn parts_of(disk: &[u8]) -> Result<Vec<Partition>, DiskError> {
-        let read = |buf: &mut [u8], off: u64| {
-            let off = off as usize;
-            buf.copy_from_slice(&disk[off..off + buf.len()]);
-            Ok(())
-        };
-        read_partitions(&read, disk.len() as u64)
+        read_partitions(&MemDevice::read_only(disk.to_vec()))
     }
 
     const SECTORS: u64 = 8192;
@@ -384,12 +384,7 @@ mod tests {
         // The table was made for 8192 sectors; the disk is shorter than its partition.
         let d = gpt_disk(&[(2048, 8100, "a")]);
         let short = &d[..(6000 * SECTOR) as usize];
-        let read = |buf: &mut [u8], off: u64| {
-            let off = off as usize;
-            buf.copy_from_slice(&short[off..off + buf.len()]);
-            Ok(())
-        };
-        assert!(read_partitions(&read, short.len() as u64).is_err());
+        assert!(parts_of(short).is_err());
     }
 
     #[test]
@@ -453,8 +448,31 @@ mod tests {
 
     #[test]
     fn read_errors_name_what_was_being_read() {
-        let read = |_: &mut [u8], _: u64| Err(io::Error::other("device gone"));
-        let e = read_partitions(&read, 1 << 20).unwrap_err().to_string();
+        struct Gone;
+        impl BlockDevice for Gone {
+            fn len(&self) -> u64 {
+                1 << 20
+            }
+            fn read_at(&self, _: &mut [u8], _: u64) -> crate::store::Result<()> {
+                Err(StoreError::Failed("device gone".into()))
+            }
+            fn write_at(&self, _: &[u8], _: u64) -> crate::store::Result<()> {
+                unreachable!()
+            }
+            fn discard(&self, _: u64, _: u64) -> crate::store::Result<()> {
+                unreachable!()
+            }
+            fn flush(&self) -> crate::store::Result<()> {
+                Ok(())
+            }
+            fn is_read_only(&self) -> bool {
+                true
+            }
+            fn describe(&self) -> String {
+                "gone".into()
+            }
+        }
+        let e = read_partitions(&Gone).unwrap_err().to_string();
         assert!(
             e.contains("reading the MBR") && e.contains("device gone"),
             "{e}"

@@ -8,64 +8,16 @@
 //! under the same name is read afresh; writes through a whole-disk file mark its entry stale.
 
 use std::collections::HashMap;
-use std::io;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::tree::Kind;
 use crate::disk::{self, Partition};
-use crate::store::{Repository, StoreError, Volume};
+use crate::store::{Repository, SharedDevice, StoreError};
 
-/// Who reads images, as named in checksum errors.
-const READER: &str = "the FUSE mount";
-
-#[derive(Clone)]
-pub(crate) enum Disk {
-    Volume(Arc<Volume>),
-    Image(Arc<crate::store::image::Image>),
-}
-
-impl Disk {
-    pub(crate) fn len(&self) -> u64 {
-        match self {
-            Disk::Volume(v) => v.len(),
-            Disk::Image(i) => i.len(),
-        }
-    }
-
-    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
-        match self {
-            Disk::Volume(v) => v.read_at(buf, offset),
-            Disk::Image(i) => i.read_at(buf, offset, READER),
-        }
-    }
-
-    pub(crate) fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), StoreError> {
-        match self {
-            Disk::Volume(v) => v.write_at(buf, offset),
-            Disk::Image(i) => Err(StoreError::ReadOnly {
-                what: format!("image {:?}", i.name()),
-            }),
-        }
-    }
-
-    pub(crate) fn discard(&self, offset: u64, len: u64) -> Result<(), StoreError> {
-        match self {
-            Disk::Volume(v) => v.discard(offset, len),
-            Disk::Image(i) => Err(StoreError::ReadOnly {
-                what: format!("image {:?}", i.name()),
-            }),
-        }
-    }
-
-    pub(crate) fn flush(&self) -> Result<(), StoreError> {
-        match self {
-            Disk::Volume(v) => v.flush(),
-            Disk::Image(_) => Ok(()),
-        }
-    }
-}
+/// A volume or an image, as the mount's handles hold it.
+pub(crate) type Disk = SharedDevice;
 
 /// Identity of a disk's current incarnation: (creation time, size) from its metadata.
 pub(crate) type Stamp = (u64, u64);
@@ -100,8 +52,8 @@ impl Disks {
 
     fn open_disk(&self, kind: Kind, name: &str, read_only: bool) -> Result<Disk, StoreError> {
         Ok(match kind {
-            Kind::Volume => Disk::Volume(self.repo.open_volume(name, read_only)?),
-            Kind::Image => Disk::Image(self.repo.open_image(name)?),
+            Kind::Volume => self.repo.open_volume(name, read_only)? as Disk,
+            Kind::Image => self.repo.open_image(name)? as Disk,
         })
     }
 
@@ -192,11 +144,7 @@ impl Disks {
                 .open_disk(kind, name, true)
                 .map_err(|e| e.to_string())?,
         };
-        let read = |buf: &mut [u8], off: u64| {
-            disk.read_at(buf, off)
-                .map_err(|e| io::Error::other(e.to_string()))
-        };
-        match disk::read_partitions(&read, disk.len()) {
+        match disk::read_partitions(disk.as_ref()) {
             Ok(p) => Ok(p),
             Err(e @ disk::DiskError::Reading { .. }) => Err(e.to_string()),
             Err(e) => {

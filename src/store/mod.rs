@@ -7,6 +7,7 @@
 //! - `delta.rs`    a volume's block map, slot allocation, atomic flush
 //! - `image.rs`    reading (and writing) a golden image; `cache.rs` the shared chunk cache
 //! - `volume.rs`   the Volume API: image + delta, byte-granular
+//! - `device.rs`   the `BlockDevice` trait every layer above sees (Volume, Image, files, memory)
 //! - `repo.rs`     the repository directory: names, metadata, create/remove/open
 //! - `transfer.rs` import and export of whole disks; `names.rs` name validation
 //! - `buf.rs`      page-aligned buffers (the kernel copies into them much faster)
@@ -15,6 +16,7 @@ pub mod backend;
 pub mod buf;
 pub mod cache;
 pub mod delta;
+pub mod device;
 pub mod error;
 pub mod format;
 pub mod image;
@@ -25,6 +27,7 @@ pub mod volume;
 
 pub use buf::{AlignedBuf, ReadBuf};
 pub use delta::Wait;
+pub use device::{BlockDevice, SharedDevice};
 pub use error::{ErrorKind, Result, StoreError};
 pub use repo::{ImageInfo, ImageMeta, RepoOptions, Repository, VolumeInfo, VolumeMeta};
 pub use transfer::SourceFormat;
