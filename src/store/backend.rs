@@ -38,29 +38,54 @@ pub trait StoreFile: Send + Sync {
 
 /// The directory holding a delta layer's files.
 pub trait StoreDir: Send + Sync {
-    /// Opens `name`, creating it empty if it does not exist.
+    /// Opens `name`, creating it empty if it does not exist (a read-only directory opens
+    /// existing files for reading only and creates nothing).
     fn open(&self, name: &str) -> io::Result<Arc<dyn StoreFile>>;
     /// Where this directory is, for error messages.
     fn describe(&self) -> PathBuf;
+    /// Whether nothing in it may be written (a volume opened read-only).
+    fn is_read_only(&self) -> bool {
+        false
+    }
 }
 
 /// The real filesystem.
 pub struct FsDir {
     path: PathBuf,
+    read_only: bool,
 }
 
 impl FsDir {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        FsDir { path: path.into() }
+        FsDir {
+            path: path.into(),
+            read_only: false,
+        }
+    }
+
+    /// Files opened through this are opened for reading only; nothing is created.
+    pub fn read_only(path: impl Into<PathBuf>) -> Self {
+        FsDir {
+            path: path.into(),
+            read_only: true,
+        }
     }
 }
 
 impl StoreDir for FsDir {
     fn open(&self, name: &str) -> io::Result<Arc<dyn StoreFile>> {
-        Ok(Arc::new(FsFile::open(&self.path.join(name))?))
+        let path = self.path.join(name);
+        Ok(Arc::new(if self.read_only {
+            FsFile::open_read_only(&path)?
+        } else {
+            FsFile::open(&path)?
+        }))
     }
     fn describe(&self) -> PathBuf {
         self.path.clone()
+    }
+    fn is_read_only(&self) -> bool {
+        self.read_only
     }
 }
 
@@ -77,6 +102,13 @@ impl FsFile {
             .truncate(false)
             .open(path)?;
         Ok(FsFile { file })
+    }
+
+    /// An existing file, for reading only.
+    pub fn open_read_only(path: &Path) -> io::Result<FsFile> {
+        Ok(FsFile {
+            file: File::open(path)?,
+        })
     }
 
     pub fn file(&self) -> &File {

@@ -249,8 +249,9 @@ impl Delta {
             pos += len;
         }
         d.map_len = pos as u64;
-        if (bytes.len() as u64) > d.map_len {
-            // Cut a torn tail so the next append starts from known ground.
+        if (bytes.len() as u64) > d.map_len && !d.dir.is_read_only() {
+            // Cut a torn tail so the next append starts from known ground. A read-only
+            // open leaves it: it writes nothing, and the next writer cuts it.
             let name = MAP_FILES[active];
             let f = d.dir.open(name).map_err(|e| d.io_err("opening", name, e))?;
             f.set_len(d.map_len)

@@ -147,6 +147,56 @@ fn try_flock(f: &File, exclusive: bool) -> std::io::Result<bool> {
     }
 }
 
+/// Who holds a flock on `f`, from /proc/locks: "strata process 1234 (strata serve ...)".
+/// Falls back to a general description where /proc says nothing (another namespace).
+fn lock_holders(f: &File) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let general = || "another strata process (a mount, a server or a filesystem worker)".into();
+    let (Ok(meta), Ok(locks)) = (f.metadata(), fs::read_to_string("/proc/locks")) else {
+        return general();
+    };
+    // /proc/locks: "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; the device is
+    // MAJOR:MINOR in hex, the inode in decimal.
+    let dev = meta.dev();
+    let want = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(dev),
+        libc::minor(dev),
+        meta.ino()
+    );
+    let me = std::process::id();
+    let mut who: Vec<String> = locks
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let (kind, pid, id) = (*w.get(1)?, *w.get(4)?, *w.get(5)?);
+            (kind == "FLOCK" && id == want).then_some(pid.parse::<u32>().ok()?)
+        })
+        .filter(|&pid| pid != me)
+        .map(|pid| {
+            let cmd = fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    let words: Vec<String> = c
+                        .split(|&b| b == 0)
+                        .filter(|w| !w.is_empty())
+                        .take(4)
+                        .map(|w| String::from_utf8_lossy(w).into_owned())
+                        .collect();
+                    words.join(" ")
+                })
+                .unwrap_or_default();
+            format!("process {pid} ({cmd})")
+        })
+        .collect();
+    who.sort();
+    who.dedup();
+    if who.is_empty() {
+        general()
+    } else {
+        who.join(", ")
+    }
+}
+
 /// A directory in `tmp/` that is removed unless `keep` is called.
 struct Stage {
     path: PathBuf,
@@ -576,14 +626,19 @@ impl Repository {
         let data_path = dir.join(delta::DATA_FILE);
         // One descriptor per open volume: its data file, which also carries the lock that
         // keeps other processes out (flock: one writer, or readers only).
-        let data =
-            FsFile::open(&data_path).map_err(|e| StoreError::io("opening", &data_path, e))?;
+        // A read-only open writes nothing: files are opened for reading, none is created.
+        let data = if read_only {
+            FsFile::open_read_only(&data_path)
+        } else {
+            FsFile::open(&data_path)
+        }
+        .map_err(|e| StoreError::io("opening", &data_path, e))?;
         if !try_flock(data.file(), !read_only)
             .map_err(|e| StoreError::io("locking", &data_path, e))?
         {
             return Err(StoreError::InUse {
                 what: format!("volume {name:?}"),
-                users: "another strata process (a mount or a server)".into(),
+                users: lock_holders(data.file()),
                 hint: "stop it first, or work through it",
             });
         }
@@ -591,8 +646,13 @@ impl Repository {
             Some(img) => Some(self.open_image(img)?),
             None => None,
         };
+        let store_dir = if read_only {
+            FsDir::read_only(&dir)
+        } else {
+            FsDir::new(&dir)
+        };
         let delta = Delta::open_with_data(
-            Arc::new(FsDir::new(&dir)),
+            Arc::new(store_dir),
             Arc::new(data),
             format!("volume {name:?}"),
         )?;
@@ -623,7 +683,11 @@ impl Repository {
         let data = dir.join(delta::DATA_FILE);
         let f = File::open(&data).map_err(|e| StoreError::io("opening", &data, e))?;
         if !try_flock(&f, true).map_err(|e| StoreError::io("locking", &data, e))? {
-            return Err(in_use());
+            return Err(StoreError::InUse {
+                what: format!("volume {name:?}"),
+                users: lock_holders(&f),
+                hint: "stop it first",
+            });
         }
         self.remove_dir_atomically(&dir, "rm-volume")
     }
@@ -637,5 +701,98 @@ impl Repository {
             &|_, _| true,
             progress,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, Write};
+    use std::process::{Command, Stdio};
+
+    fn repo_with_volume() -> (tempfile::TempDir, Repository) {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = Repository::open(tmp.path().join("repo"), RepoOptions::default()).unwrap();
+        repo.create_volume("v", None, Some(1 << 20)).unwrap();
+        (tmp, repo)
+    }
+
+    /// Every file of the volume's directory with its bytes.
+    fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut all: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let b = fs::read(&p).unwrap();
+                (p, b)
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn a_read_only_open_writes_nothing_not_even_a_torn_map_tail() {
+        let (_tmp, repo) = repo_with_volume();
+        {
+            let v = repo.open_volume("v", false).unwrap();
+            v.write_at(&[7u8; 4096], 8192).unwrap();
+            v.flush().unwrap();
+        }
+        let dir = repo.volume_dir("v");
+        // A torn append at the end of both map files, as a crash mid-commit leaves it.
+        for m in MAP_FILES_FOR_TEST {
+            let mut f = OpenOptions::new().append(true).open(dir.join(m)).unwrap();
+            f.write_all(&[0xAB; 37]).unwrap();
+        }
+        let before = snapshot(&dir);
+        {
+            let v = repo.open_volume("v", true).unwrap();
+            let mut b = [0u8; 4096];
+            v.read_at(&mut b, 8192).unwrap();
+            assert_eq!(b, [7u8; 4096]);
+        }
+        assert_eq!(snapshot(&dir), before, "read-only open changed a file");
+        // The next writer cuts the tail as before.
+        drop(repo.open_volume("v", false).unwrap());
+        assert_ne!(snapshot(&dir), before);
+    }
+
+    const MAP_FILES_FOR_TEST: [&str; 2] = ["map.0", "map.1"];
+
+    #[test]
+    fn a_volume_held_by_another_process_names_that_process() {
+        if Command::new("flock").arg("--version").output().is_err() {
+            eprintln!("note: flock(1) missing (util-linux); skipped");
+            return;
+        }
+        let (_tmp, repo) = repo_with_volume();
+        let data = repo.volume_dir("v").join(delta::DATA_FILE);
+        // flock(1) holds the lock until its stdin closes; it says when it has it.
+        let mut holder = Command::new("flock")
+            .arg("-x")
+            .arg(&data)
+            .args(["-c", "echo locked; read _"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+        let e = repo.open_volume("v", false).err().unwrap().to_string();
+        let e2 = repo.remove_volume("v").unwrap_err().to_string();
+        drop(holder.stdin.take());
+        holder.wait().unwrap();
+        // flock(1) forks its command; the lock's holder is one of the two processes.
+        for e in [e, e2] {
+            assert!(
+                e.contains("in use by process ") && e.contains("flock"),
+                "{e}"
+            );
+        }
+        assert!(repo.open_volume("v", false).is_ok());
     }
 }
