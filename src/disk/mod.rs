@@ -9,6 +9,7 @@
 //! It does not know about filesystems inside the partitions (that is `fs/`).
 
 pub mod gpt;
+pub mod layout;
 pub mod mbr;
 pub mod window;
 
@@ -60,6 +61,8 @@ pub enum DiskError {
     },
     #[error("placing partition {number}: {detail}")]
     InvalidPartition { number: u32, detail: String },
+    #[error("opening device {name}: {detail}")]
+    OpeningDevice { name: String, detail: String },
 }
 
 /// Reads the partition table of `dev`. GPT is recognized by its protective MBR (type 0xEE);

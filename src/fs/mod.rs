@@ -6,6 +6,8 @@
 //! Map of this directory:
 //! - `types.rs`   what the interface speaks: inode numbers, `Stat`, `DirEntry`, `FsError`
 //! - `detect.rs`  which filesystem a device holds, its label and UUID (pure Rust, safe in any process)
+//! - `mounts.rs`  the mount table and guest path resolution (`..`, symlinks, mountpoints)
+//! - `memfs.rs`   an in-memory reference filesystem (the model in tests)
 //! - `fat.rs`     FAT12/16/32 (the fatfs crate)
 //! - `ext4.rs`    ext2/3/4 (libext2fs through `ext4_shim.c`)
 //! - `ntfs.rs`    NTFS (libntfs-3g through `ntfs_shim.c`)
@@ -15,6 +17,8 @@
 //! they are only ever opened inside a worker process (see `worker`), never in a server.
 
 pub mod detect;
+pub mod memfs;
+pub mod mounts;
 pub mod types;
 
 pub use types::*;
