@@ -8,6 +8,7 @@
 //! - `detect.rs`  which filesystem a device holds, its label and UUID (pure Rust, safe in any process)
 //! - `mounts.rs`  the mount table and guest path resolution (`..`, symlinks, mountpoints)
 //! - `memfs.rs`   an in-memory reference filesystem (the model in tests)
+//! - `ops.rs`     path-level operations (write a file, mkdir -p, rm -rf, glob) on the mount table
 //! - `fat.rs`     FAT12/16/32 (the fatfs crate)
 //! - `ext4.rs`    ext2/3/4 (libext2fs through `ext4_shim.c`)
 //! - `ntfs.rs`    NTFS (libntfs-3g through `ntfs_shim.c`)
@@ -19,6 +20,7 @@
 pub mod detect;
 pub mod memfs;
 pub mod mounts;
+pub mod ops;
 pub mod types;
 
 pub use types::*;
