@@ -9,6 +9,8 @@
 //! - `mounts.rs`  the mount table and guest path resolution (`..`, symlinks, mountpoints)
 //! - `memfs.rs`   an in-memory reference filesystem (the model in tests)
 //! - `ops.rs`     path-level operations (write a file, mkdir -p, rm -rf, glob) on the mount table
+//! - `session.rs` one disk being worked on: its devices, filesystems and mount table
+//! - `inspect.rs` which device holds an OS root and what OS it is (guestfish's inspect-*)
 //! - `fat.rs`     FAT12/16/32 (the fatfs crate)
 //! - `ext4.rs`    ext2/3/4 (libext2fs through `ext4_shim.c`)
 //! - `ntfs.rs`    NTFS (libntfs-3g through `ntfs_shim.c`)
@@ -18,9 +20,11 @@
 //! they are only ever opened inside a worker process (see `worker`), never in a server.
 
 pub mod detect;
+pub mod inspect;
 pub mod memfs;
 pub mod mounts;
 pub mod ops;
+pub mod session;
 pub mod types;
 
 pub use types::*;
@@ -114,6 +118,12 @@ pub trait GuestFs: Send {
     /// `sync`, then releases the filesystem. Dropping a `GuestFs` without `close` abandons
     /// its unwritten changes (what did reach the device is discarded by not flushing it).
     fn close(self: Box<Self>) -> FsResult<()>;
+
+    /// The volume label where it is not in a boot sector `detect` reads (NTFS keeps it in
+    /// the MFT); `None` to keep what `detect` found.
+    fn label(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// How to open a filesystem.

@@ -1,0 +1,197 @@
+//! One disk being worked on: its devices (from `disk::Layout`), the filesystems on them,
+//! and the mount table of what is mounted where. This is what a worker process holds for
+//! the length of one job (a `strata fs` call, a whole plan script); the worker protocol is
+//! a thin layer over it.
+//!
+//! A session opens filesystems with the C-library adapters, so it only ever lives inside a
+//! worker process (tests excepted). Nothing it does reaches the disk's store durably: the
+//! owner flushes the disk after `unmount_all` when the whole job has succeeded.
+
+use serde::{Deserialize, Serialize};
+
+use crate::disk::layout::{DeviceKind, Layout};
+use crate::store::device::SharedDevice;
+
+use super::detect::{detect, Detected};
+use super::mounts::MountTable;
+use super::types::*;
+
+/// A device as `strata fs list` and guestfish's list-devices/list-partitions see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub name: String,
+    /// `disk`, `partition` or `lv`.
+    pub kind: String,
+    pub size: u64,
+    /// Where a partition starts on the disk.
+    pub start: Option<u64>,
+    /// A GPT partition's name.
+    pub part_name: String,
+}
+
+/// A device's filesystem, as list-filesystems and `strata fs list` report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsInfo {
+    pub device: String,
+    pub size: u64,
+    /// `None`: nothing recognised (guestfish prints `unknown`).
+    pub detected: Option<Detected>,
+    /// statvfs when the filesystem could be mounted read-only to ask.
+    pub usage: Option<StatVfs>,
+    /// Why it could not be (an adapter refusal, a damaged filesystem).
+    pub error: Option<String>,
+}
+
+pub struct Session {
+    disk: SharedDevice,
+    layout: Layout,
+    pub table: MountTable,
+}
+
+impl Session {
+    pub fn new(disk: SharedDevice) -> FsResult<Session> {
+        let layout =
+            Layout::scan(disk.clone()).map_err(|e| FsError::new(libc::EIO, e.to_string()))?;
+        Ok(Session {
+            disk,
+            layout,
+            table: MountTable::new(),
+        })
+    }
+
+    pub fn disk(&self) -> &SharedDevice {
+        &self.disk
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Every device, in guestfish's order (disk, partitions, logical volumes).
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        self.layout
+            .devices()
+            .map(|d| {
+                let (kind, start, part_name) = match &d.kind {
+                    DeviceKind::Disk => ("disk", None, String::new()),
+                    DeviceKind::Partition(p) => ("partition", Some(p.start), p.name.clone()),
+                    DeviceKind::LogicalVolume { .. } => ("lv", None, String::new()),
+                };
+                DeviceInfo {
+                    name: d.name.clone(),
+                    kind: kind.into(),
+                    size: d.device.len(),
+                    start,
+                    part_name,
+                }
+            })
+            .collect()
+    }
+
+    /// What each device holds. As guestfish does, a disk with partitions is not listed
+    /// itself, and neither are LVM physical volumes or extended-partition containers.
+    /// With `usage`, each filesystem not mounted now is mounted read-only to ask statvfs.
+    pub fn filesystems(&mut self, usage: bool) -> Vec<FsInfo> {
+        let mut out = Vec::new();
+        let has_parts = !self.layout.partitions.is_empty();
+        let devices: Vec<_> = self
+            .layout
+            .devices()
+            .filter(|d| !(has_parts && matches!(d.kind, DeviceKind::Disk)))
+            .cloned()
+            .collect();
+        for d in devices {
+            let (detected, mut error) = match detect(d.device.as_ref()) {
+                Ok(x) => (x, None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            if detected
+                .as_ref()
+                .is_some_and(|x| x.fs_type == "LVM2_member")
+            {
+                continue;
+            }
+            let mut info = FsInfo {
+                device: d.name.clone(),
+                size: d.device.len(),
+                detected,
+                usage: None,
+                error: None,
+            };
+            if let Some(x) = &info.detected {
+                if usage || x.fs_type == "ntfs" {
+                    match super::open(
+                        &x.fs_type,
+                        d.device.clone(),
+                        super::OpenOptions { read_only: true },
+                    ) {
+                        Ok(mut fs) => {
+                            if usage {
+                                info.usage = fs.statvfs().ok();
+                            }
+                            if let Some(l) = fs.label() {
+                                if let Some(x) = info.detected.as_mut() {
+                                    x.label = l;
+                                }
+                            }
+                            let _ = fs.close();
+                        }
+                        Err(e) if e.errno == libc::ENODEV => {}
+                        Err(e) => error = Some(e.to_string()),
+                    }
+                }
+            }
+            info.error = error;
+            out.push(info);
+        }
+        out
+    }
+
+    /// Opens the filesystem on `device` (found by `detect`) and mounts it on `point`.
+    pub fn mount(&mut self, device: &str, point: &str, read_only: bool) -> FsResult<()> {
+        let d = self
+            .layout
+            .find(device)
+            .map_err(|e| FsError::new(libc::ENOENT, e.to_string()))?
+            .clone();
+        let fs_type = match detect(d.device.as_ref())? {
+            Some(x) => x.fs_type,
+            None => {
+                return Err(FsError::new(
+                    libc::EINVAL,
+                    format!("{device}: no filesystem that strata recognises is on it"),
+                ))
+            }
+        };
+        let read_only = read_only || d.device.is_read_only();
+        let fs = super::open(&fs_type, d.device.clone(), super::OpenOptions { read_only })
+            .map_err(|e| e.context(device))?;
+        match self.table.mount(fs, &d.name, point, read_only) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e.context(format!("mount {device} {point}"))),
+        }
+    }
+
+    /// `used_blocks` of the filesystem on `device`, as byte ranges of that device.
+    pub fn used_blocks(&mut self, device: &str) -> FsResult<Vec<(u64, u64)>> {
+        let d = self
+            .layout
+            .find(device)
+            .map_err(|e| FsError::new(libc::ENOENT, e.to_string()))?
+            .clone();
+        let Some(x) = detect(d.device.as_ref())? else {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("{device}: no filesystem"),
+            ));
+        };
+        let mut fs = super::open(
+            &x.fs_type,
+            d.device.clone(),
+            super::OpenOptions { read_only: true },
+        )?;
+        let r = fs.used_blocks();
+        let _ = fs.close();
+        r
+    }
+}
