@@ -4,6 +4,7 @@
 
 mod bench;
 mod debug;
+mod fs;
 mod image;
 mod progress;
 mod size;
@@ -62,9 +63,16 @@ pub enum Command {
     Export(strata::iscsi::cli::ExportArgs),
     /// Stop exporting a volume.
     Unexport(strata::iscsi::cli::UnexportArgs),
+    /// Filesystems inside a volume or image: list, inspect, ls, cat, stat, df, mkdir, rm,
+    /// chmod, put, get (DEVICE:PATH, e.g. /dev/sda2:/etc/hostname).
+    #[command(subcommand)]
+    Fs(fs::FsCmd),
     /// Tools for tests and debugging.
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCmd),
+    /// The filesystem worker process (started by strata itself; speaks on stdin/stdout).
+    #[command(name = "fs-worker", hide = true)]
+    FsWorker,
 }
 
 #[derive(clap::Args)]
@@ -123,6 +131,17 @@ fn open_repo(cli: &Cli) -> Result<Arc<Repository>, strata::store::StoreError> {
 }
 
 pub fn run(cli: Cli) -> CliResult {
+    match &cli.command {
+        Command::FsWorker => strata::fs::worker::child::run(),
+        // The worker opens the repository itself; this process never touches the volume.
+        Command::Fs(_) => {
+            let Command::Fs(c) = cli.command else {
+                unreachable!()
+            };
+            return fs::run(&cli.repo, c);
+        }
+        _ => {}
+    }
     let repo = open_repo(&cli)?;
     match cli.command {
         Command::Image(c) => image::run(&repo, c),
@@ -143,6 +162,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Export(a) => strata::iscsi::cli::export(&repo, a),
         Command::Unexport(a) => strata::iscsi::cli::unexport(&repo, a),
         Command::Debug(c) => debug::run(&repo, c),
+        Command::Fs(_) | Command::FsWorker => unreachable!("dispatched above"),
     }
 }
 

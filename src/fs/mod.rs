@@ -11,6 +11,7 @@
 //! - `ops.rs`     path-level operations (write a file, mkdir -p, rm -rf, glob) on the mount table
 //! - `session.rs` one disk being worked on: its devices, filesystems and mount table
 //! - `inspect.rs` which device holds an OS root and what OS it is (guestfish's inspect-*)
+//! - `worker/`    the worker process that runs all of the above, and its client
 //! - `fat.rs`     FAT12/16/32 (the fatfs crate)
 //! - `ext4.rs`    ext2/3/4 (libext2fs through `ext4_shim.c`)
 //! - `ntfs.rs`    NTFS (libntfs-3g through `ntfs_shim.c`)
@@ -26,6 +27,7 @@ pub mod mounts;
 pub mod ops;
 pub mod session;
 pub mod types;
+pub mod worker;
 
 pub use types::*;
 

@@ -1,0 +1,259 @@
+//! The parent's side: starts a worker process (strata's own binary, `strata fs-worker`)
+//! inside limits, sends it requests, and turns every way it can fail — an error reply, a
+//! crash, a hang, a memory blow-up — into an `FsError` for that one job.
+//!
+//! Limits applied in the child before it runs (all best effort where the host refuses):
+//! address-space data (`RLIMIT_DATA`: the heap and private mappings, not the
+//! memory-mapped image index), CPU seconds, open files, no core dumps, no new privileges,
+//! death with its parent, and its own network namespace (no network at all) when the
+//! process may create one. Each request must be answered within the timeout, else the
+//! worker is killed. A worker that is killed or dropped never flushed anything: the disk
+//! is as it was before the job.
+
+use std::io::{self, BufWriter, Read};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::fs::types::*;
+
+use super::protocol::*;
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The strata binary to run as the worker.
+    pub exe: PathBuf,
+    /// How long one request may take.
+    pub timeout: Duration,
+    /// RLIMIT_DATA of the worker.
+    pub memory_bytes: u64,
+    /// RLIMIT_CPU of the worker.
+    pub cpu_seconds: u64,
+    /// RLIMIT_NOFILE of the worker.
+    pub max_files: u64,
+    /// Memory for the image-chunk cache inside the worker (it reads each block a few
+    /// times at most; the server's big cache is not shared with it).
+    pub cache_bytes: u64,
+}
+
+impl Default for WorkerOptions {
+    /// The running binary, 10 minutes per request, 1 GiB of data, 1 hour of CPU, 256
+    /// files; `STRATA_FS_TIMEOUT` (seconds) and `STRATA_FS_MEMORY_MB` override.
+    fn default() -> Self {
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        WorkerOptions {
+            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("strata")),
+            timeout: Duration::from_secs(env("STRATA_FS_TIMEOUT").unwrap_or(600)),
+            memory_bytes: env("STRATA_FS_MEMORY_MB").unwrap_or(1024) << 20,
+            cpu_seconds: 3600,
+            max_files: 256,
+            cache_bytes: 16 << 20,
+        }
+    }
+}
+
+pub struct Worker {
+    child: Child,
+    to: Option<BufWriter<ChildStdin>>,
+    from: ChildStdout,
+    timeout: Duration,
+    what: String,
+}
+
+fn broken(what: &str, detail: impl std::fmt::Display) -> FsError {
+    FsError::new(
+        libc::EIO,
+        format!("the filesystem worker for {what} {detail}; nothing was changed"),
+    )
+}
+
+impl Worker {
+    /// Starts a worker and opens `source` in it.
+    pub fn start(source: Source, read_only: bool, opts: &WorkerOptions) -> FsResult<Worker> {
+        let what = source.describe();
+        let mut cmd = Command::new(&opts.exe);
+        cmd.arg("fs-worker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let limits = (opts.memory_bytes, opts.cpu_seconds, opts.max_files);
+        // SAFETY: only async-signal-safe system calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                confine(limits);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            FsError::new(
+                libc::EIO,
+                format!(
+                    "starting the filesystem worker ({}): {e}",
+                    opts.exe.display()
+                ),
+            )
+        })?;
+        let to = child
+            .stdin
+            .take()
+            .map(|s| BufWriter::with_capacity(1 << 20, s));
+        let from = child
+            .stdout
+            .take()
+            .ok_or_else(|| broken(&what, "has no output pipe"))?;
+        let mut w = Worker {
+            child,
+            to,
+            from,
+            timeout: opts.timeout,
+            what,
+        };
+        w.call(Request::Open(Open {
+            source,
+            read_only,
+            cache_bytes: opts.cache_bytes,
+        }))?;
+        Ok(w)
+    }
+
+    /// Sends one request and waits for its answer.
+    pub fn call(&mut self, req: Request) -> FsResult<Reply> {
+        let doing = req.describe();
+        let Some(to) = self.to.as_mut() else {
+            return Err(broken(&self.what, "was stopped"));
+        };
+        if let Err(e) = write_frame(to, &req) {
+            return Err(self.failure(&doing, e));
+        }
+        let deadline = Instant::now() + self.timeout;
+        let mut r = Deadline {
+            inner: &mut self.from,
+            deadline,
+        };
+        match read_frame::<Response>(&mut r) {
+            Ok(Some(resp)) => resp,
+            Ok(None) => Err(self.failure(&doing, io::ErrorKind::UnexpectedEof.into())),
+            Err(e) => Err(self.failure(&doing, e)),
+        }
+    }
+
+    /// Explains why the worker stopped answering, and makes sure it is gone.
+    fn failure(&mut self, doing: &str, e: io::Error) -> FsError {
+        let timed_out = e.kind() == io::ErrorKind::TimedOut;
+        let _ = self.child.kill();
+        let status = self.child.wait().ok();
+        self.to = None;
+        if timed_out {
+            return broken(
+                &self.what,
+                format!(
+                    "did not answer within {} s while {doing} and was killed (STRATA_FS_TIMEOUT sets the limit)",
+                    self.timeout.as_secs()
+                ),
+            );
+        }
+        let how = match status {
+            Some(s) if s.signal() == Some(libc::SIGXCPU) => "ran out of CPU time".to_string(),
+            Some(s) if s.signal() == Some(libc::SIGKILL) => "was killed (SIGKILL)".to_string(),
+            Some(s) if s.signal() == Some(libc::SIGABRT) => {
+                "aborted (out of memory? STRATA_FS_MEMORY_MB raises the limit)".to_string()
+            }
+            Some(s) if s.signal().is_some() => {
+                format!("crashed (signal {})", s.signal().unwrap_or(0))
+            }
+            Some(s) => format!("exited ({s})"),
+            None => format!("stopped answering ({e})"),
+        };
+        broken(&self.what, format!("{how} while {doing}"))
+    }
+
+    /// Writes everything back and makes it durable in one atomic flush, then ends the
+    /// worker. Until this returns `Ok`, nothing the job did is in the disk.
+    pub fn commit(mut self) -> FsResult<()> {
+        self.call(Request::Commit)?;
+        self.finish();
+        Ok(())
+    }
+
+    /// Ends the worker after a job that changed nothing (or whose changes are unwanted).
+    pub fn finish(&mut self) {
+        // End of input tells the worker to exit without flushing.
+        self.to = None;
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.to.is_some() {
+            // Abandoned mid-job: kill it, so that nothing more reaches the disk.
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A reader that fails with `TimedOut` when no byte arrives before the deadline.
+struct Deadline<'a> {
+    inner: &'a mut ChildStdout,
+    deadline: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.inner.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms.max(1)) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                continue;
+            }
+            return self.inner.read(buf);
+        }
+    }
+}
+
+/// Applied in the child between fork and exec: plain system calls only. Failures are
+/// ignored (a host that refuses a namespace still gets the limits).
+fn confine((memory, cpu, files): (u64, u64, u64)) {
+    let set = |res, v: u64| {
+        let lim = libc::rlimit {
+            rlim_cur: v,
+            rlim_max: v,
+        };
+        // SAFETY: setrlimit with a valid pointer.
+        unsafe { libc::setrlimit(res, &lim) };
+    };
+    set(libc::RLIMIT_DATA, memory);
+    set(libc::RLIMIT_CPU, cpu);
+    set(libc::RLIMIT_NOFILE, files);
+    set(libc::RLIMIT_CORE, 0);
+    // SAFETY: prctl and unshare take plain integers.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        libc::unshare(libc::CLONE_NEWNET);
+    }
+}
