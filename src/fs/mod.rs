@@ -27,6 +27,7 @@ pub mod memfs;
 pub mod mounts;
 pub mod ops;
 pub mod session;
+pub mod fat;
 pub mod types;
 pub mod worker;
 
@@ -141,6 +142,7 @@ pub struct OpenOptions {
 pub fn open(fs_type: &str, dev: SharedDevice, opts: OpenOptions) -> FsResult<Box<dyn GuestFs>> {
     match fs_type {
         "ext2" | "ext3" | "ext4" => ext4::open(fs_type, dev, opts),
+        "vfat" => fat::open(dev, opts),
         _ => Err(FsError::new(
             libc::ENODEV,
             format!("no adapter for {fs_type:?} filesystems"),
