@@ -15,6 +15,7 @@
 //! they are only ever opened inside a worker process (see `worker`), never in a server.
 
 pub mod detect;
+pub mod ntfs;
 pub mod types;
 
 pub use types::*;
@@ -120,9 +121,11 @@ pub struct OpenOptions {
 /// Opens the filesystem of type `fs_type` (as `detect` names it) on `dev`. Only call this
 /// inside a worker process: the adapters run C code over untrusted bytes.
 pub fn open(fs_type: &str, dev: SharedDevice, opts: OpenOptions) -> FsResult<Box<dyn GuestFs>> {
-    let _ = (&dev, opts);
-    Err(FsError::new(
-        libc::ENODEV,
-        format!("no adapter for {fs_type:?} filesystems"),
-    ))
+    match fs_type {
+        "ntfs" => Ok(Box::new(ntfs::Ntfs::open(dev, opts)?)),
+        _ => Err(FsError::new(
+            libc::ENODEV,
+            format!("no adapter for {fs_type:?} filesystems"),
+        )),
+    }
 }
