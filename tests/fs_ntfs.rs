@@ -29,7 +29,9 @@ fn have(name: &str) -> bool {
 
 /// Why this machine cannot run these tests, if it cannot.
 fn missing() -> Option<String> {
-    for t in ["mkntfs", "ntfsfix", "ntfs-3g", "ntfscat", "ntfsinfo", "ntfsls"] {
+    for t in [
+        "mkntfs", "ntfsfix", "ntfs-3g", "ntfscat", "ntfsinfo", "ntfsls",
+    ] {
         if !have(t) {
             return Some(format!("{t} missing (tools/install-deps installs ntfs-3g)"));
         }
@@ -118,13 +120,21 @@ impl Image {
     fn mount(&self) -> Mount {
         let at = self.dir.join(format!("mnt{}", rand_suffix()));
         std::fs::create_dir(&at).unwrap();
-        ok(Command::new("ntfs-3g").arg("-o").arg("ro").arg(&self.path).arg(&at));
+        ok(Command::new("ntfs-3g")
+            .arg("-o")
+            .arg("ro")
+            .arg(&self.path)
+            .arg(&at));
         Mount { at }
     }
 
     fn cat(&self, inside: &str) -> Vec<u8> {
         let o = run(Command::new("ntfscat").arg(&self.path).arg(inside));
-        assert!(o.status.success(), "ntfscat {inside}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "ntfscat {inside}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         o.stdout
     }
 
@@ -230,30 +240,57 @@ fn files_dirs_symlinks_and_hard_links_read_back_through_ntfs_3g() {
     let hosts = mkfile(&mut *f, etc, "hosts", b"127.0.0.1 localhost\n");
     let big_data = pattern(1, 3 * MIB as usize + 12345);
     let big = mkfile(&mut *f, root, "big.bin", &big_data);
+    assert_eq!(read_all(&mut *f, big), big_data);
     let empty = mkfile(&mut *f, root, "empty", b"");
     let sl = f.symlink(root, b"hosts-link", b"etc/hosts", OWNER).unwrap();
     f.link(hosts, root, b"hosts-hard").unwrap();
-    let mtime = Timespec { sec: 1_600_000_000, nsec: 123_456_700 };
-    let atime = Timespec { sec: 1_500_000_000, nsec: 0 };
-    f.setattr(big, &SetAttr { mtime: Some(mtime), atime: Some(atime), ..Default::default() })
-        .unwrap();
+    let mtime = Timespec {
+        sec: 1_600_000_000,
+        nsec: 123_456_700,
+    };
+    let atime = Timespec {
+        sec: 1_500_000_000,
+        nsec: 0,
+    };
+    f.setattr(
+        big,
+        &SetAttr {
+            mtime: Some(mtime),
+            atime: Some(atime),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     // chmod and chown are accepted and change nothing, as on a default ntfs-3g mount
-    f.setattr(hosts, &SetAttr { mode: Some(0o600), uid: Some(1000), ..Default::default() })
-        .unwrap();
+    f.setattr(
+        hosts,
+        &SetAttr {
+            mode: Some(0o600),
+            uid: Some(1000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
 
     // what the adapter says, before closing
     let st = f.stat(hosts).unwrap();
     assert_eq!((st.mode, st.nlink, st.uid, st.size), (0o100777, 2, 0, 20));
     assert_eq!(f.stat(etc).unwrap().mode, 0o40777);
     let lst = f.stat(sl).unwrap();
-    assert_eq!((lst.kind, lst.mode, lst.size), (FileKind::Symlink, 0o120777, 9));
+    assert_eq!(
+        (lst.kind, lst.mode, lst.size),
+        (FileKind::Symlink, 0o120777, 9)
+    );
     assert_eq!(f.readlink(sl).unwrap(), b"etc/hosts");
     assert_eq!(f.stat(big).unwrap().mtime, mtime);
-    assert_eq!(read_all(&mut *f, big), big_data);
+    assert_eq!(f.stat(big).unwrap().atime, atime);
     assert_eq!(f.lookup(root, b"hosts-hard").unwrap(), hosts);
     let mut listed = names(&mut *f, root);
     listed.sort();
-    assert_eq!(listed, ["big.bin", "empty", "etc", "hosts-hard", "hosts-link"]);
+    assert_eq!(
+        listed,
+        ["big.bin", "empty", "etc", "hosts-hard", "hosts-link"]
+    );
     let kinds: BTreeMap<String, FileKind> = f
         .readdir(root)
         .unwrap()
@@ -263,21 +300,36 @@ fn files_dirs_symlinks_and_hard_links_read_back_through_ntfs_3g() {
     assert_eq!(kinds["etc"], FileKind::Directory);
     assert_eq!(kinds["hosts-link"], FileKind::Symlink);
     assert_eq!(kinds["empty"], FileKind::Regular);
-    assert_eq!(f.lookup(root, b"$MFT").map_err(|e| e.errno), Err(libc::ENOENT));
+    assert_eq!(
+        f.lookup(root, b"$MFT").map_err(|e| e.errno),
+        Err(libc::ENOENT)
+    );
     f.close().unwrap();
     img.assert_clean();
 
     assert_eq!(img.cat("/etc/hosts"), b"127.0.0.1 localhost\n");
     assert_eq!(img.cat("/big.bin"), big_data);
     let m = img.mount();
-    assert_eq!(host_names(&m.at), ["big.bin", "empty", "etc", "hosts-hard", "hosts-link"]);
-    assert_eq!(std::fs::read_link(m.p("hosts-link")).unwrap(), Path::new("etc/hosts"));
-    assert_eq!(std::fs::read(m.p("hosts-link")).unwrap(), b"127.0.0.1 localhost\n");
+    assert_eq!(
+        host_names(&m.at),
+        ["big.bin", "empty", "etc", "hosts-hard", "hosts-link"]
+    );
+    assert_eq!(
+        std::fs::read_link(m.p("hosts-link")).unwrap(),
+        Path::new("etc/hosts")
+    );
+    assert_eq!(
+        std::fs::read(m.p("hosts-link")).unwrap(),
+        b"127.0.0.1 localhost\n"
+    );
     let md = std::fs::metadata(m.p("etc/hosts")).unwrap();
     assert_eq!((md.nlink(), md.ino(), md.mode()), (2, hosts, 0o100777));
     assert_eq!(std::fs::metadata(m.p("hosts-hard")).unwrap().ino(), hosts);
     let md = std::fs::metadata(m.p("big.bin")).unwrap();
-    assert_eq!((md.mtime(), md.mtime_nsec()), (mtime.sec, mtime.nsec as i64));
+    assert_eq!(
+        (md.mtime(), md.mtime_nsec()),
+        (mtime.sec, mtime.nsec as i64)
+    );
     assert_eq!(md.atime(), atime.sec);
     assert_eq!(md.ino(), big);
     assert_eq!(std::fs::metadata(m.p("empty")).unwrap().len(), 0);
@@ -287,7 +339,14 @@ fn files_dirs_symlinks_and_hard_links_read_back_through_ntfs_3g() {
     // reopened, the adapter's stat agrees with ntfs-3g's for every inode
     let mut f = img.open_ro();
     let m = img.mount();
-    for name in ["big.bin", "empty", "etc", "hosts-hard", "hosts-link", "etc/hosts"] {
+    for name in [
+        "big.bin",
+        "empty",
+        "etc",
+        "hosts-hard",
+        "hosts-link",
+        "etc/hosts",
+    ] {
         let mut ino = f.root();
         for part in name.split('/') {
             ino = f.lookup(ino, part.as_bytes()).unwrap();
@@ -295,17 +354,42 @@ fn files_dirs_symlinks_and_hard_links_read_back_through_ntfs_3g() {
         let st = f.stat(ino).unwrap();
         let md = std::fs::symlink_metadata(m.p(name)).unwrap();
         assert_eq!(
-            (st.ino, st.mode, st.nlink as u64, st.size, st.blocks, st.blksize as u64),
-            (md.ino(), md.mode(), md.nlink(), md.size(), md.blocks(), md.blksize()),
+            (
+                st.ino,
+                st.mode,
+                st.nlink as u64,
+                st.size,
+                st.blocks,
+                st.blksize as u64
+            ),
+            (
+                md.ino(),
+                md.mode(),
+                md.nlink(),
+                md.size(),
+                md.blocks(),
+                md.blksize()
+            ),
             "{name}"
         );
         assert_eq!((st.uid, st.gid), (md.uid(), md.gid()));
-        assert_eq!((st.mtime.sec, st.mtime.nsec as i64), (md.mtime(), md.mtime_nsec()), "{name}");
-        assert_eq!((st.ctime.sec, st.ctime.nsec as i64), (md.ctime(), md.ctime_nsec()), "{name}");
+        assert_eq!(
+            (st.mtime.sec, st.mtime.nsec as i64),
+            (md.mtime(), md.mtime_nsec()),
+            "{name}"
+        );
+        assert_eq!(
+            (st.ctime.sec, st.ctime.nsec as i64),
+            (md.ctime(), md.ctime_nsec()),
+            "{name}"
+        );
     }
     let root_st = f.stat(5).unwrap();
     let md = std::fs::metadata(&m.at).unwrap();
-    assert_eq!((root_st.mode, root_st.size, root_st.nlink as u64), (md.mode(), md.size(), md.nlink()));
+    assert_eq!(
+        (root_st.mode, root_st.size, root_st.nlink as u64),
+        (md.mode(), md.size(), md.nlink())
+    );
     let v = f.statvfs().unwrap();
     // SAFETY: a zeroed statvfs is a valid out-buffer.
     let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -313,12 +397,22 @@ fn files_dirs_symlinks_and_hard_links_read_back_through_ntfs_3g() {
     assert_eq!(unsafe { libc::statvfs(cpath.as_ptr(), &mut sv) }, 0);
     assert_eq!(
         (v.bsize, v.blocks, v.bfree, v.files, v.ffree, v.namemax),
-        (sv.f_bsize, sv.f_blocks, sv.f_bfree, sv.f_files, sv.f_ffree, sv.f_namemax)
+        (
+            sv.f_bsize,
+            sv.f_blocks,
+            sv.f_bfree,
+            sv.f_files,
+            sv.f_ffree,
+            sv.f_namemax
+        )
     );
     drop(m);
-    assert_eq!(strata::fs::ntfs::Ntfs::open(img.device(true), OpenOptions { read_only: true })
-        .unwrap()
-        .label(), "Windows");
+    assert_eq!(
+        strata::fs::ntfs::Ntfs::open(img.device(true), OpenOptions { read_only: true })
+            .unwrap()
+            .label(),
+        "Windows"
+    );
 }
 
 #[test]
@@ -349,7 +443,12 @@ fn a_directory_of_3000_entries_lists_and_looks_up_everything() {
     }
     f.close().unwrap();
     img.assert_clean();
-    let kept: Vec<String> = inos.keys().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, n)| n.clone()).collect();
+    let kept: Vec<String> = inos
+        .keys()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(_, n)| n.clone())
+        .collect();
     let mut f = img.open();
     let mut listed = names(&mut *f, d);
     listed.sort();
@@ -362,16 +461,29 @@ fn a_directory_of_3000_entries_lists_and_looks_up_everything() {
     let m = img.mount();
     assert_eq!(host_names(&m.p("many")), kept);
     let n: usize = kept[1234].split('-').nth(1).unwrap().parse().unwrap();
-    assert_eq!(std::fs::read(m.p(&format!("many/{}", kept[1234]))).unwrap(), format!("{n}\n").as_bytes());
+    assert_eq!(
+        std::fs::read(m.p(&format!("many/{}", kept[1234]))).unwrap(),
+        format!("{n}\n").as_bytes()
+    );
 }
 
 /// Runs of the file's unnamed $DATA, as `ntfsinfo -v` lists them.
 fn runs_of(img: &Image, ino: Ino) -> usize {
-    let out = ok(Command::new("ntfsinfo").arg("-v").arg("-i").arg(ino.to_string()).arg(&img.path));
+    let out = ok(Command::new("ntfsinfo")
+        .arg("-v")
+        .arg("-i")
+        .arg(ino.to_string())
+        .arg(&img.path));
     let total = out
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Total runs: "))
-        .map(|r| r.split_whitespace().next().unwrap().parse::<usize>().unwrap())
+        .map(|r| {
+            r.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
         .max();
     total.unwrap_or(0)
 }
@@ -448,7 +560,10 @@ fn writing_past_the_end_leaves_a_sparse_hole_of_zeros() {
     assert_eq!(b, b"he\0\0\0\0");
     file.read_exact_at(&mut b[..4], far).unwrap();
     assert_eq!(&b[..4], b"tail");
-    assert_eq!(std::fs::metadata(m.p("truncated")).unwrap().len(), 512 * MIB);
+    assert_eq!(
+        std::fs::metadata(m.p("truncated")).unwrap().len(),
+        512 * MIB
+    );
 }
 
 #[test]
@@ -468,7 +583,10 @@ fn a_deep_tree_of_directories_resolves_to_its_leaf() {
     f.close().unwrap();
     img.assert_clean();
     let m = img.mount();
-    assert_eq!(std::fs::read(m.p(&format!("{path}leaf"))).unwrap(), b"deep\n");
+    assert_eq!(
+        std::fs::read(m.p(&format!("{path}leaf"))).unwrap(),
+        b"deep\n"
+    );
     drop(m);
     // moving the top directory into its own leaf is refused
     let mut f = img.open();
@@ -500,13 +618,28 @@ fn non_ascii_and_255_unit_names_round_trip_and_longer_ones_are_refused() {
     for (i, n) in names_in.iter().enumerate() {
         mkfile(&mut *f, root, n, format!("{i}").as_bytes());
     }
-    assert_ne!(f.lookup(root, b"Case").unwrap(), f.lookup(root, b"case").unwrap());
+    assert_ne!(
+        f.lookup(root, b"Case").unwrap(),
+        f.lookup(root, b"case").unwrap()
+    );
     assert_eq!(errno(f.lookup(root, b"CASE")), libc::ENOENT);
-    assert_eq!(errno(f.create(root, "x".repeat(256).as_bytes(), 0o644, OWNER)), libc::ENAMETOOLONG);
-    assert_eq!(errno(f.create(root, "😀".repeat(128).as_bytes(), 0o644, OWNER)), libc::ENAMETOOLONG);
-    assert_eq!(errno(f.lookup(root, "😀".repeat(128).as_bytes())), libc::ENAMETOOLONG);
+    assert_eq!(
+        errno(f.create(root, "x".repeat(256).as_bytes(), 0o644, OWNER)),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno(f.create(root, "😀".repeat(128).as_bytes(), 0o644, OWNER)),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno(f.lookup(root, "😀".repeat(128).as_bytes())),
+        libc::ENAMETOOLONG
+    );
     // bytes that are not UTF-8 cannot become an NTFS name: ntfs-3g says EILSEQ
-    assert_eq!(errno(f.create(root, b"bad\xff", 0o644, OWNER)), libc::EILSEQ);
+    assert_eq!(
+        errno(f.create(root, b"bad\xff", 0o644, OWNER)),
+        libc::EILSEQ
+    );
     assert_eq!(errno(f.lookup(root, b"bad\xff")), libc::EILSEQ);
     assert_eq!(errno(f.create(root, b"Case", 0o644, OWNER)), libc::EEXIST);
     assert_eq!(errno(f.mkdir(root, b"case", 0o755, OWNER)), libc::EEXIST);
@@ -517,7 +650,11 @@ fn non_ascii_and_255_unit_names_round_trip_and_longer_ones_are_refused() {
     expect.sort();
     assert_eq!(host_names(&m.at), expect);
     for (i, n) in names_in.iter().enumerate() {
-        assert_eq!(std::fs::read(m.p(n)).unwrap(), format!("{i}").as_bytes(), "{n}");
+        assert_eq!(
+            std::fs::read(m.p(n)).unwrap(),
+            format!("{i}").as_bytes(),
+            "{n}"
+        );
     }
 }
 
@@ -635,7 +772,10 @@ fn running_out_of_space_fails_with_enospc_and_leaves_the_volume_clean() {
     let mut f = img.open();
     f.unlink(r, b"big").unwrap();
     let free = f.statvfs().unwrap().bfree;
-    assert!(free * 4096 > 8 * MIB, "{free} clusters free after the delete");
+    assert!(
+        free * 4096 > 8 * MIB,
+        "{free} clusters free after the delete"
+    );
     let again = mkfile(&mut *f, r, "again", &chunk);
     assert_eq!(read_all(&mut *f, again), chunk);
     f.close().unwrap();
@@ -660,7 +800,9 @@ fn a_hibernated_volume_is_refused_read_write_and_opens_read_only() {
     let img = image(64 * MIB, &[]);
     add_hiberfile(&img, b"hibr");
     let before = img.sha();
-    let e = fs::open("ntfs", img.device(false), OpenOptions::default()).err().unwrap();
+    let e = fs::open("ntfs", img.device(false), OpenOptions::default())
+        .err()
+        .unwrap();
     assert_eq!(e.errno, libc::EPERM, "{e}");
     assert!(e.detail.contains("hibernated"), "{e}");
     assert_eq!(img.sha(), before, "the refused open wrote to the device");
@@ -679,7 +821,9 @@ fn a_hibernated_volume_is_refused_read_write_and_opens_read_only() {
 
 /// Writes `page` at the start of `$LogFile`'s data (found with `ntfsinfo`).
 fn overwrite_logfile_start(img: &Image, page: &[u8]) {
-    let out = ok(Command::new("ntfsinfo").args(["-v", "-i", "2"]).arg(&img.path));
+    let out = ok(Command::new("ntfsinfo")
+        .args(["-v", "-i", "2"])
+        .arg(&img.path));
     let mut lines = out.lines().skip_while(|l| !l.contains("Runlist:"));
     lines.next();
     let first = lines.next().expect("a run of $LogFile");
@@ -750,7 +894,9 @@ fn an_unclean_logfile_is_refused_read_write_and_opens_read_only() {
     let size = img.cat("/$LogFile").len() as u64;
     overwrite_logfile_start(&img, &restart_page(size, 1, 1));
     let before = img.sha();
-    let e = fs::open("ntfs", img.device(false), OpenOptions::default()).err().unwrap();
+    let e = fs::open("ntfs", img.device(false), OpenOptions::default())
+        .err()
+        .unwrap();
     assert_eq!(e.errno, libc::EOPNOTSUPP, "{e}");
     assert!(e.detail.contains("$LogFile is unclean"), "{e}");
     let mut f = img.open_ro();
@@ -760,7 +906,9 @@ fn an_unclean_logfile_is_refused_read_write_and_opens_read_only() {
     // restart page version 2.0 is Windows Fast Startup's cached metadata: EPERM
     let img = image(64 * MIB, &[]);
     overwrite_logfile_start(&img, &restart_page(size, 2, 0));
-    let e = fs::open("ntfs", img.device(false), OpenOptions::default()).err().unwrap();
+    let e = fs::open("ntfs", img.device(false), OpenOptions::default())
+        .err()
+        .unwrap();
     assert_eq!(e.errno, libc::EPERM, "{e}");
 }
 
@@ -774,7 +922,14 @@ fn a_read_only_open_changes_no_byte_and_refuses_changes_with_erofs() {
     let file = mkfile(&mut *f, d, "f", &pattern(9, 100_000));
     f.symlink(r, b"l", b"d/f", OWNER).unwrap();
     // atimes older than mtimes: a read-write mount would move them (relatime)
-    f.setattr(file, &SetAttr { atime: Some(Timespec { sec: 1, nsec: 0 }), ..Default::default() }).unwrap();
+    f.setattr(
+        file,
+        &SetAttr {
+            atime: Some(Timespec { sec: 1, nsec: 0 }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     f.close().unwrap();
     let before = img.sha();
     let mut f = img.open_ro();
@@ -791,13 +946,24 @@ fn a_read_only_open_changes_no_byte_and_refuses_changes_with_erofs() {
     assert_eq!(errno(f.create(r, b"new", 0o644, OWNER)), libc::EROFS);
     assert_eq!(errno(f.unlink(d, b"f")), libc::EROFS);
     assert_eq!(errno(f.rename(d, b"f", r, b"g")), libc::EROFS);
-    assert_eq!(errno(f.setattr(file, &SetAttr { mode: Some(0o600), ..Default::default() })), libc::EROFS);
+    assert_eq!(
+        errno(f.setattr(
+            file,
+            &SetAttr {
+                mode: Some(0o600),
+                ..Default::default()
+            }
+        )),
+        libc::EROFS
+    );
     assert_eq!(errno(f.truncate(file, 0)), libc::EROFS);
     f.sync().unwrap();
     f.close().unwrap();
     assert_eq!(img.sha(), before);
     // a read-only device cannot be opened read-write
-    let e = fs::open("ntfs", img.device(true), OpenOptions::default()).err().unwrap();
+    let e = fs::open("ntfs", img.device(true), OpenOptions::default())
+        .err()
+        .unwrap();
     assert_eq!(e.errno, libc::EROFS);
     // a read-write open that only reads moves atime (relatime), as ntfs-3g does
     let mut f = img.open();
@@ -818,13 +984,19 @@ fn used_blocks_cover_every_allocated_cluster_and_the_backup_boot_sector() {
     let sv = f.statvfs().unwrap();
     let total: u64 = used.iter().map(|r| r.1).sum();
     let allocated = (sv.blocks - sv.bfree) * sv.frsize;
-    assert!(total >= allocated && total <= allocated + 4096, "{total} vs {allocated}");
+    assert!(
+        total >= allocated && total <= allocated + 4096,
+        "{total} vs {allocated}"
+    );
     assert_eq!(used[0].0, 0, "the boot sector is used");
     for w in used.windows(2) {
         assert!(w[0].0 + w[0].1 < w[1].0, "ranges not merged: {w:?}");
     }
     let len = 64 * MIB;
-    assert!(used.iter().any(|&(o, l)| o + l == len), "backup boot sector at the end: {used:?}");
+    assert!(
+        used.iter().any(|&(o, l)| o + l == len),
+        "backup boot sector at the end: {used:?}"
+    );
     // zeroing everything else keeps the filesystem and the file intact
     f.close().unwrap();
     let dev = FileDevice::open(&img.path, false).unwrap();
@@ -883,7 +1055,9 @@ fn damaged_images_give_errors_and_never_crash() {
             if seen > 500 {
                 break;
             }
-            let Ok(entries) = f.readdir(dir) else { continue };
+            let Ok(entries) = f.readdir(dir) else {
+                continue;
+            };
             for e in entries {
                 let _ = f.lookup(dir, &e.name);
                 match f.stat(e.ino) {
@@ -924,7 +1098,9 @@ fn fs_open_gives_the_ntfs_adapter_on_a_shared_device() {
     let blank = tempfile::NamedTempFile::new().unwrap();
     blank.as_file().set_len(MIB).unwrap();
     let dev: SharedDevice = Arc::new(FileDevice::open(blank.path(), true).unwrap());
-    let e = fs::open("ntfs", dev, OpenOptions { read_only: true }).err().unwrap();
+    let e = fs::open("ntfs", dev, OpenOptions { read_only: true })
+        .err()
+        .unwrap();
     assert_eq!(e.errno, libc::EINVAL, "{e}");
 }
 
@@ -956,9 +1132,9 @@ fn ntfs_write_throughput() {
     let t = Instant::now();
     ok(Command::new("ntfs-3g").arg(&img2.path).arg(&at));
     ok(Command::new("cp").arg(&src).arg(at.join("big")));
-    ok(Command::new("sync"));
+    ok(&mut Command::new("sync"));
     ok(Command::new("umount").arg(&at));
-    ok(Command::new("sync"));
+    ok(&mut Command::new("sync"));
     let theirs = t.elapsed().as_secs_f64();
     eprintln!(
         "100 MiB into a 1 GiB NTFS image: adapter {:.0} MiB/s ({ours:.2} s), ntfs-3g mount+cp+sync {:.0} MiB/s ({theirs:.2} s)",

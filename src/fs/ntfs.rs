@@ -332,7 +332,8 @@ fn ntfs_to_timespec(t: i64) -> Timespec {
 
 /// NTFS keeps 100 ns units; finer parts are dropped, and times outside its range clamp.
 fn timespec_to_ntfs(t: Timespec) -> i64 {
-    let units = t.sec as i128 * 10_000_000 + (t.nsec.min(999_999_999) / 100) as i128
+    let units = t.sec as i128 * 10_000_000
+        + (t.nsec.min(999_999_999) / 100) as i128
         + NTFS_EPOCH_OFFSET as i128;
     units.clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
@@ -499,8 +500,11 @@ impl Ntfs {
     fn link_raw(&mut self, ino: Ino, dir: Ino, name: &[u8], allow_dir: bool) -> FsResult<()> {
         let c = cname(name)?;
         // SAFETY: h is mounted; c is NUL-terminated.
-        let r = unsafe { strata_ntfs_link(self.handle(), ino, dir, c.as_ptr(), allow_dir as c_int) };
-        check(r, || format!("link inode {ino} as {:?} in inode {dir}", show(name)))
+        let r =
+            unsafe { strata_ntfs_link(self.handle(), ino, dir, c.as_ptr(), allow_dir as c_int) };
+        check(r, || {
+            format!("link inode {ino} as {:?} in inode {dir}", show(name))
+        })
     }
 
     fn remove_raw(&mut self, dir: Ino, name: &[u8], want: c_int) -> FsResult<()> {
@@ -620,7 +624,9 @@ fn mount_error(errno: i32, what: &str, logged: Option<String>) -> FsError {
         libc::EINVAL => format!("{what}: not an NTFS filesystem (bad boot sector)"),
         libc::EIO => format!("{what}: NTFS filesystem damaged (run chkdsk in Windows)"),
         libc::ENXIO => format!("{what}: NTFS volume is part of a RAID set"),
-        libc::EROFS => format!("{what}: the device is read-only: open the NTFS filesystem read-only"),
+        libc::EROFS => {
+            format!("{what}: the device is read-only: open the NTFS filesystem read-only")
+        }
         _ => format!("{what}: cannot mount the NTFS filesystem"),
     };
     let detail = match logged {
@@ -630,7 +636,13 @@ fn mount_error(errno: i32, what: &str, logged: Option<String>) -> FsError {
     FsError::new(errno, detail)
 }
 
-extern "C" fn dirent_cb(ctx: *mut c_void, name: *const c_char, len: usize, ino: u64, dt: u32) -> c_int {
+extern "C" fn dirent_cb(
+    ctx: *mut c_void,
+    name: *const c_char,
+    len: usize,
+    ino: u64,
+    dt: u32,
+) -> c_int {
     if ctx.is_null() || name.is_null() {
         return -1;
     }
@@ -817,7 +829,10 @@ impl GuestFs for Ntfs {
         let src_kind = self.kind(src).map_err(|e| e.context(ctx()))?;
         let to_kind = self.kind(to_dir).map_err(|e| e.context(ctx()))?;
         if to_kind != FileKind::Directory {
-            return Err(FsError::new(libc::ENOTDIR, format!("{}: target directory", ctx())));
+            return Err(FsError::new(
+                libc::ENOTDIR,
+                format!("{}: target directory", ctx()),
+            ));
         }
         // The checks the kernel makes before it asks the filesystem.
         let target = self.lookup_opt(to_dir, to).map_err(|e| e.context(ctx()))?;
@@ -825,18 +840,26 @@ impl GuestFs for Ntfs {
             return Ok(()); // two names of one inode: rename(2) does nothing
         }
         let src_is_dir = src_kind == FileKind::Directory;
-        if src_is_dir && self.is_ancestor(src, to_dir).map_err(|e| e.context(ctx()))? {
+        if src_is_dir
+            && self
+                .is_ancestor(src, to_dir)
+                .map_err(|e| e.context(ctx()))?
+        {
             return Err(FsError::new(
                 libc::EINVAL,
                 format!("{}: a directory cannot move into itself", ctx()),
             ));
         }
         if src < FIRST_USER_INO {
-            return Err(FsError::new(libc::EPERM, format!("{}: an NTFS metafile", ctx())));
+            return Err(FsError::new(
+                libc::EPERM,
+                format!("{}: an NTFS metafile", ctx()),
+            ));
         }
         let Some(target) = target else {
             // ntfs-3g: a new name, then the old one goes (and the new one if that fails)
-            self.link_raw(src, to_dir, to, true).map_err(|e| e.context(ctx()))?;
+            self.link_raw(src, to_dir, to, true)
+                .map_err(|e| e.context(ctx()))?;
             if let Err(e) = self.remove_raw(from_dir, from, WANT_ANY) {
                 let _ = self.remove_raw(to_dir, to, WANT_ANY);
                 return Err(e.context(ctx()));
@@ -846,10 +869,16 @@ impl GuestFs for Ntfs {
         let target_kind = self.kind(target).map_err(|e| e.context(ctx()))?;
         match (src_is_dir, target_kind == FileKind::Directory) {
             (true, false) => {
-                return Err(FsError::new(libc::ENOTDIR, format!("{}: target is not a directory", ctx())))
+                return Err(FsError::new(
+                    libc::ENOTDIR,
+                    format!("{}: target is not a directory", ctx()),
+                ))
             }
             (false, true) => {
-                return Err(FsError::new(libc::EISDIR, format!("{}: target is a directory", ctx())))
+                return Err(FsError::new(
+                    libc::EISDIR,
+                    format!("{}: target is a directory", ctx()),
+                ))
             }
             (true, true) => {
                 // SAFETY: h is mounted.
@@ -865,12 +894,16 @@ impl GuestFs for Ntfs {
             (false, false) => {}
         }
         if target < FIRST_USER_INO {
-            return Err(FsError::new(libc::EPERM, format!("{}: target is an NTFS metafile", ctx())));
+            return Err(FsError::new(
+                libc::EPERM,
+                format!("{}: target is an NTFS metafile", ctx()),
+            ));
         }
         // ntfs-3g's safe rename: keep the old target under a spare name until the source
         // has its new name, so a failure (ENOSPC) can put everything back.
         let spare = self.spare_name(to_dir).map_err(|e| e.context(ctx()))?;
-        self.link_raw(target, to_dir, &spare, true).map_err(|e| e.context(ctx()))?;
+        self.link_raw(target, to_dir, &spare, true)
+            .map_err(|e| e.context(ctx()))?;
         if let Err(e) = self.remove_raw(to_dir, to, WANT_ANY) {
             let _ = self.remove_raw(to_dir, &spare, WANT_ANY);
             return Err(e.context(ctx()));
@@ -895,7 +928,10 @@ impl GuestFs for Ntfs {
         let r = unsafe { strata_ntfs_readlink(self.handle(), ino, &mut p, &mut len) };
         check(r, || format!("readlink inode {ino}"))?;
         if p.is_null() {
-            return Err(FsError::new(libc::EIO, format!("readlink inode {ino}: no target")));
+            return Err(FsError::new(
+                libc::EIO,
+                format!("readlink inode {ino}: no target"),
+            ));
         }
         // SAFETY: as above; freed right after the copy.
         let out = unsafe {
@@ -963,9 +999,10 @@ impl GuestFs for Ntfs {
     fn used_blocks(&mut self) -> FsResult<Vec<(u64, u64)>> {
         let mut v = RawVfs::default();
         // SAFETY: h is mounted.
-        check(unsafe { strata_ntfs_statvfs(self.handle(), &mut v) }, || {
-            "reading the volume geometry".to_string()
-        })?;
+        check(
+            unsafe { strata_ntfs_statvfs(self.handle(), &mut v) },
+            || "reading the volume geometry".to_string(),
+        )?;
         let (csize, nclusters) = (v.cluster_size, v.nr_clusters);
         let mut runs: Vec<(u64, u64)> = Vec::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -974,7 +1011,12 @@ impl GuestFs for Ntfs {
             let want = ((nclusters - lcn).div_ceil(8)).min(buf.len() as u64) as usize;
             // SAFETY: h is mounted; buf holds at least `want` bytes.
             let got = unsafe {
-                strata_ntfs_read_bitmap(self.handle(), lcn / 8, buf.as_mut_ptr() as *mut c_void, want)
+                strata_ntfs_read_bitmap(
+                    self.handle(),
+                    lcn / 8,
+                    buf.as_mut_ptr() as *mut c_void,
+                    want,
+                )
             };
             if got < 0 {
                 return Err(FsError::new(-got as i32, "reading $Bitmap"));
@@ -999,7 +1041,10 @@ impl GuestFs for Ntfs {
             let sectors = u64::from_le_bytes(boot[0x28..0x30].try_into().unwrap_or([0; 8]));
             let ss = v.sector_size;
             if let Some(off) = sectors.checked_mul(ss) {
-                if off.checked_add(ss).is_some_and(|end| end <= self.ctx.dev.len()) {
+                if off
+                    .checked_add(ss)
+                    .is_some_and(|end| end <= self.ctx.dev.len())
+                {
                     ranges.push((off, ss));
                 }
             }
@@ -1032,18 +1077,39 @@ mod tests {
     fn ntfs_times_round_trip_at_100ns() {
         for t in [
             Timespec { sec: 0, nsec: 0 },
-            Timespec { sec: 1_700_000_000, nsec: 123_456_700 },
-            Timespec { sec: -1, nsec: 999_999_900 },
-            Timespec { sec: -11_644_473_600, nsec: 0 },
+            Timespec {
+                sec: 1_700_000_000,
+                nsec: 123_456_700,
+            },
+            Timespec {
+                sec: -1,
+                nsec: 999_999_900,
+            },
+            Timespec {
+                sec: -11_644_473_600,
+                nsec: 0,
+            },
         ] {
             assert_eq!(ntfs_to_timespec(timespec_to_ntfs(t)), t);
         }
         // finer than 100 ns is dropped, as NTFS stores it
         let t = Timespec { sec: 5, nsec: 199 };
-        assert_eq!(ntfs_to_timespec(timespec_to_ntfs(t)), Timespec { sec: 5, nsec: 100 });
-        assert_eq!(timespec_to_ntfs(Timespec { sec: 0, nsec: 0 }), NTFS_EPOCH_OFFSET);
+        assert_eq!(
+            ntfs_to_timespec(timespec_to_ntfs(t)),
+            Timespec { sec: 5, nsec: 100 }
+        );
+        assert_eq!(
+            timespec_to_ntfs(Timespec { sec: 0, nsec: 0 }),
+            NTFS_EPOCH_OFFSET
+        );
         // out of range clamps instead of wrapping
-        assert_eq!(timespec_to_ntfs(Timespec { sec: i64::MAX, nsec: 0 }), i64::MAX);
+        assert_eq!(
+            timespec_to_ntfs(Timespec {
+                sec: i64::MAX,
+                nsec: 0
+            }),
+            i64::MAX
+        );
         let _ = ntfs_to_timespec(i64::MIN);
     }
 
@@ -1068,7 +1134,12 @@ mod tests {
     fn bitmap_runs_cover_set_bits_only() {
         let mut runs = Vec::new();
         // clusters 0-2, 9, 15-16 (crossing a byte), nothing past `bits`
-        set_runs(&[0b0000_0111, 0b1000_0010, 0b0000_0001, 0xff], 0, 17, &mut runs);
+        set_runs(
+            &[0b0000_0111, 0b1000_0010, 0b0000_0001, 0xff],
+            0,
+            17,
+            &mut runs,
+        );
         assert_eq!(runs, vec![(0, 3), (9, 1), (15, 2)]);
         // a second chunk continues a run that touches it
         set_runs(&[0b0000_0011], 17, 8, &mut runs);
