@@ -28,6 +28,7 @@ pub mod mounts;
 pub mod ops;
 pub mod session;
 pub mod fat;
+pub mod ntfs;
 pub mod types;
 pub mod worker;
 
@@ -143,6 +144,7 @@ pub fn open(fs_type: &str, dev: SharedDevice, opts: OpenOptions) -> FsResult<Box
     match fs_type {
         "ext2" | "ext3" | "ext4" => ext4::open(fs_type, dev, opts),
         "vfat" => fat::open(dev, opts),
+        "ntfs" => Ok(Box::new(ntfs::Ntfs::open(dev, opts)?)),
         _ => Err(FsError::new(
             libc::ENODEV,
             format!("no adapter for {fs_type:?} filesystems"),
