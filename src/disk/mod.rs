@@ -7,9 +7,13 @@
 //! entries and logical partitions is capped, and nothing here allocates more than
 //! `gpt::MAX_ENTRY_ARRAY_BYTES` or panics on any bytes. Sectors are 512 bytes.
 //! It does not know about filesystems inside the partitions (that is `fs/`).
+//! LVM2 physical volumes and the logical volumes on them are `lvm.rs` (I/O) and
+//! `lvm_text.rs` (the metadata text).
 
 pub mod gpt;
 pub mod layout;
+pub mod lvm;
+pub mod lvm_text;
 pub mod mbr;
 pub mod window;
 
@@ -63,6 +67,14 @@ pub enum DiskError {
     InvalidPartition { number: u32, detail: String },
     #[error("opening device {name}: {detail}")]
     OpeningDevice { name: String, detail: String },
+    #[error("reading the LVM physical volume label in sector {sector}: {detail}")]
+    ReadingLvmLabel { sector: u64, detail: String },
+    #[error("reading the LVM metadata area header at byte offset {offset}: {detail}")]
+    ReadingLvmMetadataArea { offset: u64, detail: String },
+    #[error("reading the LVM metadata text of the area at byte offset {area}: {detail}")]
+    ReadingLvmMetadata { area: u64, detail: String },
+    #[error("parsing the LVM metadata text (line {line}): {detail}")]
+    ParsingLvmMetadata { line: usize, detail: String },
 }
 
 /// Reads the partition table of `dev`. GPT is recognized by its protective MBR (type 0xEE);

@@ -18,8 +18,12 @@ pub struct Segment {
 }
 
 pub struct Window {
-    parent: SharedDevice,
+    /// The distinct devices the segments live on (one for a partition; an LV may span
+    /// several PVs).
+    parents: Vec<SharedDevice>,
     segments: Vec<Segment>,
+    /// `parents[owner[i]]` holds `segments[i]`.
+    owner: Vec<usize>,
     len: u64,
     label: String,
 }
@@ -32,23 +36,50 @@ impl Window {
 
     /// The concatenation of `(offset in parent, length)` runs, in order.
     pub fn segments(parent: SharedDevice, runs: Vec<(u64, u64)>, label: String) -> Result<Window> {
+        let mut w = Window::spans(
+            runs.into_iter()
+                .map(|(at, len)| (parent.clone(), at, len))
+                .collect(),
+            label,
+        )?;
+        if w.parents.is_empty() {
+            w.parents.push(parent);
+        }
+        Ok(w)
+    }
+
+    /// The concatenation of `(device, offset in it, length)` runs, in order: an LV whose
+    /// segments lie on several PVs.
+    pub fn spans(runs: Vec<(SharedDevice, u64, u64)>, label: String) -> Result<Window> {
+        let mut parents: Vec<SharedDevice> = Vec::new();
         let mut segments = Vec::with_capacity(runs.len());
+        let mut owner = Vec::with_capacity(runs.len());
         let mut start = 0u64;
-        for (at, len) in runs {
+        for (parent, at, len) in runs {
             let end = at.checked_add(len);
-            if end.is_none_or(|e| e > parent.len()) || len == 0 {
+            let total = start.checked_add(len);
+            if end.is_none_or(|e| e > parent.len()) || len == 0 || total.is_none() {
                 return Err(StoreError::InvalidInput(format!(
                     "{label}: segment of {len} bytes at {at} does not fit {} ({} bytes)",
                     parent.describe(),
                     parent.len()
                 )));
             }
+            let i = match parents.iter().position(|p| Arc::ptr_eq(p, &parent)) {
+                Some(i) => i,
+                None => {
+                    parents.push(parent);
+                    parents.len() - 1
+                }
+            };
             segments.push(Segment { start, at, len });
+            owner.push(i);
             start += len;
         }
         Ok(Window {
-            parent,
+            parents,
             segments,
+            owner,
             len: start,
             label,
         })
@@ -58,13 +89,13 @@ impl Window {
         &self.segments
     }
 
-    /// Calls `f(parent offset, range of the caller's buffer)` for each piece of
+    /// Calls `f(parent, parent offset, range of the caller's buffer)` for each piece of
     /// `offset..offset+len`, after checking the range.
     fn pieces(
         &self,
         offset: u64,
         len: u64,
-        mut f: impl FnMut(u64, std::ops::Range<usize>) -> Result<()>,
+        mut f: impl FnMut(&SharedDevice, u64, std::ops::Range<usize>) -> Result<()>,
     ) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len => {}
@@ -80,7 +111,7 @@ impl Window {
         let end = offset + len;
         // Segments are few (one for a partition); a linear scan is fine.
         let mut pos = offset;
-        for s in &self.segments {
+        for (s, &owner) in self.segments.iter().zip(&self.owner) {
             if pos >= end {
                 break;
             }
@@ -90,7 +121,11 @@ impl Window {
             }
             let n = s_end.min(end) - pos;
             let from = (pos - offset) as usize;
-            f(s.at + (pos - s.start), from..from + n as usize)?;
+            f(
+                &self.parents[owner],
+                s.at + (pos - s.start),
+                from..from + n as usize,
+            )?;
             pos += n;
         }
         Ok(())
@@ -102,35 +137,34 @@ impl BlockDevice for Window {
         self.len
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.pieces(offset, buf.len() as u64, |at, r| {
-            self.parent.read_at(&mut buf[r], at)
+        self.pieces(offset, buf.len() as u64, |p, at, r| {
+            p.read_at(&mut buf[r], at)
         })
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        if self.parent.is_read_only() {
+        if self.is_read_only() {
             return Err(StoreError::ReadOnly {
                 what: self.label.clone(),
             });
         }
-        self.pieces(offset, buf.len() as u64, |at, r| {
-            self.parent.write_at(&buf[r], at)
-        })
+        self.pieces(offset, buf.len() as u64, |p, at, r| p.write_at(&buf[r], at))
     }
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        if self.parent.is_read_only() {
+        if self.is_read_only() {
             return Err(StoreError::ReadOnly {
                 what: self.label.clone(),
             });
         }
-        self.pieces(offset, len, |at, r| {
-            self.parent.discard(at, (r.end - r.start) as u64)
+        self.pieces(offset, len, |p, at, r| {
+            p.discard(at, (r.end - r.start) as u64)
         })
     }
     fn flush(&self) -> Result<()> {
-        self.parent.flush()
+        self.parents.iter().try_for_each(|p| p.flush())
     }
+    /// Read-only if any device under it is: a write must never half-succeed.
     fn is_read_only(&self) -> bool {
-        self.parent.is_read_only()
+        self.parents.iter().any(|p| p.is_read_only())
     }
     fn describe(&self) -> String {
         self.label.clone()
@@ -192,6 +226,42 @@ mod tests {
         assert!(Window::range(parent(), 90, 11, "p".into()).is_err());
         assert!(Window::range(parent(), u64::MAX, 2, "p".into()).is_err());
         assert!(Window::range(parent(), 0, 0, "p".into()).is_err());
+    }
+
+    #[test]
+    fn spans_on_several_devices_read_and_write_each_in_place() {
+        let a = parent();
+        let b: SharedDevice = Arc::new(MemDevice::new((100..200u8).collect()));
+        let w = Window::spans(
+            vec![(a.clone(), 90, 10), (b.clone(), 0, 5), (a.clone(), 0, 3)],
+            "lv".into(),
+        )
+        .unwrap();
+        assert_eq!(w.len(), 18);
+        let mut all = [0u8; 18];
+        w.read_at(&mut all, 0).unwrap();
+        let mut want: Vec<u8> = (90..100).collect();
+        want.extend(100..105u8);
+        want.extend(0..3u8);
+        assert_eq!(all.to_vec(), want);
+        w.write_at(&[0xEE; 4], 8).unwrap();
+        let mut q = [0u8; 3];
+        b.read_at(&mut q, 0).unwrap();
+        assert_eq!(q, [0xEE, 0xEE, 102]);
+        a.read_at(&mut q, 97).unwrap();
+        assert_eq!(q, [97, 0xEE, 0xEE]);
+    }
+
+    #[test]
+    fn spans_with_one_read_only_device_refuse_writes_everywhere() {
+        let a = parent();
+        let b: SharedDevice = Arc::new(MemDevice::read_only(vec![0; 10]));
+        let w = Window::spans(vec![(a.clone(), 0, 10), (b, 0, 10)], "lv".into()).unwrap();
+        assert!(w.is_read_only());
+        assert!(w.write_at(&[1], 0).is_err());
+        let mut q = [0u8; 1];
+        a.read_at(&mut q, 0).unwrap();
+        assert_eq!(q, [0]);
     }
 
     #[test]
