@@ -90,8 +90,9 @@ pub struct MountArgs {
 pub fn init_logging(verbose: u8) {
     // fuser logs the kernel's routine refusals (a second unmount after ours) as warnings.
     let default = match verbose {
-        0 => "warn,fuser=error",
-        1 => "info,fuser=error",
+        // fatfs warns about every BPB that is legal but unusual (mkfs.vfat's own defaults).
+        0 => "warn,fuser=error,fatfs=error",
+        1 => "info,fuser=error,fatfs=error",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -10,7 +10,7 @@
 use crate::store::device::SharedDevice;
 
 use super::window::Window;
-use super::{read_partitions, DiskError, Partition};
+use super::{lvm, read_partitions, DiskError, Partition};
 
 /// The name of the first (and, in strata, only) disk of a volume.
 pub const DISK_NAME: &str = "/dev/sda";
@@ -140,8 +140,32 @@ struct LvmScan {
     physical_volumes: Vec<String>,
 }
 
-fn scan_lvm(_candidates: &[&NamedDevice]) -> Result<LvmScan, DiskError> {
-    Ok(LvmScan::default())
+fn scan_lvm(candidates: &[&NamedDevice]) -> Result<LvmScan, DiskError> {
+    let devices: Vec<(String, SharedDevice)> = candidates
+        .iter()
+        .map(|d| (d.name.clone(), d.device.clone()))
+        .collect();
+    let scan = lvm::scan(&devices);
+    let mut out = LvmScan {
+        volume_groups: scan.vg_names(),
+        physical_volumes: scan.pv_names(),
+        ..LvmScan::default()
+    };
+    for lv in scan.into_logical_volumes().into_iter().filter(|l| l.public) {
+        let name = lv.path();
+        match lv.device {
+            Ok(device) => out.logical_volumes.push(NamedDevice {
+                name,
+                kind: DeviceKind::LogicalVolume {
+                    vg: lv.vg,
+                    lv: lv.lv,
+                },
+                device,
+            }),
+            Err(reason) => out.refused.push(RefusedVolume { name, reason }),
+        }
+    }
+    Ok(out)
 }
 
 /// `/dev/hda1`, `/dev/vda1`, `/dev/xvda1` -> `/dev/sda1` (libguestfs accepts all of them

@@ -22,13 +22,13 @@
 
 pub mod detect;
 pub mod ext4;
+pub mod fat;
 pub mod inspect;
 pub mod memfs;
 pub mod mounts;
+pub mod ntfs;
 pub mod ops;
 pub mod session;
-pub mod fat;
-pub mod ntfs;
 pub mod types;
 pub mod worker;
 

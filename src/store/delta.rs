@@ -168,9 +168,13 @@ impl Delta {
         // Pick the map file with the highest generation whose header and snapshot are whole.
         let mut best: Option<(u64, usize, Vec<u8>)> = None;
         for (i, name) in MAP_FILES.iter().enumerate() {
-            let f = dir
-                .open(name)
-                .map_err(|e| StoreError::io("opening", at(name), e))?;
+            let f = match dir.open(name) {
+                Ok(f) => f,
+                // A read-only open creates nothing: a map file never written yet (map.1
+                // before the first compaction) is simply not a candidate.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && dir.is_read_only() => continue,
+                Err(e) => return Err(StoreError::io("opening", at(name), e)),
+            };
             let len = f
                 .len()
                 .map_err(|e| StoreError::io("reading", at(name), e))?;
