@@ -406,6 +406,13 @@ impl GuestFs for MemFs {
         let n = self.get_mut(ino)?;
         if let Some(m) = a.mode {
             n.stat.mode = (n.stat.mode & 0o170000) | (m & 0o7777);
+        } else if (a.uid.is_some() || a.gid.is_some()) && n.stat.kind != FileKind::Directory {
+            // chown(2) clears set-user-ID, and set-group-ID when group-executable, on
+            // non-directories, even for root (the kernel's ATTR_KILL_SUID/SGID).
+            n.stat.mode &= !0o4000;
+            if n.stat.mode & 0o2010 == 0o2010 {
+                n.stat.mode &= !0o2000;
+            }
         }
         if let Some(u) = a.uid {
             n.stat.uid = u;

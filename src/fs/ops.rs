@@ -364,6 +364,10 @@ impl MountTable {
     /// link(2): `linkpath` becomes another name of the non-directory at `target`.
     pub fn link(&mut self, target: &[u8], linkpath: &[u8]) -> FsResult<()> {
         let src = at(target, self.resolve(target, false))?;
+        // The VFS refuses links to directories before any filesystem is asked.
+        if at(target, self.fs(src)?.stat(src.ino))?.is_dir() {
+            return fail(libc::EPERM, target);
+        }
         let t = at(linkpath, self.target(linkpath))?;
         if t.existing.is_some() {
             return fail(libc::EEXIST, linkpath);
