@@ -412,8 +412,7 @@ impl RawEntry {
             .rposition(|&c| c != b' ')
             .map_or(0, |p| p + 1);
         let mut s = String::new();
-        for (i, &c) in raw[..base_len].iter().enumerate() {
-            let _ = i;
+        for &c in &raw[..base_len] {
             s.push(cp437(c, lcase && self.lcase & 0x08 != 0));
         }
         if ext_len > 0 {
