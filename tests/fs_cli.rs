@@ -412,3 +412,61 @@ fn a_read_only_job_writes_nothing_to_the_volume() {
         "a read-only job changed the volume's files"
     );
 }
+
+/// A stand-in worker that never answers, one that crashes, and a real one starved of
+/// memory by its limit: each fails that one job with a message saying what happened.
+#[test]
+fn a_worker_that_hangs_crashes_or_runs_out_of_memory_fails_only_its_job() {
+    use std::os::unix::fs::PermissionsExt;
+    use strata::fs::worker::{Source, Worker, WorkerOptions};
+    let (r, _) = setup();
+    let script = |name: &str, body: &str| {
+        let p = r.path(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    };
+    let source = || Source::Volume {
+        repo: r.root.clone(),
+        name: "a".into(),
+    };
+    let hang = WorkerOptions {
+        exe: script("hang", "exec sleep 600"),
+        timeout: std::time::Duration::from_secs(1),
+        ..WorkerOptions::default()
+    };
+    let e = Worker::start(source(), false, &hang).err().unwrap();
+    assert!(
+        e.detail.contains("did not answer within 1 s") && e.detail.contains("nothing was changed"),
+        "{e}"
+    );
+    let crash = WorkerOptions {
+        exe: script("crash", "kill -SEGV $$"),
+        ..WorkerOptions::default()
+    };
+    let e = Worker::start(source(), false, &crash).err().unwrap();
+    assert!(e.detail.contains("crashed (signal 11)"), "{e}");
+    let starved = WorkerOptions {
+        exe: BIN.into(),
+        memory_bytes: 512 << 10,
+        ..WorkerOptions::default()
+    };
+    let e = Worker::start(source(), false, &starved).err().unwrap();
+    assert!(
+        e.detail.contains("aborted (out of memory"),
+        "{e}"
+    );
+    // None of it touched the volume, and a worker with sane limits still works on it.
+    assert_eq!(
+        r.ok(&["fs", "cat", "a", "/dev/sda2:/etc/hostname"]),
+        "golden\n"
+    );
+    let still_running = Command::new("pgrep")
+        .args(["-f", "sleep 600"])
+        .output()
+        .unwrap();
+    assert!(
+        still_running.stdout.is_empty(),
+        "the hung worker was left running"
+    );
+}
