@@ -452,10 +452,7 @@ fn a_worker_that_hangs_crashes_or_runs_out_of_memory_fails_only_its_job() {
         ..WorkerOptions::default()
     };
     let e = Worker::start(source(), false, &starved).err().unwrap();
-    assert!(
-        e.detail.contains("aborted (out of memory"),
-        "{e}"
-    );
+    assert!(e.detail.contains("aborted (out of memory"), "{e}");
     // None of it touched the volume, and a worker with sane limits still works on it.
     assert_eq!(
         r.ok(&["fs", "cat", "a", "/dev/sda2:/etc/hostname"]),

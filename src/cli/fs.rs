@@ -254,7 +254,7 @@ pub fn run(repo: &Path, cmd: FsCmd) -> CliResult {
                         st.uid,
                         st.gid,
                         st.size,
-                        st.mtime.sec,
+                        utc(st.mtime.sec),
                         show(&e.name)
                     );
                     if st.kind == FileKind::Symlink {
@@ -630,4 +630,36 @@ fn mode_string(st: &Stat) -> String {
         s.push(if m & (0o400 >> i) != 0 { c } else { '-' });
     }
     s
+}
+
+/// `2026-12-01 21:35` (UTC) for seconds since the epoch.
+fn utc(sec: i64) -> String {
+    let days = sec.div_euclid(86_400);
+    let secs = sec.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm), proleptic Gregorian.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates_are_civil_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00");
+        assert_eq!(super::utc(1_796_166_474), "2026-12-01 23:07");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00");
+        assert_eq!(super::utc(-86_400), "1969-12-31 00:00");
+    }
 }
