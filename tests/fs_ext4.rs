@@ -1020,3 +1020,87 @@ fn write_throughput_against_a_loop_mount() {
         mib / read.as_secs_f64()
     );
 }
+
+#[test]
+fn a_memory_device_works_like_a_file() {
+    let img = mkfs("ext4", 16, &[]);
+    let mem = Arc::new(strata::store::device::MemDevice::new(
+        std::fs::read(&img.path).unwrap(),
+    ));
+    let mut fs = strata::fs::open("ext4", mem.clone(), OpenOptions::default()).unwrap();
+    let f = fs.create(2, b"in-memory", 0o644, OWNER).unwrap();
+    fs.write(f, 0, b"hello").unwrap();
+    fs.close().unwrap();
+    std::fs::write(&img.path, mem.contents()).unwrap();
+    img.fsck_clean();
+    assert!(img.debugfs("cat /in-memory").contains("hello"));
+}
+
+#[test]
+fn a_truncated_image_is_refused_read_write_and_fails_reads_cleanly() {
+    let img = mkfs("ext4", 32, &[]);
+    {
+        let mut fs = img.rw();
+        let f = fs.create(2, b"f", 0o644, OWNER).unwrap();
+        fs.write(f, 0, &pattern(20 << 20, 1)).unwrap();
+        fs.close().unwrap();
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img.path)
+        .unwrap();
+    file.set_len(16 << 20).unwrap();
+    let err = img
+        .open(false)
+        .err()
+        .expect("opened a truncated image read-write");
+    assert!(err.detail.contains("truncated"), "{err}");
+    // Read-only, whatever lies past the end fails with an errno instead of a crash.
+    if let Ok(mut fs) = img.open(true) {
+        if let Ok(f) = fs.lookup(2, b"f") {
+            let mut b = vec![0u8; 20 << 20];
+            let r = fs.read(f, 0, &mut b);
+            assert_eq!(r.unwrap_err().errno, libc::EIO);
+        }
+    }
+}
+
+#[test]
+fn damaged_metadata_gives_errors_not_panics() {
+    // Scribble over everything after the first group's descriptors, in a few patterns.
+    for seed in 0..4u8 {
+        let img = mkfs("ext4", 8, &[]);
+        {
+            let mut fs = img.rw();
+            for i in 0..20 {
+                let f = fs
+                    .create(2, format!("f{i}").as_bytes(), 0o644, OWNER)
+                    .unwrap();
+                fs.write(f, 0, &pattern(3000, i)).unwrap();
+            }
+            fs.close().unwrap();
+        }
+        let mut bytes = std::fs::read(&img.path).unwrap();
+        let junk = pattern(bytes.len(), seed.wrapping_mul(37).wrapping_add(1));
+        // Keep the superblock (and the descriptors for some seeds), garble the rest.
+        let keep = if seed % 2 == 0 { 2048 } else { 8192 };
+        for (i, b) in bytes.iter_mut().enumerate().skip(keep) {
+            if i % 3 != seed as usize % 3 {
+                *b = junk[i];
+            }
+        }
+        std::fs::write(&img.path, &bytes).unwrap();
+        if let Ok(mut fs) = img.open(true) {
+            if let Ok(entries) = fs.readdir(2) {
+                for e in entries.iter().take(50) {
+                    let _ = fs.stat(e.ino);
+                    let mut b = vec![0u8; 8192];
+                    let _ = fs.read(e.ino, 0, &mut b);
+                    let _ = fs.readlink(e.ino);
+                }
+            }
+            let _ = fs.statvfs();
+            let _ = fs.used_blocks();
+        }
+    }
+}

@@ -15,6 +15,7 @@
  * bit with ext2fs_inode_alloc_stats2, and gets a dtime.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <inttypes.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -307,14 +308,17 @@ int strata_ext4_errno(long code)
 	}
 }
 
+static pthread_once_t error_table_once = PTHREAD_ONCE_INIT;
+
+static void load_error_table(void)
+{
+	initialize_ext2_error_table();
+}
+
 const char *strata_ext4_message(long code)
 {
-	static int initialised;
-
-	if (!initialised) {
-		initialize_ext2_error_table();
-		initialised = 1;
-	}
+	/* Several filesystems may be open in as many threads. */
+	pthread_once(&error_table_once, load_error_table);
 	return error_message(code);
 }
 
@@ -934,12 +938,22 @@ static errcode_t set_entry(ext2_filsys fs, ext2_ino_t dir, const char *name, ext
 
 /* ---- Creating ------------------------------------------------------------------------- */
 
+static pthread_once_t generation_once = PTHREAD_ONCE_INIT;
+
+static void init_generation(void)
+{
+	uint32_t seed;
+
+	if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed))
+		seed = (uint32_t)time(NULL);
+	__atomic_store_n(&next_generation, seed, __ATOMIC_RELAXED);
+}
+
+/* i_generation of a new inode (for NFS-style handles): random start, then counting. */
 static uint32_t new_generation(void)
 {
-	if (next_generation == 0 &&
-	    getrandom(&next_generation, sizeof(next_generation), 0) != sizeof(next_generation))
-		next_generation = (uint32_t)time(NULL);
-	return next_generation++;
+	pthread_once(&generation_once, init_generation);
+	return __atomic_fetch_add(&next_generation, 1, __ATOMIC_RELAXED);
 }
 
 static void set_owner(struct ext2_inode_large *inode, uint32_t uid, uint32_t gid)
