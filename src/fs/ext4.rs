@@ -1821,13 +1821,11 @@ impl GuestFs for Ext4 {
         }
         let st = self.raw_stat(ino)?;
         let is_dir = st.mode & 0o170000 == 0o040000;
-        if is_dir {
-            if self.is_ancestor(ino, to_dir)? {
-                return Err(FsError::new(
-                    libc::EINVAL,
-                    format!("{what}: a directory cannot move into itself"),
-                ));
-            }
+        if is_dir && self.is_ancestor(ino, to_dir)? {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("{what}: a directory cannot move into itself"),
+            ));
         }
         if let Some(t) = target {
             let tst = self.raw_stat(t)?;
