@@ -403,10 +403,21 @@ fn htree_directory_of_5000_entries_grows_and_shrinks() {
     }
 }
 
-/// A directory the adapter makes and fills with 5000 entries, then halves.
+/// A directory the adapter makes and fills with 5000 entries, then halves: it becomes an
+/// htree when it outgrows its first block, as the kernel would make it.
 #[test]
-fn large_directory_made_by_the_adapter_is_clean_and_listable() {
-    let img = mkfs("ext4", 64, &[]);
+fn large_directory_made_by_the_adapter_becomes_an_htree() {
+    large_directory(&mkfs("ext4", 64, &[]), "Flags: 0x81000");
+    large_directory(&mkfs("ext3", 64, &[]), "Flags: 0x1000");
+    large_directory(
+        &mkfs("ext4", 64, &["-O", "^metadata_csum"]),
+        "Flags: 0x81000",
+    );
+    // Without dir_index it stays linear.
+    large_directory(&mkfs("ext2", 64, &["-O", "^dir_index"]), "Flags: 0x0");
+}
+
+fn large_directory(img: &Image, flags: &str) {
     let mut fs = img.rw();
     let d = fs.mkdir(2, b"many", 0o755, OWNER).unwrap();
     for i in 0..5000 {
@@ -418,6 +429,8 @@ fn large_directory_made_by_the_adapter_is_clean_and_listable() {
     }
     fs.close().unwrap();
     img.fsck_clean();
+    let stat = img.debugfs("stat /many");
+    assert!(stat.contains(flags), "{flags}:\n{stat}");
     let m = img.mount(true);
     let n = std::fs::read_dir(m.path("many")).unwrap().count();
     assert_eq!(n, 2500);
@@ -821,17 +834,31 @@ fn statvfs_matches_the_kernel() {
         let ours = fs.statvfs().unwrap();
         fs.close().unwrap();
         let m = img.mount(true);
-        let py = must(
-            "python3",
+        // GNU stat prints the fsid's two 32-bit halves high word last.
+        let out = must(
+            "stat",
             &[
+                "-f",
                 "-c",
-                "import os,sys; s=os.statvfs(sys.argv[1]); print(s.f_bsize, s.f_frsize, \
-                 s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree, s.f_favail, \
-                 s.f_fsid, s.f_namemax)",
+                "%s %S %b %f %a %c %d %l %i",
                 m.path("").to_str().unwrap(),
             ],
         );
-        let kernel: Vec<u64> = py.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        let f: Vec<&str> = out.split_whitespace().collect();
+        let num = |i: usize| f[i].parse::<u64>().unwrap();
+        let fsid = u64::from_str_radix(f[8], 16).unwrap();
+        let kernel = vec![
+            num(0),
+            num(1),
+            num(2),
+            num(3),
+            num(4),
+            num(5),
+            num(6),
+            num(6),
+            fsid.rotate_left(32),
+            num(7),
+        ];
         let mine = vec![
             ours.bsize,
             ours.frsize,
@@ -1019,4 +1046,425 @@ fn write_throughput_against_a_loop_mount() {
         kernel.as_secs_f64(),
         mib / read.as_secs_f64()
     );
+}
+
+#[test]
+fn a_memory_device_works_like_a_file() {
+    let img = mkfs("ext4", 16, &[]);
+    let mem = Arc::new(strata::store::device::MemDevice::new(
+        std::fs::read(&img.path).unwrap(),
+    ));
+    let mut fs = strata::fs::open("ext4", mem.clone(), OpenOptions::default()).unwrap();
+    let f = fs.create(2, b"in-memory", 0o644, OWNER).unwrap();
+    fs.write(f, 0, b"hello").unwrap();
+    fs.close().unwrap();
+    std::fs::write(&img.path, mem.contents()).unwrap();
+    img.fsck_clean();
+    assert!(img.debugfs("cat /in-memory").contains("hello"));
+}
+
+#[test]
+fn a_truncated_image_is_refused_read_write_and_fails_reads_cleanly() {
+    let img = mkfs("ext4", 32, &[]);
+    {
+        let mut fs = img.rw();
+        let f = fs.create(2, b"f", 0o644, OWNER).unwrap();
+        fs.write(f, 0, &pattern(20 << 20, 1)).unwrap();
+        fs.close().unwrap();
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img.path)
+        .unwrap();
+    file.set_len(16 << 20).unwrap();
+    let err = img
+        .open(false)
+        .err()
+        .expect("opened a truncated image read-write");
+    assert!(err.detail.contains("truncated"), "{err}");
+    // Read-only, whatever lies past the end fails with an errno instead of a crash.
+    if let Ok(mut fs) = img.open(true) {
+        if let Ok(f) = fs.lookup(2, b"f") {
+            let mut b = vec![0u8; 20 << 20];
+            let r = fs.read(f, 0, &mut b);
+            assert_eq!(r.unwrap_err().errno, libc::EIO);
+        }
+    }
+}
+
+#[test]
+fn damaged_metadata_gives_errors_not_panics() {
+    // Scribble over everything after the first group's descriptors, in a few patterns.
+    for seed in 0..4u8 {
+        let img = mkfs("ext4", 8, &[]);
+        {
+            let mut fs = img.rw();
+            for i in 0..20 {
+                let f = fs
+                    .create(2, format!("f{i}").as_bytes(), 0o644, OWNER)
+                    .unwrap();
+                fs.write(f, 0, &pattern(3000, i)).unwrap();
+            }
+            fs.close().unwrap();
+        }
+        let mut bytes = std::fs::read(&img.path).unwrap();
+        let junk = pattern(bytes.len(), seed.wrapping_mul(37).wrapping_add(1));
+        // Keep the superblock (and the descriptors for some seeds), garble the rest.
+        let keep = if seed % 2 == 0 { 2048 } else { 8192 };
+        for (i, b) in bytes.iter_mut().enumerate().skip(keep) {
+            if i % 3 != seed as usize % 3 {
+                *b = junk[i];
+            }
+        }
+        std::fs::write(&img.path, &bytes).unwrap();
+        if let Ok(mut fs) = img.open(true) {
+            if let Ok(entries) = fs.readdir(2) {
+                for e in entries.iter().take(50) {
+                    let _ = fs.stat(e.ino);
+                    let mut b = vec![0u8; 8192];
+                    let _ = fs.read(e.ino, 0, &mut b);
+                    let _ = fs.readlink(e.ino);
+                }
+            }
+            let _ = fs.statvfs();
+            let _ = fs.used_blocks();
+        }
+    }
+}
+
+/// A small model of a directory tree, to drive random edits and check the result.
+#[derive(Clone, Debug, PartialEq)]
+enum Node {
+    Dir,
+    File(u32),
+    Link(Vec<u8>),
+}
+
+struct Model {
+    nodes: std::collections::BTreeMap<Vec<String>, Node>,
+    contents: std::collections::HashMap<u32, Vec<u8>>,
+    next_id: u32,
+}
+
+impl Model {
+    fn children(&self, dir: &[String]) -> Vec<Vec<String>> {
+        self.nodes
+            .keys()
+            .filter(|k| k.len() == dir.len() + 1 && k.starts_with(dir))
+            .cloned()
+            .collect()
+    }
+
+    fn links(&self, id: u32) -> usize {
+        self.nodes
+            .values()
+            .filter(|n| **n == Node::File(id))
+            .count()
+    }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn walk_path(fs: &mut dyn GuestFs, path: &[String]) -> Ino {
+    let mut ino = fs.root();
+    for c in path {
+        ino = fs.lookup(ino, c.as_bytes()).unwrap();
+    }
+    ino
+}
+
+fn random_edits(img: &Image, seed: u64, steps: usize) {
+    let mut rng = Rng(seed);
+    let mut m = Model {
+        nodes: [
+            (vec![], Node::Dir),
+            (vec!["lost+found".to_string()], Node::Dir),
+        ]
+        .into_iter()
+        .collect(),
+        contents: Default::default(),
+        next_id: 0,
+    };
+    let names = ["a", "b", "c", "d", "long-name-for-a-directory-entry-here"];
+    let mut fs = img.rw();
+    let expect = |r: Result<(), i32>, want: Result<(), i32>, what: &str| {
+        assert_eq!(r, want, "step {what}");
+    };
+    for step in 0..steps {
+        if step % 400 == 399 {
+            fs.close().unwrap();
+            img.fsck_clean();
+            fs = img.rw();
+        }
+        let all: Vec<Vec<String>> = m.nodes.keys().cloned().collect();
+        let dirs: Vec<Vec<String>> = m
+            .nodes
+            .iter()
+            .filter(|(_, n)| **n == Node::Dir)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let files: Vec<Vec<String>> = m
+            .nodes
+            .iter()
+            .filter(|(_, n)| matches!(n, Node::File(_)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let dir = dirs[rng.below(dirs.len())].clone();
+        let name = names[rng.below(names.len())].to_string();
+        let mut path = dir.clone();
+        path.push(name.clone());
+        let exists = m.nodes.contains_key(&path);
+        let what = format!("{step}");
+        match rng.below(10) {
+            0 | 1 => {
+                let d = walk_path(&mut *fs, &dir);
+                let r = fs.create(d, name.as_bytes(), 0o644, OWNER).map(|_| ());
+                if exists {
+                    expect(r.map_err(|e| e.errno), Err(libc::EEXIST), &what);
+                } else {
+                    r.unwrap();
+                    m.nodes.insert(path, Node::File(m.next_id));
+                    m.contents.insert(m.next_id, vec![]);
+                    m.next_id += 1;
+                }
+            }
+            2 | 3 if !files.is_empty() => {
+                let p = &files[rng.below(files.len())];
+                let Node::File(id) = m.nodes[p] else {
+                    unreachable!()
+                };
+                let off = rng.below(300_000);
+                let len = rng.below(70_000) + 1;
+                let data = pattern(len, step as u8);
+                let ino = walk_path(&mut *fs, p);
+                fs.write(ino, off as u64, &data).unwrap();
+                let c = m.contents.get_mut(&id).unwrap();
+                if c.len() < off + len {
+                    c.resize(off + len, 0);
+                }
+                c[off..off + len].copy_from_slice(&data);
+            }
+            4 if !files.is_empty() => {
+                let p = &files[rng.below(files.len())];
+                let Node::File(id) = m.nodes[p] else {
+                    unreachable!()
+                };
+                let size = rng.below(400_000);
+                let ino = walk_path(&mut *fs, p);
+                fs.truncate(ino, size as u64).unwrap();
+                m.contents.get_mut(&id).unwrap().resize(size, 0);
+            }
+            5 if dir.len() < 6 => {
+                let d = walk_path(&mut *fs, &dir);
+                let r = fs.mkdir(d, name.as_bytes(), 0o755, OWNER).map(|_| ());
+                if exists {
+                    expect(r.map_err(|e| e.errno), Err(libc::EEXIST), &what);
+                } else {
+                    r.unwrap();
+                    m.nodes.insert(path, Node::Dir);
+                }
+            }
+            6 if all.len() > 2 => {
+                let p = all[rng.below(all.len() - 1) + 1].clone();
+                if p == ["lost+found"] {
+                    continue;
+                }
+                let (parent, last) = p.split_at(p.len() - 1);
+                let d = walk_path(&mut *fs, parent);
+                let is_dir = m.nodes[&p] == Node::Dir;
+                if rng.below(2) == 0 {
+                    let r = fs.unlink(d, last[0].as_bytes()).map_err(|e| e.errno);
+                    if is_dir {
+                        expect(r, Err(libc::EISDIR), &what);
+                    } else {
+                        r.unwrap();
+                        m.nodes.remove(&p);
+                    }
+                } else {
+                    let r = fs.rmdir(d, last[0].as_bytes()).map_err(|e| e.errno);
+                    if !is_dir {
+                        expect(r, Err(libc::ENOTDIR), &what);
+                    } else if !m.children(&p).is_empty() {
+                        expect(r, Err(libc::ENOTEMPTY), &what);
+                    } else {
+                        r.unwrap();
+                        m.nodes.remove(&p);
+                    }
+                }
+            }
+            7 if all.len() > 2 => {
+                let src = all[rng.below(all.len() - 1) + 1].clone();
+                if src == ["lost+found"] {
+                    continue;
+                }
+                let (sp, sl) = src.split_at(src.len() - 1);
+                let sd = walk_path(&mut *fs, sp);
+                let td = walk_path(&mut *fs, &dir);
+                let r = fs
+                    .rename(sd, sl[0].as_bytes(), td, name.as_bytes())
+                    .map_err(|e| e.errno);
+                let snode = m.nodes[&src].clone();
+                let want = if path == src {
+                    Ok(())
+                } else if snode == Node::Dir && path.starts_with(&src) {
+                    Err(libc::EINVAL)
+                } else if let Some(t) = m.nodes.get(&path).cloned() {
+                    if t == snode && matches!(t, Node::File(_)) {
+                        Ok(())
+                    } else if snode == Node::Dir && t != Node::Dir {
+                        Err(libc::ENOTDIR)
+                    } else if snode != Node::Dir && t == Node::Dir {
+                        Err(libc::EISDIR)
+                    } else if t == Node::Dir && !m.children(&path).is_empty() {
+                        Err(libc::ENOTEMPTY)
+                    } else {
+                        Ok(())
+                    }
+                } else {
+                    Ok(())
+                };
+                expect(r, want, &what);
+                let same = matches!((&snode, m.nodes.get(&path)), (Node::File(a), Some(Node::File(b))) if a == b);
+                if want.is_ok() && path != src && !same {
+                    m.nodes.remove(&path);
+                    let moved: Vec<_> = m
+                        .nodes
+                        .keys()
+                        .filter(|k| k.starts_with(&src))
+                        .cloned()
+                        .collect();
+                    for k in moved {
+                        let n = m.nodes.remove(&k).unwrap();
+                        let mut nk = path.clone();
+                        nk.extend_from_slice(&k[src.len()..]);
+                        m.nodes.insert(nk, n);
+                    }
+                }
+            }
+            8 if !files.is_empty() => {
+                let p = &files[rng.below(files.len())];
+                let node = m.nodes[p].clone();
+                let ino = walk_path(&mut *fs, p);
+                let d = walk_path(&mut *fs, &dir);
+                let r = fs.link(ino, d, name.as_bytes()).map_err(|e| e.errno);
+                if exists {
+                    expect(r, Err(libc::EEXIST), &what);
+                } else {
+                    r.unwrap();
+                    m.nodes.insert(path, node);
+                }
+            }
+            9 => {
+                let target = "x".repeat(rng.below(120) + 1).into_bytes();
+                let d = walk_path(&mut *fs, &dir);
+                let r = fs
+                    .symlink(d, name.as_bytes(), &target, OWNER)
+                    .map(|_| ())
+                    .map_err(|e| e.errno);
+                if exists {
+                    expect(r, Err(libc::EEXIST), &what);
+                } else {
+                    r.unwrap();
+                    m.nodes.insert(path, Node::Link(target));
+                }
+            }
+            _ => {}
+        }
+    }
+    fs.close().unwrap();
+    img.fsck_clean();
+
+    // The kernel sees the model's tree.
+    let mnt = img.mount(true);
+    let mut seen = std::collections::BTreeMap::new();
+    let mut stack = vec![vec![]];
+    while let Some(d) = stack.pop() {
+        let dp = mnt.path(&d.join("/"));
+        for e in std::fs::read_dir(&dp).unwrap() {
+            let e = e.unwrap();
+            let mut k: Vec<String> = d.clone();
+            k.push(e.file_name().into_string().unwrap());
+            let md = std::fs::symlink_metadata(e.path()).unwrap();
+            if md.is_dir() {
+                stack.push(k.clone());
+                let subdirs = m
+                    .children(&k)
+                    .iter()
+                    .filter(|c| m.nodes[*c] == Node::Dir)
+                    .count();
+                if k != ["lost+found"] {
+                    assert_eq!(md.nlink() as usize, 2 + subdirs, "{k:?}");
+                }
+                seen.insert(k, Node::Dir);
+            } else if md.file_type().is_symlink() {
+                let t = std::fs::read_link(e.path()).unwrap();
+                seen.insert(k, Node::Link(t.into_os_string().into_encoded_bytes()));
+            } else {
+                let Some(Node::File(id)) = m.nodes.get(&k) else {
+                    panic!("unexpected file {k:?}");
+                };
+                assert_eq!(md.nlink() as usize, m.links(*id), "{k:?}");
+                assert!(
+                    std::fs::read(e.path()).unwrap() == m.contents[id],
+                    "contents of {k:?}"
+                );
+                seen.insert(k, Node::File(*id));
+            }
+        }
+    }
+    let mut want = m.nodes.clone();
+    want.remove(&vec![]);
+    assert_eq!(seen, want);
+}
+
+#[test]
+fn random_edits_on_ext4_match_a_model_and_stay_clean() {
+    random_edits(&mkfs("ext4", 64, &[]), 0x9E3779B97F4A7C15, 2500);
+}
+
+#[test]
+fn random_edits_on_ext3_and_ext2_match_a_model_and_stay_clean() {
+    random_edits(&mkfs("ext3", 64, &[]), 12345, 1500);
+    random_edits(&mkfs("ext2", 64, &["-b", "4096"]), 777, 1500);
+}
+#[test]
+#[ignore]
+fn random_edits_many_seeds() {
+    for seed in 1..25u64 {
+        let kind = ["ext4", "ext3", "ext2"][seed as usize % 3];
+        let extra: &[&str] = if seed % 2 == 0 {
+            &["-b", "1024"]
+        } else {
+            &["-b", "4096"]
+        };
+        random_edits(&mkfs(kind, 48, extra), seed * 0x2545F4914F6CDD1D, 1200);
+    }
+}
+
+#[test]
+fn random_edits_on_less_common_layouts_stay_clean() {
+    let layouts: &[&[&str]] = &[
+        &["-O", "^metadata_csum,uninit_bg"],
+        &["-O", "meta_bg,^resize_inode"],
+        &["-O", "^64bit,^flex_bg"],
+        &["-O", "large_dir,sparse_super2"],
+        &["-O", "^has_journal", "-E", "lazy_itable_init=1"],
+        &["-O", "^dir_index,^extra_isize", "-I", "128"],
+        &["-b", "2048", "-O", "^huge_file"],
+    ];
+    for (i, extra) in layouts.iter().enumerate() {
+        random_edits(&mkfs("ext4", 48, extra), 1000 + i as u64, 800);
+    }
 }

@@ -512,7 +512,12 @@ impl IoState {
     fn fail(&self, e: crate::store::StoreError) -> c_long {
         let fe = FsError::from(e);
         *self.last_error.lock() = Some(fe.detail.clone());
-        fe.errno as c_long
+        // A block outside the device (a truncated image, a damaged block number) is an I/O
+        // error to the filesystem, as the kernel reports it; a full store stays ENOSPC.
+        match fe.errno {
+            libc::EINVAL | libc::ENOENT | libc::EBUSY => libc::EIO as c_long,
+            errno => errno as c_long,
+        }
     }
 }
 
@@ -633,9 +638,9 @@ mod cache {
         scratch: Vec<u8>,
     }
 
-    fn out_of_range(offset: u64, len: u64, size: u64) -> StoreError {
+    fn out_of_range(dev: &dyn BlockDevice, offset: u64, len: u64, size: u64) -> StoreError {
         StoreError::OutOfRange {
-            what: "the ext4 filesystem's device".into(),
+            what: dev.describe(),
             offset,
             len,
             size,
@@ -678,7 +683,7 @@ mod cache {
             let len = buf.len() as u64;
             let end = match offset.checked_add(len) {
                 Some(e) if e <= dev_len => e,
-                _ => return Err(out_of_range(offset, len, dev_len)),
+                _ => return Err(out_of_range(dev, offset, len, dev_len)),
             };
             if len == 0 {
                 return Ok(());
@@ -785,7 +790,7 @@ mod cache {
             let len = data.len() as u64;
             let end = match offset.checked_add(len) {
                 Some(e) if e <= dev_len => e,
-                _ => return Err(out_of_range(offset, len, dev_len)),
+                _ => return Err(out_of_range(dev, offset, len, dev_len)),
             };
             if len == 0 {
                 return Ok(());
@@ -940,7 +945,7 @@ mod cache {
         ) -> Result<()> {
             let end = match offset.checked_add(len) {
                 Some(e) if e <= dev_len => e,
-                _ => return Err(out_of_range(offset, len, dev_len)),
+                _ => return Err(out_of_range(dev, offset, len, dev_len)),
             };
             if len == 0 {
                 return Ok(());
@@ -1212,7 +1217,8 @@ impl Ext4 {
         // SAFETY: `fs` is open; the shim fills `st`.
         let code = unsafe { strata_ext4_stat(self.fs, i, &mut st) };
         self.check(code, format_args!("reading inode {ino}"))?;
-        if st.links == 0 && st.mode == 0 {
+        // Nothing holds an unlinked inode open here, so no links means freed.
+        if st.links == 0 {
             return Err(FsError::new(
                 libc::ESTALE,
                 format!("inode {ino} is not in use"),
@@ -1815,13 +1821,11 @@ impl GuestFs for Ext4 {
         }
         let st = self.raw_stat(ino)?;
         let is_dir = st.mode & 0o170000 == 0o040000;
-        if is_dir {
-            if self.is_ancestor(ino, to_dir)? {
-                return Err(FsError::new(
-                    libc::EINVAL,
-                    format!("{what}: a directory cannot move into itself"),
-                ));
-            }
+        if is_dir && self.is_ancestor(ino, to_dir)? {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("{what}: a directory cannot move into itself"),
+            ));
         }
         if let Some(t) = target {
             let tst = self.raw_stat(t)?;

@@ -15,6 +15,7 @@
  * bit with ext2fs_inode_alloc_stats2, and gets a dtime.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <inttypes.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -307,14 +308,17 @@ int strata_ext4_errno(long code)
 	}
 }
 
+static pthread_once_t error_table_once = PTHREAD_ONCE_INIT;
+
+static void load_error_table(void)
+{
+	initialize_ext2_error_table();
+}
+
 const char *strata_ext4_message(long code)
 {
-	static int initialised;
-
-	if (!initialised) {
-		initialize_ext2_error_table();
-		initialised = 1;
-	}
+	/* Several filesystems may be open in as many threads. */
+	pthread_once(&error_table_once, load_error_table);
 	return error_message(code);
 }
 
@@ -776,9 +780,167 @@ static int file_type(unsigned int mode)
 	return 0;
 }
 
-/* Adds an entry; a linear directory without room grows by a block. An htree directory
- * grows inside ext2fs_link (dx_grow_tree); appending a block the index does not know
- * would corrupt it, so a full htree is ENOSPC, as in the kernel. */
+/*
+ * Turns a full one-block directory into an htree, as the kernel's make_indexed_dir does
+ * when such a directory grows (libext2fs maintains an index but never starts one): block 0
+ * becomes the index root, with one entry pointing at a new block 1 that takes every entry
+ * but '.' and '..'. Adding the next name then goes through ext2fs_link's dx_link, which
+ * splits that leaf by hash. EXT2_ET_DIR_NO_SPACE means "not converted, expand instead".
+ */
+static errcode_t make_indexed(ext2_filsys fs, ext2_ino_t dir)
+{
+	struct ext2_inode inode;
+	unsigned int bs = fs->blocksize;
+	int csum = ext2fs_has_feature_metadata_csum(fs->super);
+	unsigned int dirent_tail = csum ? sizeof(struct ext2_dir_entry_tail) : 0;
+	unsigned int dx_tail = csum ? sizeof(struct ext2_dx_tail) : 0;
+	unsigned int hash = fs->super->s_def_hash_version;
+	char *root = NULL, *leaf = NULL;
+	blk64_t pblk0 = 0, pblk1 = 0;
+	unsigned int off, loff = 0, last = 0, rec_len, n = 0;
+	ext2_ino_t parent = 0;
+	struct ext2_dir_entry *de;
+	struct ext2_dx_root_info *info;
+	struct ext2_dx_countlimit *cl;
+	struct ext2_dx_entry *entries;
+	errcode_t err;
+
+	if (!ext2fs_has_feature_dir_index(fs->super) ||
+	    (hash != EXT2_HASH_LEGACY && hash != EXT2_HASH_HALF_MD4 && hash != EXT2_HASH_TEA))
+		return EXT2_ET_DIR_NO_SPACE;
+	err = ext2fs_read_inode(fs, dir, &inode);
+	if (err)
+		return err;
+	if ((inode.i_flags & (EXT2_INDEX_FL | EXT4_INLINE_DATA_FL)) || EXT2_I_SIZE(&inode) != bs)
+		return EXT2_ET_DIR_NO_SPACE;
+	err = ext2fs_bmap2(fs, dir, &inode, NULL, 0, 0, NULL, &pblk0);
+	if (err)
+		return err;
+	if (pblk0 == 0)
+		return EXT2_ET_DIR_NO_SPACE;
+	err = ext2fs_get_memzero(bs, &root);
+	if (!err)
+		err = ext2fs_get_memzero(bs, &leaf);
+	if (err)
+		goto out;
+	err = ext2fs_read_dir_block4(fs, pblk0, root, 0, dir);
+	if (err)
+		goto out;
+
+	/* Copy the entries into the leaf, packed; '.' and '..' must come first. */
+	for (off = 0; off + 8 <= bs - dirent_tail; off += rec_len) {
+		unsigned int nlen;
+
+		de = (struct ext2_dir_entry *)(root + off);
+		err = ext2fs_get_rec_len(fs, de, &rec_len);
+		if (err)
+			goto out;
+		nlen = ext2fs_dirent_name_len(de);
+		if (rec_len < 8 || (rec_len & 3) || off + rec_len > bs || nlen + 8 > rec_len) {
+			err = EXT2_ET_DIR_CORRUPTED;
+			goto out;
+		}
+		if (n == 0 && !(de->inode == dir && nlen == 1 && de->name[0] == '.')) {
+			err = EXT2_ET_DIR_NO_SPACE;
+			goto out;
+		}
+		if (n == 1) {
+			if (!(de->inode && nlen == 2 && de->name[0] == '.' && de->name[1] == '.')) {
+				err = EXT2_ET_DIR_NO_SPACE;
+				goto out;
+			}
+			parent = de->inode;
+		}
+		if (n++ < 2 || de->inode == 0)
+			continue;
+		if (loff + EXT2_DIR_REC_LEN(nlen) > bs - dirent_tail) {
+			err = EXT2_ET_DIR_CORRUPTED;
+			goto out;
+		}
+		memcpy(leaf + loff, de, 8 + nlen);
+		last = loff;
+		err = ext2fs_set_rec_len(fs, EXT2_DIR_REC_LEN(nlen), (struct ext2_dir_entry *)(leaf + loff));
+		if (err)
+			goto out;
+		loff += EXT2_DIR_REC_LEN(nlen);
+	}
+	if (n < 2) {
+		err = EXT2_ET_DIR_NO_SPACE;
+		goto out;
+	}
+	if (loff == 0) {
+		/* Nothing but '.' and '..' and yet full: leave it alone. */
+		err = EXT2_ET_DIR_NO_SPACE;
+		goto out;
+	}
+	err = ext2fs_set_rec_len(fs, bs - dirent_tail - last, (struct ext2_dir_entry *)(leaf + last));
+	if (err)
+		goto out;
+	if (csum)
+		ext2fs_initialize_dirent_tail(fs, EXT2_DIRENT_TAIL(leaf, bs));
+
+	/* The root: '.' and '..' as the kernel lays them, the root info, one entry. */
+	memset(root, 0, bs);
+	de = (struct ext2_dir_entry *)root;
+	de->inode = dir;
+	ext2fs_dirent_set_name_len(de, 1);
+	if (ext2fs_has_feature_filetype(fs->super))
+		ext2fs_dirent_set_file_type(de, EXT2_FT_DIR);
+	de->name[0] = '.';
+	err = ext2fs_set_rec_len(fs, 12, de);
+	if (err)
+		goto out;
+	de = (struct ext2_dir_entry *)(root + 12);
+	de->inode = parent;
+	ext2fs_dirent_set_name_len(de, 2);
+	if (ext2fs_has_feature_filetype(fs->super))
+		ext2fs_dirent_set_file_type(de, EXT2_FT_DIR);
+	de->name[0] = '.';
+	de->name[1] = '.';
+	err = ext2fs_set_rec_len(fs, bs - 12, de);
+	if (err)
+		goto out;
+	info = (struct ext2_dx_root_info *)(root + 24);
+	info->hash_version = (__u8)hash;
+	info->info_length = sizeof(*info);
+	cl = (struct ext2_dx_countlimit *)(root + 32);
+	cl->limit = ext2fs_cpu_to_le16((bs - 32 - dx_tail) / sizeof(struct ext2_dx_entry));
+	cl->count = ext2fs_cpu_to_le16(1);
+	entries = (struct ext2_dx_entry *)(root + 32);
+	entries[0].block = ext2fs_cpu_to_le32(1);
+
+	/* Block 1 (allocated and counted by expand_dir), then the root, then the flag. */
+	err = ext2fs_expand_dir(fs, dir);
+	if (err)
+		goto out;
+	err = ext2fs_read_inode(fs, dir, &inode);
+	if (err)
+		goto out;
+	err = ext2fs_bmap2(fs, dir, &inode, NULL, 0, 1, NULL, &pblk1);
+	if (err)
+		goto out;
+	if (pblk1 == 0) {
+		err = EXT2_ET_DIR_CORRUPTED;
+		goto out;
+	}
+	err = ext2fs_write_dir_block4(fs, pblk1, leaf, 0, dir);
+	if (err)
+		goto out;
+	err = ext2fs_write_dir_block4(fs, pblk0, root, 0, dir);
+	if (err)
+		goto out;
+	inode.i_flags |= EXT2_INDEX_FL;
+	err = ext2fs_write_inode(fs, dir, &inode);
+out:
+	ext2fs_free_mem(&root);
+	ext2fs_free_mem(&leaf);
+	return err;
+}
+
+/* Adds an entry. A full one-block directory becomes an htree (as in the kernel), a full
+ * linear directory grows by a block, an htree grows inside ext2fs_link (dx_grow_tree).
+ * Appending a block an index does not know would corrupt it, so a full htree is ENOSPC,
+ * as in the kernel. */
 static errcode_t add_entry(ext2_filsys fs, ext2_ino_t dir, const char *name, ext2_ino_t ino,
 			   unsigned int mode)
 {
@@ -792,7 +954,9 @@ static errcode_t add_entry(ext2_filsys fs, ext2_ino_t dir, const char *name, ext
 			return err;
 		if (inode.i_flags & EXT2_INDEX_FL)
 			return EXT2_ET_DIR_NO_SPACE;
-		err = ext2fs_expand_dir(fs, dir);
+		err = make_indexed(fs, dir);
+		if (err == EXT2_ET_DIR_NO_SPACE)
+			err = ext2fs_expand_dir(fs, dir);
 		if (err)
 			return err;
 		err = ext2fs_link(fs, dir, name, ino, file_type(mode));
@@ -934,12 +1098,22 @@ static errcode_t set_entry(ext2_filsys fs, ext2_ino_t dir, const char *name, ext
 
 /* ---- Creating ------------------------------------------------------------------------- */
 
+static pthread_once_t generation_once = PTHREAD_ONCE_INIT;
+
+static void init_generation(void)
+{
+	uint32_t seed;
+
+	if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed))
+		seed = (uint32_t)time(NULL);
+	__atomic_store_n(&next_generation, seed, __ATOMIC_RELAXED);
+}
+
+/* i_generation of a new inode (for NFS-style handles): random start, then counting. */
 static uint32_t new_generation(void)
 {
-	if (next_generation == 0 &&
-	    getrandom(&next_generation, sizeof(next_generation), 0) != sizeof(next_generation))
-		next_generation = (uint32_t)time(NULL);
-	return next_generation++;
+	pthread_once(&generation_once, init_generation);
+	return __atomic_fetch_add(&next_generation, 1, __ATOMIC_RELAXED);
 }
 
 static void set_owner(struct ext2_inode_large *inode, uint32_t uid, uint32_t gid)
