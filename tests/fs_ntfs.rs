@@ -408,6 +408,10 @@ fn files_dirs_symlinks_and_hard_links_read_back_through_ntfs_3g() {
     );
     drop(m);
     assert_eq!(
+        strata::fs::ntfs::Ntfs::read_label(img.device(true)).unwrap(),
+        "Windows"
+    );
+    assert_eq!(
         strata::fs::ntfs::Ntfs::open(img.device(true), OpenOptions { read_only: true })
             .unwrap()
             .label(),
