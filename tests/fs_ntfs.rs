@@ -1363,3 +1363,23 @@ fn junctions_reparse_symlinks_and_interix_specials_match_ntfs_3g() {
     f.close().unwrap();
     img.assert_clean();
 }
+
+#[test]
+fn dropping_without_close_frees_the_volume_and_leaves_it_mountable() {
+    need_tools!();
+    let img = image(16 * MIB, &[]);
+    let mem = Arc::new(MemDevice::new(std::fs::read(&img.path).unwrap()));
+    let mut f = fs::open("ntfs", mem.clone(), OpenOptions::default()).unwrap();
+    let ino = mkfile(&mut *f, 5, "kept", b"written through");
+    f.write(ino, 0, b"WRITTEN").unwrap();
+    drop(f);
+    assert_eq!(
+        Arc::strong_count(&mem),
+        1,
+        "the adapter let go of the device"
+    );
+    // what reached the device before the drop is a consistent filesystem
+    std::fs::write(&img.path, mem.contents()).unwrap();
+    img.assert_clean();
+    assert_eq!(img.cat("/kept"), b"WRITTEN through");
+}
