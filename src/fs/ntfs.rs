@@ -56,7 +56,8 @@ const DT_REPARSE: u32 = 32;
 /// libntfs-3g log levels (NTFS_LOG_LEVEL_* in logging.h) the sink tells apart.
 const LOG_INFO: u32 = 1 << 3;
 const LOG_WARNING: u32 = 1 << 6;
-const LOG_ERROR_MASK: u32 = (1 << 7) | (1 << 8) | (1 << 9);
+const LOG_ERROR_MASK: u32 = (1 << 7) | (1 << 8);
+const LOG_CRITICAL: u32 = 1 << 9;
 
 /// How many parent links a rename follows looking for a loop before calling the
 /// directory tree damaged.
@@ -275,7 +276,11 @@ extern "C" fn log_sink(level: u32, msg: *const c_char) {
     // SAFETY: the shim passes a NUL-terminated buffer valid for this call.
     let msg = unsafe { CStr::from_ptr(msg) }.to_string_lossy();
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        if level & LOG_ERROR_MASK != 0 {
+        if level & LOG_CRITICAL != 0 {
+            // "damage may have occurred": worth an operator's eye
+            tracing::warn!("libntfs-3g: {msg}");
+            LAST_ERROR.with(|l| *l.borrow_mut() = Some(msg.trim().to_string()));
+        } else if level & LOG_ERROR_MASK != 0 {
             tracing::debug!("libntfs-3g: {msg}");
             LAST_ERROR.with(|l| *l.borrow_mut() = Some(msg.trim().to_string()));
         } else if level & (LOG_WARNING | LOG_INFO) != 0 {
@@ -460,6 +465,15 @@ impl Ntfs {
     /// The volume label (from `$Volume`, which `detect` cannot read); empty when none.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// The volume label of the NTFS filesystem on `dev`, read through a read-only mount
+    /// that writes nothing (for `list-filesystems`-style listings outside a mount).
+    pub fn read_label(dev: SharedDevice) -> FsResult<String> {
+        let fs = Ntfs::open(dev, OpenOptions { read_only: true })?;
+        let label = fs.label.clone();
+        Box::new(fs).close()?;
+        Ok(label)
     }
 
     fn writable(&self, what: impl FnOnce() -> String) -> FsResult<()> {

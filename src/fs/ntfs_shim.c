@@ -832,7 +832,10 @@ int strata_ntfs_parent(struct strata_ntfs *h, uint64_t ino, uint64_t *parent)
 	}
 	while (!ntfs_attr_lookup(AT_FILE_NAME, AT_UNNAMED, 0, CASE_SENSITIVE, 0, NULL, 0, ctx)) {
 		if (ctx->attr->non_resident ||
-		    le32_to_cpu(ctx->attr->value_length) < sizeof(FILE_NAME_ATTR))
+		    le32_to_cpu(ctx->attr->value_length) < sizeof(FILE_NAME_ATTR) ||
+		    (u32)le16_to_cpu(ctx->attr->value_offset) +
+				    le32_to_cpu(ctx->attr->value_length) >
+			    le32_to_cpu(ctx->attr->length))
 			continue;
 		fn = (FILE_NAME_ATTR *)((u8 *)ctx->attr + le16_to_cpu(ctx->attr->value_offset));
 		if (fn->file_name_type == FILE_NAME_DOS)
