@@ -993,7 +993,8 @@ mod tests {
     #[test]
     fn damaged_labels_are_refused_saying_which_check_failed() {
         let good = label(1, UUID, 1 << 20, &[], &[MDA]);
-        let cases: Vec<(Box<dyn Fn(&mut [u8; 512])>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut [u8; 512])>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|s| s[100] ^= 1), "label checksum mismatch"),
             (
                 Box::new(|s| {
