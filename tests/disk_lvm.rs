@@ -39,6 +39,23 @@ fn can_run() -> bool {
     true
 }
 
+/// One LV as `lvs` reports it.
+struct LvsLv {
+    roles: Vec<String>,
+    writable: bool,
+    segs: Vec<LvsSeg>,
+}
+
+#[derive(Clone)]
+struct LvsSeg {
+    segtype: String,
+    /// Bytes, in the LV.
+    start: u64,
+    size: u64,
+    /// (guest device, first PE) per stripe on a PV.
+    ranges: Vec<(String, u64)>,
+}
+
 struct Fixture {
     dir: tempfile::TempDir,
     disk: PathBuf,
@@ -213,11 +230,9 @@ impl Fixture {
         .collect()
     }
 
-    /// `lvs`' view of the visible LVs: (vg, lv) -> segments, each (segtype, LV offset,
-    /// length, [(guest device, first PE)]).
-    #[allow(clippy::type_complexity)]
-    fn lvs(&self) -> BTreeMap<(String, String), Vec<(String, u64, u64, Vec<(String, u64)>)>> {
-        let mut out: BTreeMap<_, Vec<_>> = BTreeMap::new();
+    /// `lvs`' view of the visible LVs, by (vg, lv).
+    fn lvs(&self) -> BTreeMap<(String, String), LvsLv> {
+        let mut out: BTreeMap<_, LvsLv> = BTreeMap::new();
         let text = self.lvm(&[
             "lvs",
             "--driverloaded",
@@ -229,11 +244,11 @@ impl Fixture {
             "--separator",
             "|",
             "-o",
-            "lv_name,vg_name,seg_pe_ranges,seg_start,seg_size,segtype",
+            "lv_name,vg_name,seg_pe_ranges,seg_start,seg_size,segtype,lv_role,lv_attr",
         ]);
         for l in text.lines().filter(|l| !l.trim().is_empty()) {
             let f: Vec<&str> = l.trim().split('|').collect();
-            assert_eq!(f.len(), 6, "{l}");
+            assert_eq!(f.len(), 8, "{l}");
             let ranges = f[2]
                 .split_whitespace()
                 .filter_map(|r| {
@@ -246,14 +261,19 @@ impl Fixture {
                     Some((self.guest_name(dev), first))
                 })
                 .collect();
-            out.entry((f[1].to_string(), f[0].to_string()))
-                .or_default()
-                .push((
-                    f[5].to_string(),
-                    f[3].parse().unwrap(),
-                    f[4].parse().unwrap(),
-                    ranges,
-                ));
+            let lv = out
+                .entry((f[1].to_string(), f[0].to_string()))
+                .or_insert_with(|| LvsLv {
+                    roles: f[6].split(',').map(String::from).collect(),
+                    writable: f[7].as_bytes().get(1) == Some(&b'w'),
+                    segs: Vec::new(),
+                });
+            lv.segs.push(LvsSeg {
+                segtype: f[5].to_string(),
+                start: f[3].parse().unwrap(),
+                size: f[4].parse().unwrap(),
+                ranges,
+            });
         }
         out
     }
@@ -292,40 +312,48 @@ fn assert_matches_lvs(f: &Fixture, s: &Scan) {
         expected.keys().collect::<Vec<_>>(),
         "the visible LVs"
     );
-    for (key, segs) in &expected {
+    assert!(!expected.is_empty());
+    for (key, want) in &expected {
         let lv = got[key];
         let ext = f.extent_size(&key.0);
-        match segs.iter().find(|s| s.0 != "linear") {
-            Some((segtype, ..)) => {
-                let e = lv
-                    .device
-                    .as_ref()
-                    .err()
-                    .unwrap_or_else(|| panic!("{key:?} ({segtype}) was mapped, not refused"));
-                assert!(
-                    e.contains(&format!("unsupported segment type {segtype}")),
-                    "{key:?}: {e}"
-                );
-            }
-            None => {
-                let want: Vec<MappedSegment> = segs
-                    .iter()
-                    .map(|(_, start, size, ranges)| {
-                        assert_eq!(ranges.len(), 1, "{key:?}: linear has one range");
-                        let (dev, pe) = &ranges[0];
-                        MappedSegment {
-                            lv_offset: *start,
-                            len: *size,
-                            pv_device: dev.clone(),
-                            pv_offset: pe_starts[dev] + pe * ext,
-                        }
-                    })
-                    .collect();
-                assert_eq!(lv.segments, want, "{key:?}");
-                let d = lv.device.as_ref().unwrap();
-                assert_eq!(d.len(), want.iter().map(|s| s.len).sum::<u64>());
-            }
+        let refusal = || {
+            lv.device
+                .as_ref()
+                .err()
+                .unwrap_or_else(|| panic!("{key:?} was mapped, not refused"))
+                .clone()
+        };
+        if let Some(seg) = want.segs.iter().find(|s| s.segtype != "linear") {
+            let e = refusal();
+            assert!(
+                e.contains(&format!("unsupported segment type {}", seg.segtype)),
+                "{key:?}: {e}"
+            );
+            continue;
         }
+        if want.roles.iter().any(|r| r == "origin" || r == "snapshot") {
+            let e = refusal();
+            assert!(e.contains("snapshot"), "{key:?}: {e}");
+            continue;
+        }
+        let segments: Vec<MappedSegment> = want
+            .segs
+            .iter()
+            .map(|s| {
+                assert_eq!(s.ranges.len(), 1, "{key:?}: linear has one range");
+                let (dev, pe) = &s.ranges[0];
+                MappedSegment {
+                    lv_offset: s.start,
+                    len: s.size,
+                    pv_device: dev.clone(),
+                    pv_offset: pe_starts[dev] + pe * ext,
+                }
+            })
+            .collect();
+        assert_eq!(lv.segments, segments, "{key:?}");
+        let d = lv.device.as_ref().unwrap();
+        assert_eq!(d.len(), segments.iter().map(|s| s.len).sum::<u64>());
+        assert_eq!(d.is_read_only(), !want.writable, "{key:?} read-only");
     }
     // What guestfish's vgs, lvs and pvs would print, from LVM's own selection.
     let vgs: Vec<String> = f
@@ -365,9 +393,10 @@ fn assert_matches_lvs(f: &Fixture, s: &Scan) {
 }
 
 /// Turns the `pdata` and `pmeta` LVs of `vg` into a thin pool `pool` with one thin LV,
-/// through vgcfgbackup and vgcfgrestore: lvcreate and lvconvert refuse to make pools
-/// without the device-mapper thin target, but LVM restores such metadata as written.
-fn make_thin_pool(f: &Fixture, vg: &str) {
+/// and `swapsnap` into a snapshot of `swap`, through vgcfgbackup and vgcfgrestore:
+/// lvcreate and lvconvert refuse to make pools and snapshots without device-mapper, but
+/// LVM restores such metadata as written (and `lvs` then reports them as such).
+fn make_thin_pool_and_snapshot(f: &Fixture, vg: &str) {
     let file = f.dir.path().join("vg.txt");
     let file_s = file.to_str().unwrap();
     f.lvm(&["vgcfgbackup", "--driverloaded", "n", "-f", file_s, vg]);
@@ -387,7 +416,11 @@ fn make_thin_pool(f: &Fixture, vg: &str) {
         thin1 {\nid = \"Thiiii-iiii-iiii-iiii-iiii-iiii-iiiin1\"\n\
         status = [\"READ\", \"WRITE\", \"VISIBLE\"]\nflags = []\nsegment_count = 1\n\
         segment1 {\nstart_extent = 0\nextent_count = 5\ntype = \"thin\"\n\
-        thin_pool = \"pool\"\ntransaction_id = 0\ndevice_id = 1\n}\n}\n";
+        thin_pool = \"pool\"\ntransaction_id = 0\ndevice_id = 1\n}\n}\n\
+        snapshot0 {\nid = \"Snapsh-otoo-oooo-oooo-oooo-oooo-oooo00\"\n\
+        status = [\"READ\"]\nflags = []\nsegment_count = 1\n\
+        segment1 {\nstart_extent = 0\nextent_count = 5\ntype = \"snapshot\"\n\
+        chunk_size = 8\norigin = \"swap\"\ncow_store = \"swapsnap\"\n}\n}\n";
     let at = t.find("\t\tpool_tdata {").unwrap();
     t.insert_str(at, pool);
     std::fs::write(&file, t).unwrap();
@@ -490,10 +523,20 @@ fn standard() -> (Fixture, [String; 3]) {
     ]);
     create(&vga, "pdata", "8M", &[&b]);
     create(&vga, "pmeta", "4M", &[&b]);
+    create(&vga, "swapsnap", "8M", &[&b]);
     // More than either PV has left: the rest of sda2 and most of sda3.
     create(&vga, "span", "100M", &[&a, &b]);
-    make_thin_pool(&f, &vga);
+    make_thin_pool_and_snapshot(&f, &vga);
     create(&vgb, "home", "40M", &[&c]);
+    create(&vgb, "ro", "4M", &[&c]);
+    f.lvm(&[
+        "lvchange",
+        "--driverloaded",
+        "n",
+        "-q",
+        "-pr",
+        &format!("{vgb}/ro"),
+    ]);
     (f, [a, b, c])
 }
 
@@ -524,6 +567,14 @@ fn scan_agrees_with_lvs_on_every_lv_segment_and_offset() {
         "unsupported segment type thin-pool"
     );
     assert!(s.find(&format!("/dev/{vga}/pool_tdata")).is_none());
+    let paths = s.lv_paths();
+    assert!(paths.contains(&format!("/dev/{vga}/thin1")), "{paths:?}");
+    assert!(!paths.contains(&format!("/dev/{vga}/pool")), "{paths:?}");
+    let swap = s.find(&format!("/dev/{vga}/swap")).unwrap();
+    let e = swap.device.as_ref().err().unwrap();
+    assert!(e.contains("origin of snapshot swapsnap"), "{e}");
+    let ro = s.find(&format!("/dev/{}/ro", f.vg("b"))).unwrap();
+    assert!(ro.device.as_ref().unwrap().is_read_only());
 }
 
 #[test]
@@ -534,10 +585,10 @@ fn ext4_made_in_an_lv_by_mke2fs_reads_back_through_the_lv_device() {
     let (mut f, _) = standard();
     let vgb = f.vg("b");
     // Where LVM puts home: from lvs and pvs, not from our parse.
-    let segs = &f.lvs()[&(vgb.clone(), "home".to_string())];
+    let segs = &f.lvs()[&(vgb.clone(), "home".to_string())].segs;
     assert_eq!(segs.len(), 1);
-    let (_, _, size, ranges) = &segs[0];
-    let (dev, pe) = &ranges[0];
+    let size = &segs[0].size;
+    let (dev, pe) = &segs[0].ranges[0];
     let part: u32 = dev.trim_start_matches("/dev/sda").parse().unwrap();
     let at = f.parts[&part].0 + f.pe_starts()[dev] + pe * f.extent_size(&vgb);
     let fsdev = ok(Command::new("losetup")
@@ -576,9 +627,9 @@ fn ext4_placed_in_a_two_segment_lv_at_lvs_offsets_reads_back_whole() {
     }
     let (f, _) = standard();
     let vga = f.vg("a");
-    let segs = f.lvs()[&(vga.clone(), "root".to_string())].clone();
+    let segs = f.lvs()[&(vga.clone(), "root".to_string())].segs.clone();
     assert_eq!(segs.len(), 2);
-    let total: u64 = segs.iter().map(|s| s.2).sum();
+    let total: u64 = segs.iter().map(|s| s.size).sum();
     let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let work = f.dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
@@ -592,7 +643,13 @@ fn ext4_placed_in_a_two_segment_lv_at_lvs_offsets_reads_back_whole() {
         .unwrap();
     let pe_starts = f.pe_starts();
     let ext = f.extent_size(&vga);
-    for (_, start, size, ranges) in &segs {
+    for LvsSeg {
+        start,
+        size,
+        ranges,
+        ..
+    } in &segs
+    {
         let (dev, pe) = &ranges[0];
         let part: u32 = dev.trim_start_matches("/dev/sda").parse().unwrap();
         let base = f.parts[&part].0 + pe_starts[dev] + pe * ext;
