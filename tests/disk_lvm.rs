@@ -23,6 +23,9 @@ use strata::store::device::{FileDevice, SharedDevice};
 
 const MIB: u64 = 1 << 20;
 
+/// Numbers the fixtures of this process.
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// Whether this machine can build LVM fixtures; prints why not.
 fn can_run() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -113,7 +116,12 @@ impl Fixture {
             .map(|p| (p.number, (p.start, p.len)))
             .collect();
         let f = Fixture {
-            tag: format!("st{}{tag}", std::process::id()),
+            // Unique per fixture even when the tests share a process (cargo test).
+            tag: format!(
+                "st{}x{}{tag}",
+                std::process::id(),
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
             dir,
             disk,
             loops: Vec::new(),

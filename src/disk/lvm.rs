@@ -1265,6 +1265,26 @@ mod tests {
     }
 
     #[test]
+    fn any_flipped_byte_of_label_header_or_text_is_caught() {
+        let good = pv_image(UUID, SAMPLE, 1024);
+        let text_end = 4096 + 1024 + SAMPLE.len() + 1;
+        let covered = (512..1024)
+            .chain(4096..4096 + 512)
+            .chain(4096 + 1024..text_end);
+        for at in covered {
+            let mut d = good.clone();
+            d[at] ^= 0x10;
+            match read(d) {
+                Err(_) | Ok(None) => {}
+                Ok(Some(pv)) => panic!(
+                    "byte {at} flipped was accepted: {:?}",
+                    pv.metadata.map(|m| m.vg.name)
+                ),
+            }
+        }
+    }
+
+    #[test]
     fn garbage_labels_and_headers_never_panic() {
         let mut seed = 0xdead_beefu32;
         let mut rnd = || {
