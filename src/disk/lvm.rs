@@ -647,7 +647,8 @@ pub fn scan(devices: &[(String, SharedDevice)]) -> Scan {
         }
         let mut lvs = Vec::new();
         let roles = snapshot_roles(vg);
-        for lv in vg.lvs.iter().filter(|l| l.is_visible()) {
+        let cows = snapshot_cows(vg);
+        for lv in vg.lvs.iter().filter(|l| shown(l, &cows)) {
             if let Err(e) = check_name(&lv.name) {
                 problem(
                     &mut out,
@@ -672,7 +673,7 @@ pub fn scan(devices: &[(String, SharedDevice)]) -> Scan {
                 vg: vg.name.clone(),
                 lv: lv.name.clone(),
                 uuid: lv.id.clone(),
-                public: is_public(lv),
+                public: is_public(lv) || cows.contains(lv.name.as_str()),
                 device,
                 segments,
             });
@@ -733,6 +734,29 @@ fn snapshot_roles(vg: &VolumeGroupMeta) -> HashMap<&str, String> {
         }
     }
     roles
+}
+
+/// The COW stores of the VG's snapshots. LVM writes them without VISIBLE (their
+/// visibility is the snapshot's) yet shows each as the snapshot, under its own name.
+fn snapshot_cows(vg: &VolumeGroupMeta) -> std::collections::HashSet<&str> {
+    vg.lvs
+        .iter()
+        .flat_map(|l| &l.segments)
+        .filter_map(|s| match &s.kind {
+            SegmentKind::Snapshot { cow_store, .. } => Some(cow_store.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether LVM shows the LV as `/dev/VG/LV`: visible ones, and snapshots' COW stores; the
+/// internal `snapshotN` LV never, whatever its flags.
+fn shown(lv: &LvMeta, cows: &std::collections::HashSet<&str>) -> bool {
+    let internal = lv
+        .segments
+        .iter()
+        .any(|s| matches!(s.kind, SegmentKind::Snapshot { .. }));
+    !internal && (lv.is_visible() || cows.contains(lv.name.as_str()))
 }
 
 /// LVM's public role, which guestfish's `lvs` selects (`lv_role=public &&
@@ -833,7 +857,49 @@ fn map_lv(
     }
     let label = format!("logical volume /dev/{}/{}", vg.name, lv.name);
     let w = Window::spans(runs, label).map_err(|e| e.to_string())?;
+    if !lv.has_flag("WRITE") {
+        // `lvchange -pr`: LVM activates it read-only, so guestfish cannot write it either.
+        return Ok((Arc::new(ReadOnly(w)), mapped));
+    }
     Ok((Arc::new(w), mapped))
+}
+
+/// An LV whose metadata lacks WRITE: reads pass through, writes are refused.
+struct ReadOnly(Window);
+
+impl BlockDevice for ReadOnly {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> crate::store::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> crate::store::Result<()> {
+        Err(self.refusal())
+    }
+    fn discard(&self, _: u64, _: u64) -> crate::store::Result<()> {
+        Err(self.refusal())
+    }
+    fn flush(&self) -> crate::store::Result<()> {
+        Ok(())
+    }
+    fn is_read_only(&self) -> bool {
+        true
+    }
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+}
+
+impl ReadOnly {
+    fn refusal(&self) -> crate::store::StoreError {
+        crate::store::StoreError::ReadOnly {
+            what: format!(
+                "{} (its LVM metadata marks it read-only; lvchange -prw makes it writable)",
+                self.0.describe()
+            ),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -993,7 +1059,8 @@ mod tests {
     #[test]
     fn damaged_labels_are_refused_saying_which_check_failed() {
         let good = label(1, UUID, 1 << 20, &[], &[MDA]);
-        let cases: Vec<(Box<dyn Fn(&mut [u8; 512])>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut [u8; 512])>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|s| s[100] ^= 1), "label checksum mismatch"),
             (
                 Box::new(|s| {
@@ -1198,6 +1265,26 @@ mod tests {
     }
 
     #[test]
+    fn any_flipped_byte_of_label_header_or_text_is_caught() {
+        let good = pv_image(UUID, SAMPLE, 1024);
+        let text_end = 4096 + 1024 + SAMPLE.len() + 1;
+        let covered = (512..1024)
+            .chain(4096..4096 + 512)
+            .chain(4096 + 1024..text_end);
+        for at in covered {
+            let mut d = good.clone();
+            d[at] ^= 0x10;
+            match read(d) {
+                Err(_) | Ok(None) => {}
+                Ok(Some(pv)) => panic!(
+                    "byte {at} flipped was accepted: {:?}",
+                    pv.metadata.map(|m| m.vg.name)
+                ),
+            }
+        }
+    }
+
+    #[test]
     fn garbage_labels_and_headers_never_panic() {
         let mut seed = 0xdead_beefu32;
         let mut rnd = || {
@@ -1237,7 +1324,8 @@ mod tests {
 
     /// VG "vg0" on two PVs (pv0 = UUID, pv1 = UUID2), 1 MiB extents, pe_start 1 MiB:
     /// `root` = 2 extents of pv0 at 0 then 1 of pv1 at 3, `home` on pv0 at 5..7, a
-    /// thin pool and thin LV, a hidden LV, and a snapshot of `home`.
+    /// thin pool and thin LV, a hidden LV, and a snapshot `snap` of `home` written as LVM
+    /// writes one (the COW store without VISIBLE, the internal `snapshot0` with it).
     fn two_pv_text(seqno: u64) -> String {
         format!(
             r#"vg0 {{
@@ -1256,10 +1344,10 @@ segment2 {{ start_extent = 2 extent_count = 1 type = "striped" stripe_count = 1 
 home {{ id = "h" status = ["READ", "WRITE", "VISIBLE"] segment_count = 1
 segment1 {{ start_extent = 0 extent_count = 2 type = "striped" stripe_count = 1 stripes = ["pv0", 5] }}
 }}
-snap {{ id = "s" status = ["READ", "WRITE", "VISIBLE"] segment_count = 1
+snap {{ id = "s" status = ["READ", "WRITE"] segment_count = 1
 segment1 {{ start_extent = 0 extent_count = 1 type = "striped" stripe_count = 1 stripes = ["pv0", 7] }}
 }}
-snapshot0 {{ id = "s0" status = ["READ"] segment_count = 1
+snapshot0 {{ id = "s0" status = ["READ", "WRITE", "VISIBLE"] segment_count = 1
 segment1 {{ start_extent = 0 extent_count = 2 type = "snapshot" origin = "home" cow_store = "snap" }}
 }}
 pool {{ id = "p" status = ["READ", "WRITE", "VISIBLE"] segment_count = 1
@@ -1437,6 +1525,24 @@ segment1 {{ start_extent = 0 extent_count = 1 type = "striped" stripe_count = 1 
         ]);
         let e = refusal(&s, "/dev/vg0/root");
         assert!(e.contains("beyond the end of /dev/sdb1"), "{e}");
+    }
+
+    #[test]
+    fn an_lv_without_write_status_is_read_only() {
+        let t = two_pv_text(5).replace(
+            "root { id = \"r\" status = [\"READ\", \"WRITE\", \"VISIBLE\"]",
+            "root { id = \"r\" status = [\"READ\", \"VISIBLE\"]",
+        );
+        let s = scan(&[
+            ("/dev/sda2".to_string(), pv_dev(UUID, &t, 8)),
+            ("/dev/sdb1".to_string(), pv_dev(UUID2, &t, 4)),
+        ]);
+        let d = lv(&s, "/dev/vg0/root").device.as_ref().unwrap();
+        assert!(d.is_read_only());
+        assert_eq!(extent_tags(d), [0, 1, 103]);
+        let e = d.write_at(&[1], 0).unwrap_err().to_string();
+        assert!(e.contains("read-only"), "{e}");
+        assert!(!lv(&s, "/dev/vg0/pool").public);
     }
 
     #[test]
