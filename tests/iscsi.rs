@@ -942,7 +942,13 @@ fn a_thousand_exports_and_256_idle_sessions() {
         serde_json::to_vec(&serde_json::json!({ "exports": exports })).unwrap(),
     )
     .unwrap();
-    let mut srv = repo.serve(&["--nop-interval", "3600"]);
+    // One initiator on 257 targets: far beyond the default share of one initiator.
+    let mut srv = repo.serve(&[
+        "--nop-interval",
+        "3600",
+        "--max-sessions-per-initiator",
+        "300",
+    ]);
     let ls = repo.ok(&["export", "ls"]);
     assert_eq!(ls.lines().count(), 1001);
     // Discovery sees all thousand (the answer spans several Text responses).
