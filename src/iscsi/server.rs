@@ -228,9 +228,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let mut listeners = Vec::new();
     for a in addrs {
-        let l = TcpListener::bind(a)
-            .await
-            .map_err(|source| ServeError::Listening { addr: *a, source })?;
+        let l = listen(*a).map_err(|source| ServeError::Listening { addr: *a, source })?;
         let local = l.local_addr().unwrap_or(*a);
         tracing::info!(listen = %local, "serving iSCSI");
         listeners.push(l);
@@ -295,6 +293,22 @@ pub async fn serve(
         "image chunk cache"
     );
     Ok(())
+}
+
+/// Connections the kernel completes before we accept them. A flood arrives in bursts; when
+/// this queue overflows the kernel drops SYNs, and every initiator whose SYN is dropped
+/// waits a full second to retry, so it is made as deep as the kernel allows (somaxconn caps
+/// it) rather than the usual 128 or 1024.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+fn listen(a: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = match a {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    s.set_reuseaddr(true)?;
+    s.bind(a)?;
+    s.listen(ACCEPT_BACKLOG)
 }
 
 /// Applies exports.json when it changes without a word on the control socket.
