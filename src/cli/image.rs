@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
+use strata::store::transfer::ImportOptions;
 use strata::store::{Repository, SourceFormat};
 
 use super::progress::Bar;
@@ -19,6 +20,11 @@ pub enum ImageCmd {
         /// auto (qcow2 by its magic, else raw), raw or qcow2.
         #[arg(long, default_value = "auto")]
         format: SourceFormat,
+        /// Let the image make strata read other files: a qcow2 backing file or external data
+        /// file, vmdk extents (and formats whose references strata does not inspect). Off by
+        /// default: only for images you trust.
+        #[arg(long)]
+        allow_backing: bool,
     },
     /// List golden images.
     Ls {
@@ -39,9 +45,18 @@ pub enum ImageCmd {
 
 pub fn run(repo: &Repository, cmd: ImageCmd) -> CliResult {
     match cmd {
-        ImageCmd::Import { file, name, format } => {
+        ImageCmd::Import {
+            file,
+            name,
+            format,
+            allow_backing,
+        } => {
+            let opts = ImportOptions {
+                format,
+                allow_backing,
+            };
             let bar = Bar::new(&format!("importing {name}"));
-            let meta = repo.import_image(&name, &file, format, &|d, t| bar.update(d, t));
+            let meta = repo.import_image_with(&name, &file, &opts, &|d, t| bar.update(d, t));
             bar.finish();
             let meta = meta?;
             println!(

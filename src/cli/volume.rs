@@ -17,7 +17,8 @@ pub enum VolumeCmd {
         /// Golden image to clone.
         #[arg(long)]
         from: Option<String>,
-        /// Size (bytes, or with K/M/G/T); defaults to the image's. Must be a multiple of 512.
+        /// Size: bytes, or with K/M/G/T (powers of 1024; KB/MB/... are refused as ambiguous);
+        /// defaults to the image's. A multiple of 512, at most 16 TiB - 1 MiB.
         #[arg(long, value_parser = parse_size)]
         size: Option<u64>,
     },

@@ -8,9 +8,12 @@ use clap::{Args, Subcommand};
 
 use crate::store::Repository;
 
+use super::control;
 use super::exports::{self, Chap, Export};
+use super::prelogin::PreLoginLimits;
 use super::scsi::Identity;
 use super::server::{self, ServerOptions};
+use super::session::{SessionInfo, SessionLimits};
 
 pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -32,20 +35,36 @@ pub struct ServeArgs {
     /// Seconds of initiator silence before the target pings it with a NOP-In.
     #[arg(long, default_value_t = 5)]
     pub nop_interval: u64,
+    /// Seconds a ping may go unanswered (nothing received from the initiator, no command
+    /// running) before the connection is closed and its volume released.
+    #[arg(long, default_value_t = 30)]
+    pub nop_timeout: u64,
     /// Commands one session may have in flight (CmdSN window).
     #[arg(long, default_value_t = 64)]
     pub queue_depth: u32,
     /// Worker threads of the network runtime (default: number of CPUs).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Seconds a connection may take to complete its login (half-open connections and
-    /// login floods are dropped after this).
-    #[arg(long, default_value_t = 15, hide = true)]
+    /// Seconds a connection may take to complete its login.
+    #[arg(long, default_value_t = 5)]
     pub login_timeout: u64,
-    /// Seconds an initiator that answers pings may leave one unanswered before its
-    /// connection is dropped.
-    #[arg(long, default_value_t = 30, hide = true)]
-    pub nop_timeout: u64,
+    /// Connections from one address (IPv6: one /64) that may be logging in at once; when
+    /// full, its least recently active one is closed to make room.
+    #[arg(long, default_value_t = 16)]
+    pub prelogin_per_address: usize,
+    /// Connections that may be logging in at once in all (logged-in sessions do not
+    /// count); when full, the least recently active one is closed to make room.
+    #[arg(long, default_value_t = 128)]
+    pub prelogin_max: usize,
+    /// Sessions (normal and discovery) the server holds in all.
+    #[arg(long, default_value_t = 1024)]
+    pub max_sessions: usize,
+    /// Sessions one initiator name may hold (discovery included).
+    #[arg(long, default_value_t = 8)]
+    pub max_sessions_per_initiator: usize,
+    /// Sessions one target (export) may have.
+    #[arg(long, default_value_t = 8)]
+    pub max_sessions_per_target: usize,
 }
 
 #[derive(Args, Debug)]
@@ -86,11 +105,21 @@ pub struct ExportAdd {
     pub mutual_user: Option<String>,
     #[arg(long, requires = "mutual_user")]
     pub mutual_secret: Option<String>,
+    /// Accept CHAP secrets shorter than 12 bytes (RFC 7143 §12.1.3 asks for at least 96
+    /// bits). Empty secrets are refused whatever this says.
+    #[arg(long)]
+    pub weak_secret: bool,
+    /// Seconds to wait for a running server to apply the change.
+    #[arg(long, default_value_t = 15)]
+    pub wait: u64,
 }
 
 #[derive(Args, Debug)]
 pub struct UnexportArgs {
     pub volume: String,
+    /// Seconds to wait for a running server to end the volume's sessions.
+    #[arg(long, default_value_t = 15)]
+    pub wait: u64,
 }
 
 pub fn serve(repo: Arc<Repository>, a: ServeArgs) -> CliResult {
@@ -110,8 +139,18 @@ pub fn serve(repo: Arc<Repository>, a: ServeArgs) -> CliResult {
         queue_depth: a.queue_depth.clamp(1, 1024),
         login_timeout: std::time::Duration::from_secs(a.login_timeout.max(1)),
         nop_timeout: std::time::Duration::from_secs(a.nop_timeout.max(1)),
+        prelogin: PreLoginLimits {
+            per_address: a.prelogin_per_address.max(1),
+            global: a.prelogin_max.max(1),
+        },
+        sessions: SessionLimits {
+            max_sessions: a.max_sessions.max(1),
+            per_initiator: a.max_sessions_per_initiator.max(1),
+            per_target: a.max_sessions_per_target.max(1),
+        },
         ..ServerOptions::default()
     };
+    raise_fd_limit();
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     rt.block_on(async move {
@@ -131,9 +170,84 @@ pub fn serve(repo: Arc<Repository>, a: ServeArgs) -> CliResult {
     Ok(())
 }
 
+/// Raises the soft limit on open files to the hard one: each session holds a socket and
+/// its volume's files, and the default soft limit (often 1024) is below `--max-sessions`.
+fn raise_fd_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+/// Short CHAP secrets are refused (unless `weak`), empty ones always; long ones only get
+/// a note (EDK2 firmware takes 16 bytes at most).
+fn check_secrets(e: &Export, weak: bool) -> CliResult {
+    let secrets = [
+        ("--chap-secret", &e.chap),
+        ("--mutual-secret", &e.mutual_chap),
+    ];
+    for (flag, chap) in secrets {
+        let Some(c) = chap else { continue };
+        let n = c.secret.len();
+        if n == 0 {
+            return Err(
+                format!("{flag} is empty: an empty CHAP secret authenticates nobody").into(),
+            );
+        }
+        if n < 12 && !weak {
+            return Err(format!(
+                "{flag} has {n} bytes; RFC 7143 asks for at least 12 (96 bits): use a longer \
+                 secret, or --weak-secret to accept it anyway"
+            )
+            .into());
+        }
+        if n < 12 {
+            eprintln!(
+                "warning: {flag} has {n} bytes, under the 12 RFC 7143 asks for (--weak-secret)"
+            );
+        } else if n > 16 {
+            eprintln!(
+                "note: {flag} has {n} bytes; UEFI firmware (EDK2/OVMF iSCSI) accepts only 12 \
+                 to 16"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Tells a running server (if any) to apply the exports now, and waits until it has.
+fn confirm(
+    repo: &Repository,
+    wait: u64,
+) -> Result<Option<control::Applied>, control::ControlError> {
+    control::apply(repo.root(), std::time::Duration::from_secs(wait.max(1)))
+}
+
 pub fn export(repo: &Repository, a: ExportArgs) -> CliResult {
     if let Some(ExportCmd::Ls { json }) = a.cmd {
         let all = exports::load(repo.root())?;
+        // Live sessions, from the running server; None when no server runs.
+        let live: Option<Vec<SessionInfo>> =
+            match control::sessions(repo.root(), std::time::Duration::from_secs(5)) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("note: no session list: {e}");
+                    None
+                }
+            };
+        let of = |e: &Export| -> Vec<&SessionInfo> {
+            live.iter()
+                .flatten()
+                .filter(|s| s.target.eq_ignore_ascii_case(&e.iqn))
+                .collect()
+        };
         if json {
             // Secrets stay out of listings.
             let shown: Vec<serde_json::Value> = all
@@ -142,24 +256,41 @@ pub fn export(repo: &Repository, a: ExportArgs) -> CliResult {
                     serde_json::json!({
                         "volume": e.volume, "iqn": e.iqn, "initiators": e.initiators,
                         "chap": e.chap.is_some(), "mutual_chap": e.mutual_chap.is_some(),
+                        "sessions": live.as_ref().map(|_| of(e)),
                     })
                 })
                 .collect();
             println!("{}", serde_json::to_string_pretty(&shown)?);
         } else {
-            println!("VOLUME\tTARGET\tINITIATORS\tAUTH");
+            println!("VOLUME\tTARGET\tINITIATORS\tAUTH\tSESSIONS");
             for e in all.iter() {
                 let auth = match (&e.chap, &e.mutual_chap) {
                     (Some(_), Some(_)) => "chap+mutual",
                     (Some(_), None) => "chap",
                     _ => "none",
                 };
+                let sessions = match &live {
+                    None => "-".to_string(),
+                    Some(_) => {
+                        let s = of(e);
+                        if s.is_empty() {
+                            "0".to_string()
+                        } else {
+                            let who: Vec<String> = s
+                                .iter()
+                                .map(|s| format!("{}@{}", s.initiator, s.peer))
+                                .collect();
+                            format!("{} ({})", s.len(), who.join(", "))
+                        }
+                    }
+                };
                 println!(
-                    "{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}",
                     e.volume,
                     e.iqn,
                     e.initiators.join(","),
-                    auth
+                    auth,
+                    sessions
                 );
             }
         }
@@ -184,29 +315,45 @@ pub fn export(repo: &Repository, a: ExportArgs) -> CliResult {
             .zip(add.mutual_secret)
             .map(|(user, secret)| Chap { user, secret }),
     };
-    let secrets = [
-        ("--chap-secret", &e.chap),
-        ("--mutual-secret", &e.mutual_chap),
-    ];
-    for (flag, chap) in secrets {
-        if let Some(c) = chap
-            .as_ref()
-            .filter(|c| !(12..=16).contains(&c.secret.len()))
-        {
-            eprintln!(
-                "note: {flag} has {} characters; UEFI firmware (EDK2/OVMF iSCSI) accepts only \
-                 12 to 16, and RFC 7143 asks for at least 12",
-                c.secret.len()
-            );
-        }
-    }
+    check_secrets(&e, add.weak_secret)?;
     exports::add(repo.root(), e)?;
+    // A replaced export may admit fewer initiators, or other secrets: the server ends the
+    // sessions it no longer admits before this returns.
+    let applied = confirm(repo, add.wait)?;
     println!("exported volume {volume} as {iqn}");
+    if let Some(a) = applied.filter(|a| a.revoked > 0) {
+        println!(
+            "ended {} session(s) the new export does not admit",
+            a.revoked
+        );
+    }
     Ok(())
 }
 
 pub fn unexport(repo: &Repository, a: UnexportArgs) -> CliResult {
     exports::remove(repo.root(), &a.volume)?;
-    println!("volume {} is no longer exported", a.volume);
-    Ok(())
+    match confirm(repo, a.wait) {
+        Ok(applied) => {
+            println!("volume {} is no longer exported", a.volume);
+            if let Some(ap) = applied {
+                if ap.revoked > 0 {
+                    println!("ended {} session(s)", ap.revoked);
+                }
+                if ap.still_open > 0 {
+                    return Err(format!(
+                        "{} session(s) of {} had not ended when the server stopped waiting; \
+                         see the server's log",
+                        ap.still_open, a.volume
+                    )
+                    .into());
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "volume {} is no longer exported, but its sessions may still be open: {e}",
+            a.volume
+        )
+        .into()),
+    }
 }

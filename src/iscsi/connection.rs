@@ -33,17 +33,18 @@ use super::command::{
 };
 use super::login::{Established, Login, SessionType};
 use super::pdu::{self, op, reject, Bhs, FrameLimits, Pdu, RESERVED_TAG};
+use super::prelogin::PreLoginGuard;
 use super::scsi::sense;
 use super::scsi::{self, LogicalUnit, Nexus, Response};
 use super::server::ServerCtx;
-use super::session::{sn_gt, sn_lt, SessionKey};
+use super::session::{sn_gt, sn_lt, SessionKey, Stop};
 use super::text;
 use super::tmf;
 use super::window::Window;
 use super::wire::{writer, Frame, Out, OutPdu, PduReader, Sn};
 use crate::store::{AlignedBuf, Wait};
 
-fn set_keepalive(sock: &TcpStream) {
+fn set_keepalive(sock: &TcpStream, user_timeout: Duration) {
     let fd = sock.as_raw_fd();
     let set = |level: i32, name: i32, val: i32| {
         // SAFETY: setsockopt on a socket we own with a valid int option.
@@ -61,12 +62,17 @@ fn set_keepalive(sock: &TcpStream) {
     set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 15);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4);
+    // Data the initiator does not acknowledge for this long fails the socket: a peer that
+    // stopped reading cannot keep a command (and its volume) in flight forever.
+    let ms = user_timeout.as_millis().min(i32::MAX as u128) as i32;
+    set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms);
     let _ = sock.set_nodelay(true);
 }
 
-/// Serves one accepted connection to its end.
-pub async fn run(ctx: Arc<ServerCtx>, sock: TcpStream, peer: SocketAddr) {
-    set_keepalive(&sock);
+/// Serves one accepted connection to its end. `place` is its pre-login place: given up
+/// when the login ends; if it is evicted first, the connection closes.
+pub async fn run(ctx: Arc<ServerCtx>, sock: TcpStream, peer: SocketAddr, place: PreLoginGuard) {
+    set_keepalive(&sock, ctx.opts.nop_interval + ctx.opts.nop_timeout);
     let local = sock.local_addr().ok();
     let (rd, mut wr) = sock.into_split();
     let mut reader = PduReader::new(
@@ -80,9 +86,20 @@ pub async fn run(ctx: Arc<ServerCtx>, sock: TcpStream, peer: SocketAddr) {
     let mut login = Login::new(ctx.opts.limits.clone());
     let deadline = Instant::now() + ctx.opts.login_timeout;
     // ---- login phase ----
+    let evicted = place.evicted.clone();
     let est: Established = loop {
-        let frame = match tokio::time::timeout_at(deadline, reader.next()).await {
-            Ok(Ok(Some(Frame::Pdu(p)))) => p,
+        let next = tokio::select! {
+            r = tokio::time::timeout_at(deadline, reader.next()) => r,
+            _ = evicted.notified() => {
+                tracing::debug!(%peer, "login: closed to make room for newer connections");
+                return;
+            }
+        };
+        let frame = match next {
+            Ok(Ok(Some(Frame::Pdu(p)))) => {
+                place.touch();
+                p
+            }
             Ok(Ok(None)) => return,
             Ok(Ok(Some(Frame::BadData(_)))) => return,
             Ok(Err(e)) => {
@@ -117,6 +134,8 @@ pub async fn run(ctx: Arc<ServerCtx>, sock: TcpStream, peer: SocketAddr) {
             }
         }
     };
+    // Logged in (or about to be admitted): no longer a pre-login connection.
+    drop(place);
     full_feature(ctx, reader, wr, est, peer, local).await;
 }
 
@@ -180,32 +199,38 @@ async fn full_feature<R, W>(
     let Some((mut final_bhs, final_data)) = est.final_response.take() else {
         return;
     };
-    // Admit (and reinstate) the session, then send the final login response.
-    let guard = match &est.export {
-        Some(e) if est.session_type == SessionType::Normal => {
-            match ctx
-                .sessions
-                .admit(
-                    SessionKey::new(&est.initiator, est.isid, &e.iqn),
-                    est.tsih,
-                    est.cid,
-                )
-                .await
-            {
-                Ok(g) => Some(g),
-                Err(f) => {
-                    final_bhs.set_flags(final_bhs.flags() & !0x83);
-                    final_bhs.0[36] = f.class;
-                    final_bhs.0[37] = f.detail;
-                    let _ = wr
-                        .write_all(&pdu::encode(&final_bhs, &[], false, false))
-                        .await;
-                    tracing::info!(%peer, reason = %f.reason, "login refused");
-                    return;
-                }
-            }
+    // Admit (and reinstate) the session, then send the final login response. The exports
+    // are brought up to date first, so a login is judged against the file as it is now.
+    ctx.apply_exports(false).await;
+    let admitted = match &est.export {
+        Some(e) if est.session_type == SessionType::Normal => ctx
+            .sessions
+            .admit(
+                SessionKey::new(&est.initiator, est.isid, &e.iqn),
+                est.tsih,
+                est.cid,
+                e,
+                peer,
+            )
+            .await
+            .map(|g| (Some(g), None)),
+        _ => ctx
+            .sessions
+            .admit_discovery(&est.initiator)
+            .map(|d| (None, Some(d))),
+    };
+    let (guard, _discovery) = match admitted {
+        Ok(g) => g,
+        Err(f) => {
+            final_bhs.set_flags(final_bhs.flags() & !0x83);
+            final_bhs.0[36] = f.class;
+            final_bhs.0[37] = f.detail;
+            let _ = wr
+                .write_all(&pdu::encode(&final_bhs, &[], false, false))
+                .await;
+            tracing::info!(%peer, initiator = %est.initiator, reason = %f.reason, "login refused");
+            return;
         }
-        _ => None,
     };
     let tsih = guard.as_ref().map_or(1, |g| g.tsih);
     final_bhs.set_u16(14, tsih);
@@ -237,6 +262,7 @@ async fn full_feature<R, W>(
     };
     let window = Arc::new(Window::new(est.cmd_sn, ctx.opts.queue_depth));
     let (tx, rx) = mpsc::channel::<Out>(64);
+    let (cut_tx, cut_rx) = tokio::sync::watch::channel(None);
     let w_task = tokio::spawn(writer(
         wr,
         rx,
@@ -244,6 +270,7 @@ async fn full_feature<R, W>(
         est.stat_sn,
         p.header_digest,
         p.data_digest,
+        cut_rx,
     ));
     let nexus = Nexus {
         id: ctx.nexus_id(),
@@ -277,11 +304,11 @@ async fn full_feature<R, W>(
     let mut shutdown = ctx.shutdown.clone();
     let mut last_rx = Instant::now();
     let mut ping: Option<(u32, Instant)> = None;
-    let mut pings_answered = false;
     let nop_interval = ctx.opts.nop_interval;
     let nop_timeout = ctx.opts.nop_timeout;
     // Set once the server is shutting down and has asked the initiator to log out.
     let mut logout_by: Option<Instant> = None;
+    let mut revoked = false;
     let batch_done = conn.batches.clone();
     let batch_done = &batch_done.1;
     let reason: &str = loop {
@@ -302,7 +329,6 @@ async fn full_feature<R, W>(
                                 if let Some((ttt, _)) = ping {
                                     if pdu.bhs.ttt() == ttt {
                                         ping = None;
-                                        pings_answered = true;
                                     }
                                 }
                             }
@@ -340,8 +366,23 @@ async fn full_feature<R, W>(
             _ = batch_done.notified() => conn.maybe_flush_batch(),
             _ = tokio::time::sleep_until(next_tick) => {
                 match ping {
-                    Some(_) if pings_answered => break "initiator stopped answering NOP-In",
-                    Some(_) => { ping = None; last_rx = Instant::now(); }
+                    // Anything received since the ping shows the initiator alive (firmware
+                    // such as iPXE never answers pings but keeps sending commands), and so
+                    // does a command still running (its data may be what the initiator is
+                    // busy reading; TCP_USER_TIMEOUT ends a peer that stopped reading).
+                    Some((_, sent)) if last_rx > sent || conn.busy() => {
+                        ping = None;
+                        last_rx = last_rx.max(sent);
+                    }
+                    Some(_) => {
+                        let n = ctx.nop_timeouts.fetch_add(1, Ordering::Relaxed) + 1;
+                        tracing::warn!(
+                            %peer, initiator = %est.initiator, nop_timeouts = n,
+                            timeout_s = nop_timeout.as_secs(),
+                            "no answer to a NOP-In ping: closing the connection"
+                        );
+                        break "initiator stopped answering NOP-In";
+                    }
                     None => {
                         let ttt = conn.next_ttt();
                         let mut b = Bhs::new(op::NOP_IN);
@@ -355,7 +396,11 @@ async fn full_feature<R, W>(
                     }
                 }
             }
-            _ = async { match stop.as_mut() { Some(s) => { let _ = s.changed().await; } None => std::future::pending().await } } => {
+            why = async { match stop.as_mut() { Some(s) => { let _ = s.changed().await; *s.borrow() } None => std::future::pending().await } } => {
+                if why == Stop::Revoked {
+                    revoked = true;
+                    break "access revoked (export removed or changed)";
+                }
                 break "session reinstated";
             }
             _ = shutdown.changed(), if logout_by.is_none() => {
@@ -384,6 +429,13 @@ async fn full_feature<R, W>(
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
+    if revoked {
+        // The initiator's access ends now: the writer sends the request to log out instead
+        // of anything still queued and closes the socket; commands not yet answered are
+        // aborted (what they still produce goes nowhere), gathered ones never run.
+        let _ = cut_tx.send(Some(logout_request(Duration::ZERO).pdus.remove(0)));
+        conn.abort_everything();
+    }
     // In-flight commands finish and their responses go out before the socket closes.
     conn.drain().await;
     if let Some(lu) = &lu {
@@ -391,7 +443,12 @@ async fn full_feature<R, W>(
     }
     drop(conn);
     let _ = w_task.await;
+    drop(cut_tx);
+    // The volume is released before the session counts as ended, so whoever waits for the
+    // end (an unexport) finds it closed.
+    drop(lu);
     drop(guard);
+    ctx.release_unused_units().await;
 }
 
 /// How long a shutting-down server waits for an initiator to log out when asked.
@@ -1028,6 +1085,24 @@ impl Conn {
             notified.await;
         }
         n
+    }
+
+    /// Whether a command of this connection is running.
+    fn busy(&self) -> bool {
+        self.inflight.0.load(Ordering::Acquire) > 0
+    }
+
+    /// Revocation: gathered commands are dropped unrun, writes collecting data forgotten,
+    /// and running ones marked aborted (even those that began to answer: nothing more of
+    /// them reaches the writer, which is closing anyway). `drain` then waits for them.
+    fn abort_everything(&mut self) {
+        let dropped = std::mem::take(&mut self.batch);
+        finish_jobs(&dropped, &self.tasks, &self.window, &self.inflight);
+        self.out_pending.clear();
+        self.writes.clear();
+        for t in self.tasks.lock().values() {
+            t.aborted.abort();
+        }
     }
 
     pub fn has_task(&self, itt: u32) -> bool {

@@ -178,6 +178,13 @@ pub fn add(root: &Path, e: Export) -> Result<(), ExportError> {
             "an export needs at least one --initiator".into(),
         ));
     }
+    for c in [&e.chap, &e.mutual_chap].into_iter().flatten() {
+        if c.secret.is_empty() {
+            return Err(ExportError::Invalid(
+                "an empty CHAP secret authenticates nobody: give a secret of 12 to 16 bytes".into(),
+            ));
+        }
+    }
     if let (Some(a), Some(b)) = (&e.chap, &e.mutual_chap) {
         if a.secret == b.secret {
             return Err(ExportError::Invalid(
@@ -234,16 +241,37 @@ impl ExportTable {
 
     /// The current exports. A damaged file keeps the last good table (and is logged).
     pub fn current(&self) -> Arc<Vec<Export>> {
+        self.load(false)
+    }
+
+    /// The exports read from the file now, whatever its stamp says (two edits within the
+    /// file system's timestamp granularity can look alike). A new table only if it differs.
+    pub fn reload(&self) -> Arc<Vec<Export>> {
+        self.load(true)
+    }
+
+    fn load(&self, force: bool) -> Arc<Vec<Export>> {
         let stamp = fs::metadata(self.root.join(FILE))
             .ok()
             .map(|m| (m.mtime(), m.mtime_nsec(), m.size(), m.ino()));
         let mut c = self.cached.lock();
+        if force {
+            match load(&self.root) {
+                Ok(v) if *c.1 == v => c.0 = stamp,
+                Ok(v) => {
+                    tracing::info!(exports = v.len(), "exports loaded");
+                    *c = (stamp, Arc::new(v));
+                }
+                Err(e) => tracing::error!(error = %e, "keeping previous exports"),
+            }
+            return c.1.clone();
+        }
         if c.0 != stamp || stamp.is_none() {
             match load(&self.root) {
+                // Unchanged content keeps its table: `Arc::ptr_eq` tells a real change.
+                Ok(v) if *c.1 == v => c.0 = stamp,
                 Ok(v) => {
-                    if c.0 != stamp {
-                        tracing::info!(exports = v.len(), "exports loaded");
-                    }
+                    tracing::info!(exports = v.len(), "exports loaded");
                     *c = (stamp, Arc::new(v));
                 }
                 Err(e) => tracing::error!(error = %e, "keeping previous exports"),

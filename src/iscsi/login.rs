@@ -554,6 +554,13 @@ impl Login {
                 let Some(cred) = &export.chap else {
                     return Err(fail(status::AUTH_FAILURE, "no CHAP secret"));
                 };
+                // An empty secret (a hand-edited exports.json) proves nothing: never matched.
+                if cred.secret.is_empty() {
+                    return Err(fail(
+                        status::AUTH_FAILURE,
+                        format!("the export of {} has an empty CHAP secret", export.iqn),
+                    ));
+                }
                 let got = hex_decode(r).ok_or_else(|| fail(status::AUTH_FAILURE, "bad CHAP_R"))?;
                 let want = chap_response(alg, id, cred.secret.as_bytes(), &challenge);
                 if n != cred.user || !same(&got, &want) {
@@ -565,7 +572,8 @@ impl Login {
                 // Mutual: the initiator challenges us back.
                 match (get("CHAP_I"), get("CHAP_C")) {
                     (Some(i), Some(c)) => {
-                        let Some(m) = &export.mutual_chap else {
+                        let Some(m) = export.mutual_chap.as_ref().filter(|m| !m.secret.is_empty())
+                        else {
                             return Err(fail(
                                 status::AUTH_FAILURE,
                                 "initiator asks for mutual CHAP, none configured",

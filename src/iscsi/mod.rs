@@ -8,16 +8,20 @@
 //! - `wire.rs`    PDUs in from and out to a socket; `window.rs` the CmdSN window
 //! - `command.rs` one SCSI command from CDB to Data-In and status
 //! - `connection.rs` one TCP connection's loop; `tmf.rs` task management
-//! - `server.rs`  listeners and graceful shutdown; `cli.rs` the `serve`/`export` commands
+//! - `prelogin.rs` the budget of connections not yet logged in (floods evict themselves)
+//! - `server.rs`  listeners and graceful shutdown; `control.rs` the control socket through
+//!   which `export`/`unexport` learn a change was applied; `cli.rs` the commands
 
 pub mod cdb;
 pub mod cli;
 mod command;
 pub mod connection;
+pub mod control;
 pub mod digest;
 pub mod exports;
 pub mod login;
 pub mod pdu;
+pub mod prelogin;
 pub mod scsi;
 pub mod server;
 pub mod session;

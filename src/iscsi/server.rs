@@ -1,8 +1,14 @@
 //! The server: listeners on each `--listen` address, the shared context every connection
-//! uses (repository, exports, session table, open logical units), and graceful shutdown —
-//! on SIGTERM/SIGINT listeners stop accepting, each full-feature session is asked to log
-//! out (Asynchronous Message, AsyncEvent 1) and served until it does or 5 s pass, in-flight
-//! commands finish and their responses are sent, then sockets close.
+//! uses (repository, exports, session table, pre-login budget, open logical units), and
+//! graceful shutdown — on SIGTERM/SIGINT listeners stop accepting, each full-feature
+//! session is asked to log out (Asynchronous Message, AsyncEvent 1) and served until it
+//! does or 5 s pass, in-flight commands finish and their responses are sent, then sockets
+//! close.
+//!
+//! Export changes take effect at once: `strata export`/`unexport` ask through the control
+//! socket (`control.rs`), and exports.json is also polled every second (for hand edits).
+//! Applying them ends the sessions they no longer admit and closes the volumes no longer
+//! exported once their last session is gone (so `strata volume rm` works right after).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,9 +22,11 @@ use tokio::sync::watch;
 
 use crate::store::{Repository, StoreError};
 
+use super::control::{self, Applied};
 use super::exports::{Export, ExportTable};
+use super::prelogin::{PreLoginLimits, PreLoginTable};
 use super::scsi::{Identity, LogicalUnit};
-use super::session::SessionTable;
+use super::session::{SessionLimits, SessionTable};
 use super::text::TargetLimits;
 
 /// Tunables of a running server.
@@ -28,12 +36,15 @@ pub struct ServerOptions {
     pub limits: TargetLimits,
     /// Idle time after which the target pings the initiator with a NOP-In.
     pub nop_interval: Duration,
-    /// How long an unanswered ping may stay unanswered (initiators that answer pings).
+    /// How long a ping may stay unanswered (nothing at all received from the initiator)
+    /// before the connection is closed.
     pub nop_timeout: Duration,
     /// Time allowed for a whole login.
     pub login_timeout: Duration,
-    pub max_connections: usize,
-    pub max_sessions: usize,
+    /// Connections that have not finished logging in: per source address, in all.
+    pub prelogin: PreLoginLimits,
+    /// Sessions: in all, per initiator name, per target.
+    pub sessions: SessionLimits,
     /// Commands a session may have in flight (the CmdSN window).
     pub queue_depth: u32,
 }
@@ -45,9 +56,9 @@ impl Default for ServerOptions {
             limits: TargetLimits::default(),
             nop_interval: Duration::from_secs(5),
             nop_timeout: Duration::from_secs(30),
-            login_timeout: Duration::from_secs(15),
-            max_connections: 2048,
-            max_sessions: 1024,
+            login_timeout: Duration::from_secs(5),
+            prelogin: PreLoginLimits::default(),
+            sessions: SessionLimits::default(),
             queue_depth: 64,
         }
     }
@@ -58,6 +69,7 @@ pub struct ServerCtx {
     pub repo: Arc<Repository>,
     pub exports: ExportTable,
     pub sessions: SessionTable,
+    pub prelogin: Arc<PreLoginTable>,
     pub opts: ServerOptions,
     /// Open logical units, kept open while exported (reopening per session would flush
     /// and re-lock the volume each time).
@@ -68,7 +80,16 @@ pub struct ServerCtx {
     /// Sessions asked to log out at shutdown that did, and that did not (closed anyway).
     pub shutdown_logouts: AtomicUsize,
     pub shutdown_drops: AtomicUsize,
+    /// Connections closed because the initiator stopped answering NOP-In pings.
+    pub nop_timeouts: AtomicU64,
+    /// One `apply_exports` at a time (each waits for the sessions it revoked).
+    applying: tokio::sync::Mutex<()>,
 }
+
+/// How long applying an export change waits for the sessions it ends.
+const REVOKE_WAIT: Duration = Duration::from_secs(10);
+/// How often exports.json is checked for changes not announced on the control socket.
+const EXPORTS_POLL: Duration = Duration::from_secs(1);
 
 impl ServerCtx {
     pub fn new(
@@ -79,7 +100,8 @@ impl ServerCtx {
         ServerCtx {
             exports: ExportTable::new(repo.root()),
             repo,
-            sessions: SessionTable::new(opts.max_sessions),
+            sessions: SessionTable::new(opts.sessions),
+            prelogin: Arc::new(PreLoginTable::new(opts.prelogin)),
             opts,
             lus: Mutex::new(HashMap::new()),
             next_nexus: AtomicU64::new(1),
@@ -87,7 +109,74 @@ impl ServerCtx {
             shutdown,
             shutdown_logouts: AtomicUsize::new(0),
             shutdown_drops: AtomicUsize::new(0),
+            nop_timeouts: AtomicU64::new(0),
+            applying: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Applies exports.json as it is now (re-read when `force`, else only if it changed):
+    /// sessions it no longer admits are ended, and once they are, volumes no longer exported
+    /// are closed. Returns when all that is done (or REVOKE_WAIT has passed).
+    pub async fn apply_exports(&self, force: bool) -> Applied {
+        let _one = self.applying.lock().await;
+        let exports = if force {
+            self.exports.reload()
+        } else {
+            self.exports.current()
+        };
+        if !force && self.sessions.applied(&exports) {
+            return Applied {
+                revoked: 0,
+                still_open: 0,
+            };
+        }
+        let ending = self.sessions.apply(exports);
+        let revoked = ending.len();
+        let mut still_open = 0;
+        for (who, mut alive) in ending {
+            tracing::info!(session = %who, "export changed: ending the session");
+            let done = tokio::time::timeout(REVOKE_WAIT, async {
+                while alive.changed().await.is_ok() {}
+            })
+            .await;
+            if done.is_err() {
+                tracing::warn!(session = %who, "revoked session did not end in time");
+                still_open += 1;
+            }
+        }
+        self.release_unused_units().await;
+        Applied {
+            revoked,
+            still_open,
+        }
+    }
+
+    /// Closes the logical units of volumes that are no longer exported and that no session
+    /// uses (dropping the last reference flushes and unlocks the volume: done off the
+    /// runtime's threads, and waited for, so the volume is free when this returns).
+    pub async fn release_unused_units(&self) {
+        let exports = self.exports.current();
+        let unused: Vec<Arc<LogicalUnit>> = {
+            let mut lus = self.lus.lock();
+            let gone: Vec<String> = lus
+                .iter()
+                .filter(|(vol, lu)| {
+                    Arc::strong_count(lu) == 1
+                        && !exports.iter().any(|x| {
+                            &x.volume == *vol && x.iqn.eq_ignore_ascii_case(&lu.target_iqn)
+                        })
+                })
+                .map(|(vol, _)| vol.clone())
+                .collect();
+            gone.iter().filter_map(|v| lus.remove(v)).collect()
+        };
+        if unused.is_empty() {
+            return;
+        }
+        for lu in &unused {
+            tracing::info!(target = %lu.target_iqn, "volume no longer exported or used: closed");
+        }
+        let _ = tokio::task::spawn_blocking(move || drop(unused)).await;
     }
 
     pub fn nexus_id(&self) -> u64 {
@@ -139,9 +228,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let mut listeners = Vec::new();
     for a in addrs {
-        let l = TcpListener::bind(a)
-            .await
-            .map_err(|source| ServeError::Listening { addr: *a, source })?;
+        let l = listen(*a).map_err(|source| ServeError::Listening { addr: *a, source })?;
         let local = l.local_addr().unwrap_or(*a);
         tracing::info!(listen = %local, "serving iSCSI");
         listeners.push(l);
@@ -156,11 +243,20 @@ pub async fn serve(
     }
     let (sd_tx, sd_rx) = watch::channel(false);
     let ctx = Arc::new(ServerCtx::new(repo, opts, sd_rx));
+    ctx.apply_exports(true).await;
+    let control = control::bind(ctx.repo.root());
     let mut tasks = tokio::task::JoinSet::new();
     for l in listeners {
         let ctx = ctx.clone();
         tasks.spawn(accept_loop(l, ctx));
     }
+    let mut side = tokio::task::JoinSet::new();
+    let control_listener = control.map(|(l, dir)| {
+        let l = Arc::new(l);
+        side.spawn(control::serve(l.clone(), ctx.clone()));
+        (l, dir)
+    });
+    side.spawn(watch_exports(ctx.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(ServeError::Signals)?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -175,9 +271,16 @@ pub async fn serve(
     let _ = sd_tx.send(true);
     // Accept loops return once they see the shutdown; each waits for its connections.
     while tasks.join_next().await.is_some() {}
+    side.abort_all();
+    while side.join_next().await.is_some() {}
+    if let Some((l, _dir)) = &control_listener {
+        control::unbind(ctx.repo.root(), l);
+    }
     tracing::info!(
         logged_out = ctx.shutdown_logouts.load(Ordering::Relaxed),
         not_logged_out = ctx.shutdown_drops.load(Ordering::Relaxed),
+        nop_timeouts = ctx.nop_timeouts.load(Ordering::Relaxed),
+        prelogin_evicted = ctx.prelogin.evicted.load(Ordering::Relaxed),
         "all connections closed"
     );
     // What the shared cache saved: chunk reads served from memory, and chunks read from the
@@ -192,6 +295,30 @@ pub async fn serve(
     Ok(())
 }
 
+/// Connections the kernel completes before we accept them. A flood arrives in bursts; when
+/// this queue overflows the kernel drops SYNs, and every initiator whose SYN is dropped
+/// waits a full second to retry, so it is made as deep as the kernel allows (somaxconn caps
+/// it) rather than the usual 128 or 1024.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+fn listen(a: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = match a {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    s.set_reuseaddr(true)?;
+    s.bind(a)?;
+    s.listen(ACCEPT_BACKLOG)
+}
+
+/// Applies exports.json when it changes without a word on the control socket.
+async fn watch_exports(ctx: Arc<ServerCtx>) {
+    loop {
+        tokio::time::sleep(EXPORTS_POLL).await;
+        ctx.apply_exports(false).await;
+    }
+}
+
 async fn accept_loop(l: TcpListener, ctx: Arc<ServerCtx>) {
     let mut conns = tokio::task::JoinSet::new();
     let mut sd = ctx.shutdown.clone();
@@ -199,19 +326,19 @@ async fn accept_loop(l: TcpListener, ctx: Arc<ServerCtx>) {
         tokio::select! {
             r = l.accept() => match r {
                 Ok((sock, peer)) => {
-                    if ctx.connections.load(Ordering::Relaxed) >= ctx.opts.max_connections {
-                        tracing::warn!(%peer, "too many connections; refusing");
-                        drop(sock);
-                        continue;
-                    }
+                    // Every connection gets a pre-login place, at the cost of the least
+                    // recently active one when its budget is full: never a refusal.
+                    let place = ctx.prelogin.admit(&peer);
                     ctx.connections.fetch_add(1, Ordering::Relaxed);
                     let ctx = ctx.clone();
                     conns.spawn(async move {
-                        super::connection::run(ctx.clone(), sock, peer).await;
+                        super::connection::run(ctx.clone(), sock, peer, place).await;
                         ctx.connections.fetch_sub(1, Ordering::Relaxed);
                     });
                 }
                 Err(e) => {
+                    // EMFILE and the like: the pre-login budget bounds what a flood holds,
+                    // so this passes as sessions end.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }

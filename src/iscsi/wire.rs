@@ -105,6 +105,7 @@ pub enum Sn {
     Reserved,
 }
 
+#[derive(Clone)]
 pub struct OutPdu {
     pub bhs: Bhs,
     /// The data segment (usually a slice of a larger read buffer).
@@ -125,6 +126,14 @@ impl Out {
     }
 }
 
+/// What the writer is told when a session's access is revoked: send this PDU (the
+/// Asynchronous Message asking for logout) instead of anything still queued, then close.
+pub(super) type Cut = tokio::sync::watch::Receiver<Option<OutPdu>>;
+
+/// How long a write already under way when the session is revoked may take to finish (a
+/// PDU cannot be cut in half) before the socket is closed without the logout request.
+const CUT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(super) async fn writer<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::Receiver<Out>,
@@ -132,23 +141,39 @@ pub(super) async fn writer<W: AsyncWrite + Unpin>(
     mut stat_sn: u32,
     hd: bool,
     dd: bool,
+    mut cut: Cut,
 ) -> std::io::Result<()> {
     let mut frames: Vec<(pdu::Framing, Bytes)> = Vec::new();
-    while let Some(mut msg) = rx.recv().await {
+    let mut cut_open = true;
+    let stamp = |p: OutPdu, stat_sn: &mut u32, frames: &mut Vec<(pdu::Framing, Bytes)>| {
+        let mut bhs = p.bhs;
+        match p.sn {
+            Sn::Advance => {
+                bhs.set_u32(24, *stat_sn);
+                *stat_sn = stat_sn.wrapping_add(1);
+            }
+            Sn::Current => bhs.set_u32(24, *stat_sn),
+            Sn::Reserved => {}
+        }
+        bhs.set_u32(28, window.exp_cmd_sn());
+        bhs.set_u32(32, window.stamp_max_cmd_sn());
+        frames.push((pdu::frame(&bhs, &p.data, hd, dd), p.data));
+    };
+    let last = loop {
+        let mut msg = tokio::select! {
+            biased;
+            r = cut.changed(), if cut_open => match r {
+                Ok(()) => break cut.borrow_and_update().clone(),
+                Err(_) => { cut_open = false; continue; }
+            },
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => return wr.shutdown().await,
+            },
+        };
         loop {
             for p in msg.pdus.drain(..) {
-                let mut bhs = p.bhs;
-                match p.sn {
-                    Sn::Advance => {
-                        bhs.set_u32(24, stat_sn);
-                        stat_sn = stat_sn.wrapping_add(1);
-                    }
-                    Sn::Current => bhs.set_u32(24, stat_sn),
-                    Sn::Reserved => {}
-                }
-                bhs.set_u32(28, window.exp_cmd_sn());
-                bhs.set_u32(32, window.stamp_max_cmd_sn());
-                frames.push((pdu::frame(&bhs, &p.data, hd, dd), p.data));
+                stamp(p, &mut stat_sn, &mut frames);
             }
             if frames.len() >= WRITE_FRAMES {
                 break;
@@ -158,10 +183,38 @@ pub(super) async fn writer<W: AsyncWrite + Unpin>(
                 Err(_) => break,
             }
         }
-        write_frames(&mut wr, &frames).await?;
+        let (cut_now, framed) = {
+            let w = write_frames(&mut wr, &frames);
+            tokio::pin!(w);
+            tokio::select! {
+                r = &mut w => { r?; (None, true) }
+                r = cut.changed(), if cut_open => {
+                    // A PDU cannot be cut in half: the write under way may finish (briefly)
+                    // so the logout request that follows is read as a PDU.
+                    let framed = matches!(tokio::time::timeout(CUT_GRACE, &mut w).await, Ok(Ok(())));
+                    (Some(r), framed)
+                }
+            }
+        };
         frames.clear();
+        match cut_now {
+            Some(Ok(())) => {
+                let last = cut.borrow_and_update().clone();
+                break if framed { last } else { None };
+            }
+            Some(Err(_)) => break None,
+            None => {}
+        }
+    };
+    // Revoked: nothing still queued goes out (commands in flight are aborted), only the
+    // request to log out, then the socket closes.
+    drop(rx);
+    if let Some(p) = last {
+        stamp(p, &mut stat_sn, &mut frames);
+        let _ = tokio::time::timeout(CUT_GRACE, write_frames(&mut wr, &frames)).await;
     }
-    wr.shutdown().await
+    let _ = tokio::time::timeout(CUT_GRACE, wr.shutdown()).await;
+    Ok(())
 }
 
 /// PDUs gathered into one write at most.

@@ -25,7 +25,7 @@ use super::error::{Result, StoreError};
 use super::format::{CHUNK, FORMAT_VERSION};
 use super::image::{Image, ImageWriter};
 use super::names;
-use super::transfer::{self, Detected, Progress, SourceFormat};
+use super::transfer::{self, Progress, SourceFormat};
 use super::volume::Volume;
 
 const DESCRIPTOR: &str = "strata-repo.json";
@@ -405,12 +405,29 @@ impl Repository {
         Ok(img)
     }
 
-    /// Imports the disk image at `src` as golden image `name`.
+    /// Imports the disk image at `src` as golden image `name` (references to other files
+    /// refused: see `import_image_with`).
     pub fn import_image(
         &self,
         name: &str,
         src: &Path,
         format: SourceFormat,
+        progress: Progress,
+    ) -> Result<ImageMeta> {
+        let opts = transfer::ImportOptions {
+            format,
+            allow_backing: false,
+        };
+        self.import_image_with(name, src, &opts, progress)
+    }
+
+    /// Imports the disk image at `src` as golden image `name`. The source is checked (and
+    /// converted) by `transfer::prepare_source`; a failure leaves nothing behind.
+    pub fn import_image_with(
+        &self,
+        name: &str,
+        src: &Path,
+        opts: &transfer::ImportOptions,
         progress: Progress,
     ) -> Result<ImageMeta> {
         names::validate(name)?;
@@ -421,16 +438,7 @@ impl Repository {
             });
         }
         let mut stage = self.stage("image")?;
-        let raw = match transfer::detect(src, format)? {
-            Detected::Raw => src.to_path_buf(),
-            Detected::Convert(fmt) => {
-                let out = stage.path.join("source.raw");
-                tracing::info!(source = %src.display(), format = fmt, "converting with qemu-img");
-                transfer::convert_to_raw(src, fmt, &out)?;
-                out
-            }
-        };
-        let len = transfer::raw_size(&raw)?;
+        let transfer::Prepared { raw, len } = transfer::prepare_source(src, opts, &stage.path)?;
         let mut w = ImageWriter::create(&stage.path, len, CHUNK)?;
         transfer::copy_raw_into(&raw, len, &mut w, CHUNK, progress)?;
         let stored_bytes = w.finish()?;
@@ -571,6 +579,7 @@ impl Repository {
                 "size {size} is not a positive multiple of 512 bytes"
             )));
         }
+        transfer::check_disk_size(size, &format!("volume {name:?}"))?;
         if self.volume_dir(name).exists() {
             return Err(StoreError::Exists {
                 kind: "volume",
