@@ -8,6 +8,9 @@
 //! - Linux: QEMU's libiscsi driver (`iscsi://`) is the root disk of a Debian kernel; a tiny
 //!   initramfs loads virtio/ext4 modules and switches to the volume's ext4 root, whose /init
 //!   prints a marker, writes a file and powers off; the file is then read from the volume.
+//! - The whole chain (boot_chain/): a Debian image built from Debian packages boots through
+//!   OVMF's IScsiDxe, GRUB on the volume, the iBFT and the initramfs's own iSCSI login, and
+//!   runs from the volume; one-way and mutual CHAP, and a wrong secret failing at the firmware.
 //!
 //! All guest traffic stays on loopback: QEMU user networking with `restrict=on` and a
 //! `guestfwd` (socat) to strata's port. One QEMU at a time (a lock file serializes the tests).
