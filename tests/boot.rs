@@ -801,3 +801,17 @@ fn a_wrong_chap_secret_fails_the_boot_at_the_firmware() {
     );
     assert!(server.stop().success());
 }
+
+#[test]
+fn the_os_session_survives_a_restart_of_the_server() {
+    let chap = Chap {
+        user: "os-user",
+        secret: "os-secret-01234",
+        mutual: None,
+    };
+    boot_chain::boot_chain_survives_restart(
+        "boot_chain_restart",
+        "iqn.2026-11.org.strata.test:server-4",
+        Some(&chap),
+    );
+}

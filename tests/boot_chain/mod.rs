@@ -116,7 +116,8 @@ fn ovmf_vars_for(
 }
 
 /// QEMU with OVMF, no disk, one virtio NIC whose only reachable address is strata's port.
-pub fn spawn_vm(repo: &Repo, vars: &Path, port: u16) -> Console {
+/// `extra` are more QEMU arguments (e.g. `-fw_cfg` settings for the image's init).
+pub fn spawn_vm(repo: &Repo, vars: &Path, port: u16, extra: &[&str]) -> Console {
     let tftp = repo.path("tftp");
     std::fs::create_dir_all(&tftp).unwrap();
     let mac = MAC.map(|b| format!("{b:02x}")).join(":");
@@ -132,17 +133,36 @@ pub fn spawn_vm(repo: &Repo, vars: &Path, port: u16) -> Console {
         .arg(format!("if=pflash,format=raw,file={}", vars.display()))
         .args(["-netdev", &netdev(&tftp, port)])
         .arg("-device")
-        .arg(format!("virtio-net-pci,netdev=n0,romfile=,mac={mac}"));
+        .arg(format!("virtio-net-pci,netdev=n0,romfile=,mac={mac}"))
+        .args(extra);
     Console::spawn(&mut cmd)
 }
 
 /// Follows a boot on `vm`'s console through PHASES until power-off, a failure marker, or
 /// `timeout`.
 pub fn follow(vm: &mut Console, start: Instant, timeout: Duration) -> Boot {
+    let mut boot = follow_phases(vm, start, timeout, PHASES);
+    if boot.phases.len() == PHASES.len() {
+        // The guest powers off by sysrq right after its last marker.
+        let _ = vm.wait_exit(Duration::from_secs(30));
+    }
+    vm.kill();
+    boot.console = vm.text();
+    boot
+}
+
+/// Waits for `phases` in turn (stopping at a failure marker or `timeout` after `start`),
+/// leaving the VM running.
+pub fn follow_phases(
+    vm: &mut Console,
+    start: Instant,
+    timeout: Duration,
+    phases_wanted: &[(&'static str, &'static str)],
+) -> Boot {
     let deadline = start + timeout;
     let mut phases = Vec::new();
     let mut failed_on = None;
-    for &(name, marker) in PHASES {
+    for &(name, marker) in phases_wanted {
         let mut wanted = vec![marker];
         wanted.extend_from_slice(FAILED);
         let left = deadline.saturating_duration_since(Instant::now());
@@ -155,11 +175,6 @@ pub fn follow(vm: &mut Console, start: Instant, timeout: Duration) -> Boot {
             None => break,
         }
     }
-    if phases.len() == PHASES.len() {
-        // The guest powers off by sysrq right after its last marker.
-        let _ = vm.wait_exit(Duration::from_secs(30));
-    }
-    vm.kill();
     Boot {
         console: vm.text(),
         phases,
@@ -182,7 +197,7 @@ pub fn boot_once(repo: &Repo, cfg: &BootConfig) -> (Boot, Server, String) {
     );
     let server = repo.serve(&[]);
     let start = Instant::now();
-    let mut vm = spawn_vm(repo, &vars, server.port());
+    let mut vm = spawn_vm(repo, &vars, server.port(), &[]);
     let boot = follow(&mut vm, start, cfg.timeout);
     (boot, server, target)
 }
@@ -298,5 +313,96 @@ pub fn boot_chain(test: &str, initiator: &str, chap: Option<&Chap>) {
     let (boot, server, target) = boot_once(&repo, &cfg);
     report_phases(test, &boot);
     assert_os_ran_from_the_volume(&boot, &server, initiator, &target);
+    assert!(server.stop().success());
+}
+
+/// The OS's session survives a restart of `strata serve` under it: the image's init starts
+/// iscsid (which takes the boot session over), then writes and syncs a file every second;
+/// meanwhile the server stops (SIGTERM: it asks the initiator to log out) and a new one
+/// starts on the same port. The initiator logs in again and no I/O error reaches userspace.
+pub fn boot_chain_survives_restart(test: &str, initiator: &str, chap: Option<&Chap>) {
+    let Some(_lock) = boot_lock(test) else {
+        return;
+    };
+    super::common::tool("socat", HINT);
+    const TICKS: u32 = 40;
+    let repo = Repo::new();
+    let disk = golden_image();
+    let export = chap.map(Chap::export_args).unwrap_or_default();
+    let target = repo.volume_from_file("os", &disk, initiator, &export);
+    let vars = ovmf_vars_for(&repo, "OVMF_VARS.fd", initiator, &target, chap);
+    let server = repo.serve(&[]);
+    let port = server.port();
+    let start = Instant::now();
+    let io = format!("name=opt/strata/io_seconds,string={TICKS}");
+    let mut vm = spawn_vm(&repo, &vars, port, &["-fw_cfg", &io]);
+    let boot = follow_phases(
+        &mut vm,
+        start,
+        Duration::from_secs(420),
+        &PHASES[..PHASES.len() - 1],
+    );
+    let ticking = vm.wait_for("STRATA-TICK 3\r", Duration::from_secs(60))
+        || vm.wait_for("STRATA-TICK 3\n", Duration::from_secs(1));
+    if !ticking {
+        vm.kill();
+        let boot = Boot {
+            console: vm.text(),
+            ..boot
+        };
+        panic!(
+            "{}",
+            explain("the OS did not start its I/O", &boot, &server)
+        );
+    }
+    report_phases(test, &boot);
+    // The restart: a clean stop, then a new server on the port QEMU forwards to.
+    let down = Instant::now();
+    let first_log = server.log();
+    assert!(server.stop().success(), "strata serve did not stop cleanly");
+    let server = repo.serve(&["--listen", &format!("127.0.0.1:{port}")]);
+    eprintln!(
+        "{test}: server down for {:.1} s",
+        down.elapsed().as_secs_f64()
+    );
+    let end = vm.wait_for_any(
+        &["STRATA-TICKS-OK", "STRATA-TICKS-FAILED"],
+        Duration::from_secs(TICKS as u64 + 120),
+    );
+    let _ = vm.wait_for("STRATA-POWEROFF", Duration::from_secs(30));
+    let _ = vm.wait_exit(Duration::from_secs(30));
+    vm.kill();
+    let boot = Boot {
+        console: vm.text(),
+        ..boot
+    };
+    assert_eq!(
+        end,
+        Some(0),
+        "{}",
+        explain("I/O failed across the restart", &boot, &server)
+    );
+    assert!(
+        !boot.console.contains("I/O error"),
+        "{}",
+        explain("an I/O error across the restart", &boot, &server)
+    );
+    // The same checks as a plain boot, on the first server's log.
+    assert!(
+        sessions_of(&first_log, initiator).len() >= 2,
+        "the first server saw no firmware and OS sessions:\n{}",
+        tail(&first_log, 4000)
+    );
+    // The initiator logged in again to the new server.
+    let log = server.log();
+    assert!(
+        !sessions_of(&log, initiator).is_empty(),
+        "{}",
+        explain(
+            "the initiator did not log in to the restarted server",
+            &boot,
+            &server
+        )
+    );
     assert!(server.stop().success());
 }
