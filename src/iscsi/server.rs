@@ -68,6 +68,8 @@ pub struct ServerCtx {
     /// Sessions asked to log out at shutdown that did, and that did not (closed anyway).
     pub shutdown_logouts: AtomicUsize,
     pub shutdown_drops: AtomicUsize,
+    /// Boot traces: records a first boot of each image's clones, prefetches it for the next.
+    pub tracer: crate::store::trace::Tracer,
 }
 
 impl ServerCtx {
@@ -87,6 +89,7 @@ impl ServerCtx {
             shutdown,
             shutdown_logouts: AtomicUsize::new(0),
             shutdown_drops: AtomicUsize::new(0),
+            tracer: Default::default(),
         }
     }
 
@@ -111,7 +114,11 @@ impl ServerCtx {
             }
         }
         let vol = self.repo.open_volume(&e.volume, false)?;
+        let trace = self.tracer.volume_opened(&vol);
         let lu = Arc::new(LogicalUnit::new(vol, &e.iqn, self.opts.identity.clone()));
+        if let Some(t) = trace {
+            let _ = lu.trace.set(t);
+        }
         lus.insert(e.volume.clone(), lu.clone());
         Ok(lu)
     }
@@ -175,6 +182,7 @@ pub async fn serve(
     let _ = sd_tx.send(true);
     // Accept loops return once they see the shutdown; each waits for its connections.
     while tasks.join_next().await.is_some() {}
+    ctx.tracer.finish_all();
     tracing::info!(
         logged_out = ctx.shutdown_logouts.load(Ordering::Relaxed),
         not_logged_out = ctx.shutdown_drops.load(Ordering::Relaxed),
