@@ -193,6 +193,13 @@ impl Recording {
         }
     }
 
+    fn expired(&self) -> bool {
+        self.inner
+            .lock()
+            .started
+            .is_some_and(|t| t.elapsed() >= self.opts.window)
+    }
+
     /// Stops recording and stores what was read (once; later calls do nothing).
     pub fn finish(&self) {
         if !self.active.swap(false, Ordering::AcqRel) {
@@ -270,6 +277,11 @@ impl Tracer {
             Some(State::Recording(r)) => {
                 // One recording per image: the first clone's boot is the trace.
                 if let Some(r) = r.upgrade() {
+                    // A window that ran out with no read since is closed here, so the new
+                    // clone gets the trace.
+                    if r.expired() {
+                        r.finish();
+                    }
                     if r.active.load(Ordering::Relaxed) {
                         return None;
                     }
@@ -446,6 +458,24 @@ mod tests {
         assert_eq!(t.runs, vec![(40, 2), (0, 5)]);
         assert_eq!(t.identity, identity(img).unwrap());
         assert_eq!(t.chunk_size, 4096);
+    }
+
+    #[test]
+    fn a_recording_ends_with_its_window_and_the_next_clone_gets_the_trace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = repo_with(tmp.path(), 1, 64, &["a", "b"]);
+        let a = repo.open_volume("a", false).unwrap();
+        let b = repo.open_volume("b", false).unwrap();
+        let tracer = Tracer::new(TraceOptions {
+            window: Duration::ZERO,
+            ..quick()
+        });
+        let rec = tracer.volume_opened(&a).unwrap();
+        // The first read opens the window, which (zero long) is over at once.
+        rec.note(3 * 4096, 4096);
+        assert!(b.image().unwrap().dir().join(TRACE_FILE).exists());
+        assert!(tracer.volume_opened(&b).is_none(), "b gets the trace");
+        tracer.wait_prefetches();
     }
 
     #[test]

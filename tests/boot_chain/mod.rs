@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use strata::store::trace;
+
 use super::common::{tail, Console, Repo, Server};
 use super::ovmf_vars;
 use super::{boot_lock, netdev, qemu_base, Chap, HINT};
@@ -313,6 +315,91 @@ pub fn boot_chain(test: &str, initiator: &str, chap: Option<&Chap>) {
     let (boot, server, target) = boot_once(&repo, &cfg);
     report_phases(test, &boot);
     assert_os_ran_from_the_volume(&boot, &server, initiator, &target);
+    assert!(server.stop().success());
+    assert_boot_trace_recorded_and_replayed(&repo, &serve_logs(&repo));
+}
+
+/// The logs of every `strata serve` the test ran (the server's own handle goes at its stop).
+fn serve_logs(repo: &Repo) -> String {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&repo.work)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    names.retain(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("serve") && n.ends_with(".log"))
+    });
+    names.sort();
+    names
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect()
+}
+
+/// The first boot of the image's first clone was recorded: the trace beside the image holds
+/// at least the kernel and initramfs the loader read; a second clone served by a new server
+/// gets the whole trace prefetched as soon as an initiator logs in to it.
+fn assert_boot_trace_recorded_and_replayed(repo: &Repo, first_log: &str) {
+    assert!(
+        first_log.contains("boot trace recorded"),
+        "the first boot was not recorded:\n{}",
+        tail(first_log, 3000)
+    );
+    let path = repo.root.join("images/os-gold").join(trace::TRACE_FILE);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let t = trace::BootTrace::decode(&bytes).unwrap();
+    let info = std::fs::read_to_string(golden_image().with_file_name("info")).unwrap();
+    let field = |k: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let loaded = field("kernel_bytes=") + field("initrd_bytes=");
+    assert!(
+        t.chunks() * t.chunk_size as u64 >= loaded,
+        "the trace ({} chunks) is smaller than the kernel and initramfs ({loaded} bytes)",
+        t.chunks()
+    );
+    eprintln!(
+        "boot trace: {} chunks ({} MiB) in {} runs",
+        t.chunks(),
+        (t.chunks() * t.chunk_size as u64) >> 20,
+        t.runs.len()
+    );
+    const SECOND: &str = "iqn.2026-11.org.strata.test:second-server";
+    repo.ok(&["volume", "create", "os2", "--from", "os-gold"]);
+    repo.ok(&["export", "os2", "--initiator", SECOND]);
+    let server = repo.serve(&[]);
+    let url = server.url("iqn.2026-11.org.strata:os2");
+    super::common::ok(
+        Command::new(super::common::tool("iscsi-inq", "tools/install-iscsi-deps"))
+            .args(["-i", SECOND])
+            .arg(&url),
+    );
+    let want = format!("chunks={} of={}", t.chunks(), t.chunks());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server
+        .log()
+        .lines()
+        .any(|l| l.contains("boot trace prefetched"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no prefetch for the second clone:\n{}",
+            tail(&server.log(), 3000)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("boot trace prefetched"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&want),
+        "not the whole trace prefetched: {line}"
+    );
     assert!(server.stop().success());
 }
 
