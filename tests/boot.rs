@@ -410,6 +410,7 @@ fn ovmf_iscsi_boot(test: &str, initiator: &str, chap: Option<&Chap>) {
             // Where `netdev` forwards to strata.
             target_ip: [10, 0, 2, 100],
             port: 3260,
+            lun: 0,
             chap: chap.map(|c| (c.user, c.secret)),
             reverse_chap: chap.and_then(|c| c.mutual),
         },

@@ -19,6 +19,8 @@ use super::common::{tail, Console, Repo, Server};
 use super::ovmf_vars;
 use super::{boot_lock, netdev, qemu_base, Chap, HINT};
 
+mod bench;
+
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x57];
@@ -91,13 +93,25 @@ impl Boot {
     }
 }
 
-/// A copy of OVMF's variable store with one IScsiDxe attempt to `target`.
-fn ovmf_vars_for(
+/// A copy of OVMF's variable store with one IScsiDxe attempt to LUN 0 of `target`.
+pub fn ovmf_vars_for(
     repo: &Repo,
     name: &str,
     initiator: &str,
     target: &str,
     chap: Option<&Chap>,
+) -> PathBuf {
+    ovmf_vars_lun(repo, name, initiator, target, chap, 0)
+}
+
+/// `ovmf_vars_for` booting LUN `lun` (tgt's first disk is LUN 1).
+pub fn ovmf_vars_lun(
+    repo: &Repo,
+    name: &str,
+    initiator: &str,
+    target: &str,
+    chap: Option<&Chap>,
+    lun: u8,
 ) -> PathBuf {
     let vars = repo.path(name);
     let mut store = ovmf_vars::VarStore::open(Path::new(OVMF_VARS));
@@ -109,6 +123,7 @@ fn ovmf_vars_for(
             target,
             target_ip: [10, 0, 2, 100],
             port: 3260,
+            lun,
             chap: chap.map(|c| (c.user, c.secret)),
             reverse_chap: chap.and_then(|c| c.mutual),
         },
