@@ -8,6 +8,9 @@
 //! - Linux: QEMU's libiscsi driver (`iscsi://`) is the root disk of a Debian kernel; a tiny
 //!   initramfs loads virtio/ext4 modules and switches to the volume's ext4 root, whose /init
 //!   prints a marker, writes a file and powers off; the file is then read from the volume.
+//! - The whole chain (boot_chain/): a Debian image built from Debian packages boots through
+//!   OVMF's IScsiDxe, GRUB on the volume, the iBFT and the initramfs's own iSCSI login, and
+//!   runs from the volume; one-way and mutual CHAP, and a wrong secret failing at the firmware.
 //!
 //! All guest traffic stays on loopback: QEMU user networking with `restrict=on` and a
 //! `guestfwd` (socat) to strata's port. One QEMU at a time (a lock file serializes the tests).
@@ -407,6 +410,7 @@ fn ovmf_iscsi_boot(test: &str, initiator: &str, chap: Option<&Chap>) {
             // Where `netdev` forwards to strata.
             target_ip: [10, 0, 2, 100],
             port: 3260,
+            lun: 0,
             chap: chap.map(|c| (c.user, c.secret)),
             reverse_chap: chap.and_then(|c| c.mutual),
         },
@@ -706,5 +710,109 @@ fn linux_boots_with_its_root_on_an_iscsi_volume() {
         fsck.status.success(),
         "e2fsck after the guest's poweroff: {}",
         String::from_utf8_lossy(&fsck.stdout)
+    );
+}
+
+mod boot_chain;
+
+#[test]
+fn os_boots_from_the_volume_through_the_firmware_and_the_ibft_with_chap() {
+    // EDK2 takes CHAP secrets of 12 to 16 characters only.
+    let chap = Chap {
+        user: "os-user",
+        secret: "os-secret-01234",
+        mutual: None,
+    };
+    boot_chain::boot_chain(
+        "boot_chain_chap",
+        "iqn.2026-11.org.strata.test:server-1",
+        Some(&chap),
+    );
+}
+
+#[test]
+fn os_boots_from_the_volume_through_the_firmware_and_the_ibft_with_mutual_chap() {
+    let chap = Chap {
+        user: "os-user",
+        secret: "os-secret-01234",
+        mutual: Some(("strata-target", "target-secret-45")),
+    };
+    boot_chain::boot_chain(
+        "boot_chain_mutual_chap",
+        "iqn.2026-11.org.strata.test:server-2",
+        Some(&chap),
+    );
+}
+
+#[test]
+fn a_wrong_chap_secret_fails_the_boot_at_the_firmware() {
+    let Some(_lock) = boot_lock("boot_chain_wrong_chap") else {
+        return;
+    };
+    tool("socat", HINT);
+    const INITIATOR: &str = "iqn.2026-11.org.strata.test:server-3";
+    let right = Chap {
+        user: "os-user",
+        secret: "os-secret-01234",
+        mutual: None,
+    };
+    let wrong = Chap {
+        user: "os-user",
+        secret: "not-the-secret0",
+        mutual: None,
+    };
+    let repo = Repo::new();
+    let cfg = boot_chain::BootConfig {
+        initiator: INITIATOR,
+        export_chap: Some(&right),
+        firmware_chap: Some(&wrong),
+        timeout: Duration::from_secs(240),
+    };
+    let (boot, server, _target) = boot_chain::boot_once(&repo, &cfg);
+    assert!(
+        !boot.reached("loader"),
+        "{}",
+        boot_chain::explain(
+            "the loader started with a wrong CHAP secret",
+            &boot,
+            &server
+        )
+    );
+    assert_eq!(
+        boot.failed_on,
+        Some(">>Start PXE over IPv4"),
+        "{}",
+        boot_chain::explain(
+            "the firmware did not give up on the iSCSI disk",
+            &boot,
+            &server
+        )
+    );
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("login refused") && l.contains(INITIATOR)),
+        "strata's log does not show the firmware's login refused:\n{}",
+        tail(&log, 4000)
+    );
+    assert!(
+        boot_chain::sessions_of(&log, INITIATOR).is_empty(),
+        "a session started with a wrong secret:\n{}",
+        tail(&log, 4000)
+    );
+    assert!(server.stop().success());
+}
+
+#[test]
+fn the_os_session_survives_a_restart_of_the_server() {
+    let chap = Chap {
+        user: "os-user",
+        secret: "os-secret-01234",
+        mutual: None,
+    };
+    boot_chain::boot_chain_survives_restart(
+        "boot_chain_restart",
+        "iqn.2026-11.org.strata.test:server-4",
+        Some(&chap),
     );
 }

@@ -314,6 +314,9 @@ fn stream_read(
         sink.send(scsi_response(bhs, status::GOOD, None, rflags, rcount));
         return true;
     }
+    if let Some(t) = lu.trace.get() {
+        t.note(plan.offset, send as u64);
+    }
     // Chunks are whole multiples of the PDU size so PDUs are never split short mid-stream.
     let chunk = (READ_CHUNK / max.pdu).max(1) * max.pdu;
     let mut off = 0usize;

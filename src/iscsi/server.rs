@@ -84,6 +84,8 @@ pub struct ServerCtx {
     pub nop_timeouts: AtomicU64,
     /// One `apply_exports` at a time (each waits for the sessions it revoked).
     applying: tokio::sync::Mutex<()>,
+    /// Boot traces: records a first boot of each image's clones, prefetches it for the next.
+    pub tracer: crate::store::trace::Tracer,
 }
 
 /// How long applying an export change waits for the sessions it ends.
@@ -111,6 +113,7 @@ impl ServerCtx {
             shutdown_drops: AtomicUsize::new(0),
             nop_timeouts: AtomicU64::new(0),
             applying: tokio::sync::Mutex::new(()),
+            tracer: Default::default(),
         }
     }
 
@@ -200,7 +203,11 @@ impl ServerCtx {
             }
         }
         let vol = self.repo.open_volume(&e.volume, false)?;
+        let trace = self.tracer.volume_opened(&vol);
         let lu = Arc::new(LogicalUnit::new(vol, &e.iqn, self.opts.identity.clone()));
+        if let Some(t) = trace {
+            let _ = lu.trace.set(t);
+        }
         lus.insert(e.volume.clone(), lu.clone());
         Ok(lu)
     }
@@ -276,6 +283,7 @@ pub async fn serve(
     if let Some((l, _dir)) = &control_listener {
         control::unbind(ctx.repo.root(), l);
     }
+    ctx.tracer.finish_all();
     tracing::info!(
         logged_out = ctx.shutdown_logouts.load(Ordering::Relaxed),
         not_logged_out = ctx.shutdown_drops.load(Ordering::Relaxed),

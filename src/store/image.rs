@@ -99,6 +99,11 @@ impl Image {
         &self.name
     }
 
+    /// The image's directory in the repository (its boot trace is kept there).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Virtual size in bytes.
     pub fn len(&self) -> u64 {
         self.header.virtual_size

@@ -10,6 +10,7 @@
 //! - `device.rs`   the `BlockDevice` trait every layer above sees (Volume, Image, files, memory)
 //! - `repo.rs`     the repository directory: names, metadata, create/remove/open
 //! - `transfer.rs` import and export of whole disks; `names.rs` name validation
+//! - `trace.rs`    boot traces: record a first boot's image reads, prefetch them for clones
 //! - `buf.rs`      page-aligned buffers (the kernel copies into them much faster)
 
 pub mod backend;
@@ -22,6 +23,7 @@ pub mod format;
 pub mod image;
 pub mod names;
 pub mod repo;
+pub mod trace;
 pub mod transfer;
 pub mod volume;
 

@@ -154,6 +154,8 @@ pub struct Attempt<'a> {
     pub target: &'a str,
     pub target_ip: [u8; 4],
     pub port: u16,
+    /// The boot LUN (single-level, peripheral addressing: LUNs up to 255).
+    pub lun: u8,
     /// One-way CHAP (user, secret) and, for mutual CHAP, the target's (user, secret).
     pub chap: Option<(&'a str, &'a str)>,
     pub reverse_chap: Option<(&'a str, &'a str)>,
@@ -225,6 +227,7 @@ fn attempt_record(index: u8, a: &Attempt) -> Vec<u8> {
     put_str(&mut rec, s + S_TARGET_NAME, 224, a.target);
     rec[s + S_TARGET_IP..s + S_TARGET_IP + 4].copy_from_slice(&a.target_ip);
     rec[s + S_BOOT_LUN..s + S_BOOT_LUN + 8].fill(0);
+    rec[s + S_BOOT_LUN + 1] = a.lun;
     rec[s + S_CONNECT_TIMEOUT..s + S_CONNECT_TIMEOUT + 2].copy_from_slice(&5000u16.to_le_bytes());
     rec[s + S_CONNECT_RETRY_COUNT] = 2;
     // An OUI-format ISID from the MAC address, as IScsiDxe's setup form derives it.

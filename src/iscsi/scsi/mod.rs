@@ -187,6 +187,8 @@ pub struct LogicalUnit {
     caw: Mutex<()>,
     /// SPC-2 RESERVE(6/10) holder (nexus id).
     legacy_reservation: Mutex<Option<u64>>,
+    /// The recording of this clone's first boot, if it is the one traced (store/trace.rs).
+    pub trace: std::sync::OnceLock<Arc<crate::store::trace::Recording>>,
 }
 
 fn fnv1a(data: &[u8], seed: u64) -> u64 {
@@ -224,6 +226,7 @@ impl LogicalUnit {
             pr: Mutex::new(reservations::PrState::default()),
             caw: Mutex::new(()),
             legacy_reservation: Mutex::new(None),
+            trace: Default::default(),
         }
     }
 

@@ -1,0 +1,510 @@
+//! The whole boot chain (issue 11): a Debian 12 golden image built from Debian packages by
+//! `tools/build-boot-image` boots in QEMU with OVMF and no local disk. OVMF's IScsiDxe logs
+//! in to `strata serve` with the attempt the test writes into its variable store (as a
+//! server profile would), GRUB on the volume's ESP loads the kernel and initramfs through
+//! the firmware, the kernel finds the iBFT the firmware published, the initramfs
+//! (initramfs-tools with open-iscsi, `ISCSI_AUTO=true`) logs in again with the iBFT's
+//! initiator name and target, mounts the root from the iSCSI disk, and the root's init
+//! reports on the serial console what the root is mounted from, writes a file, and powers
+//! off. Each boot is about two minutes under TCG, so these tests share boot.rs's lock (one
+//! QEMU at a time) and nextest's heavy group.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use strata::store::trace;
+
+use super::common::{tail, Console, Repo, Server};
+use super::ovmf_vars;
+use super::{boot_lock, netdev, qemu_base, Chap, HINT};
+
+mod bench;
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x57];
+
+/// The golden image's disk, built (or found in its cache) by tools/build-boot-image.
+pub fn golden_image() -> PathBuf {
+    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/build-boot-image");
+    let o = Command::new(&tool)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", tool.display()));
+    assert!(
+        o.status.success(),
+        "{} failed (needs root, Debian's archive and {HINT}):\n{}",
+        tool.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let path = PathBuf::from(out.lines().last().unwrap_or_default().trim());
+    assert!(path.exists(), "build-boot-image printed {path:?}");
+    path
+}
+
+/// What a boot is configured with.
+pub struct BootConfig<'a> {
+    pub initiator: &'a str,
+    /// The CHAP the export requires, and the (possibly different) one the firmware uses.
+    pub export_chap: Option<&'a Chap>,
+    pub firmware_chap: Option<&'a Chap>,
+    pub timeout: Duration,
+}
+
+/// Console lines that mark the phases, in the order they come.
+pub const PHASES: &[(&str, &str)] = &[
+    ("loader", "STRATA-GRUB-START"),
+    ("kernel", "Linux version"),
+    ("initramfs login", "iscsistart: Logging into"),
+    ("root mounted", "STRATA-USERSPACE-UP"),
+    ("reported", "STRATA-ROOT "),
+    ("powered off", "STRATA-POWEROFF"),
+];
+
+/// Console text that means the boot failed: stop waiting.
+const FAILED: &[&str] = &[
+    ">>Start PXE over IPv4",
+    "Kernel panic",
+    "Dropping to a shell",
+    "No bootable device",
+];
+
+/// One boot's record.
+pub struct Boot {
+    pub console: String,
+    /// Seconds from QEMU's start to each phase seen (in PHASES order, until one is missing).
+    pub phases: Vec<(&'static str, f64)>,
+    /// The console marker that stopped the wait early, if a failure one.
+    pub failed_on: Option<&'static str>,
+}
+
+impl Boot {
+    pub fn reached(&self, phase: &str) -> bool {
+        self.phases.iter().any(|p| p.0 == phase)
+    }
+
+    /// The `STRATA-ROOT ...` line the image's init prints.
+    pub fn root_line(&self) -> Option<&str> {
+        self.console
+            .lines()
+            .find(|l| l.starts_with("STRATA-ROOT "))
+            .map(str::trim)
+    }
+}
+
+/// A copy of OVMF's variable store with one IScsiDxe attempt to LUN 0 of `target`.
+pub fn ovmf_vars_for(
+    repo: &Repo,
+    name: &str,
+    initiator: &str,
+    target: &str,
+    chap: Option<&Chap>,
+) -> PathBuf {
+    ovmf_vars_lun(repo, name, initiator, target, chap, 0)
+}
+
+/// `ovmf_vars_for` booting LUN `lun` (tgt's first disk is LUN 1).
+pub fn ovmf_vars_lun(
+    repo: &Repo,
+    name: &str,
+    initiator: &str,
+    target: &str,
+    chap: Option<&Chap>,
+    lun: u8,
+) -> PathBuf {
+    let vars = repo.path(name);
+    let mut store = ovmf_vars::VarStore::open(Path::new(OVMF_VARS));
+    ovmf_vars::configure_iscsi_boot(
+        &mut store,
+        initiator,
+        &ovmf_vars::Attempt {
+            mac: MAC,
+            target,
+            target_ip: [10, 0, 2, 100],
+            port: 3260,
+            lun,
+            chap: chap.map(|c| (c.user, c.secret)),
+            reverse_chap: chap.and_then(|c| c.mutual),
+        },
+    );
+    store.save(&vars);
+    vars
+}
+
+/// QEMU with OVMF, no disk, one virtio NIC whose only reachable address is strata's port.
+/// `extra` are more QEMU arguments (e.g. `-fw_cfg` settings for the image's init).
+pub fn spawn_vm(repo: &Repo, vars: &Path, port: u16, extra: &[&str]) -> Console {
+    let tftp = repo.path("tftp");
+    std::fs::create_dir_all(&tftp).unwrap();
+    let mac = MAC.map(|b| format!("{b:02x}")).join(":");
+    let mut cmd = Command::new("nice");
+    let base = qemu_base();
+    cmd.args(["-n", "10"])
+        .arg(base.get_program())
+        .args(base.get_args());
+    cmd.args(["-machine", "q35", "-m", "768", "-no-reboot"])
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+        .args(["-netdev", &netdev(&tftp, port)])
+        .arg("-device")
+        .arg(format!("virtio-net-pci,netdev=n0,romfile=,mac={mac}"))
+        .args(extra);
+    Console::spawn(&mut cmd)
+}
+
+/// Follows a boot on `vm`'s console through PHASES until power-off, a failure marker, or
+/// `timeout`.
+pub fn follow(vm: &mut Console, start: Instant, timeout: Duration) -> Boot {
+    let mut boot = follow_phases(vm, start, timeout, PHASES);
+    if boot.phases.len() == PHASES.len() {
+        // The guest powers off by sysrq right after its last marker.
+        let _ = vm.wait_exit(Duration::from_secs(30));
+    }
+    vm.kill();
+    boot.console = vm.text();
+    boot
+}
+
+/// Waits for `phases` in turn (stopping at a failure marker or `timeout` after `start`),
+/// leaving the VM running.
+pub fn follow_phases(
+    vm: &mut Console,
+    start: Instant,
+    timeout: Duration,
+    phases_wanted: &[(&'static str, &'static str)],
+) -> Boot {
+    let deadline = start + timeout;
+    let mut phases = Vec::new();
+    let mut failed_on = None;
+    for &(name, marker) in phases_wanted {
+        let mut wanted = vec![marker];
+        wanted.extend_from_slice(FAILED);
+        let left = deadline.saturating_duration_since(Instant::now());
+        match vm.wait_for_any(&wanted, left) {
+            Some(0) => phases.push((name, start.elapsed().as_secs_f64())),
+            Some(i) => {
+                failed_on = Some(FAILED[i - 1]);
+                break;
+            }
+            None => break,
+        }
+    }
+    Boot {
+        console: vm.text(),
+        phases,
+        failed_on,
+    }
+}
+
+/// Imports the golden image, clones and exports volume `os` to `cfg.initiator`, and boots
+/// it once. Returns the boot, the running server and the target IQN.
+pub fn boot_once(repo: &Repo, cfg: &BootConfig) -> (Boot, Server, String) {
+    let disk = golden_image();
+    let export = cfg.export_chap.map(Chap::export_args).unwrap_or_default();
+    let target = repo.volume_from_file("os", &disk, cfg.initiator, &export);
+    let vars = ovmf_vars_for(
+        repo,
+        "OVMF_VARS.fd",
+        cfg.initiator,
+        &target,
+        cfg.firmware_chap,
+    );
+    let server = repo.serve(&[]);
+    let start = Instant::now();
+    let mut vm = spawn_vm(repo, &vars, server.port(), &[]);
+    let boot = follow(&mut vm, start, cfg.timeout);
+    (boot, server, target)
+}
+
+pub fn explain(what: &str, boot: &Boot, server: &Server) -> String {
+    format!(
+        "{what} (phases {:?}, stopped on {:?})\n--- console (tail) ---\n{}\n--- strata serve log (tail) ---\n{}",
+        boot.phases,
+        boot.failed_on,
+        tail(&boot.console, 6000),
+        tail(&server.log(), 4000)
+    )
+}
+
+/// `session started` lines of `initiator` in strata's log, each with its target.
+pub fn sessions_of(log: &str, initiator: &str) -> Vec<String> {
+    let who = format!("initiator={initiator}");
+    log.lines()
+        .filter(|l| l.contains("session started") && l.contains(&who))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Asserts what every successful boot chain must show.
+pub fn assert_os_ran_from_the_volume(boot: &Boot, server: &Server, initiator: &str, target: &str) {
+    assert!(
+        boot.reached("powered off"),
+        "{}",
+        explain("the OS did not run to its end", boot, server)
+    );
+    // The firmware booted the loader from the iSCSI disk (OVMF names the boot option by its
+    // device path, which ends in the iSCSI node IScsiDxe built).
+    let started = boot
+        .console
+        .lines()
+        .find(|l| l.starts_with("BdsDxe: starting Boot"));
+    assert!(
+        started.is_some_and(|l| l.contains(&format!("/iSCSI({target},"))),
+        "{}",
+        explain("the loader did not come from the iSCSI disk", boot, server)
+    );
+    // The kernel found the firmware's iBFT and the initramfs logged in from it.
+    assert!(
+        boot.console.contains("iscsistart: Logging into"),
+        "{}",
+        explain("the initramfs did not log in", boot, server)
+    );
+    // The root is a partition of a SCSI disk that hangs below an iSCSI session of the
+    // firmware's initiator to this target.
+    let line = boot
+        .root_line()
+        .unwrap_or_else(|| panic!("{}", explain("no STRATA-ROOT line", boot, server)));
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let source = field("source=");
+    assert!(
+        source.starts_with("/dev/sd") && source.ends_with('2'),
+        "root is not the iSCSI disk's partition 2: {line}"
+    );
+    let sysfs = field("sysfs=");
+    assert!(
+        sysfs.contains("/session") && sysfs.contains("/host"),
+        "root's block device is not below an iSCSI session: {line}"
+    );
+    assert!(
+        line.contains(&format!(":{initiator}:{target}")),
+        "no iSCSI session of {initiator} to {target} in the OS: {line}"
+    );
+    assert!(
+        boot.console.contains("STRATA-IO-OK"),
+        "{}",
+        explain("write and read back on the root failed", boot, server)
+    );
+    // strata saw the firmware's session and the OS's: two logins by the same initiator to
+    // the same target.
+    let log = server.log();
+    let sessions = sessions_of(&log, initiator);
+    assert!(
+        sessions.len() >= 2 && sessions.iter().all(|l| l.contains(target)),
+        "strata's log shows {} session(s) of {initiator} to {target}, not the firmware's and the OS's:\n{}",
+        sessions.len(),
+        tail(&log, 4000)
+    );
+}
+
+pub fn report_phases(test: &str, boot: &Boot) {
+    let mut last = 0.0;
+    let mut s = String::new();
+    for (name, t) in &boot.phases {
+        s.push_str(&format!(" {name} {t:.1}s (+{:.1})", t - last));
+        last = *t;
+    }
+    eprintln!("{test}:{s}");
+}
+
+/// The whole chain, as `initiator`, with `chap` on both sides.
+pub fn boot_chain(test: &str, initiator: &str, chap: Option<&Chap>) {
+    let Some(_lock) = boot_lock(test) else {
+        return;
+    };
+    super::common::tool("socat", HINT);
+    let repo = Repo::new();
+    let cfg = BootConfig {
+        initiator,
+        export_chap: chap,
+        firmware_chap: chap,
+        timeout: Duration::from_secs(420),
+    };
+    let (boot, server, target) = boot_once(&repo, &cfg);
+    report_phases(test, &boot);
+    assert_os_ran_from_the_volume(&boot, &server, initiator, &target);
+    assert!(server.stop().success());
+    assert_boot_trace_recorded_and_replayed(&repo, &serve_logs(&repo));
+}
+
+/// The logs of every `strata serve` the test ran (the server's own handle goes at its stop).
+fn serve_logs(repo: &Repo) -> String {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&repo.work)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    names.retain(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("serve") && n.ends_with(".log"))
+    });
+    names.sort();
+    names
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect()
+}
+
+/// The first boot of the image's first clone was recorded: the trace beside the image holds
+/// at least the kernel and initramfs the loader read; a second clone served by a new server
+/// gets the whole trace prefetched as soon as an initiator logs in to it.
+fn assert_boot_trace_recorded_and_replayed(repo: &Repo, first_log: &str) {
+    assert!(
+        first_log.contains("boot trace recorded"),
+        "the first boot was not recorded:\n{}",
+        tail(first_log, 3000)
+    );
+    let path = repo.root.join("images/os-gold").join(trace::TRACE_FILE);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let t = trace::BootTrace::decode(&bytes).unwrap();
+    let info = std::fs::read_to_string(golden_image().with_file_name("info")).unwrap();
+    let field = |k: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let loaded = field("kernel_bytes=") + field("initrd_bytes=");
+    assert!(
+        t.chunks() * t.chunk_size as u64 >= loaded,
+        "the trace ({} chunks) is smaller than the kernel and initramfs ({loaded} bytes)",
+        t.chunks()
+    );
+    eprintln!(
+        "boot trace: {} chunks ({} MiB) in {} runs",
+        t.chunks(),
+        (t.chunks() * t.chunk_size as u64) >> 20,
+        t.runs.len()
+    );
+    const SECOND: &str = "iqn.2026-11.org.strata.test:second-server";
+    repo.ok(&["volume", "create", "os2", "--from", "os-gold"]);
+    repo.ok(&["export", "os2", "--initiator", SECOND]);
+    let server = repo.serve(&[]);
+    let url = server.url("iqn.2026-11.org.strata:os2");
+    super::common::ok(
+        Command::new(super::common::tool("iscsi-inq", "tools/install-iscsi-deps"))
+            .args(["-i", SECOND])
+            .arg(&url),
+    );
+    let want = format!("chunks={} of={}", t.chunks(), t.chunks());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server
+        .log()
+        .lines()
+        .any(|l| l.contains("boot trace prefetched"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no prefetch for the second clone:\n{}",
+            tail(&server.log(), 3000)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("boot trace prefetched"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&want),
+        "not the whole trace prefetched: {line}"
+    );
+    assert!(server.stop().success());
+}
+
+/// The OS's session survives a restart of `strata serve` under it: the image's init starts
+/// iscsid (which takes the boot session over), then writes and syncs a file every second;
+/// meanwhile the server stops (SIGTERM: it asks the initiator to log out) and a new one
+/// starts on the same port. The initiator logs in again and no I/O error reaches userspace.
+pub fn boot_chain_survives_restart(test: &str, initiator: &str, chap: Option<&Chap>) {
+    let Some(_lock) = boot_lock(test) else {
+        return;
+    };
+    super::common::tool("socat", HINT);
+    const TICKS: u32 = 40;
+    let repo = Repo::new();
+    let disk = golden_image();
+    let export = chap.map(Chap::export_args).unwrap_or_default();
+    let target = repo.volume_from_file("os", &disk, initiator, &export);
+    let vars = ovmf_vars_for(&repo, "OVMF_VARS.fd", initiator, &target, chap);
+    let server = repo.serve(&[]);
+    let port = server.port();
+    let start = Instant::now();
+    let io = format!("name=opt/strata/io_seconds,string={TICKS}");
+    let mut vm = spawn_vm(&repo, &vars, port, &["-fw_cfg", &io]);
+    let boot = follow_phases(
+        &mut vm,
+        start,
+        Duration::from_secs(420),
+        &PHASES[..PHASES.len() - 1],
+    );
+    let ticking = vm.wait_for("STRATA-TICK 3\r", Duration::from_secs(60))
+        || vm.wait_for("STRATA-TICK 3\n", Duration::from_secs(1));
+    if !ticking {
+        vm.kill();
+        let boot = Boot {
+            console: vm.text(),
+            ..boot
+        };
+        panic!(
+            "{}",
+            explain("the OS did not start its I/O", &boot, &server)
+        );
+    }
+    report_phases(test, &boot);
+    // The restart: a clean stop, then a new server on the port QEMU forwards to.
+    let down = Instant::now();
+    let first_log = server.log();
+    assert!(server.stop().success(), "strata serve did not stop cleanly");
+    let server = repo.serve(&["--listen", &format!("127.0.0.1:{port}")]);
+    eprintln!(
+        "{test}: server down for {:.1} s",
+        down.elapsed().as_secs_f64()
+    );
+    let end = vm.wait_for_any(
+        &["STRATA-TICKS-OK", "STRATA-TICKS-FAILED"],
+        Duration::from_secs(TICKS as u64 + 120),
+    );
+    let _ = vm.wait_for("STRATA-POWEROFF", Duration::from_secs(30));
+    let _ = vm.wait_exit(Duration::from_secs(30));
+    vm.kill();
+    let boot = Boot {
+        console: vm.text(),
+        ..boot
+    };
+    assert_eq!(
+        end,
+        Some(0),
+        "{}",
+        explain("I/O failed across the restart", &boot, &server)
+    );
+    assert!(
+        !boot.console.contains("I/O error"),
+        "{}",
+        explain("an I/O error across the restart", &boot, &server)
+    );
+    // The same checks as a plain boot, on the first server's log.
+    assert!(
+        sessions_of(&first_log, initiator).len() >= 2,
+        "the first server saw no firmware and OS sessions:\n{}",
+        tail(&first_log, 4000)
+    );
+    // The initiator logged in again to the new server.
+    let log = server.log();
+    assert!(
+        !sessions_of(&log, initiator).is_empty(),
+        "{}",
+        explain(
+            "the initiator did not log in to the restarted server",
+            &boot,
+            &server
+        )
+    );
+    assert!(server.stop().success());
+}
