@@ -251,20 +251,7 @@ impl MountTable {
 
     /// unlink(2): a non-directory (a symlink itself, not its target).
     pub fn rm(&mut self, path: &[u8]) -> FsResult<()> {
-        at(
-            path,
-            (|| {
-                let t = self.target(path)?;
-                let Some(loc) = t.existing else {
-                    return Err(FsError::new(libc::ENOENT, ""));
-                };
-                self.check_writable(t.parent)?;
-                if self.is_mount_root(loc) {
-                    return Err(FsError::new(libc::EBUSY, ""));
-                }
-                self.fs(t.parent)?.unlink(t.parent.ino, &t.name)
-            })(),
-        )
+        self.remove(path, false)
     }
 
     /// `rm -f`: as `rm`, but a missing file is not an error.
@@ -277,6 +264,11 @@ impl MountTable {
 
     /// rmdir(2).
     pub fn rmdir(&mut self, path: &[u8]) -> FsResult<()> {
+        self.remove(path, true)
+    }
+
+    /// unlink(2) or rmdir(2) of the entry `path` names; a mount's root is EBUSY.
+    fn remove(&mut self, path: &[u8], dir: bool) -> FsResult<()> {
         at(
             path,
             (|| {
@@ -288,7 +280,12 @@ impl MountTable {
                 if self.is_mount_root(loc) {
                     return Err(FsError::new(libc::EBUSY, ""));
                 }
-                self.fs(t.parent)?.rmdir(t.parent.ino, &t.name)
+                let fs = self.fs(t.parent)?;
+                if dir {
+                    fs.rmdir(t.parent.ino, &t.name)
+                } else {
+                    fs.unlink(t.parent.ino, &t.name)
+                }
             })(),
         )
     }
