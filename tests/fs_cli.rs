@@ -467,3 +467,84 @@ fn a_worker_that_hangs_crashes_or_runs_out_of_memory_fails_only_its_job() {
         "the hung worker was left running"
     );
 }
+
+/// An MBR disk with an NTFS partition: listed with the label from its MFT, edited, and
+/// clean to ntfsfix afterwards.
+#[test]
+fn an_ntfs_partition_is_listed_with_its_label_and_takes_edits() {
+    let r = Repo::new();
+    let disk = r.path("win.raw");
+    let part = r.path("ntfs.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(80 << 20)
+        .unwrap();
+    std::fs::File::create(&part)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut sf = Command::new("sfdisk")
+        .arg("-q")
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut sf.stdin.take().unwrap(),
+        b"label: dos\nstart=2048,size=131072,type=7\n",
+    )
+    .unwrap();
+    assert!(sf.wait().unwrap().success());
+    ok(Command::new("mkntfs")
+        .args(["-Q", "-F", "-q", "-L", "Windows", "-p", "2048"])
+        .arg(&part));
+    ok(Command::new("dd")
+        .arg(format!("if={}", part.display()))
+        .arg(format!("of={}", disk.display()))
+        .args(["bs=1M", "seek=1", "conv=notrunc,sparse", "status=none"]));
+    r.ok(&["image", "import", disk.to_str().unwrap(), "--name", "win"]);
+    r.ok(&["volume", "create", "w", "--from", "win"]);
+    let list = r.ok(&["fs", "list", "w"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("/dev/sda1") && l.contains("ntfs") && l.contains("Windows")),
+        "{list}"
+    );
+    let local = r.path("unattend.xml");
+    std::fs::write(&local, "<unattend/>\n").unwrap();
+    r.ok(&["fs", "mkdir", "w", "-p", "/dev/sda1:/Windows/Panther"]);
+    r.ok(&[
+        "fs",
+        "put",
+        "w",
+        local.to_str().unwrap(),
+        "/dev/sda1:/Windows/Panther/unattend.xml",
+    ]);
+    assert_eq!(
+        r.ok(&["fs", "cat", "w", "/dev/sda1:/Windows/Panther/unattend.xml"]),
+        "<unattend/>\n"
+    );
+    let raw = export(&r, "w");
+    let lo = disks::Loop::new(
+        &raw,
+        &Part {
+            start: 1 << 20,
+            len: 64 << 20,
+        },
+        true,
+    );
+    let o = Command::new("ntfsfix")
+        .arg("-n")
+        .arg(&lo.0)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "ntfsfix: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let cat = ok(Command::new("ntfscat")
+        .arg(&lo.0)
+        .arg("/Windows/Panther/unattend.xml"));
+    assert_eq!(cat, "<unattend/>\n");
+}

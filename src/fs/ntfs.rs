@@ -670,6 +670,10 @@ extern "C" fn dirent_cb(
 }
 
 impl GuestFs for Ntfs {
+    fn label(&mut self) -> Option<String> {
+        Some(Ntfs::label(self).to_string())
+    }
+
     fn fs_type(&self) -> &'static str {
         "ntfs"
     }
