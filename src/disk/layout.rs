@@ -118,9 +118,9 @@ impl Layout {
             return Ok(d);
         }
         if let Some(r) = self.refused.iter().find(|r| r.name == canonical) {
-            return Err(DiskError::OpeningDevice {
+            return Err(DiskError::RefusedVolume {
                 name: name.to_string(),
-                detail: r.reason.clone(),
+                reason: r.reason.clone(),
             });
         }
         let known: Vec<&str> = self.devices().map(|d| d.name.as_str()).collect();

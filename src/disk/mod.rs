@@ -67,6 +67,8 @@ pub enum DiskError {
     InvalidPartition { number: u32, detail: String },
     #[error("opening device {name}: {detail}")]
     OpeningDevice { name: String, detail: String },
+    #[error("opening device {name}: strata does not serve this logical volume: {reason}")]
+    RefusedVolume { name: String, reason: String },
     #[error("reading the LVM physical volume label in sector {sector}: {detail}")]
     ReadingLvmLabel { sector: u64, detail: String },
     #[error("reading the LVM metadata area header at byte offset {offset}: {detail}")]

@@ -27,6 +27,8 @@ pub struct DeviceInfo {
     pub start: Option<u64>,
     /// A GPT partition's name.
     pub part_name: String,
+    /// Why strata will not serve it (a thin or RAID logical volume), if it will not.
+    pub refused: Option<String>,
 }
 
 /// A device's filesystem, as list-filesystems and `strata fs list` report it.
@@ -83,9 +85,30 @@ impl Session {
                     size: d.device.len(),
                     start,
                     part_name,
+                    refused: None,
                 }
             })
+            .chain(self.layout.refused.iter().map(|r| DeviceInfo {
+                name: r.name.clone(),
+                kind: "lv".into(),
+                size: 0,
+                start: None,
+                part_name: String::new(),
+                refused: Some(r.reason.clone()),
+            }))
             .collect()
+    }
+
+    /// The device `name` means, or why there is none (ENOENT) or it is refused (ENOTSUP).
+    fn find(&self, name: &str) -> FsResult<crate::disk::layout::NamedDevice> {
+        use crate::disk::DiskError;
+        match self.layout.find(name) {
+            Ok(d) => Ok(d.clone()),
+            Err(e @ DiskError::RefusedVolume { .. }) => {
+                Err(FsError::new(libc::ENOTSUP, e.to_string()))
+            }
+            Err(e) => Err(FsError::new(libc::ENOENT, e.to_string())),
+        }
     }
 
     /// What each device holds. As guestfish does, a disk with partitions is not listed
@@ -149,11 +172,7 @@ impl Session {
 
     /// Opens the filesystem on `device` (found by `detect`) and mounts it on `point`.
     pub fn mount(&mut self, device: &str, point: &str, read_only: bool) -> FsResult<()> {
-        let d = self
-            .layout
-            .find(device)
-            .map_err(|e| FsError::new(libc::ENOENT, e.to_string()))?
-            .clone();
+        let d = self.find(device)?;
         let fs_type = match detect(d.device.as_ref())? {
             Some(x) => x.fs_type,
             None => {
@@ -174,11 +193,7 @@ impl Session {
 
     /// `used_blocks` of the filesystem on `device`, as byte ranges of that device.
     pub fn used_blocks(&mut self, device: &str) -> FsResult<Vec<(u64, u64)>> {
-        let d = self
-            .layout
-            .find(device)
-            .map_err(|e| FsError::new(libc::ENOENT, e.to_string()))?
-            .clone();
+        let d = self.find(device)?;
         let Some(x) = detect(d.device.as_ref())? else {
             return Err(FsError::new(
                 libc::EINVAL,
