@@ -147,11 +147,26 @@ impl ServerCtx {
                 still_open += 1;
             }
         }
+        // A revoked session's commands that were already running on blocking threads
+        // finish there (their answers are dropped) and hold its unit until they do: wait
+        // for them, so that the volume is free when the change is acknowledged.
+        let deadline = tokio::time::Instant::now() + REVOKE_WAIT;
+        while self.unexported_units_in_use() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         self.release_unused_units().await;
         Applied {
             revoked,
             still_open,
         }
+    }
+
+    /// Whether a unit of a volume that is no longer exported is still referenced.
+    fn unexported_units_in_use(&self) -> bool {
+        let exports = self.exports.current();
+        self.lus.lock().iter().any(|(vol, lu)| {
+            Arc::strong_count(lu) > 1 && !exports.iter().any(|x| &x.volume == vol)
+        })
     }
 
     /// Closes the logical units of volumes that are no longer exported and that no session
