@@ -816,3 +816,51 @@ fn the_os_session_survives_a_restart_of_the_server() {
         Some(&chap),
     );
 }
+
+#[test]
+fn a_server_whose_firmware_names_another_servers_target_is_refused() {
+    let Some(_lock) = boot_lock("boot_chain_other_target") else {
+        return;
+    };
+    tool("socat", HINT);
+    const OWNER: &str = "iqn.2026-11.org.strata.test:server-5";
+    const OTHER: &str = "iqn.2026-11.org.strata.test:server-6";
+    let repo = Repo::new();
+    let disk = boot_chain::golden_image();
+    // The volume is server 5's; server 6's firmware is configured with its target.
+    let target = repo.volume_from_file("os", &disk, OWNER, &[]);
+    let vars = boot_chain::ovmf_vars_for(&repo, "OVMF_VARS.fd", OTHER, &target, None);
+    let server = repo.serve(&[]);
+    let start = Instant::now();
+    let mut vm = boot_chain::spawn_vm(&repo, &vars, server.port(), &[]);
+    let boot = boot_chain::follow(&mut vm, start, Duration::from_secs(240));
+    assert!(
+        !boot.reached("loader"),
+        "{}",
+        boot_chain::explain(
+            "another server's firmware booted the volume",
+            &boot,
+            &server
+        )
+    );
+    assert_eq!(
+        boot.failed_on,
+        Some(">>Start PXE over IPv4"),
+        "{}",
+        boot_chain::explain(
+            "the firmware did not give up on the iSCSI disk",
+            &boot,
+            &server
+        )
+    );
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("login refused") && l.contains(OTHER)),
+        "strata's log does not show server 6's login refused:\n{}",
+        tail(&log, 4000)
+    );
+    assert!(boot_chain::sessions_of(&log, OTHER).is_empty());
+    assert!(boot_chain::sessions_of(&log, OWNER).is_empty());
+    assert!(server.stop().success());
+}
