@@ -1998,6 +1998,7 @@ struct Revoked {
 fn read_until_closed(
     mut r: Raw,
     acked: &std::sync::atomic::AtomicBool,
+    done: &std::sync::atomic::AtomicUsize,
     depth: usize,
     limit: Duration,
 ) -> Revoked {
@@ -2032,6 +2033,7 @@ fn read_until_closed(
             op::DATA_IN if p.bhs.flags() & 0x01 != 0 => {
                 if let Some(after) = sent_after.remove(&p.bhs.itt()) {
                     out.reads_done += 1;
+                    done.fetch_add(1, SeqCst);
                     if after {
                         out.reads_after_ack += 1;
                     }
@@ -2060,38 +2062,35 @@ fn unexport_ends_sessions_at_once_and_no_read_after_its_acknowledgement_returns_
     let srv = repo.serve(&[]);
     let mut b = Raw::login(srv.addr, &LoginOpts::new(CLIENT, &iqn)).unwrap();
     settle(&mut b);
-    // `export ls` shows the live session.
-    let ls = repo.ok(&["export", "ls"]);
-    assert!(ls.contains(&format!("1 ({CLIENT}@127.0.0.1:")), "{ls}");
-    let json: serde_json::Value =
-        serde_json::from_str(&repo.ok(&["export", "ls", "--json"])).unwrap();
-    assert_eq!(json[0]["sessions"][0]["initiator"], CLIENT);
-
     // B keeps 8 READs in flight while the volume is unexported.
     let acked = std::sync::Arc::new(AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reader = {
-        let acked = acked.clone();
-        std::thread::spawn(move || read_until_closed(b, &acked, 8, Duration::from_secs(30)))
+        let (acked, done) = (acked.clone(), done.clone());
+        std::thread::spawn(move || read_until_closed(b, &acked, &done, 8, Duration::from_secs(30)))
     };
-    std::thread::sleep(Duration::from_millis(300)); // let READs flow (not synchronisation)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while done.load(SeqCst) < 64 && Instant::now() < deadline {
+        std::thread::yield_now(); // until READs are flowing
+    }
     let out = repo.ok(&["unexport", "vb"]);
     acked.store(true, SeqCst);
-    assert!(out.contains("ended 1 session"), "{out}");
     let seen = reader.join().unwrap();
     assert!(
-        seen.reads_done > 0,
-        "no READ completed before the unexport: {seen:?}"
+        seen.reads_done >= 64,
+        "READs did not flow before the unexport: {seen:?}"
     );
-    assert!(seen.closed, "the session outlived its export: {seen:?}");
     assert_eq!(
         seen.reads_after_ack, 0,
         "READs answered after the unexport returned: {seen:?}"
     );
+    assert!(seen.closed, "the session outlived its export: {seen:?}");
     assert!(
         seen.logout_requested,
         "no Async Message asking for logout: {seen:?}"
     );
     assert_eq!(seen.pdus_after_logout_request, 0, "{seen:?}");
+    assert!(out.contains("ended 1 session"), "{out}");
     // No new login either, and the volume is free at once (issue 10, item 6).
     assert_eq!(
         Raw::login(srv.addr, &LoginOpts::new(CLIENT, &iqn)).err(),
@@ -2112,11 +2111,20 @@ fn changing_an_exports_initiators_or_secrets_ends_the_sessions_it_no_longer_admi
     settle(&mut b);
     // Re-exported to CLIENT only: OTHER's session ends before `export` returns.
     let out = repo.ok(&["export", "shared", "--initiator", CLIENT]);
+    // The old code answered this READ; now the connection is already gone.
+    let cmd = b.scsi_bhs(&read10(0, 8), 4096, true, false);
+    let _ = b.send_raw(&pdu::encode(&cmd, &[], false, false));
+    loop {
+        match b.recv() {
+            None => break,
+            Some(p) if p.bhs.opcode() == op::ASYNC => continue,
+            Some(p) => panic!(
+                "OTHER still gets answers after losing access: {:#x}",
+                p.bhs.opcode()
+            ),
+        }
+    }
     assert!(out.contains("ended 1 session"), "{out}");
-    assert!(
-        wait_closed(&mut b, Duration::from_secs(5)),
-        "OTHER kept its session"
-    );
     assert_eq!(
         a.command(&read10(0, 8), 4096, &[]).0,
         0,
@@ -2126,6 +2134,13 @@ fn changing_an_exports_initiators_or_secrets_ends_the_sessions_it_no_longer_admi
         Raw::login(srv.addr, &LoginOpts::new(OTHER, &iqn)).err(),
         Some((2, 2))
     );
+    // `export ls` shows the live session that is left, and only it.
+    let ls = repo.ok(&["export", "ls"]);
+    assert!(ls.contains(&format!("1 ({CLIENT}@127.0.0.1:")), "{ls}");
+    let json: serde_json::Value =
+        serde_json::from_str(&repo.ok(&["export", "ls", "--json"])).unwrap();
+    assert_eq!(json[0]["sessions"][0]["initiator"], CLIENT);
+    assert_eq!(json[0]["sessions"].as_array().map(Vec::len), Some(1));
     // A CHAP secret now: the session that logged in without one ends too.
     let with_chap = |secret: &str| {
         repo.ok(&[

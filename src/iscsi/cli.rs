@@ -319,7 +319,8 @@ pub fn export(repo: &Repository, a: ExportArgs) -> CliResult {
     exports::add(repo.root(), e)?;
     // A replaced export may admit fewer initiators, or other secrets: the server ends the
     // sessions it no longer admits before this returns.
-    let applied = confirm(repo, add.wait)?;
+    let applied = confirm(repo, add.wait)
+        .map_err(|e| format!("volume {volume} is exported as {iqn}, but {e}"))?;
     println!("exported volume {volume} as {iqn}");
     if let Some(a) = applied.filter(|a| a.revoked > 0) {
         println!(

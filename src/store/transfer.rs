@@ -747,7 +747,7 @@ mod tests {
             "{e}"
         );
         // Below every layer's limit: the delta's 2^32 - 2 blocks of 4 KiB.
-        assert!(MAX_DISK_SIZE <= ((1u64 << 32) - 2) * 4096);
+        const { assert!(MAX_DISK_SIZE <= ((1u64 << 32) - 2) * 4096) };
     }
 
     #[test]
