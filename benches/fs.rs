@@ -136,6 +136,7 @@ fn ext4_small_files(c: &mut Criterion) {
     });
     // What the commit of a small edit costs in the adapter: 16 new files, then the write
     // back of everything dirty (inodes, directory, bitmaps, group descriptors, superblock).
+    g.throughput(Throughput::Elements(16));
     g.bench_function("16_files_then_sync", |b| {
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;
