@@ -274,18 +274,20 @@ pub type Response = Result<Reply, FsError>;
 
 /// Writes one framed message.
 pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
-    let body = postcard::to_stdvec(msg).map_err(io::Error::other)?;
-    if body.len() > MAX_FRAME {
+    // Sized first, then serialised straight into the writer: a message carrying 8 MiB of
+    // file data is not copied into a body buffer of its own first (a fresh allocation,
+    // page-faulted in, for every request of a big `put` and every reply of a `get`).
+    let len =
+        postcard::serialize_with_flavor::<T, _, usize>(msg, postcard::ser_flavors::Size::default())
+            .map_err(io::Error::other)?;
+    if len > MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "message of {} bytes is larger than the {MAX_FRAME}-byte frame limit",
-                body.len()
-            ),
+            format!("message of {len} bytes is larger than the {MAX_FRAME}-byte frame limit"),
         ));
     }
-    w.write_all(&(body.len() as u32).to_le_bytes())?;
-    w.write_all(&body)?;
+    w.write_all(&(len as u32).to_le_bytes())?;
+    postcard::to_io(msg, &mut *w).map_err(io::Error::other)?;
     w.flush()
 }
 
