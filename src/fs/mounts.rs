@@ -17,6 +17,11 @@ use super::GuestFs;
 /// Linux's limit on symlinks followed in one path resolution.
 pub const MAX_SYMLINKS: usize = 40;
 
+/// Linux's limit on a path given to a system call, with its NUL (`PATH_MAX`). It also
+/// bounds how deep anything that builds paths from directory listings can go (rm -rf on a
+/// damaged filesystem whose directories form a cycle).
+pub const PATH_MAX: usize = 4096;
+
 /// A place in the guest: a mounted filesystem (its index in the table) and an inode in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loc {
@@ -73,6 +78,12 @@ pub fn components(path: &[u8]) -> FsResult<VecDeque<Vec<u8>>> {
     }
     if path.contains(&0) {
         return err(libc::EINVAL, "path contains a NUL byte");
+    }
+    if path.len() >= PATH_MAX {
+        return err(
+            libc::ENAMETOOLONG,
+            format!("a path of {} bytes is too long", path.len()),
+        );
     }
     Ok(split(path))
 }

@@ -292,8 +292,15 @@ impl MountTable {
 
     /// `rm -rf`: removes `path` and, for a directory, all beneath it; symlinks are removed,
     /// never followed; nothing there is not an error; a mountpoint inside is EBUSY (as
-    /// rm -rf fails to remove it, after removing what it can).
+    /// rm -rf fails to remove it, after removing what it can). A directory found inside
+    /// itself (a damaged filesystem whose directories form a cycle) is ELOOP, not an
+    /// endless descent.
     pub fn rm_rf(&mut self, path: &[u8]) -> FsResult<()> {
+        self.rm_rf_below(path, &mut Vec::new())
+    }
+
+    /// `rm_rf` of `path`, below the directories `above` (outermost first).
+    fn rm_rf_below(&mut self, path: &[u8], above: &mut Vec<Loc>) -> FsResult<()> {
         let t = match self.target(path) {
             Err(e) if matches!(e.errno, libc::ENOENT | libc::ENOTDIR) => return Ok(()),
             t => at(path, t)?,
@@ -307,13 +314,28 @@ impl MountTable {
         }
         let fs = self.fs(loc)?;
         if at(path, fs.stat(loc.ino))?.is_dir() {
+            if above.contains(&loc) {
+                return Err(FsError::new(
+                    libc::ELOOP,
+                    format!(
+                        "{}: this directory is inside itself (the filesystem is damaged; \
+                         fsck it)",
+                        show(path)
+                    ),
+                ));
+            }
             let entries = at(path, fs.readdir(loc.ino))?;
+            above.push(loc);
             for e in entries {
                 let mut child = path.to_vec();
                 child.push(b'/');
                 child.extend_from_slice(&e.name);
-                self.rm_rf(&child)?;
+                if let Err(e) = self.rm_rf_below(&child, above) {
+                    above.pop();
+                    return Err(e);
+                }
             }
+            above.pop();
             at(path, self.fs(t.parent)?.rmdir(t.parent.ino, &t.name))
         } else {
             at(path, self.fs(t.parent)?.unlink(t.parent.ino, &t.name))
@@ -660,6 +682,66 @@ mod tests {
         g.rm_f(b"/gone").unwrap();
         assert_eq!(g.rmdir(b"/keep").unwrap_err().errno, libc::ENOTEMPTY);
         assert_eq!(g.rm_rf(b"/").unwrap_err().errno, libc::EBUSY);
+    }
+
+    /// A FAT image (formatted by the fatfs crate) with /DIR/SUB, whose SUB entry is then
+    /// pointed at DIR's own cluster: /DIR/SUB/SUB/... never ends.
+    fn fat_with_a_directory_cycle() -> MountTable {
+        use crate::store::device::{MemDevice, SharedDevice};
+        use std::sync::Arc;
+        let mut img = std::io::Cursor::new(vec![0u8; 4 << 20]);
+        fatfs::format_volume(&mut img, fatfs::FormatVolumeOptions::new()).unwrap();
+        let dev: SharedDevice = Arc::new(MemDevice::new(img.into_inner()));
+        let fs = crate::fs::fat::open(dev.clone(), Default::default()).unwrap();
+        let mut g = MountTable::new();
+        g.mount(fs, "/dev/sda", "/", false).unwrap();
+        g.mkdir_p(b"/DIR/SUB", DIR_MODE).unwrap();
+        g.write_file(b"/DIR/FILE", b"x").unwrap();
+        g.umount_all().unwrap();
+        let mut b = vec![0u8; dev.len() as usize];
+        dev.read_at(&mut b, 0).unwrap();
+        let entry = |name: &[u8; 11]| (0..b.len()).step_by(32).find(|&e| &b[e..e + 11] == name);
+        let (dir, sub) = (
+            entry(b"DIR        ").unwrap(),
+            entry(b"SUB        ").unwrap(),
+        );
+        let cluster = [b[dir + 26], b[dir + 27]];
+        dev.write_at(&cluster, sub as u64 + 26).unwrap();
+        let fs = crate::fs::fat::open(dev, Default::default()).unwrap();
+        let mut g = MountTable::new();
+        g.mount(fs, "/dev/sda", "/", false).unwrap();
+        g
+    }
+
+    #[test]
+    fn rm_rf_of_a_directory_inside_itself_is_eloop_not_an_endless_descent() {
+        let mut g = fat_with_a_directory_cycle();
+        assert!(g.exists(b"/DIR/SUB/SUB/SUB/FILE").unwrap());
+        let t = std::time::Instant::now();
+        let e = g.rm_rf(b"/DIR").unwrap_err();
+        assert_eq!(e.errno, libc::ELOOP, "{e}");
+        assert!(e.detail.contains("/DIR/SUB"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn paths_of_path_max_bytes_or_more_are_enametoolong() {
+        let mut g = guest();
+        let mut p = b"/".to_vec();
+        while p.len() < crate::fs::mounts::PATH_MAX - 2 {
+            p.extend_from_slice(b"a/");
+        }
+        assert_eq!(g.exists(&p).unwrap(), false);
+        p.extend_from_slice(b"bb");
+        assert_eq!(g.stat_path(&p, true).unwrap_err().errno, libc::ENAMETOOLONG);
+        assert_eq!(g.rm_rf(&p).unwrap_err().errno, libc::ENAMETOOLONG);
+        // Resolving through a directory cycle ends too.
+        let mut g = fat_with_a_directory_cycle();
+        let mut deep = b"/DIR".to_vec();
+        while deep.len() < crate::fs::mounts::PATH_MAX {
+            deep.extend_from_slice(b"/SUB");
+        }
+        assert_eq!(g.exists(&deep).unwrap_err().errno, libc::ENAMETOOLONG);
     }
 
     #[test]

@@ -1,0 +1,16 @@
+//! NTFS images, corrupted, through the real worker: libntfs-3g runs only in the
+//! `strata fs-worker` child; this process checks that every call of the client comes back
+//! within its timeout and that the worker is gone afterwards (see `common/worker.rs`).
+//! Seeds: `fuzz/make-seeds` (mkntfs images with files and directories added by ntfs-3g).
+#![no_main]
+
+#[path = "../common/image.rs"]
+mod image;
+#[path = "../common/worker.rs"]
+mod worker;
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    worker::run(data, 8 << 20);
+});
