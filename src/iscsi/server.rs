@@ -164,9 +164,10 @@ impl ServerCtx {
     /// Whether a unit of a volume that is no longer exported is still referenced.
     fn unexported_units_in_use(&self) -> bool {
         let exports = self.exports.current();
-        self.lus.lock().iter().any(|(vol, lu)| {
-            Arc::strong_count(lu) > 1 && !exports.iter().any(|x| &x.volume == vol)
-        })
+        self.lus
+            .lock()
+            .iter()
+            .any(|(vol, lu)| Arc::strong_count(lu) > 1 && !exports.iter().any(|x| &x.volume == vol))
     }
 
     /// Closes the logical units of volumes that are no longer exported and that no session
