@@ -444,7 +444,8 @@ pub fn boot_chain_survives_restart(test: &str, initiator: &str, chap: Option<&Ch
         Duration::from_secs(420),
         &PHASES[..PHASES.len() - 1],
     );
-    let ticking = vm.wait_for("STRATA-TICK 3\r", Duration::from_secs(60))
+    // A hang guard, not a speed limit: iscsid starts slowly on a loaded 2-core host.
+    let ticking = vm.wait_for("STRATA-TICK 3\r", Duration::from_secs(240))
         || vm.wait_for("STRATA-TICK 3\n", Duration::from_secs(1));
     if !ticking {
         vm.kill();
