@@ -430,21 +430,23 @@ pub fn run(repo: &Path, cmd: FsCmd) -> CliResult {
                     },
                 )?;
                 let bar = (meta.len() > 64 << 20).then(|| Bar::new("put"));
-                let mut buf = vec![0u8; CHUNK];
                 let mut off = 0u64;
                 loop {
+                    // Each piece is read into the buffer the request then owns: no copy.
+                    let mut buf = vec![0u8; CHUNK];
                     let n = read_full(&mut f, &mut buf).map_err(|e| {
                         FsError::new(libc::EIO, format!("reading {}: {e}", local.display()))
                     })?;
                     if n == 0 {
                         break;
                     }
+                    buf.truncate(n);
                     call(
                         w,
                         Call::WriteAt {
                             path: p.clone(),
                             offset: off,
-                            data: buf[..n].to_vec(),
+                            data: buf,
                         },
                     )?;
                     off += n as u64;

@@ -72,6 +72,18 @@ fn broken(what: &str, detail: impl std::fmt::Display) -> FsError {
     )
 }
 
+/// A worker lost while committing: the store's commit is atomic, but it may have become
+/// durable just before the end, so the job is either wholly in the volume or not at all.
+fn broken_in_commit(what: &str, detail: impl std::fmt::Display) -> FsError {
+    FsError::new(
+        libc::EIO,
+        format!(
+            "the filesystem worker for {what} {detail}; the volume holds either the whole \
+             edit or none of it (look to see which)"
+        ),
+    )
+}
+
 impl Worker {
     /// Starts a worker and opens `source` in it.
     pub fn start(source: Source, read_only: bool, opts: &WorkerOptions) -> FsResult<Worker> {
@@ -138,11 +150,12 @@ impl Worker {
     /// Sends one request and waits for its answer.
     pub fn call(&mut self, req: Request) -> FsResult<Reply> {
         let doing = req.describe();
+        let committing = matches!(req, Request::Commit);
         let Some(to) = self.to.as_mut() else {
             return Err(broken(&self.what, "was stopped"));
         };
         if let Err(e) = write_frame(to, &req) {
-            return Err(self.failure(&doing, e));
+            return Err(self.failure(&doing, e, committing));
         }
         let deadline = Instant::now() + self.timeout;
         let mut r = Deadline {
@@ -151,13 +164,14 @@ impl Worker {
         };
         match read_frame::<Response>(&mut r) {
             Ok(Some(resp)) => resp,
-            Ok(None) => Err(self.failure(&doing, io::ErrorKind::UnexpectedEof.into())),
-            Err(e) => Err(self.failure(&doing, e)),
+            Ok(None) => Err(self.failure(&doing, io::ErrorKind::UnexpectedEof.into(), committing)),
+            Err(e) => Err(self.failure(&doing, e, committing)),
         }
     }
 
     /// Explains why the worker stopped answering, and makes sure it is gone.
-    fn failure(&mut self, doing: &str, e: io::Error) -> FsError {
+    fn failure(&mut self, doing: &str, e: io::Error, committing: bool) -> FsError {
+        let broken = if committing { broken_in_commit } else { broken };
         let timed_out = e.kind() == io::ErrorKind::TimedOut;
         let _ = self.child.kill();
         let status = self.child.wait().ok();
@@ -187,7 +201,8 @@ impl Worker {
     }
 
     /// Writes everything back and makes it durable in one atomic flush, then ends the
-    /// worker. Until this returns `Ok`, nothing the job did is in the disk.
+    /// worker. Before this is called nothing the job did is in the disk; if the worker is
+    /// lost during it, the disk holds the whole job or none of it, and the error says so.
     pub fn commit(mut self) -> FsResult<()> {
         self.call(Request::Commit)?;
         self.finish();
