@@ -620,6 +620,15 @@ impl Repository {
     /// read-only); within a process, all callers share one instance.
     pub fn open_volume(&self, name: &str, read_only: bool) -> Result<Arc<Volume>> {
         let meta = self.volume_meta(name)?;
+        // volume.json is a file anyone with access can edit: its size is checked as
+        // `create_volume` checks it, so no layer is handed a disk it cannot address.
+        transfer::check_disk_size(meta.size, &format!("volume {name:?} (volume.json)"))?;
+        if meta.size % 512 != 0 {
+            return Err(StoreError::Corrupt {
+                path: self.volume_dir(name).join("volume.json"),
+                detail: format!("size {} is not a multiple of 512", meta.size),
+            });
+        }
         let mut volumes = self.volumes.lock();
         if let Some(v) = volumes.get(name).and_then(Weak::upgrade) {
             if v.is_read_only() && !read_only {
@@ -803,5 +812,24 @@ mod tests {
             );
         }
         assert!(repo.open_volume("v", false).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod volume_json_tests {
+    use super::*;
+
+    #[test]
+    fn a_hand_edited_volume_size_beyond_the_cap_is_refused_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = Repository::open(tmp.path().join("repo"), RepoOptions::default()).unwrap();
+        repo.create_volume("v", None, Some(1 << 20)).unwrap();
+        let path = repo.volume_dir("v").join(VOLUME_META);
+        let text = fs::read_to_string(&path).unwrap();
+        let edited = text.replace("1048576", "9223372036854775808");
+        assert_ne!(text, edited, "{text}");
+        fs::write(&path, edited).unwrap();
+        let e = repo.open_volume("v", true).err().unwrap().to_string();
+        assert!(e.contains("16 TiB - 1 MiB"), "{e}");
     }
 }
