@@ -17,7 +17,8 @@
 //! them into a panic of the target so that libFuzzer keeps and minimises the input.
 //!
 //! Environment: `STRATA_FUZZ_BIN` (the strata binary, default `../target/release/strata`
-//! next to this crate), `STRATA_FUZZ_TIMEOUT` (seconds per request, default 5).
+//! next to this crate), `STRATA_FUZZ_TIMEOUT` (seconds per request, default 5),
+//! `STRATA_FUZZ_VERBOSE=1` (one line per run: mounted, entries, errors, committed).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -38,6 +39,7 @@ struct Setup {
     image: PathBuf,
     findings: Option<PathBuf>,
     strict: bool,
+    verbose: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -87,6 +89,7 @@ fn setup() -> &'static Setup {
             image: dir.path().join("image"),
             findings,
             strict: std::env::var("STRATA_FUZZ_STRICT").is_ok_and(|v| v == "1"),
+            verbose: std::env::var("STRATA_FUZZ_VERBOSE").is_ok_and(|v| v == "1"),
             _dir: dir,
         }
     })
@@ -120,6 +123,8 @@ struct Run<'a> {
     input: &'a [u8],
     /// Set once the worker died: the rest of the run is skipped.
     dead: bool,
+    errors: usize,
+    entries: usize,
 }
 
 impl Run<'_> {
@@ -133,6 +138,7 @@ impl Run<'_> {
         let r = w.call(req);
         self.check_time(t, &what);
         if let Err(e) = &r {
+            self.errors += 1;
             self.note(e);
         }
         r
@@ -198,6 +204,7 @@ impl Run<'_> {
             };
             for e in entries {
                 seen += 1;
+                self.entries += 1;
                 if seen > MAX_ENTRIES || self.dead {
                     return (files, dirs);
                 }
@@ -401,11 +408,14 @@ pub fn run(data: &[u8], max_bytes: usize) {
         s,
         input: data,
         dead: false,
+        errors: 0,
+        entries: 0,
     };
     let Some(mut w) = r.start(false) else { return };
     let pid = w.pid();
     let mut committed = false;
-    if r.mount_first(&mut w, false) {
+    let mounted = r.mount_first(&mut w, false);
+    if mounted {
         let (files, dirs) = r.walk(&mut w);
         r.change(&mut w, &files, &dirs);
         if commit && !r.dead {
@@ -423,6 +433,12 @@ pub fn run(data: &[u8], max_bytes: usize) {
         drop(w);
     }
     assert!(!alive(pid), "worker {pid} outlived its client");
+    if s.verbose {
+        eprintln!(
+            "strata-fuzz: mounted {mounted}, {} entries, {} errors, committed {committed}, dead {}",
+            r.entries, r.errors, r.dead
+        );
+    }
     if committed {
         // What the adapter wrote back must open again (or be refused) just as safely.
         let Some(mut w) = r.start(true) else { return };
