@@ -8,7 +8,9 @@
 //! `gpt::MAX_ENTRY_ARRAY_BYTES` or panics on any bytes. Sectors are 512 bytes.
 //! It does not know about filesystems inside the partitions (that is `fs/`).
 //! LVM2 physical volumes and the logical volumes on them are `lvm.rs` (I/O) and
-//! `lvm_text.rs` (the metadata text).
+//! `lvm_text.rs` (the metadata text); `window.rs` is a device made of runs of other
+//! devices (a partition, an LV); `layout.rs` puts it together as guestfish names it
+//! (`/dev/sda`, `/dev/sdaN`, `/dev/VG/LV`).
 
 pub mod gpt;
 pub mod layout;
