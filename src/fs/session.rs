@@ -172,41 +172,41 @@ impl Session {
 
     /// Opens the filesystem on `device` (found by `detect`) and mounts it on `point`.
     pub fn mount(&mut self, device: &str, point: &str, read_only: bool) -> FsResult<()> {
-        let d = self.find(device)?;
-        let fs_type = match detect(d.device.as_ref())? {
-            Some(x) => x.fs_type,
-            None => {
-                return Err(FsError::new(
-                    libc::EINVAL,
-                    format!("{device}: no filesystem that strata recognises is on it"),
-                ))
-            }
-        };
-        let read_only = read_only || d.device.is_read_only();
-        let fs = super::open(&fs_type, d.device.clone(), super::OpenOptions { read_only })
-            .map_err(|e| e.context(device))?;
-        match self.table.mount(fs, &d.name, point, read_only) {
-            Ok(()) => Ok(()),
-            Err(e) => Err(e.context(format!("mount {device} {point}"))),
-        }
+        let (name, read_only, fs) = self.open_fs(device, read_only)?;
+        self.table
+            .mount(fs, &name, point, read_only)
+            .map_err(|e| e.context(format!("mount {device} {point}")))
     }
 
     /// `used_blocks` of the filesystem on `device`, as byte ranges of that device.
     pub fn used_blocks(&mut self, device: &str) -> FsResult<Vec<(u64, u64)>> {
+        let (_, _, mut fs) = self.open_fs(device, true)?;
+        let r = fs.used_blocks();
+        let _ = fs.close();
+        r
+    }
+
+    /// Opens the filesystem `detect` finds on `device` (read-only if asked or if the device
+    /// is): its canonical name, whether it is read-only, and the adapter.
+    fn open_fs(
+        &self,
+        device: &str,
+        read_only: bool,
+    ) -> FsResult<(String, bool, Box<dyn super::GuestFs>)> {
         let d = self.find(device)?;
         let Some(x) = detect(d.device.as_ref())? else {
             return Err(FsError::new(
                 libc::EINVAL,
-                format!("{device}: no filesystem"),
+                format!("{device}: no filesystem that strata recognises is on it"),
             ));
         };
-        let mut fs = super::open(
+        let read_only = read_only || d.device.is_read_only();
+        let fs = super::open(
             &x.fs_type,
             d.device.clone(),
-            super::OpenOptions { read_only: true },
-        )?;
-        let r = fs.used_blocks();
-        let _ = fs.close();
-        r
+            super::OpenOptions { read_only },
+        )
+        .map_err(|e| e.context(device))?;
+        Ok((d.name, read_only, fs))
     }
 }
