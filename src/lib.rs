@@ -8,4 +8,5 @@ pub mod disk;
 pub mod fs;
 pub mod fuse;
 pub mod iscsi;
+pub mod plan;
 pub mod store;
