@@ -92,6 +92,26 @@ fn open(o: &Open) -> FsResult<SharedDevice> {
     })
 }
 
+/// The worker's request handling inside the calling process, on a device the caller
+/// opened: for tests of the layers above (the plan interpreter) only. It runs the C
+/// filesystem libraries in the calling process, which a server must never do.
+pub struct InProcess {
+    state: Option<(SharedDevice, Session)>,
+}
+
+impl InProcess {
+    pub fn new(dev: SharedDevice) -> FsResult<InProcess> {
+        let session = Session::new(dev.clone())?;
+        Ok(InProcess {
+            state: Some((dev, session)),
+        })
+    }
+
+    pub fn call(&mut self, req: Request) -> Response {
+        handle(&mut self.state, req)
+    }
+}
+
 fn handle(state: &mut Option<(SharedDevice, Session)>, req: Request) -> Response {
     if let Request::Open(o) = &req {
         if state.is_some() {
