@@ -182,19 +182,17 @@ impl Spec {
         let mut pos = Vec::new();
         let mut opt = Vec::new();
         for a in args {
-            let named = self.optargs.iter().find(|(n, _)| {
-                a.strip_prefix(n).is_some_and(|rest| rest.starts_with(':'))
-            });
+            let named = self
+                .optargs
+                .iter()
+                .find(|(n, _)| a.strip_prefix(n).is_some_and(|rest| rest.starts_with(':')));
             match named {
                 // Optional arguments come after the positional ones.
                 Some((n, _)) if pos.len() >= self.args.len() => {
                     opt.push((*n, &a[n.len() + 1..]));
                 }
                 _ if !opt.is_empty() => {
-                    return Err(format!(
-                        "{}: unknown optional argument \"{a}\"",
-                        self.name
-                    ))
+                    return Err(format!("{}: unknown optional argument \"{a}\"", self.name))
                 }
                 _ => pos.push(a.as_str()),
             }
@@ -244,13 +242,22 @@ mod tests {
         let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(s.split(&a(&["/dev/sda1", "/"])).is_ok());
         let e = s.split(&a(&["/dev/sda1"])).unwrap_err();
-        assert!(e.starts_with("error: incorrect number of arguments\nusage: mount mountable mountpoint"), "{e}");
+        assert!(
+            e.starts_with(
+                "error: incorrect number of arguments\nusage: mount mountable mountpoint"
+            ),
+            "{e}"
+        );
         let u = find("umount").unwrap();
-        let (p, o) = u.split(&a(&["/", "force:true"])).unwrap();
+        let args = a(&["/", "force:true"]);
+        let (p, o) = u.split(&args).unwrap();
         assert_eq!(p, vec!["/"]);
         assert_eq!(o, vec![("force", "true")]);
         assert!(find("copy-in").unwrap().split(&a(&["x"])).is_err());
-        assert!(find("copy-in").unwrap().split(&a(&["x", "y", "/d"])).is_ok());
+        assert!(find("copy-in")
+            .unwrap()
+            .split(&a(&["x", "y", "/d"]))
+            .is_ok());
         assert!(find("echo").unwrap().split(&[]).is_ok());
     }
 

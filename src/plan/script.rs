@@ -161,11 +161,7 @@ pub fn parse(text: &str, file_in: FileInTest) -> Parsed {
 
 /// Parses one line. Heredoc arguments come back empty; `parse` fills them from the lines
 /// that follow. `Ok(None)` for a blank line or a comment.
-pub fn parse_line(
-    line: &str,
-    number: usize,
-    file_in: FileInTest,
-) -> Result<Option<Line>, String> {
+pub fn parse_line(line: &str, number: usize, file_in: FileInTest) -> Result<Option<Line>, String> {
     let b = line.as_bytes();
     let mut p = 0;
     let mut ignore_errors = false;
@@ -232,7 +228,10 @@ fn parse_command(s: &str, file_in: FileInTest) -> Result<Command, String> {
                 break;
             }
             _ => {
-                let len = b[p..].iter().position(|&c| is_blank(c)).unwrap_or(b.len() - p);
+                let len = b[p..]
+                    .iter()
+                    .position(|&c| is_blank(c))
+                    .unwrap_or(b.len() - p);
                 let w = b[p..p + len].to_vec();
                 p += len;
                 args.push(word_or_heredoc(&name, args.len(), w, file_in)?);
@@ -363,7 +362,11 @@ pub fn parse_int(s: &str) -> Option<i64> {
     if digits.is_empty() && !(radix == 8 && t == "0") {
         return None;
     }
-    let v = if digits.is_empty() { 0 } else { i64::from_str_radix(digits, radix).ok()? };
+    let v = if digits.is_empty() {
+        0
+    } else {
+        i64::from_str_radix(digits, radix).ok()?
+    };
     let mult: i64 = match suffix {
         "" => 1,
         _ => {
@@ -424,16 +427,13 @@ mod tests {
     fn comments_and_blank_lines_are_skipped_but_a_hash_inside_a_line_is_text() {
         assert_eq!(parse_line("   # a comment", 1, &upload_first), Ok(None));
         assert_eq!(parse_line(" \t ", 1, &upload_first), Ok(None));
-        assert_eq!(
-            words("echo hello # world").1,
-            vec!["hello", "#", "world"]
-        );
+        assert_eq!(words("echo hello # world").1, vec!["hello", "#", "world"]);
     }
 
     #[test]
     fn quotes_escape_the_way_guestfish_escapes() {
         assert_eq!(
-            words(r#"write /f "a\tb\n\x41\101\\\"" 'it''s'"#).1,
+            words(r#"write /f "a\tb\n\x41\101\\\"" 'it' 's'"#).1,
             vec!["/f", "a\tb\nAA\\\"", "it", "s"]
         );
         assert_eq!(words("echo '\\n stays'").1, vec!["\\n stays"]);
@@ -470,7 +470,10 @@ mod tests {
         assert_eq!(l.action, Action::Shell("false".into()));
         let l = one("- - cat /x");
         assert!(l.ignore_errors);
-        assert_eq!(one("!source ./x").action, Action::Shell("source ./x".into()));
+        assert_eq!(
+            one("!source ./x").action,
+            Action::Shell("source ./x".into())
+        );
         assert_eq!(
             one("<!awk -F: '/vfat/ {print \"mount\", $1, \"/\"}' ./list-fs").action,
             Action::Inline("awk -F: '/vfat/ {print \"mount\", $1, \"/\"}' ./list-fs".into())
@@ -508,7 +511,7 @@ mod tests {
                 content: b"\nhello\n  EOF not yet\n".to_vec()
             }
         );
-        assert_eq!(p.lines[1].number, 5);
+        assert_eq!(p.lines[1].number, 6);
     }
 
     #[test]

@@ -11,7 +11,11 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
     let out = match name {
         "list-devices" => {
             let d = g.devices()?;
-            format::lines(d.iter().filter(|d| d.kind == "disk").map(|d| d.name.as_str()))
+            format::lines(
+                d.iter()
+                    .filter(|d| d.kind == "disk")
+                    .map(|d| d.name.as_str()),
+            )
         }
         "list-partitions" => {
             let d = g.devices()?;
@@ -34,7 +38,13 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
             let mut vgs: Vec<String> = d
                 .iter()
                 .filter(|d| d.kind == "lv")
-                .filter_map(|d| d.name.strip_prefix("/dev/")?.split('/').next().map(String::from))
+                .filter_map(|d| {
+                    d.name
+                        .strip_prefix("/dev/")?
+                        .split('/')
+                        .next()
+                        .map(String::from)
+                })
                 .collect();
             vgs.sort();
             vgs.dedup();
@@ -56,7 +66,8 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
             Vec::new()
         }
         "umount" => {
-            g.umount(a.str(0)).map_err(|e| CmdError(format!("umount: {e}")))?;
+            g.umount(a.str(0))
+                .map_err(|e| CmdError(format!("umount: {e}")))?;
             Vec::new()
         }
         "umount-all" => {
@@ -138,8 +149,13 @@ fn pv_scan(g: &mut crate::plan::guest::Guest) -> CmdResult<Vec<String>> {
     let listed: Vec<String> = g.filesystems()?.into_iter().map(|f| f.device).collect();
     let vgs_exist = devices.iter().any(|d| d.kind == "lv");
     if vgs_exist {
-        for d in devices.iter().filter(|d| d.kind == "partition" || d.kind == "disk") {
-            if !listed.contains(&d.name) && !(d.kind == "disk" && devices.iter().any(|p| p.kind == "partition")) {
+        for d in devices
+            .iter()
+            .filter(|d| d.kind == "partition" || d.kind == "disk")
+        {
+            if !listed.contains(&d.name)
+                && !(d.kind == "disk" && devices.iter().any(|p| p.kind == "partition"))
+            {
                 pvs.push(d.name.clone());
             }
         }

@@ -33,7 +33,8 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
             format::byte_lines(&pick)
         }
         "write" => {
-            g.write_file(a.bytes(0), FILE_MODE, a.bytes(1)).map_err(ctx)?;
+            g.write_file(a.bytes(0), FILE_MODE, a.bytes(1))
+                .map_err(ctx)?;
             Vec::new()
         }
         "write-append" => {
@@ -45,8 +46,8 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
         }
         "truncate" | "truncate-size" => {
             let size = if name == "truncate" { 0 } else { a.int(1)? };
-            let size = u64::try_from(size)
-                .map_err(|_| CmdError(format!("{fname}: size must be >= 0")))?;
+            let size =
+                u64::try_from(size).map_err(|_| CmdError(format!("{fname}: size must be >= 0")))?;
             g.request(crate::fs::worker::protocol::Request::Call(
                 crate::fs::worker::protocol::Call::Truncate {
                     path: a.bytes(0).to_vec(),

@@ -410,7 +410,9 @@ fn shell_status(out: &ShellOutput) -> CmdResult<()> {
     match (out.status, &out.note) {
         (Some(0), _) => Ok(()),
         (_, Some(n)) => Err(CmdError(n.clone())),
-        (Some(s), None) => Err(CmdError(format!("the shell command exited with status {s}"))),
+        (Some(s), None) => Err(CmdError(format!(
+            "the shell command exited with status {s}"
+        ))),
         (None, None) => Err(CmdError("the shell command was killed by a signal".into())),
     }
 }
@@ -423,8 +425,11 @@ fn help(cmd: Option<&str>) -> CmdResult<String> {
         }
         return Ok(s);
     };
-    let spec = commands::find(c)
-        .ok_or_else(|| CmdError(format!("{c}: command not known: use -h to list all commands")))?;
+    let spec = commands::find(c).ok_or_else(|| {
+        CmdError(format!(
+            "{c}: command not known: use -h to list all commands"
+        ))
+    })?;
     Ok(format!(
         "NAME\n    {} - {}\n\nSYNOPSIS\n     {}\n",
         spec.name,
@@ -474,3 +479,6 @@ impl Args<'_> {
         self.inputs.get(i).and_then(|x| x.as_deref())
     }
 }
+
+#[cfg(test)]
+mod tests;

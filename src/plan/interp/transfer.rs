@@ -115,7 +115,8 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
                 None => {
                     let p = it.host.local(a.str(0))?;
                     Box::new(
-                        File::open(&p).map_err(|e| CmdError(format!("{fname}: {}: {e}", a.str(0))))?,
+                        File::open(&p)
+                            .map_err(|e| CmdError(format!("{fname}: {}: {e}", a.str(0))))?,
                     )
                 }
             };
@@ -129,7 +130,8 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
                 a.opt("compress")
             };
             let local = it.host.local(a.str(1))?;
-            let f = File::create(&local).map_err(|e| CmdError(format!("{fname}: {}: {e}", a.str(1))))?;
+            let f = File::create(&local)
+                .map_err(|e| CmdError(format!("{fname}: {}: {e}", a.str(1))))?;
             let excludes: Vec<String> = a
                 .opt("excludes")
                 .map(|s| s.split_whitespace().map(String::from).collect())
@@ -143,7 +145,8 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
         "compress-out" => {
             let ctype = a.str(0);
             let local = it.host.local(a.str(2))?;
-            let f = File::create(&local).map_err(|e| CmdError(format!("compress_out: {}: {e}", a.str(2))))?;
+            let f = File::create(&local)
+                .map_err(|e| CmdError(format!("compress_out: {}: {e}", a.str(2))))?;
             let level = match a.opt("level") {
                 Some(l) => Some(
                     crate::plan::script::parse_int(l)
@@ -158,10 +161,8 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
                     "compress_out: {ctype}: unsupported compression type (strata writes gzip)"
                 )));
             }
-            let mut w = flate2::write::GzEncoder::new(
-                f,
-                flate2::Compression::new(level.unwrap_or(6)),
-            );
+            let mut w =
+                flate2::write::GzEncoder::new(f, flate2::Compression::new(level.unwrap_or(6)));
             let mut werr = None;
             it.guest
                 .read_to(a.bytes(1), &mut |p| {
@@ -184,7 +185,8 @@ fn upload_stream(g: &mut Guest, r: &mut dyn Read, remote: &[u8]) -> Result<(), F
     let mut buf = vec![0u8; PIECE];
     let mut off = 0u64;
     loop {
-        let n = read_full(r, &mut buf).map_err(|e| FsError::new(libc::EIO, format!("reading the local file: {e}")))?;
+        let n = read_full(r, &mut buf)
+            .map_err(|e| FsError::new(libc::EIO, format!("reading the local file: {e}")))?;
         if n == 0 {
             return Ok(());
         }
@@ -221,7 +223,10 @@ fn decompress(r: Box<dyn Read>, compress: Option<&str>, fname: &str) -> CmdResul
 fn compress_writer(f: File, compress: Option<&str>, fname: &str) -> CmdResult<Box<dyn Write>> {
     Ok(match compress {
         None | Some("") | Some("none") => Box::new(f),
-        Some("gzip") => Box::new(flate2::write::GzEncoder::new(f, flate2::Compression::default())),
+        Some("gzip") => Box::new(flate2::write::GzEncoder::new(
+            f,
+            flate2::Compression::default(),
+        )),
         Some(c) => {
             return Err(CmdError(format!(
                 "{fname}: compress:{c} is not supported (strata writes gzip or plain tar)"
@@ -313,7 +318,10 @@ fn copy_out(g: &mut Guest, remote: &[u8], local: &Path) -> Result<(), CmdError> 
         }
         FileKind::Symlink => {
             let t = g.readlink(remote)?;
-            std::os::unix::fs::symlink(std::ffi::OsStr::from_encoded_bytes_unchecked_safe(&t), local)?;
+            std::os::unix::fs::symlink(
+                std::ffi::OsStr::from_encoded_bytes_unchecked_safe(&t),
+                local,
+            )?;
             return Ok(());
         }
         FileKind::Regular => {
@@ -345,7 +353,9 @@ fn copy_out(g: &mut Guest, remote: &[u8], local: &Path) -> Result<(), CmdError> 
 /// leading `/` is dropped and a name with a `..` component is refused, as GNU tar does.
 fn tar_in(g: &mut Guest, input: Box<dyn Read>, dir: &[u8]) -> Result<(), CmdError> {
     let mut ar = tar::Archive::new(input);
-    let entries = ar.entries().map_err(|e| CmdError(format!("reading the archive: {e}")))?;
+    let entries = ar
+        .entries()
+        .map_err(|e| CmdError(format!("reading the archive: {e}")))?;
     for entry in entries {
         let mut e = entry.map_err(|e| CmdError(format!("reading the archive: {e}")))?;
         let raw = e.path_bytes().into_owned();
@@ -391,7 +401,10 @@ fn tar_in(g: &mut Guest, input: Box<dyn Read>, dir: &[u8]) -> Result<(), CmdErro
                     .ok_or_else(|| CmdError("a hard link member without a target".into()))?
                     .into_owned();
                 let mut target = dir.to_vec();
-                for c in t.split(|&c| c == b'/').filter(|c| !c.is_empty() && *c != b".") {
+                for c in t
+                    .split(|&c| c == b'/')
+                    .filter(|c| !c.is_empty() && *c != b".")
+                {
                     if c == b".." {
                         return Err(CmdError("a hard link target contains '..'; refused".into()));
                     }
@@ -480,10 +493,10 @@ fn pack(
     entries.sort_by(|x, y| x.name.cmp(&y.name));
     for e in entries {
         let r = join(rel, &e.name);
-        if excludes
-            .iter()
-            .any(|x| crate::fs::ops::fnmatch(x.as_bytes(), &r) || crate::fs::ops::fnmatch(x.as_bytes(), &e.name))
-        {
+        if excludes.iter().any(|x| {
+            crate::fs::ops::fnmatch(x.as_bytes(), &r)
+                || crate::fs::ops::fnmatch(x.as_bytes(), &e.name)
+        }) {
             continue;
         }
         let p = join(dir, r.strip_prefix(b"./").unwrap_or(&r));
@@ -501,12 +514,22 @@ fn pack(
                 let t = g.readlink(&p)?;
                 h.set_entry_type(tar::EntryType::Symlink);
                 h.set_size(0);
-                b.append_link(&mut h, &name, std::ffi::OsStr::from_encoded_bytes_unchecked_safe(&t))?;
+                b.append_link(
+                    &mut h,
+                    &name,
+                    std::ffi::OsStr::from_encoded_bytes_unchecked_safe(&t),
+                )?;
             }
             FileKind::Regular => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(st.size);
-                let reader = GuestReader { g, path: p, off: 0, buf: Vec::new(), pos: 0 };
+                let reader = GuestReader {
+                    g,
+                    path: p,
+                    off: 0,
+                    buf: Vec::new(),
+                    pos: 0,
+                };
                 b.append_data(&mut h, &name, reader)?;
             }
             _ => {}

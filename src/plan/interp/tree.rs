@@ -34,7 +34,11 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
             let dir = a.bytes(0);
             let mut rows = vec![
                 (b".".to_vec(), g.stat(dir, true).map_err(ctx)?, None),
-                (b"..".to_vec(), g.stat(&parent(dir), true).map_err(ctx)?, None),
+                (
+                    b"..".to_vec(),
+                    g.stat(&parent(dir), true).map_err(ctx)?,
+                    None,
+                ),
             ];
             for e in g.readdir(dir).map_err(ctx)? {
                 let p = join(dir, &e.name);
@@ -102,7 +106,13 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
         "chown" => {
             let (uid, gid) = (a.int(0)?, a.int(1)?);
             // -1 leaves that id as it is, as chown(2) does.
-            let id = |v: i64| if v == -1 { Ok(None) } else { u32::try_from(v).map(Some) };
+            let id = |v: i64| {
+                if v == -1 {
+                    Ok(None)
+                } else {
+                    u32::try_from(v).map(Some)
+                }
+            };
             let attr = SetAttr {
                 uid: id(uid).map_err(|_| CmdError(format!("chown: {uid}: invalid owner")))?,
                 gid: id(gid).map_err(|_| CmdError(format!("chown: {gid}: invalid group")))?,
@@ -329,7 +339,10 @@ fn copy(g: &mut Guest, src: &[u8], dst: &[u8], how: Copy) -> Result<(), FsError>
         _ => {
             return Err(FsError::new(
                 libc::ENOTSUP,
-                format!("{}: copying device and fifo nodes is not supported", show(src)),
+                format!(
+                    "{}: copying device and fifo nodes is not supported",
+                    show(src)
+                ),
             ))
         }
     }
