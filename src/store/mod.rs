@@ -31,6 +31,8 @@ pub use buf::{AlignedBuf, ReadBuf};
 pub use delta::Wait;
 pub use device::{BlockDevice, SharedDevice};
 pub use error::{ErrorKind, Result, StoreError};
-pub use repo::{ImageInfo, ImageMeta, RepoOptions, Repository, VolumeInfo, VolumeMeta};
+pub use repo::{
+    ImageInfo, ImageMeta, RepoOptions, Repository, StagedVolume, VolumeInfo, VolumeMeta,
+};
 pub use transfer::SourceFormat;
 pub use volume::Volume;

@@ -197,6 +197,23 @@ fn lock_holders(f: &File) -> String {
     }
 }
 
+/// A volume made but not yet named (see `Repository::stage_volume`).
+pub struct StagedVolume {
+    stage: Stage,
+    meta: VolumeMeta,
+}
+
+impl StagedVolume {
+    /// Where it lives until it is published.
+    pub fn dir(&self) -> &Path {
+        &self.stage.path
+    }
+
+    pub fn meta(&self) -> &VolumeMeta {
+        &self.meta
+    }
+}
+
 /// A directory in `tmp/` that is removed unless `keep` is called.
 struct Stage {
     path: PathBuf,
@@ -554,6 +571,21 @@ impl Repository {
         from: Option<&str>,
         size: Option<u64>,
     ) -> Result<VolumeMeta> {
+        let staged = self.stage_volume(name, from, size)?;
+        self.publish_volume(staged)
+    }
+
+    /// Makes volume `name` as `create_volume` does, but out of sight: it lives in the
+    /// repository's `tmp/` until `publish_volume` gives it its name, and is removed if the
+    /// `StagedVolume` is dropped or the process dies first (the next `open` of the
+    /// repository clears it). A deployment builds its volume this way, so that no
+    /// half-made volume is ever visible.
+    pub fn stage_volume(
+        &self,
+        name: &str,
+        from: Option<&str>,
+        size: Option<u64>,
+    ) -> Result<StagedVolume> {
         names::validate(name)?;
         let image_size = match from {
             Some(img) => Some(self.image_meta(img)?.virtual_size),
@@ -586,7 +618,7 @@ impl Repository {
                 name: name.into(),
             });
         }
-        let mut stage = self.stage("volume")?;
+        let stage = self.stage("volume")?;
         let meta = VolumeMeta {
             name: name.into(),
             size,
@@ -598,22 +630,55 @@ impl Repository {
             Arc::new(FsDir::new(&stage.path)),
             format!("volume {name:?}"),
         )?;
+        Ok(StagedVolume { stage, meta })
+    }
+
+    /// Gives a staged volume its name, atomically; `Exists` if the name was taken
+    /// meanwhile (the staged volume is then removed).
+    pub fn publish_volume(&self, mut staged: StagedVolume) -> Result<VolumeMeta> {
+        let name = staged.meta.name.clone();
         let _lock = self.lock_names()?;
-        if let Some(img) = from {
+        if let Some(img) = &staged.meta.image {
             // The image might have been removed while we staged.
             self.image_meta(img)?;
         }
-        let dest = self.volume_dir(name);
+        let dest = self.volume_dir(&name);
         if dest.exists() {
             return Err(StoreError::Exists {
                 kind: "volume",
-                name: name.into(),
+                name,
             });
         }
-        fs::rename(&stage.path, &dest).map_err(|e| StoreError::io("adding", &dest, e))?;
-        stage.keep = true;
+        fs::rename(&staged.stage.path, &dest).map_err(|e| StoreError::io("adding", &dest, e))?;
+        staged.stage.keep = true;
         sync_dir(&self.root.join("volumes"))?;
-        Ok(meta)
+        Ok(staged.meta.clone())
+    }
+
+    /// Opens a staged volume for writing (in the process that will edit it: a worker).
+    pub fn open_staged_volume(&self, dir: &Path, name: &str) -> Result<Arc<Volume>> {
+        let meta: VolumeMeta = read_json(&dir.join(VOLUME_META))?;
+        transfer::check_disk_size(meta.size, &format!("volume {name:?} (volume.json)"))?;
+        let data_path = dir.join(delta::DATA_FILE);
+        let data =
+            FsFile::open(&data_path).map_err(|e| StoreError::io("opening", &data_path, e))?;
+        if !try_flock(data.file(), true).map_err(|e| StoreError::io("locking", &data_path, e))? {
+            return Err(StoreError::InUse {
+                what: format!("volume {name:?} (being made)"),
+                users: lock_holders(data.file()),
+                hint: "wait for it",
+            });
+        }
+        let base = match &meta.image {
+            Some(img) => Some(self.open_image(img)?),
+            None => None,
+        };
+        let delta = Delta::open_with_data(
+            Arc::new(FsDir::new(dir)),
+            Arc::new(data),
+            format!("volume {name:?}"),
+        )?;
+        Ok(Arc::new(Volume::new(name, meta.size, base, delta, false)))
     }
 
     /// Opens volume `name`. One process at a time may open a volume for writing (or several

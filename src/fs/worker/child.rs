@@ -89,6 +89,11 @@ fn open(o: &Open) -> FsResult<SharedDevice> {
             repo(root)?.open_image(name)? as SharedDevice
         }
         Source::File { path } => Arc::new(FileDevice::open(path, o.read_only)?),
+        Source::Staged {
+            repo: root,
+            dir,
+            name,
+        } => repo(root)?.open_staged_volume(dir, name)? as SharedDevice,
     })
 }
 

@@ -28,6 +28,12 @@ pub enum Source {
     Image { repo: PathBuf, name: String },
     /// A raw disk image file outside any repository.
     File { path: PathBuf },
+    /// A volume being made (`Repository::stage_volume`), not yet under its name.
+    Staged {
+        repo: PathBuf,
+        dir: PathBuf,
+        name: String,
+    },
 }
 
 impl Source {
@@ -36,6 +42,7 @@ impl Source {
             Source::Volume { name, .. } => format!("volume {name:?}"),
             Source::Image { name, .. } => format!("image {name:?}"),
             Source::File { path } => format!("file {}", path.display()),
+            Source::Staged { name, .. } => format!("new volume {name:?}"),
         }
     }
 }
