@@ -6,6 +6,7 @@ mod bench;
 mod debug;
 mod fs;
 mod image;
+mod plan;
 mod progress;
 mod size;
 mod volume;
@@ -67,6 +68,15 @@ pub enum Command {
     /// chmod, put, get (DEVICE:PATH, e.g. /dev/sda2:/etc/hostname).
     #[command(subcommand)]
     Fs(fs::FsCmd),
+    /// Deploy an OS volume from a deployment plan: clone its golden image, run its build
+    /// plan's scripts with the attributes given, keep the volume only if all succeed.
+    Deploy(plan::DeployArgs),
+    /// Run guestfish commands or a script against a volume or image (a throwaway copy
+    /// unless --write): the debugging loop for plan scripts.
+    Shell(plan::ShellArgs),
+    /// Plan scripts: lint.
+    #[command(subcommand)]
+    Script(plan::ScriptCmd),
     /// Tools for tests and debugging.
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCmd),
@@ -141,6 +151,12 @@ pub fn run(cli: Cli) -> CliResult {
             };
             return fs::run(&cli.repo, c);
         }
+        Command::Script(_) => {
+            let Command::Script(c) = cli.command else {
+                unreachable!()
+            };
+            return plan::lint(c);
+        }
         _ => {}
     }
     let repo = open_repo(&cli)?;
@@ -163,7 +179,11 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Export(a) => strata::iscsi::cli::export(&repo, a),
         Command::Unexport(a) => strata::iscsi::cli::unexport(&repo, a),
         Command::Debug(c) => debug::run(&repo, c),
-        Command::Fs(_) | Command::FsWorker => unreachable!("dispatched above"),
+        Command::Deploy(a) => plan::deploy(&repo, a),
+        Command::Shell(a) => plan::shell(&repo, a),
+        Command::Fs(_) | Command::FsWorker | Command::Script(_) => {
+            unreachable!("dispatched above")
+        }
     }
 }
 

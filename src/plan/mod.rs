@@ -12,6 +12,7 @@
 //! - `sandbox.rs`   host-side `!` commands: a scratch directory and an unprivileged sandbox
 //! - `guest.rs`     the filesystem worker as the interpreter sees it
 //! - `interp.rs`    runs one script against a guest, a sandbox and attribute values
+//! - `lint.rs`      `strata script lint`: a script's problems, found without running it
 //! - `record.rs`    the deployment record written beside a volume
 //! - `deploy.rs`    clone or create a volume, run a build plan, keep the volume only on success
 //! - `capture.rs`   snapshot a volume, generalize the copy, store the used blocks as an image
@@ -24,8 +25,11 @@ pub mod attrs;
 pub mod bundle;
 pub mod capture;
 pub mod commands;
+pub mod deploy;
 pub mod format;
 pub mod guest;
 pub mod interp;
+pub mod lint;
+pub mod record;
 pub mod sandbox;
 pub mod script;

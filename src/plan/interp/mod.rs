@@ -39,6 +39,16 @@ pub trait Host {
     /// Where a local path of the script (`./x`, `x`, `/tmp/x`) is on this machine, refused
     /// if it leads outside the run's own files.
     fn local(&mut self, path: &str) -> Result<PathBuf, String>;
+    /// Opens a local file for reading, never following a symlink out of the run's files.
+    fn open_read(&mut self, path: &str) -> Result<std::fs::File, String> {
+        let p = self.local(path)?;
+        std::fs::File::open(&p).map_err(|e| format!("{path}: {e}"))
+    }
+    /// Creates (or empties) a local file, never through a symlink out of the run's files.
+    fn create(&mut self, path: &str) -> Result<std::fs::File, String> {
+        let p = self.local(path)?;
+        std::fs::File::create(&p).map_err(|e| format!("{path}: {e}"))
+    }
     /// Called after the interpreter created or changed local files, so that the next shell
     /// command may use them (ownership for the sandbox's user).
     fn made_local(&mut self, _path: &std::path::Path) {}

@@ -34,17 +34,17 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
                     }
                 }
                 None => {
-                    let local = it.host.local(a.str(0))?;
-                    let mut f = File::open(&local)
-                        .map_err(|e| CmdError(format!("upload: {}: {e}", a.str(0))))?;
+                    let mut f = it
+                        .host
+                        .open_read(a.str(0))
+                        .map_err(|e| CmdError(format!("open: {e}")))?;
                     upload_stream(it.guest, &mut f, remote).map_err(ctx)?;
                 }
             }
         }
         "download" => {
             let local = it.host.local(a.str(1))?;
-            let mut f = File::create(&local)
-                .map_err(|e| CmdError(format!("download: {}: {e}", a.str(1))))?;
+            let mut f = it.host.create(a.str(1)).map_err(CmdError)?;
             let mut werr = None;
             it.guest
                 .read_to(a.bytes(0), &mut |piece| {
