@@ -259,7 +259,7 @@ pub fn shell(repo: &Repository, a: ShellArgs) -> CliResult {
     };
     let worker = Worker::start(source, false, &WorkerOptions::default())?;
     let mut guest = Guest::new(worker);
-    let scratch = Scratch::new(&repo.root().join("tmp"))?;
+    let scratch = Scratch::in_temp_dir()?;
     let sandbox = Sandbox::new(&scratch, SandboxOptions::default())?;
     let mut host = SandboxHost {
         scratch: &scratch,

@@ -290,7 +290,7 @@ fn run_steps(
     let worker = Worker::start(source, false, &opts.worker)
         .map_err(|e| DeployError::Failed(e.to_string()))?;
     let mut guest = Guest::new(worker);
-    let scratch = Scratch::new(&repo.root().join("tmp"))
+    let scratch = Scratch::in_temp_dir()
         .map_err(|e| DeployError::Failed(format!("making the scratch directory: {e}")))?;
     let sandbox = Sandbox::new(&scratch, opts.sandbox.clone())
         .map_err(|e| DeployError::Failed(format!("preparing the sandbox: {e}")))?;

@@ -9,7 +9,7 @@
 //! - `attrs.rs`     custom attributes: `@Name@`, `@Name:default@`, types, validation, masking (pure)
 //! - `artifacts.rs` HPE's JSON artifacts, loaded and validated in one place
 //! - `bundle.rs`    artifact bundles (zip or folder): checksums, manifest, golden-image payload
-//! - `sandbox.rs`   host-side `!` commands: a scratch directory and an unprivileged sandbox
+//! - `sandbox/`     host-side `!` commands: a scratch directory and an unprivileged sandbox
 //! - `guest.rs`     the filesystem worker as the interpreter sees it
 //! - `interp.rs`    runs one script against a guest, a sandbox and attribute values
 //! - `lint.rs`      `strata script lint`: a script's problems, found without running it
