@@ -311,3 +311,46 @@ fn probe(scratch: &Scratch) -> HostSupport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// The fallback for hosts without namespaces (the integration tests prove the isolated
+    /// path): commands run, in the scratch directory, with the time limit.
+    #[test]
+    fn without_namespaces_commands_still_run_in_the_scratch_directory_with_a_time_limit() {
+        let scratch = Scratch::in_temp_dir().unwrap();
+        let host = HostSupport {
+            bwrap: None,
+            isolation: Isolation::UserOnly,
+            layout: bwrap::HostLayout::probe(),
+        };
+        let sb = Sandbox {
+            scratch: &scratch,
+            opts: SandboxOptions {
+                timeout: Duration::from_secs(2),
+                ..SandboxOptions::default()
+            },
+            host: &host,
+        };
+        let o = sb
+            .run("echo hi; pwd; echo \"$HOME\"; exit 4", None)
+            .unwrap();
+        let dir = scratch.path().display();
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            format!("hi\n{dir}\n{dir}\n")
+        );
+        assert_eq!(o.status, ShellStatus::Exited(4));
+        if unsafe { libc::geteuid() } == 0 {
+            let o = sb.run("id -u", None).unwrap();
+            assert_eq!(o.stdout, format!("{SANDBOX_UID}\n").as_bytes());
+        }
+        let t0 = Instant::now();
+        let o = sb.run("sleep 100 & sleep 100", None).unwrap();
+        assert!(o.timed_out && !o.success(), "{o:?}");
+        assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    }
+}
