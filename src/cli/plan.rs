@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use strata::fs::worker::client::{Worker, WorkerOptions};
 use strata::fs::worker::protocol::Source;
-use strata::plan::attrs::{Builtins, DeploymentValues, Initiator};
+use strata::plan::attrs::{Builtins, Declaration, DeploymentValues, Initiator, Kind, Layers};
 use strata::plan::deploy::{self, DeployOptions, SandboxHost};
 use strata::plan::guest::Guest;
 use strata::plan::interp::{self, Interp};
@@ -265,10 +265,32 @@ pub fn shell(repo: &Repository, a: ShellArgs) -> CliResult {
         scratch: &scratch,
         sandbox,
     };
-    let given = values(&a.attrs, None)?;
+    // Values given here are plain strings, declared as a build plan would declare them;
+    // a script's own `@Name:default@` fills the rest.
+    let mut decls = Vec::new();
+    for a in &a.attrs {
+        let (n, v) = a
+            .split_once('=')
+            .ok_or_else(|| format!("--attr {a:?}: expected NAME=VALUE"))?;
+        decls.push(
+            Declaration::new(n, Kind::String, Some(v), serde_json::json!({}))
+                .map_err(|e| format!("--attr {n}: {e}"))?,
+        );
+    }
+    let none = DeploymentValues::new();
+    let builtins = Builtins::default();
     let mut rec = Recorder::new(Record::default(), Box::new(|s: &str| s.to_string()), true);
     let expand = |text: &str| -> Result<String, String> {
-        strata::plan::attrs::expand_with(&given, text).map_err(|e| e.to_string())
+        let scripts = [strata::plan::attrs::Script { name: "shell", text }];
+        let values = strata::plan::attrs::resolve(&Layers {
+            scripts: &scripts,
+            build_plan: &decls,
+            deployment_plan: &[],
+            deployment: &none,
+            builtins: &builtins,
+        })
+        .map_err(|e| e.to_string())?;
+        values.expand_script(None, text).map_err(|e| e.to_string())
     };
     let result = match &a.file {
         Some(f) => {
