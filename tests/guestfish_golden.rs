@@ -54,7 +54,7 @@ fn golden_images_rebuild_to_the_same_bytes() {
     }
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    for name in ["debian-gpt", "fat16-mbr"] {
+    for name in ["debian-gpt", "fat16-mbr", "windows-ntfs"] {
         let x = golden_images::build(name, a.path());
         let y = golden_images::build(name, b.path());
         assert_eq!(

@@ -9,10 +9,10 @@
 //! (mke2fs -U/-E hash_seed, mkfs.fat -i/--invariant, mkswap -U), every inode's
 //! atime/mtime/ctime/crtime (source tree `touch -d`, then debugfs `sif ... ctime`, because
 //! `mke2fs -d` copies the source files' ctime, which no tool can set), FAT entry times
-//! (`mcopy -m`), NTFS times (`mkntfs -T`, then `system.ntfs_times` on every file). What is
-//! not: LVM metadata text (vgcreate stamps creation_host/creation_time and random VG/LV ids)
-//! and the FILE_NAME copies of NTFS times that ntfs-3g writes; neither shows in guestfish's
-//! output. Needs root (losetup for LVM, chown, the ntfs-3g FUSE mount).
+//! (`mcopy -m`), NTFS times (`mkntfs -T`, then ntfs-3g under `faketime`). What is not: LVM
+//! metadata text (vgcreate stamps creation_host/creation_time and random VG/LV ids), which
+//! does not show in guestfish's output. Needs root (losetup for LVM, chown, the ntfs-3g FUSE
+//! mount) and faketime (tools/install-deps).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -457,7 +457,7 @@ fn ext4(disk: &Path, part: &Part, label: &str, uuid: &str, src: &Path) {
         .into_iter()
         .chain(paths(src))
     {
-        cmds.push_str(&format!("sif \"{p}\" ctime {EPOCH}\n"));
+        cmds.push_str(&format!("sif \"{p}\" ctime @{EPOCH}\n"));
     }
     let script = img.with_extension("debugfs");
     std::fs::write(&script, cmds).unwrap();
@@ -520,7 +520,7 @@ fn fat(disk: &Path, part: &Part, bits: u32, label: &str, id: &str, src: &Path) {
 }
 
 /// An NTFS at `part` of `disk` (`mkntfs -T`: zero times, fixed serial) filled from `src`
-/// through an ntfs-3g FUSE mount, every file's four NTFS times then set to EPOCH.
+/// through an ntfs-3g FUSE mount running under `faketime` at EPOCH.
 fn ntfs(disk: &Path, part: &Part, label: &str, src: &Path) {
     let img = disk.with_extension(format!("{label}-{}.ntfs", part.start / MIB));
     sized(&img, part.len);
@@ -533,10 +533,13 @@ fn ntfs(disk: &Path, part: &Part, label: &str, src: &Path) {
         .arg(&img));
     let mnt = img.with_extension("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let mut child = Command::new("ntfs-3g")
-        .args(["-o", "no_detach"])
+    // ntfs-3g stamps every change with the time of day (also in the FILE_NAME copies in
+    // the indexes): run it on a frozen clock so every time is EPOCH.
+    let mut child = Command::new("faketime")
+        .args(["-f", "2021-01-01 00:00:00", "ntfs-3g", "-o", "no_detach"])
         .arg(&img)
         .arg(&mnt)
+        .env("TZ", "UTC")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -565,36 +568,10 @@ fn ntfs(disk: &Path, part: &Part, label: &str, src: &Path) {
         .arg(&mnt)
         .status()
         .unwrap();
-    // NTFS time: 100 ns units since 1601 (creation, modification, MFT change, access).
-    let t = ((EPOCH + 11_644_473_600) as u64) * 10_000_000;
-    let value: Vec<u8> = std::iter::repeat(t.to_le_bytes())
-        .take(4)
-        .flatten()
-        .collect();
-    let mut all: Vec<PathBuf> = paths(src).iter().map(|p| mnt.join(&p[1..])).collect();
-    // Deepest first, so setting a child's times never touches a parent set already.
-    all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    all.push(mnt.clone());
-    let mut set_ok = true;
-    for p in &all {
-        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: c and the name are NUL-terminated; value outlives the call.
-        let r = unsafe {
-            libc::lsetxattr(
-                c.as_ptr(),
-                c"system.ntfs_times".as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
-        set_ok &= r == 0;
-    }
     let _ = Command::new("fusermount").arg("-u").arg(&mnt).status();
     assert!(child.wait().unwrap().success(), "ntfs-3g on {img:?}");
     std::fs::remove_dir(&mnt).unwrap();
     assert!(copy.success(), "cp into the ntfs-3g mount of {img:?}");
-    assert!(set_ok, "setting system.ntfs_times in {img:?}");
     let check = Command::new("ntfsfix")
         .arg("-n")
         .arg(&img)
