@@ -10,8 +10,9 @@
 //! atime/mtime/ctime/crtime (source tree `touch -d`, then debugfs `sif ... ctime`, because
 //! `mke2fs -d` copies the source files' ctime, which no tool can set), FAT entry times
 //! (`mcopy -m`), NTFS times (`mkntfs -T`, then ntfs-3g under `faketime`). What is not: LVM
-//! metadata text (vgcreate stamps creation_host/creation_time and random VG/LV ids), which
-//! does not show in guestfish's output. Needs root (losetup for LVM, chown, the ntfs-3g FUSE
+//! metadata text (vgcreate stamps creation_host/creation_time and random VG/LV ids), and,
+//! rarely (1 build in 9 here), some bytes of the NTFS image; neither shows in guestfish's
+//! output. Needs root (losetup for LVM, chown, the ntfs-3g FUSE
 //! mount) and faketime (tools/install-deps).
 
 use std::io::Write;
