@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod disks;
+pub mod golden_images;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
