@@ -210,6 +210,8 @@ fn linux(t: &mut MountTable, device: &str) -> OsInfo {
             if ma == os.major_version || os.major_version == 0 {
                 os.major_version = ma;
                 os.minor_version = mi;
+                // ... and its product name too (guestfish prints `12.5`, not PRETTY_NAME).
+                os.product_name = dv.trim().to_string();
             }
         }
     }

@@ -113,6 +113,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!("pvs" [] (); "list the LVM physical volumes (PVs)"),
     spec!("readlink" [] ("path": Path); "read the target of a symbolic link"),
     spec!("rm" [] ("path": Path); "remove a file"),
+    spec!("run" ["launch"] (); "launch the backend (already running: nothing to do)"),
     spec!("rm-f" [] ("path": Path); "remove a file ignoring errors"),
     spec!("rm-rf" [] ("path": Path); "remove a file or directory recursively"),
     spec!("rmdir" [] ("path": Path); "remove a directory"),

@@ -280,7 +280,7 @@ pub fn ll(rows: &[(Vec<u8>, Stat, Option<Vec<u8>>)], now: i64) -> Vec<u8> {
         };
         out.extend_from_slice(
             format!(
-                "{} {:>wl$} {:<wu$} {:<wg$} {:>ws$} {} ",
+                "{} {:>wl$} {:>wu$} {:>wg$} {:>ws$} {} ",
                 mode_string(st),
                 st.nlink,
                 st.uid,
@@ -299,6 +299,14 @@ pub fn ll(rows: &[(Vec<u8>, Stat, Option<Vec<u8>>)], now: i64) -> Vec<u8> {
     }
     out.push(b'\n');
     out
+}
+
+/// `ll FILE`: `ls -la` of one file, no `total` line, then guestfish's newline.
+pub fn ll_one(row: &(Vec<u8>, Stat, Option<Vec<u8>>), now: i64) -> Vec<u8> {
+    let out = ll(std::slice::from_ref(row), now);
+    // Drop the `total` line `ll` starts with.
+    let nl = out.iter().position(|&c| c == b'\n').map_or(0, |i| i + 1);
+    out[nl..].to_vec()
 }
 
 /// `checksum`'s algorithms.
@@ -485,6 +493,7 @@ mod tests {
             ),
         ];
         let out = String::from_utf8(ll(&rows, old + 400 * 86_400)).unwrap();
+        // Numeric owners are right-aligned, as GNU ls aligns numbers.
         assert_eq!(
             out,
             "total 3\n\

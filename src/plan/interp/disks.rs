@@ -110,11 +110,27 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
                 "inspect-get-osinfo" => format::string(&os.osinfo),
                 "inspect-get-major-version" => format::int(os.major_version as i64),
                 "inspect-get-minor-version" => format::int(os.minor_version as i64),
-                "inspect-get-mountpoints" => format::hashtable(os.mountpoints.iter().cloned()),
+                "inspect-get-mountpoints" => {
+                    // libguestfs lists the longest mountpoints first (`/boot/efi` before `/`).
+                    let mut m = os.mountpoints.clone();
+                    m.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+                    format::hashtable(m)
+                }
                 _ => return Ok(None),
             }
         }
-        "statvfs" => format::statvfs(&g.statvfs(a.bytes(0))?),
+        "statvfs" => {
+            let mut v = g.statvfs(a.bytes(0))?;
+            // The appliance mounts with relatime (ST_RELATIME), read-only ones ST_RDONLY.
+            v.flag |= 4096;
+            let ro = g.mounts()?.iter().any(|m| {
+                m.read_only && (a.str(0) == m.point || a.str(0).starts_with(&format!("{}/", m.point.trim_end_matches('/'))))
+            });
+            if ro {
+                v.flag |= 1;
+            }
+            format::statvfs(&v)
+        }
         "df" | "df-h" => {
             let mut rows = Vec::new();
             for m in g.mounts()? {

@@ -32,6 +32,14 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
         }
         "ll" => {
             let dir = a.bytes(0);
+            let top = g.stat(dir, false).map_err(ctx)?;
+            if !top.is_dir() {
+                // `ls -la FILE` in the appliance names the file by its appliance path.
+                let target = if top.kind == FileKind::Symlink { g.readlink(dir).ok() } else { None };
+                let mut name = b"/sysroot".to_vec();
+                name.extend_from_slice(dir);
+                return Ok(Some(format::ll_one(&(name, top, target), Timespec::now().sec)));
+            }
             let mut rows = vec![
                 (b".".to_vec(), g.stat(dir, true).map_err(ctx)?, None),
                 (
@@ -54,8 +62,19 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
             format::ll(&rows, Timespec::now().sec)
         }
         "find" => {
+            let dir = a.bytes(0);
+            if g.kind(dir, true).map_err(ctx)? != Some(FileKind::Directory) {
+                return Err(CmdError(format!("find0: {}: not a directory", a.str(0))));
+            }
             let mut found = Vec::new();
-            walk(g, a.bytes(0), b"", &mut found).map_err(ctx)?;
+            walk(g, dir, b"", &mut found).map_err(ctx)?;
+            // The daemon strips "/sysroot" + DIR from each path: `find /etc` prints
+            // `/hostname`, `find /` and `find /etc/` print `hostname`.
+            if !dir.ends_with(b"/") {
+                for f in found.iter_mut() {
+                    f.insert(0, b'/');
+                }
+            }
             found.sort();
             format::byte_lines(&found)
         }
