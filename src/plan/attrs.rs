@@ -45,7 +45,8 @@
 //! | `fqdn` | `helpText` | as hostname with at least one period, no empty label |
 //! | `nic` | `ipv4static`, `ipv4dhcp`, `ipv4disable`, `ipv4noteaming`, `parameters`, `options: [null]` | see below |
 //!
-//! `helpText` and `unit` are for the UI (except `VolumeSize`'s unit, which must be MiB);
+//! `helpText`, `unit` and `visible` are for the UI (except `VolumeSize`'s unit, which must
+//! be MiB); `editable: false` refuses a deployment's own value;
 //! `options: [null]` (a NIC in the 2017 support bundle) is read as no options. Keys not in
 //! the table are kept and listed in [`Constraints::unknown`], not enforced.
 //!
@@ -90,12 +91,13 @@
 //!
 //! # Secrets
 //!
-//! Password values (and the script defaults a password falls back to) are secrets:
-//! [`Values::mask`] replaces each with `********` in any text, [`Values::listing`] shows them
-//! as `********`, and no `Debug` here (of [`Values`], [`Declaration`], [`DeploymentValues`],
-//! [`AttrError`]) prints one. A password transformed by a script (base64, hashed) cannot be
-//! recognised; the engine should not log script output that could carry one untransformed
-//! without masking it.
+//! Password values are secrets, and so are the script defaults a password falls back to in
+//! the scripts given to [`resolve`]. [`Values::mask`] replaces each with `********` in any
+//! text (every log line, error and the deployment record pass through it),
+//! [`Values::listing`] shows passwords as `********`, and no `Debug` here (of [`Values`],
+//! [`Declaration`], [`DeploymentValues`], [`AttrError`]) prints one. Masking finds a
+//! password only as written: a script that encodes or hashes one produces text it cannot
+//! recognise.
 //!
 //! # Interface
 //!
@@ -112,6 +114,7 @@
 //! ```
 
 mod declaration;
+mod given;
 mod reference;
 mod resolve;
 mod validate;
@@ -124,11 +127,9 @@ mod tests;
 use std::fmt;
 
 pub use declaration::{Constraints, Declaration, Kind, NicMode};
+pub use given::{Builtins, DeploymentValues, Given, Initiator};
 pub use reference::{references, Reference};
-pub use resolve::{
-    expand, resolve, Builtins, DeploymentValues, Given, Initiator, Layers, Script, Source, Values,
-    VolumePlan,
-};
+pub use resolve::{expand, resolve, Layers, Script, Source, Values, VolumePlan};
 
 /// What a masked secret reads as.
 pub const MASK: &str = "********";

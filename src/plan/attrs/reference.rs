@@ -51,17 +51,17 @@ pub(super) fn is_name(s: &str) -> bool {
     !b.is_empty() && is_start(b[0]) && b[1..].iter().all(|&c| is_rest(c))
 }
 
-/// Tries to read a reference whose opening `@` is at `at`. Returns the name, field and
-/// default ranges and the index just past the closing `@`.
-fn parse_at(
-    b: &[u8],
-    at: usize,
-) -> Option<(
-    Range<usize>,
-    Option<Range<usize>>,
-    Option<Range<usize>>,
-    usize,
-)> {
+/// Where the parts of one reference lie in the text.
+struct Parts {
+    name: Range<usize>,
+    field: Option<Range<usize>>,
+    default: Option<Range<usize>>,
+    /// Just past the closing `@`.
+    end: usize,
+}
+
+/// Tries to read a reference whose opening `@` is at `at`.
+fn parse_at(b: &[u8], at: usize) -> Option<Parts> {
     let mut i = at + 1;
     if i >= b.len() || !is_start(b[i]) {
         return None;
@@ -98,7 +98,12 @@ fn parse_at(
         default = Some(ds..i);
     }
     if i < b.len() && b[i] == b'@' {
-        Some((name, field, default, i + 1))
+        Some(Parts {
+            name,
+            field,
+            default,
+            end: i + 1,
+        })
     } else {
         None
     }
@@ -127,7 +132,12 @@ pub(super) fn scan(text: &str) -> Vec<Piece<'_>> {
                 lit_start = i;
             }
             b'@' => match parse_at(b, i) {
-                Some((name, field, default, end)) => {
+                Some(Parts {
+                    name,
+                    field,
+                    default,
+                    end,
+                }) => {
                     if lit_start < i {
                         pieces.push(Piece::Text(&text[lit_start..i]));
                     }
