@@ -719,7 +719,10 @@ impl Bundle {
         } else if meta.is_file() {
             let f = File::open(path).map_err(io_err("opening", path))?;
             let mut archive = open_zip(path, f)?;
-            let entries = zip_entries(path, &mut archive)?;
+            let mut entries = zip_entries(path, &mut archive)?;
+            // Artifacts load in file-name order whatever the zip's order, so a zip and its
+            // unpacked folder give equal sets.
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
             (
                 Source::Zip {
                     path: path.into(),
