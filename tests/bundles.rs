@@ -185,7 +185,8 @@ fn every_hpe_bundle_opens_verifies_and_validates_cleanly() {
 #[test]
 fn every_deployment_plan_resolves_to_its_build_plan_scripts_and_golden_image() {
     // (bundle, deployment plan id, build plan id, script ids in order, golden image id)
-    let expect: [(&str, &str, &str, &[&str], Option<&str>); 6] = [
+    type Case<'a> = (&'a str, &'a str, &'a str, &'a [&'a str], Option<&'a str>);
+    let expect: [Case; 6] = [
         (
             FOUNDATION,
             "3078a850-1870-4321-aa23-ea323a9e54a0",
