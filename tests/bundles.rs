@@ -765,3 +765,48 @@ fn a_bad_payload_is_refused_at_import_and_nothing_is_left_behind() {
         );
     }
 }
+
+#[test]
+fn a_checksum_file_listing_itself_is_accepted_as_old_bundles_do() {
+    let t = tmp();
+    unpack(FOUNDATION, t.path());
+    let sums = t.path().join("SHA256SUM.sha256sum");
+    let mut text = fs::read_to_string(&sums).unwrap();
+    text.push_str(&format!("SHA256SUM.sha256sum\t{}", "0".repeat(64)));
+    fs::write(&sums, text).unwrap();
+    let b = Bundle::open(t.path()).unwrap();
+    assert!(b.warnings().is_empty(), "{:?}", b.warnings());
+}
+
+#[test]
+fn damaged_compressed_data_is_refused_naming_the_entry() {
+    let t = tmp();
+    let files = fixture_entries(FOUNDATION);
+    let name = files
+        .iter()
+        .find(|(n, _)| n.ends_with("_planscript.json"))
+        .unwrap()
+        .0
+        .clone();
+    let mut z = make_zip(&files);
+    // The entry's data starts after its local header (30 bytes, the name, the extra field).
+    let at = z
+        .windows(4)
+        .enumerate()
+        .position(|(i, w)| {
+            w == b"PK\x03\x04" && z.get(i + 30..i + 30 + name.len()) == Some(name.as_bytes())
+        })
+        .unwrap();
+    let extra = u16::from_le_bytes([z[at + 28], z[at + 29]]) as usize;
+    let data = at + 30 + name.len() + extra;
+    for b in &mut z[data + 40..data + 48] {
+        *b ^= 0x55;
+    }
+    let p = t.path().join("damaged.zip");
+    fs::write(&p, &z).unwrap();
+    let e = open_err(&p);
+    assert!(
+        matches!(&e, BundleError::Damaged { name: n, .. } | BundleError::SizeMismatch { name: n, .. } if *n == name),
+        "{e}"
+    );
+}

@@ -406,7 +406,13 @@ fn read_bounded(
     let mut buf = vec![0u8; READ_BUF];
     let mut done: u64 = 0;
     let map_read = |e: io::Error| {
-        if from_zip && e.kind() == io::ErrorKind::InvalidData {
+        // A CRC mismatch is InvalidData; a corrupt deflate stream InvalidInput.
+        if from_zip
+            && matches!(
+                e.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
+            )
+        {
             BundleError::Damaged {
                 name: name.into(),
                 detail: e.to_string(),
