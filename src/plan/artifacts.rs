@@ -290,6 +290,14 @@ impl fmt::Display for Report {
 pub enum ArtifactError {
     #[error("{0}")]
     Invalid(Report),
+    #[error("not a valid {what}: {detail}")]
+    Parse { what: &'static str, detail: String },
+    #[error("its \"type\" is {found:?}, but a {what} was expected ({expected:?})")]
+    WrongType {
+        what: &'static str,
+        expected: &'static str,
+        found: String,
+    },
     #[error("no {kind} has the name, id or URI {key:?}")]
     NotFound { kind: &'static str, key: String },
     #[error("{artifact}: {field}: {detail}")]
@@ -298,6 +306,156 @@ pub enum ArtifactError {
         field: String,
         detail: String,
     },
+}
+
+/// The four kinds of artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ArtifactKind {
+    PlanScript,
+    BuildPlan,
+    DeploymentPlan,
+    GoldenImage,
+}
+
+impl ArtifactKind {
+    pub const ALL: [ArtifactKind; 4] = [
+        ArtifactKind::PlanScript,
+        ArtifactKind::BuildPlan,
+        ArtifactKind::DeploymentPlan,
+        ArtifactKind::GoldenImage,
+    ];
+
+    /// The `type` HPE writes in it.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            ArtifactKind::PlanScript => TYPE_PLAN_SCRIPT,
+            ArtifactKind::BuildPlan => TYPE_BUILD_PLAN,
+            ArtifactKind::DeploymentPlan => TYPE_DEPLOYMENT_PLAN,
+            ArtifactKind::GoldenImage => TYPE_GOLDEN_IMAGE,
+        }
+    }
+
+    /// How HPE names its file in a bundle: `<id><suffix>`.
+    pub fn file_suffix(self) -> &'static str {
+        match self {
+            ArtifactKind::PlanScript => "_planscript.json",
+            ArtifactKind::BuildPlan => "_buildplan.json",
+            ArtifactKind::DeploymentPlan => "_deploymentplan.json",
+            ArtifactKind::GoldenImage => "_goldenimage.json",
+        }
+    }
+
+    /// In words, for messages.
+    pub fn what(self) -> &'static str {
+        match self {
+            ArtifactKind::PlanScript => "plan script",
+            ArtifactKind::BuildPlan => "build plan",
+            ArtifactKind::DeploymentPlan => "deployment plan",
+            ArtifactKind::GoldenImage => "golden image",
+        }
+    }
+
+    /// The kind a bundle file's name says it holds.
+    pub fn of_file_name(name: &str) -> Option<ArtifactKind> {
+        Self::ALL
+            .into_iter()
+            .find(|k| name.ends_with(k.file_suffix()))
+    }
+
+    /// The kind a `type` value names.
+    pub fn of_type(t: &str) -> Option<ArtifactKind> {
+        Self::ALL.into_iter().find(|k| k.type_name() == t)
+    }
+}
+
+/// One artifact of any kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Artifact {
+    PlanScript(PlanScript),
+    BuildPlan(OeBuildPlan),
+    DeploymentPlan(OeDeploymentPlan),
+    GoldenImage(GoldenImage),
+}
+
+impl Artifact {
+    pub fn kind(&self) -> ArtifactKind {
+        match self {
+            Artifact::PlanScript(_) => ArtifactKind::PlanScript,
+            Artifact::BuildPlan(_) => ArtifactKind::BuildPlan,
+            Artifact::DeploymentPlan(_) => ArtifactKind::DeploymentPlan,
+            Artifact::GoldenImage(_) => ArtifactKind::GoldenImage,
+        }
+    }
+
+    /// Its id (`buildPlanid` for a build plan).
+    pub fn id(&self) -> &str {
+        match self {
+            Artifact::PlanScript(a) => &a.id,
+            Artifact::BuildPlan(a) => &a.id,
+            Artifact::DeploymentPlan(a) => &a.id,
+            Artifact::GoldenImage(a) => &a.id,
+        }
+    }
+
+    /// Parses one artifact's JSON. With `expected` (a bundle file's name says what it holds)
+    /// a different `type` is refused; without it, `type` decides. Every loader (bundle,
+    /// catalog, REST API) parses through here.
+    pub fn from_json(
+        bytes: &[u8],
+        expected: Option<ArtifactKind>,
+    ) -> Result<Artifact, ArtifactError> {
+        let what = expected.map_or("artifact", ArtifactKind::what);
+        let parse = |detail: String| ArtifactError::Parse { what, detail };
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| parse(e.to_string()))?;
+        let found = v.get("type").and_then(Value::as_str);
+        let kind = match (expected, found) {
+            (Some(k), Some(t)) if t != k.type_name() => {
+                return Err(ArtifactError::WrongType {
+                    what: k.what(),
+                    expected: k.type_name(),
+                    found: t.into(),
+                })
+            }
+            (Some(k), _) => k,
+            (None, Some(t)) => ArtifactKind::of_type(t).ok_or_else(|| {
+                parse(format!(
+                    "\"type\" is {t:?}; expected {TYPE_PLAN_SCRIPT}, {TYPE_BUILD_PLAN}, \
+                     {TYPE_DEPLOYMENT_PLAN} or {TYPE_GOLDEN_IMAGE}"
+                ))
+            })?,
+            (None, None) => return Err(parse("it has no \"type\" string".into())),
+        };
+        let typed = |e: serde_json::Error| ArtifactError::Parse {
+            what: kind.what(),
+            detail: e.to_string(),
+        };
+        Ok(match kind {
+            ArtifactKind::PlanScript => {
+                Artifact::PlanScript(serde_json::from_value(v).map_err(typed)?)
+            }
+            ArtifactKind::BuildPlan => {
+                Artifact::BuildPlan(serde_json::from_value(v).map_err(typed)?)
+            }
+            ArtifactKind::DeploymentPlan => {
+                Artifact::DeploymentPlan(serde_json::from_value(v).map_err(typed)?)
+            }
+            ArtifactKind::GoldenImage => {
+                Artifact::GoldenImage(serde_json::from_value(v).map_err(typed)?)
+            }
+        })
+    }
+
+    /// The JSON as HPE writes it: compact, no trailing newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        let r = match self {
+            Artifact::PlanScript(a) => serde_json::to_vec(a),
+            Artifact::BuildPlan(a) => serde_json::to_vec(a),
+            Artifact::DeploymentPlan(a) => serde_json::to_vec(a),
+            Artifact::GoldenImage(a) => serde_json::to_vec(a),
+        };
+        // Maps with string keys and plain values: serializing cannot fail.
+        r.expect("artifacts serialize")
+    }
 }
 
 /// A build plan with its scripts in run order.
@@ -387,6 +545,37 @@ impl ArtifactSet {
             && self.build_plans.is_empty()
             && self.deployment_plans.is_empty()
             && self.golden_images.is_empty()
+    }
+
+    /// Adds an artifact (checked later, with the rest, by `validate`).
+    pub fn insert(&mut self, a: Artifact) {
+        match a {
+            Artifact::PlanScript(a) => self.plan_scripts.push(a),
+            Artifact::BuildPlan(a) => self.build_plans.push(a),
+            Artifact::DeploymentPlan(a) => self.deployment_plans.push(a),
+            Artifact::GoldenImage(a) => self.golden_images.push(a),
+        }
+    }
+
+    /// Every artifact, in HPE's bundle order: plan scripts, golden images, build plans,
+    /// deployment plans.
+    pub fn artifacts(&self) -> Vec<Artifact> {
+        let mut v: Vec<Artifact> = Vec::new();
+        v.extend(self.plan_scripts.iter().cloned().map(Artifact::PlanScript));
+        v.extend(
+            self.golden_images
+                .iter()
+                .cloned()
+                .map(Artifact::GoldenImage),
+        );
+        v.extend(self.build_plans.iter().cloned().map(Artifact::BuildPlan));
+        v.extend(
+            self.deployment_plans
+                .iter()
+                .cloned()
+                .map(Artifact::DeploymentPlan),
+        );
+        v
     }
 
     /// A plan script by id, `/rest/plan-scripts/<id>` or name.
@@ -746,10 +935,10 @@ impl ArtifactSet {
                         });
                     }
                 }
-                let clash = match (b.plan_type.as_str(), script.plan_type.as_str()) {
-                    ("capture", "deploy") | ("deploy", "capture") => true,
-                    _ => false,
-                };
+                let clash = matches!(
+                    (b.plan_type.as_str(), script.plan_type.as_str()),
+                    ("capture", "deploy") | ("deploy", "capture")
+                );
                 if clash {
                     err(
                         &mut r,
@@ -897,6 +1086,30 @@ mod tests {
         assert_eq!(s.custom_attributes, Field::Null);
         assert_eq!(s.description, Field::Absent);
         assert_eq!(serde_json::to_value(&s).unwrap(), v);
+    }
+
+    #[test]
+    fn from_json_picks_the_kind_by_type_and_refuses_a_mismatch() {
+        let ps = br#"{"type":"PlanScript","id":"a","name":"n","planType":"deploy","content":""}"#;
+        let a = Artifact::from_json(ps, None).unwrap();
+        assert_eq!(a.kind(), ArtifactKind::PlanScript);
+        assert_eq!(a.id(), "a");
+        assert_eq!(Artifact::from_json(&a.to_json(), None).unwrap(), a);
+        let e = Artifact::from_json(ps, Some(ArtifactKind::BuildPlan)).unwrap_err();
+        assert!(matches!(e, ArtifactError::WrongType { .. }), "{e}");
+        let e = Artifact::from_json(br#"{"id":"a"}"#, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no \"type\""), "{e}");
+        let e = Artifact::from_json(b"{", Some(ArtifactKind::GoldenImage))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a valid golden image"), "{e}");
+        assert_eq!(
+            ArtifactKind::of_file_name("x_buildplan.json"),
+            Some(ArtifactKind::BuildPlan)
+        );
+        assert_eq!(ArtifactKind::of_file_name("x.json"), None);
     }
 
     #[test]

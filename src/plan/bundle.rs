@@ -33,10 +33,7 @@ use sha2::Digest;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
-use super::artifacts::{
-    ArtifactError, ArtifactSet, GoldenImage, OeBuildPlan, OeDeploymentPlan, PlanScript,
-    TYPE_BUILD_PLAN, TYPE_DEPLOYMENT_PLAN, TYPE_GOLDEN_IMAGE, TYPE_PLAN_SCRIPT,
-};
+use super::artifacts::{Artifact, ArtifactError, ArtifactKind, ArtifactSet, GoldenImage};
 use crate::store::transfer::{check_disk_size, Progress, MAX_DISK_SIZE};
 use crate::store::{ImageMeta, Repository, SourceFormat, StoreError};
 
@@ -216,6 +213,9 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// A file's digests, hex: one per algorithm it is listed under.
+type Digests = Vec<(Algorithm, String)>;
+
 /// Hashes with whichever algorithms a file is listed under.
 #[derive(Default)]
 struct Hashers {
@@ -238,7 +238,7 @@ impl Hashers {
             h.update(b);
         }
     }
-    fn finish(self) -> Vec<(Algorithm, String)> {
+    fn finish(self) -> Digests {
         let mut out = Vec::new();
         if let Some(h) = self.sha256 {
             out.push((Algorithm::Sha256, hex(&h.finalize())));
@@ -355,51 +355,6 @@ impl Manifest {
     }
 }
 
-/// What an artifact file's name says it holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    PlanScript,
-    BuildPlan,
-    DeploymentPlan,
-    GoldenImage,
-}
-
-impl Kind {
-    const ALL: [Kind; 4] = [
-        Kind::PlanScript,
-        Kind::BuildPlan,
-        Kind::DeploymentPlan,
-        Kind::GoldenImage,
-    ];
-    fn suffix(self) -> &'static str {
-        match self {
-            Kind::PlanScript => "_planscript.json",
-            Kind::BuildPlan => "_buildplan.json",
-            Kind::DeploymentPlan => "_deploymentplan.json",
-            Kind::GoldenImage => "_goldenimage.json",
-        }
-    }
-    fn type_name(self) -> &'static str {
-        match self {
-            Kind::PlanScript => TYPE_PLAN_SCRIPT,
-            Kind::BuildPlan => TYPE_BUILD_PLAN,
-            Kind::DeploymentPlan => TYPE_DEPLOYMENT_PLAN,
-            Kind::GoldenImage => TYPE_GOLDEN_IMAGE,
-        }
-    }
-    fn what(self) -> &'static str {
-        match self {
-            Kind::PlanScript => "plan script",
-            Kind::BuildPlan => "build plan",
-            Kind::DeploymentPlan => "deployment plan",
-            Kind::GoldenImage => "golden image",
-        }
-    }
-    fn of(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| name.ends_with(k.suffix()))
-    }
-}
-
 /// One file of the bundle.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -451,7 +406,13 @@ fn read_bounded(
     let mut buf = vec![0u8; READ_BUF];
     let mut done: u64 = 0;
     let map_read = |e: io::Error| {
-        if from_zip && e.kind() == io::ErrorKind::InvalidData {
+        // A CRC mismatch is InvalidData; a corrupt deflate stream InvalidInput.
+        if from_zip
+            && matches!(
+                e.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
+            )
+        {
             BundleError::Damaged {
                 name: name.into(),
                 detail: e.to_string(),
@@ -719,7 +680,10 @@ impl Bundle {
         } else if meta.is_file() {
             let f = File::open(path).map_err(io_err("opening", path))?;
             let mut archive = open_zip(path, f)?;
-            let entries = zip_entries(path, &mut archive)?;
+            let mut entries = zip_entries(path, &mut archive)?;
+            // Artifacts load in file-name order whatever the zip's order, so a zip and its
+            // unpacked folder give equal sets.
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
             (
                 Source::Zip {
                     path: path.into(),
@@ -821,7 +785,7 @@ impl Bundle {
             if name == MANIFEST || name == SHA256SUM || name == SHA1SUM {
                 continue;
             }
-            let Some(kind) = Kind::of(&name) else {
+            let Some(kind) = ArtifactKind::of_file_name(&name) else {
                 others.push(i);
                 continue;
             };
@@ -888,54 +852,31 @@ impl Bundle {
         Ok(())
     }
 
-    fn parse_artifact(&mut self, kind: Kind, file: &str, bytes: &[u8]) -> Result<()> {
-        let json_err = |e: serde_json::Error| BundleError::Json {
-            file: file.into(),
-            what: kind.what(),
-            detail: e.to_string(),
-        };
-        // The `type` field, before the typed parse, so a misnamed file says so plainly.
-        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(json_err)?;
-        if let Some(t) = v.get("type").and_then(|t| t.as_str()) {
-            if t != kind.type_name() {
-                return Err(BundleError::WrongType {
-                    file: file.into(),
-                    expected: kind.type_name(),
-                    found: t.into(),
-                });
-            }
-        }
-        let id = match kind {
-            Kind::PlanScript => {
-                let a: PlanScript = serde_json::from_value(v).map_err(json_err)?;
-                let id = a.id.clone();
-                self.artifacts.plan_scripts.push(a);
-                id
-            }
-            Kind::BuildPlan => {
-                let a: OeBuildPlan = serde_json::from_value(v).map_err(json_err)?;
-                let id = a.id.clone();
-                self.artifacts.build_plans.push(a);
-                id
-            }
-            Kind::DeploymentPlan => {
-                let a: OeDeploymentPlan = serde_json::from_value(v).map_err(json_err)?;
-                let id = a.id.clone();
-                self.artifacts.deployment_plans.push(a);
-                id
-            }
-            Kind::GoldenImage => {
-                let a: GoldenImage = serde_json::from_value(v).map_err(json_err)?;
-                let id = a.id.clone();
-                self.artifacts.golden_images.push(a);
-                id
-            }
-        };
-        if file.strip_suffix(kind.suffix()) != Some(id.as_str()) {
+    fn parse_artifact(&mut self, kind: ArtifactKind, file: &str, bytes: &[u8]) -> Result<()> {
+        let a = Artifact::from_json(bytes, Some(kind)).map_err(|e| match e {
+            ArtifactError::WrongType {
+                expected, found, ..
+            } => BundleError::WrongType {
+                file: file.into(),
+                expected,
+                found,
+            },
+            e => BundleError::Json {
+                file: file.into(),
+                what: kind.what(),
+                detail: match e {
+                    ArtifactError::Parse { detail, .. } => detail,
+                    e => e.to_string(),
+                },
+            },
+        })?;
+        let id = a.id().to_string();
+        self.artifacts.insert(a);
+        if file.strip_suffix(kind.file_suffix()) != Some(id.as_str()) {
             self.warnings.push(format!(
                 "{file}: holds the {} with id {id:?}; HPE names the file {id}{}",
                 kind.what(),
-                kind.suffix()
+                kind.file_suffix()
             ));
         }
         Ok(())
@@ -966,7 +907,7 @@ impl Bundle {
         i: usize,
         algs: &[Algorithm],
         total: &mut u64,
-    ) -> Result<(Vec<u8>, Vec<(Algorithm, String)>)> {
+    ) -> Result<(Vec<u8>, Digests)> {
         let e = &self.entries[i];
         if e.size > MAX_JSON_BYTES {
             return Err(BundleError::TooLarge {
@@ -1151,8 +1092,18 @@ impl Bundle {
         // the zip entry streamed out and verified on the way.
         let payload_file = match &self.source {
             Source::Dir { path } => {
-                self.verify_streamed(i)?;
-                open_in_dir(path, &self.entries[i].name)?
+                // One descriptor, hashed then read: a file swapped in between cannot slip in.
+                let e = &self.entries[i];
+                let mut f = open_in_dir(path, &e.name)?;
+                let mut h = Hashers::new(&self.expected(&e.name));
+                read_bounded(&e.name, &mut f, e.size, false, &mut |b| {
+                    h.update(b);
+                    Ok(())
+                })?;
+                self.compare(&e.name, &h.finish())?;
+                f.seek(SeekFrom::Start(0))
+                    .map_err(io_err("reading", path.join(&e.name)))?;
+                f
             }
             Source::Zip { .. } => {
                 let p = stage.0.join("payload.zip");
@@ -1330,44 +1281,21 @@ fn write_zip(
         let name = name.to_string();
         move |e: io::Error| BundleError::Write(format!("{name}: {e}"))
     };
-    let json = |name: &str, v: &dyn erased::Json| -> Result<Vec<u8>> {
-        v.to_vec()
-            .map_err(|e| BundleError::Write(format!("{name}: {e}")))
-    };
 
     // HPE's order: plan scripts, golden images (each followed by its payload), build plans,
     // deployment plans, the manifest, the checksums.
-    for s in &set.plan_scripts {
-        let name = format!("{}_planscript.json", s.id);
-        let bytes = json(&name, s)?;
+    for a in set.artifacts() {
+        let name = format!("{}{}", a.id(), a.kind().file_suffix());
+        let bytes = a.to_json();
         put(&mut zip, &mut sums, name.clone(), deflate, &mut |w| {
             w.write_all(&bytes).map_err(write_err(&name))
         })?;
-    }
-    for g in &set.golden_images {
-        let name = format!("{}_goldenimage.json", g.id);
-        let bytes = json(&name, g)?;
-        put(&mut zip, &mut sums, name.clone(), deflate, &mut |w| {
-            w.write_all(&bytes).map_err(write_err(&name))
-        })?;
-        let Some(p) = payloads.iter().find(|p| p.golden_image == g.name) else {
+        let Artifact::GoldenImage(g) = &a else {
             continue;
         };
-        write_payload(&mut zip, &mut sums, tmp_disk, g, p)?;
-    }
-    for b in &set.build_plans {
-        let name = format!("{}_buildplan.json", b.id);
-        let bytes = json(&name, b)?;
-        put(&mut zip, &mut sums, name.clone(), deflate, &mut |w| {
-            w.write_all(&bytes).map_err(write_err(&name))
-        })?;
-    }
-    for d in &set.deployment_plans {
-        let name = format!("{}_deploymentplan.json", d.id);
-        let bytes = json(&name, d)?;
-        put(&mut zip, &mut sums, name.clone(), deflate, &mut |w| {
-            w.write_all(&bytes).map_err(write_err(&name))
-        })?;
+        if let Some(p) = payloads.iter().find(|p| p.golden_image == g.name) {
+            write_payload(&mut zip, &mut sums, tmp_disk, g, p)?;
+        }
     }
     put(&mut zip, &mut sums, MANIFEST.into(), deflate, &mut |w| {
         w.write_all(manifest_text.as_bytes())
@@ -1437,20 +1365,6 @@ fn write_payload(
                 .finish()
                 .map_err(zip_write_err("finishing the payload zip"))?;
             copy_file(zip, sums, tmp_disk)
-        }
-    }
-}
-
-/// JSON serialization behind one object-safe trait, so the writer treats every artifact kind
-/// the same way.
-mod erased {
-    pub trait Json {
-        fn to_vec(&self) -> serde_json::Result<Vec<u8>>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_vec(&self) -> serde_json::Result<Vec<u8>> {
-            // Compact, no trailing newline: what HPE writes.
-            serde_json::to_vec(self)
         }
     }
 }
