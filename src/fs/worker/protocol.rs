@@ -28,6 +28,15 @@ pub enum Source {
     Image { repo: PathBuf, name: String },
     /// A raw disk image file outside any repository.
     File { path: PathBuf },
+    /// Snapshot `snapshot` (its id) of a volume, taken and held by the parent; with
+    /// `overlay`, the overlay directory the parent made over it (written by a writable
+    /// open, saved on `Commit`; the parent owns and removes it). Without, read-only.
+    Snapshot {
+        repo: PathBuf,
+        volume: String,
+        snapshot: String,
+        overlay: Option<PathBuf>,
+    },
 }
 
 impl Source {
@@ -36,6 +45,12 @@ impl Source {
             Source::Volume { name, .. } => format!("volume {name:?}"),
             Source::Image { name, .. } => format!("image {name:?}"),
             Source::File { path } => format!("file {}", path.display()),
+            Source::Snapshot {
+                volume,
+                overlay: None,
+                ..
+            } => format!("snapshot of volume {volume:?}"),
+            Source::Snapshot { volume, .. } => format!("copy of a snapshot of volume {volume:?}"),
         }
     }
 }
