@@ -864,4 +864,83 @@ mod tests {
             );
         }
     }
+
+    /// Real files, a writer thread committing (and compacting) as fast as it can, and
+    /// snapshots taken meanwhile: each is exactly one flush point's state, and stays so
+    /// while the writer goes on reusing slots.
+    #[test]
+    fn snapshots_of_a_busy_compacting_writer_are_flush_points_and_stay_put() {
+        use std::sync::atomic::AtomicBool;
+        const BLOCKS: u64 = 64;
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().to_path_buf();
+        let mut d = Delta::create(Arc::new(FsDir::new(&dir)), "v".into()).unwrap();
+        d.set_pins(Arc::new(PinDir::new(dir.join(PINS_DIR))))
+            .unwrap();
+        d.set_compaction_threshold(2048);
+        let v = Arc::new(Volume::new("v", BLOCKS * BLOCK as u64, None, d, false));
+        let history = Arc::new(Mutex::new(vec![vec![0u64; BLOCKS as usize]]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (v, history, stop) = (v.clone(), history.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut state = vec![0u64; BLOCKS as usize];
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..5 {
+                        n += 1;
+                        let b = (n * 7919) % BLOCKS;
+                        let mut buf = vec![(n % 251) as u8; BLOCK];
+                        buf[..8].copy_from_slice(&n.to_le_bytes());
+                        v.write_at(&buf, b * BLOCK as u64).unwrap();
+                        state[b as usize] = n;
+                    }
+                    // Recorded before the flush: a snapshot may see a commit whose flush
+                    // has not returned yet.
+                    history.lock().push(state.clone());
+                    v.flush().unwrap();
+                }
+            })
+        };
+        let read = |s: &Snapshot| -> Vec<u64> {
+            let mut buf = vec![0u8; BLOCK];
+            (0..BLOCKS)
+                .map(|b| {
+                    s.read_at(&mut buf, b * BLOCK as u64).unwrap();
+                    let n = u64::from_le_bytes(buf[..8].try_into().unwrap());
+                    if n != 0 {
+                        assert!(buf[8..].iter().all(|&x| x == (n % 251) as u8), "torn block");
+                    }
+                    n
+                })
+                .collect()
+        };
+        let mut kept = Vec::new();
+        let mut seen = Vec::new();
+        for i in 0..60 {
+            let s = Snapshot::take(&dir, "v", BLOCKS * BLOCK as u64, None).unwrap();
+            let state = read(&s);
+            seen.push(state.clone());
+            if i % 10 == 0 {
+                kept.push((s, state));
+            }
+        }
+        // Let the writer churn through every block many times while pins are held.
+        let until = history.lock().len() + 400;
+        while history.lock().len() < until {
+            std::thread::yield_now();
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        let history = history.lock();
+        for (i, st) in seen.iter().enumerate() {
+            assert!(history.contains(st), "snapshot {i} is no flush point");
+        }
+        for (s, st) in &kept {
+            assert_eq!(&read(s), st, "a held snapshot changed");
+        }
+        drop(kept);
+        let left: Vec<_> = fs::read_dir(dir.join(PINS_DIR)).unwrap().collect();
+        assert!(left.is_empty(), "dropped snapshots leave no pin");
+    }
 }
