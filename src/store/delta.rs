@@ -17,9 +17,10 @@ use super::format::{
     Batch, BatchKind, HeaderError, MapEntry, MapHeader, BLOCK, FORMAT_VERSION, MAP_HEADER_LEN,
     UNMAPPED_SLOT, ZERO_SLOT,
 };
+use super::snapshot::PinSource;
 
 pub const DATA_FILE: &str = "data";
-const MAP_FILES: [&str; 2] = ["map.0", "map.1"];
+pub const MAP_FILES: [&str; 2] = ["map.0", "map.1"];
 /// The log is folded into a new snapshot once it is larger than this and than twice the
 /// snapshot: replay on open stays proportional to the map, not to the volume's history.
 const COMPACT_MIN_BYTES: u64 = 4 << 20;
@@ -67,6 +68,14 @@ pub struct Delta {
     compact_min: u64,
     /// Set when a commit failed: its fate on disk is unknown, so no more commits.
     failed: Option<String>,
+    /// The snapshots of this volume that pin committed maps (see `snapshot.rs`): asked
+    /// before a slot is handed back for reuse. `None`: nobody can pin (tests, read-only).
+    pins: Option<Arc<dyn PinSource>>,
+    /// Slots no map of ours references any more but a pinned map may: neither free nor
+    /// used, until the pins that hold them go.
+    held: Vec<u32>,
+    /// The pin state `held` was last sorted against.
+    held_version: u64,
 }
 
 /// Where the map files stand after a commit.
@@ -141,6 +150,9 @@ impl Delta {
             snapshot_len: 0,
             compact_min: COMPACT_MIN_BYTES,
             failed: None,
+            pins: None,
+            held: Vec::new(),
+            held_version: 0,
         };
         // The first commit: generation 1, an empty snapshot, into map.0.
         let c = d.snapshot_commit(Vec::new());
@@ -232,6 +244,9 @@ impl Delta {
             snapshot_len: 0,
             compact_min: COMPACT_MIN_BYTES,
             failed: None,
+            pins: None,
+            held: Vec::new(),
+            held_version: 0,
         };
         let mut pos = MAP_HEADER_LEN;
         while let Some((batch, len)) = Batch::decode(&bytes[pos..]) {
@@ -632,8 +647,10 @@ impl Delta {
         }
     }
 
-    /// After a durable commit: slots it superseded are free; give their space back.
-    fn reclaim(&mut self, mut freed: Vec<u32>) {
+    /// After a durable commit: slots it superseded are free (unless a snapshot pins them);
+    /// give their space back.
+    fn reclaim(&mut self, freed: Vec<u32>) {
+        let mut freed = self.unpinned(freed);
         freed.sort_unstable();
         let mut i = 0;
         while i < freed.len() {
@@ -651,6 +668,125 @@ impl Delta {
             i = j;
         }
         self.free.extend(freed.into_iter().rev());
+    }
+
+    /// Of `freed` and the slots held so far, those no pin holds now; the others are kept in
+    /// `held`. Asked at every reclaim that has something to give back, so a writer that
+    /// opened the volume before a snapshot was taken learns of it before it reuses a slot.
+    /// When the pins cannot be read, nothing is given back (a full disk is better than a
+    /// snapshot's blocks overwritten).
+    fn unpinned(&mut self, mut freed: Vec<u32>) -> Vec<u32> {
+        let Some(pins) = &self.pins else {
+            return freed;
+        };
+        if freed.is_empty() && self.held.is_empty() {
+            return freed;
+        }
+        let state = match pins.current() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(what = %self.label, error = %e, "cannot read the snapshot pins; keeping freed blocks");
+                self.held.append(&mut freed);
+                return freed;
+            }
+        };
+        if state.version != self.held_version {
+            freed.append(&mut self.held);
+            self.held_version = state.version;
+        }
+        if state.is_empty() {
+            return freed;
+        }
+        let (hold, free): (Vec<u32>, Vec<u32>) = freed.into_iter().partition(|&s| state.holds(s));
+        self.held.extend(hold);
+        free
+    }
+
+    /// Makes the writer honour the snapshots' pins from now on (see `snapshot.rs`). Called
+    /// by the repository on every writable open: slots the map does not reference but a
+    /// live pin does are taken out of the free list. With a pin still being taken (its map
+    /// not yet written), every free slot is held: that snapshot may be reading a map an
+    /// earlier writer committed and freed slots after.
+    pub fn set_pins(&mut self, pins: Arc<dyn PinSource>) -> Result<()> {
+        let state = pins
+            .current()
+            .map_err(|e| StoreError::io("reading the snapshot pins of", self.dir.describe(), e))?;
+        self.held_version = state.version;
+        if !state.is_empty() {
+            let free = std::mem::take(&mut self.free);
+            let (hold, free): (Vec<u32>, Vec<u32>) =
+                free.into_iter().partition(|&s| state.holds(s));
+            self.free = free;
+            self.held = hold;
+        }
+        self.pins = Some(pins);
+        Ok(())
+    }
+
+    /// Which map file holds the state this delta was opened at, its generation and its
+    /// last log sequence number (a snapshot checks the file still has that generation).
+    pub fn committed(&self) -> (usize, u64, u64) {
+        (self.active, self.generation, self.sequence)
+    }
+
+    /// Every entry of the map, in no particular order.
+    pub fn entries(&self) -> Vec<MapEntry> {
+        self.map
+            .iter()
+            .map(|(&block, s)| MapEntry {
+                block,
+                slot: s.slot,
+                crc: s.crc,
+            })
+            .collect()
+    }
+
+    /// A delta that is exactly `entries` over the data file `data`, for reading only: a
+    /// snapshot's view of a committed map (it never writes, flushes or allocates).
+    pub fn frozen(
+        dir: Arc<dyn StoreDir>,
+        data: Arc<dyn StoreFile>,
+        label: String,
+        entries: &[MapEntry],
+    ) -> Delta {
+        let mut d = Delta {
+            dir,
+            data,
+            label,
+            map: FxHashMap::default(),
+            dirty: FxHashSet::default(),
+            free: Vec::new(),
+            pending_free: Vec::new(),
+            next_slot: 0,
+            active: 0,
+            generation: 0,
+            sequence: 0,
+            map_len: 0,
+            snapshot_len: 0,
+            compact_min: COMPACT_MIN_BYTES,
+            failed: Some("a snapshot never commits".into()),
+            pins: None,
+            held: Vec::new(),
+            held_version: 0,
+        };
+        d.map.reserve(entries.len());
+        for e in entries {
+            d.apply(e);
+        }
+        d
+    }
+
+    /// The data slot block `block` is stored in, if any (for tests of slot reuse).
+    pub fn slot_of(&self, block: u64) -> Option<u32> {
+        self.map
+            .get(&block)
+            .map(|s| s.slot)
+            .filter(|&s| s != ZERO_SLOT)
+    }
+
+    /// Slots held for snapshots now (for tests and stats).
+    pub fn held_slots(&self) -> usize {
+        self.held.len()
     }
 
     /// Sets the log size below which flushes never compact (tests use small values to

@@ -10,6 +10,9 @@
 //! - `device.rs`   the `BlockDevice` trait every layer above sees (Volume, Image, files, memory)
 //! - `repo.rs`     the repository directory: names, metadata, create/remove/open
 //! - `transfer.rs` import and export of whole disks; `names.rs` name validation
+//! - `snapshot.rs` point-in-time views of a volume's committed map, pinned against reuse
+//! - `overlay.rs`  a throwaway writable layer over any read-only device
+//! - `ranges.rs`   byte-range sets, and storing only some ranges of a device as an image
 //! - `trace.rs`    boot traces: record a first boot's image reads, prefetch them for clones
 //! - `buf.rs`      page-aligned buffers (the kernel copies into them much faster)
 
@@ -22,7 +25,10 @@ pub mod error;
 pub mod format;
 pub mod image;
 pub mod names;
+pub mod overlay;
+pub mod ranges;
 pub mod repo;
+pub mod snapshot;
 pub mod trace;
 pub mod transfer;
 pub mod volume;
@@ -31,8 +37,10 @@ pub use buf::{AlignedBuf, ReadBuf};
 pub use delta::Wait;
 pub use device::{BlockDevice, SharedDevice};
 pub use error::{ErrorKind, Result, StoreError};
+pub use overlay::{Overlay, OverlayDir};
 pub use repo::{
     ImageInfo, ImageMeta, RepoOptions, Repository, StagedVolume, VolumeInfo, VolumeMeta,
 };
+pub use snapshot::Snapshot;
 pub use transfer::SourceFormat;
 pub use volume::Volume;

@@ -21,10 +21,13 @@ use serde::{Deserialize, Serialize};
 use super::backend::{FsDir, FsFile};
 use super::cache::ChunkCache;
 use super::delta::{self, Delta};
+use super::device::BlockDevice;
 use super::error::{Result, StoreError};
 use super::format::{CHUNK, FORMAT_VERSION};
 use super::image::{Image, ImageWriter};
 use super::names;
+use super::ranges;
+use super::snapshot::{PinDir, Snapshot, PINS_DIR};
 use super::transfer::{self, Progress, SourceFormat};
 use super::volume::Volume;
 
@@ -454,7 +457,7 @@ impl Repository {
                 name: name.into(),
             });
         }
-        let mut stage = self.stage("image")?;
+        let stage = self.stage("image")?;
         let transfer::Prepared { raw, len } = transfer::prepare_source(src, opts, &stage.path)?;
         let mut w = ImageWriter::create(&stage.path, len, CHUNK)?;
         transfer::copy_raw_into(&raw, len, &mut w, CHUNK, progress)?;
@@ -470,19 +473,69 @@ impl Repository {
             created: now(),
             source: src.display().to_string(),
         };
+        self.add_staged_image(stage, meta)
+    }
+
+    /// Writes `meta` into the staged image directory and renames it into place under the
+    /// repository lock: the image appears whole or not at all.
+    fn add_staged_image(&self, mut stage: Stage, meta: ImageMeta) -> Result<ImageMeta> {
+        let name = meta.name.clone();
         write_json(&stage.path.join(IMAGE_META), &meta)?;
         let _lock = self.lock_names()?;
-        let dest = self.image_dir(name);
+        let dest = self.image_dir(&name);
         if dest.exists() {
             return Err(StoreError::Exists {
                 kind: "image",
-                name: name.into(),
+                name,
             });
         }
         fs::rename(&stage.path, &dest).map_err(|e| StoreError::io("adding", &dest, e))?;
         stage.keep = true;
         sync_dir(&self.root.join("images"))?;
         Ok(meta)
+    }
+
+    /// Stores the bytes of `device` in `keep` (byte ranges; merged and widened to whole
+    /// chunks here) as new golden image `name`; everything else reads as zeros in the
+    /// image. Staged and renamed into place like any import: a failure leaves nothing.
+    /// This is how a capture stores only the blocks the filesystems use.
+    pub fn import_image_from_device(
+        &self,
+        name: &str,
+        device: &dyn BlockDevice,
+        keep: &[(u64, u64)],
+        progress: Progress,
+    ) -> Result<ImageMeta> {
+        names::validate(name)?;
+        if self.image_dir(name).exists() {
+            return Err(StoreError::Exists {
+                kind: "image",
+                name: name.into(),
+            });
+        }
+        let len = device.len();
+        transfer::check_disk_size(len, &device.describe())?;
+        let stage = self.stage("image")?;
+        let mut w = ImageWriter::create(&stage.path, len, CHUNK)?;
+        ranges::copy_ranges_into(device, keep, &mut w, CHUNK, progress)?;
+        let stored_bytes = w.finish()?;
+        let meta = ImageMeta {
+            name: name.into(),
+            virtual_size: len,
+            stored_bytes,
+            chunk_size: CHUNK as u64,
+            created: now(),
+            source: device.describe(),
+        };
+        self.add_staged_image(stage, meta)
+    }
+
+    /// A fresh directory in the repository's `tmp/` for scratch files (an overlay): the
+    /// caller removes it; if the process dies first, the next `Repository::open` does.
+    pub fn scratch_dir(&self, what: &str) -> Result<PathBuf> {
+        let mut stage = self.stage(what)?;
+        stage.keep = true;
+        Ok(stage.path.clone())
     }
 
     /// Removes image `name`; refused while any volume depends on it.
@@ -734,14 +787,45 @@ impl Repository {
         } else {
             FsDir::new(&dir)
         };
-        let delta = Delta::open_with_data(
+        let mut delta = Delta::open_with_data(
             Arc::new(store_dir),
             Arc::new(data),
             format!("volume {name:?}"),
         )?;
+        if !read_only {
+            // Snapshots taken now or later pin slots this writer must not reuse.
+            delta.set_pins(Arc::new(PinDir::new(dir.join(PINS_DIR))))?;
+        }
         let v = Arc::new(Volume::new(name, meta.size, base, delta, read_only));
         volumes.insert(name.to_string(), Arc::downgrade(&v));
         Ok(v)
+    }
+
+    /// A point-in-time, read-only view of volume `name`'s last committed state, taken
+    /// without copying data and without any lock on the volume: it may be open for writing
+    /// in this or another process, which goes on writing and flushing (see `snapshot.rs`).
+    /// The view lasts until the `Snapshot` is dropped.
+    pub fn snapshot_volume(&self, name: &str) -> Result<Snapshot> {
+        let meta = self.volume_meta(name)?;
+        transfer::check_disk_size(meta.size, &format!("volume {name:?} (volume.json)"))?;
+        let base = match &meta.image {
+            Some(img) => Some(self.open_image(img)?),
+            None => None,
+        };
+        Snapshot::take(&self.volume_dir(name), name, meta.size, base)
+    }
+
+    /// Opens snapshot `id` of volume `name`, taken (and still held) by another process.
+    pub fn open_snapshot(&self, name: &str, id: &str) -> Result<Snapshot> {
+        names::validate(name)?;
+        let dir = self.volume_dir(name);
+        if !dir.is_dir() {
+            return Err(StoreError::NotFound {
+                kind: "volume",
+                name: name.into(),
+            });
+        }
+        Snapshot::open(&dir, name, id, |img| self.open_image(img))
     }
 
     /// Removes volume `name`; refused while it is open here or in another process.

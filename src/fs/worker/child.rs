@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::fs::session::Session;
 use crate::fs::types::*;
 use crate::store::device::{FileDevice, SharedDevice};
+use crate::store::overlay::Overlay;
 use crate::store::{RepoOptions, Repository};
 
 use super::protocol::*;
@@ -94,6 +95,27 @@ fn open(o: &Open) -> FsResult<SharedDevice> {
             dir,
             name,
         } => repo(root)?.open_staged_volume(dir, name)? as SharedDevice,
+        Source::Snapshot {
+            repo: root,
+            volume,
+            snapshot,
+            overlay,
+        } => {
+            let snap: SharedDevice = Arc::new(repo(root)?.open_snapshot(volume, snapshot)?);
+            match overlay {
+                Some(dir) => Arc::new(Overlay::open(dir, snap, o.read_only)?),
+                None if o.read_only => snap,
+                None => {
+                    return Err(FsError::new(
+                        libc::EROFS,
+                        format!(
+                            "a snapshot of volume {volume:?} is read-only; edit a copy of it \
+                             (an overlay) instead"
+                        ),
+                    ))
+                }
+            }
+        }
     })
 }
 

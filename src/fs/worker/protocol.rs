@@ -34,6 +34,15 @@ pub enum Source {
         dir: PathBuf,
         name: String,
     },
+    /// Snapshot `snapshot` (its id) of a volume, taken and held by the parent; with
+    /// `overlay`, the overlay directory the parent made over it (written by a writable
+    /// open, saved on `Commit`; the parent owns and removes it). Without, read-only.
+    Snapshot {
+        repo: PathBuf,
+        volume: String,
+        snapshot: String,
+        overlay: Option<PathBuf>,
+    },
 }
 
 impl Source {
@@ -43,6 +52,12 @@ impl Source {
             Source::Image { name, .. } => format!("image {name:?}"),
             Source::File { path } => format!("file {}", path.display()),
             Source::Staged { name, .. } => format!("new volume {name:?}"),
+            Source::Snapshot {
+                volume,
+                overlay: None,
+                ..
+            } => format!("snapshot of volume {volume:?}"),
+            Source::Snapshot { volume, .. } => format!("copy of a snapshot of volume {volume:?}"),
         }
     }
 }
