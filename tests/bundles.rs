@@ -705,11 +705,16 @@ fn bundles_missing_their_checksums_or_manifest_or_not_zips_are_refused() {
     // A folder with neither is a set of artifacts written by hand: read, unverified, and
     // said so; a zip without checksums is refused.
     let b = Bundle::open(t.path()).unwrap();
-    assert!(b.warnings().iter().any(|w| w.contains("not verified")), "{:?}", b.warnings());
+    assert!(
+        b.warnings().iter().any(|w| w.contains("not verified")),
+        "{:?}",
+        b.warnings()
+    );
     let z = t.path().join("nosums.zip");
     {
         let mut w = zip::ZipWriter::new(fs::File::create(&z).unwrap());
-        w.start_file("MANIFEST.MF", SimpleFileOptions::default()).unwrap();
+        w.start_file("MANIFEST.MF", SimpleFileOptions::default())
+            .unwrap();
         w.write_all(b"Artifact Name:x").unwrap();
         w.finish().unwrap();
     }

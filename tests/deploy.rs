@@ -41,7 +41,10 @@ fn partition_offset(disk: &Path, n: usize) -> u64 {
 /// A file read from a FAT partition with mtools (the host kernel has no vfat).
 fn fat_read(disk: &Path, part: usize, path: &str) -> String {
     let img = format!("{}@@{}", disk.display(), partition_offset(disk, part));
-    ok(Command::new("mtype").arg("-i").arg(img).arg(format!("::{path}")))
+    ok(Command::new("mtype")
+        .arg("-i")
+        .arg(img)
+        .arg(format!("::{path}")))
 }
 
 /// What `fsck.fat -n` finds wrong in partition `part` (copied out of the disk): its
@@ -59,7 +62,11 @@ fn fat_problems(disk: &Path, part: usize) -> Vec<String> {
         .arg(format!("skip={start}"))
         .arg(format!("count={size}"))
         .arg("status=none"));
-    let o = Command::new("fsck.fat").arg("-n").arg(&out).output().unwrap();
+    let o = Command::new("fsck.fat")
+        .arg("-n")
+        .arg(&out)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
     let _ = std::fs::remove_file(&out);
     text.lines()
@@ -77,7 +84,14 @@ fn fat_problems(disk: &Path, part: usize) -> Vec<String> {
 /// image carries an empty label fsck.fat objects to).
 fn fsck_fat(repo: &Repo, disk: &Path, part: usize) {
     let images = repo.ok(&["image", "ls"]);
-    let image = images.lines().nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let image = images
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     let gold = repo.path("gold.raw");
     if !gold.exists() {
         repo.ok(&["image", "export", &image, gold.to_str().unwrap()]);
@@ -85,7 +99,10 @@ fn fsck_fat(repo: &Repo, disk: &Path, part: usize) {
     let before = fat_problems(&gold, part);
     let after = fat_problems(disk, part);
     for p in &after {
-        assert!(before.contains(p), "new fsck.fat complaint: {p}\nall: {after:?}");
+        assert!(
+            before.contains(p),
+            "new fsck.fat complaint: {p}\nall: {after:?}"
+        );
     }
 }
 
@@ -113,7 +130,15 @@ fn the_support_bundle_deploys_unchanged_and_personalizes_the_esp() {
     assert_eq!(r["result"], "succeeded");
     assert_eq!(r["deployment_plan"], SIMPLE_PLAN);
     // A second deployment reuses the imported golden image.
-    repo.ok(&["deploy", "web-02", "--artifacts", &bundle(SUPPORT), "--plan", SIMPLE_PLAN, "-q"]);
+    repo.ok(&[
+        "deploy",
+        "web-02",
+        "--artifacts",
+        &bundle(SUPPORT),
+        "--plan",
+        SIMPLE_PLAN,
+        "-q",
+    ]);
     let images = repo.ok(&["image", "ls"]);
     assert_eq!(images.lines().count(), 2, "{images}");
     let disk2 = export(&repo, "web-02");
@@ -136,7 +161,11 @@ fn the_intentional_failure_plan_leaves_no_volume_and_says_where() {
     assert!(e.contains("Fail_OS_Deployment: unknown command"), "{e}");
     assert!(e.contains("attempt or fail deployment"), "{e}");
     assert!(e.contains("line 14"), "{e}");
-    assert_eq!(repo.ok(&["volume", "ls"]).lines().count(), 1, "only the header");
+    assert_eq!(
+        repo.ok(&["volume", "ls"]).lines().count(),
+        1,
+        "only the header"
+    );
     assert!(repo.staging_is_empty());
 }
 
@@ -144,12 +173,29 @@ fn the_intentional_failure_plan_leaves_no_volume_and_says_where() {
 fn the_empty_volume_plan_makes_a_blank_volume_of_volume_size_mib() {
     let repo = Repo::new();
     let plan = "HPE - Foundation 1.0 - create empty OS Volume-2017-10-13";
-    let e = repo.fails(&["deploy", "blank", "--artifacts", &bundle(FOUNDATION), "--plan", plan]);
+    let e = repo.fails(&[
+        "deploy",
+        "blank",
+        "--artifacts",
+        &bundle(FOUNDATION),
+        "--plan",
+        plan,
+    ]);
     assert!(e.contains("VolumeSize"), "{e}");
     let out = repo.ok(&[
-        "deploy", "blank", "--artifacts", &bundle(FOUNDATION), "--plan", plan, "--attr", "VolumeSize=64",
+        "deploy",
+        "blank",
+        "--artifacts",
+        &bundle(FOUNDATION),
+        "--plan",
+        plan,
+        "--attr",
+        "VolumeSize=64",
     ]);
-    assert!(out.contains("Create empty OS Volume of size 64 MiB"), "{out}");
+    assert!(
+        out.contains("Create empty OS Volume of size 64 MiB"),
+        "{out}"
+    );
     let info = repo.ok(&["volume", "info", "blank", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(v["size"].as_u64(), Some(64 << 20), "{info}");
@@ -161,12 +207,30 @@ fn a_password_never_reaches_the_output_the_errors_or_the_record() {
     let secret = "Pw-9q7Zx";
     let plan = "HPE - Developer 1.0 - Deployment Test (UEFI) - 2017-03-24";
     let o = repo.run(&[
-        "deploy", "pw", "--artifacts", &bundle(DEVELOPER), "--plan", plan,
-        "--attr", &format!("ExamplePassword={secret}"),
-        "--attr", "ExampleFQDN=web.example.com", "--attr", "ExampleIPv4Address=10.0.0.5",
-        "--attr", "ExampleString1=one", "--attr", "ExampleString2=two", "--attr", "ExampleNumber1=7",
+        "deploy",
+        "pw",
+        "--artifacts",
+        &bundle(DEVELOPER),
+        "--plan",
+        plan,
+        "--attr",
+        &format!("ExamplePassword={secret}"),
+        "--attr",
+        "ExampleFQDN=web.example.com",
+        "--attr",
+        "ExampleIPv4Address=10.0.0.5",
+        "--attr",
+        "ExampleString1=one",
+        "--attr",
+        "ExampleString2=two",
+        "--attr",
+        "ExampleNumber1=7",
     ]);
-    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(o.status.success(), "{all}");
     assert!(!all.contains(secret), "{all}");
     let record = std::fs::read_to_string(repo.root.join("volumes/pw/deployment.json")).unwrap();
@@ -178,8 +242,14 @@ fn a_password_never_reaches_the_output_the_errors_or_the_record() {
     // A password over its maxlen (10) is refused, and the refusal does not repeat it.
     let long = "Zz-0123456789-long";
     let e = repo.fails(&[
-        "deploy", "pw2", "--artifacts", &bundle(DEVELOPER), "--plan", plan,
-        "--attr", &format!("ExamplePassword={long}"),
+        "deploy",
+        "pw2",
+        "--artifacts",
+        &bundle(DEVELOPER),
+        "--plan",
+        plan,
+        "--attr",
+        &format!("ExamplePassword={long}"),
     ]);
     assert!(e.contains("ExamplePassword"), "{e}");
     assert!(!e.contains(long), "{e}");
@@ -211,7 +281,10 @@ fn folder_plan(repo: &Repo, script: &str) -> String {
     for (f, v) in [
         ("11111111-1111-1111-1111-111111111111_planscript.json", ps),
         ("22222222-2222-2222-2222-222222222222_buildplan.json", bp),
-        ("33333333-3333-3333-3333-333333333333_deploymentplan.json", dp),
+        (
+            "33333333-3333-3333-3333-333333333333_deploymentplan.json",
+            dp,
+        ),
     ] {
         std::fs::write(dir.join(f), serde_json::to_vec(&v).unwrap()).unwrap();
     }
@@ -219,7 +292,15 @@ fn folder_plan(repo: &Repo, script: &str) -> String {
 }
 
 fn import_support_image(repo: &Repo) {
-    repo.ok(&["deploy", "seed", "--artifacts", &bundle(SUPPORT), "--plan", SIMPLE_PLAN, "-q"]);
+    repo.ok(&[
+        "deploy",
+        "seed",
+        "--artifacts",
+        &bundle(SUPPORT),
+        "--plan",
+        SIMPLE_PLAN,
+        "-q",
+    ]);
 }
 
 #[test]
@@ -227,13 +308,27 @@ fn scripts_that_escape_their_scratch_directory_or_fail_on_the_host_leave_no_volu
     let repo = Repo::new();
     import_support_image(&repo);
     for (script, why) in [
-        ("mount /dev/sda1 /\ndownload /EFI/BOOT/message.txt ../../escaped\n", "escaped"),
-        ("mount /dev/sda1 /\ndownload /EFI/BOOT/message.txt /etc/escaped\n", "escaped"),
+        (
+            "mount /dev/sda1 /\ndownload /EFI/BOOT/message.txt ../../escaped\n",
+            "escaped",
+        ),
+        (
+            "mount /dev/sda1 /\ndownload /EFI/BOOT/message.txt /etc/escaped\n",
+            "escaped",
+        ),
         ("mount /dev/sda1 /\nwrite /x \"y\"\n!exit 1\n", "status 1"),
         ("mount /dev/sda1 /\nrm /nothere\n", "nothere"),
     ] {
         let dir = folder_plan(&repo, script);
-        let e = repo.fails(&["deploy", "bad", "--artifacts", &dir, "--plan", "test plan", "-q"]);
+        let e = repo.fails(&[
+            "deploy",
+            "bad",
+            "--artifacts",
+            &dir,
+            "--plan",
+            "test plan",
+            "-q",
+        ]);
         assert!(e.contains(why) || e.contains("outside"), "{script}: {e}");
         assert!(!repo.root.join("volumes/bad").exists(), "{script}");
         assert!(!Path::new("/etc/escaped").exists());
@@ -252,7 +347,15 @@ fn kill_9_in_the_middle_of_a_deployment_leaves_no_half_made_volume() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
         .arg("--repo")
         .arg(&repo.root)
-        .args(["deploy", "half", "--artifacts", &dir, "--plan", "test plan", "-q"])
+        .args([
+            "deploy",
+            "half",
+            "--artifacts",
+            &dir,
+            "--plan",
+            "test plan",
+            "-q",
+        ])
         .spawn()
         .unwrap();
     // Wait for the host-side command to be running (its `sleep 617` shows in /proc).
@@ -268,11 +371,23 @@ fn kill_9_in_the_middle_of_a_deployment_leaves_no_half_made_volume() {
     child.kill().unwrap();
     child.wait().unwrap();
     // The next command sees no volume, and clears what the dead deployment left.
-    assert_eq!(repo.ok(&["volume", "ls"]).lines().count(), 2, "header and seed only");
+    assert_eq!(
+        repo.ok(&["volume", "ls"]).lines().count(),
+        2,
+        "header and seed only"
+    );
     assert!(!repo.root.join("volumes/half").exists());
     // The name is free and the image intact: the same deployment, fixed, succeeds.
     let dir = folder_plan(&repo, "mount /dev/sda1 /\nwrite /EFI/half \"made\"\n");
-    repo.ok(&["deploy", "half", "--artifacts", &dir, "--plan", "test plan", "-q"]);
+    repo.ok(&[
+        "deploy",
+        "half",
+        "--artifacts",
+        &dir,
+        "--plan",
+        "test plan",
+        "-q",
+    ]);
     let disk = export(&repo, "half");
     assert_eq!(fat_read(&disk, 1, "/EFI/half"), "made");
     fsck_fat(&repo, &disk, 1);

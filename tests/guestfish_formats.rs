@@ -69,7 +69,9 @@ fn recorded(image: &str) -> BTreeMap<usize, (String, Vec<u8>)> {
         let Some((num, cmd)) = stem.split_once('-') else {
             continue;
         };
-        let Ok(n) = num.parse::<usize>() else { continue };
+        let Ok(n) = num.parse::<usize>() else {
+            continue;
+        };
         let data = std::fs::read(fixtures(image).join(&name)).unwrap();
         m.insert(n, (cmd.to_string(), data));
     }
@@ -87,7 +89,9 @@ fn mask(cmd: &str, text: &str, line: &str) -> String {
             "stat" | "lstat" if key == "dev" || key == "ino" => format!("{key}: *\n"),
             "statvfs" if key == "fsid" => format!("{key}: *\n"),
             // `ll /`'s `..` is the appliance's root, and `total` counts it.
-            "ll" if line.trim_end() == "ll /" && (l.ends_with(" ..\n") || l.starts_with("total ")) => {
+            "ll" if line.trim_end() == "ll /"
+                && (l.ends_with(" ..\n") || l.starts_with("total ")) =>
+            {
                 continue
             }
             _ => l.to_string(),
@@ -118,7 +122,14 @@ fn compare(image: &str) -> Vec<String> {
         exe: env!("CARGO_BIN_EXE_strata").into(),
         ..WorkerOptions::default()
     };
-    let worker = Worker::start(Source::File { path: g.path.clone() }, false, &opts).unwrap();
+    let worker = Worker::start(
+        Source::File {
+            path: g.path.clone(),
+        },
+        false,
+        &opts,
+    )
+    .unwrap();
     let mut guest = Guest::new(worker);
     let mut host = NoShell(dir.path().to_path_buf());
     let mut sink = PerCommand::default();
@@ -157,5 +168,10 @@ fn strata_prints_what_guestfish_printed_on_the_same_images() {
     for image in golden_images::NAMES {
         all.extend(compare(image));
     }
-    assert!(all.is_empty(), "{} differences:\n{}", all.len(), all.join("\n"));
+    assert!(
+        all.is_empty(),
+        "{} differences:\n{}",
+        all.len(),
+        all.join("\n")
+    );
 }

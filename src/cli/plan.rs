@@ -93,7 +93,8 @@ fn values(attrs: &[String], file: Option<&Path>) -> Result<DeploymentValues, Str
         let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
-        v.merge_json(&json).map_err(|e| format!("{}: {e}", f.display()))?;
+        v.merge_json(&json)
+            .map_err(|e| format!("{}: {e}", f.display()))?;
     }
     for a in attrs {
         v.set(a).map_err(|e| format!("--attr: {e}"))?;
@@ -173,7 +174,11 @@ pub fn deploy(repo: &Repository, a: DeployArgs) -> CliResult {
         }
         Err(f) => {
             bar.finish();
-            Err(format!("deployment of {:?} failed; no volume was made:\n{}", a.volume, f.error).into())
+            Err(format!(
+                "deployment of {:?} failed; no volume was made:\n{}",
+                a.volume, f.error
+            )
+            .into())
         }
     }
 }
@@ -219,7 +224,10 @@ pub fn lint(cmd: ScriptCmd) -> CliResult {
         let content = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
             .and_then(|v| v.get("content").and_then(|c| c.as_str()).map(String::from));
-        report(&f.display().to_string(), content.as_deref().unwrap_or(&text));
+        report(
+            &f.display().to_string(),
+            content.as_deref().unwrap_or(&text),
+        );
     }
     if bad > 0 {
         return Err(format!("{bad} script(s) have errors").into());
@@ -237,7 +245,11 @@ enum Target {
 
 pub fn shell(repo: &Repository, a: ShellArgs) -> CliResult {
     let (source, target) = if a.image {
-        let staged = repo.stage_volume(&format!("shell-{}", std::process::id()), Some(&a.name), None)?;
+        let staged = repo.stage_volume(
+            &format!("shell-{}", std::process::id()),
+            Some(&a.name),
+            None,
+        )?;
         let src = Source::Staged {
             repo: repo.root().to_path_buf(),
             dir: staged.dir().to_path_buf(),
@@ -281,7 +293,10 @@ pub fn shell(repo: &Repository, a: ShellArgs) -> CliResult {
     let builtins = Builtins::default();
     let mut rec = Recorder::new(Record::default(), Box::new(|s: &str| s.to_string()), true);
     let expand = |text: &str| -> Result<String, String> {
-        let scripts = [strata::plan::attrs::Script { name: "shell", text }];
+        let scripts = [strata::plan::attrs::Script {
+            name: "shell",
+            text,
+        }];
         let values = strata::plan::attrs::resolve(&Layers {
             scripts: &scripts,
             build_plan: &decls,

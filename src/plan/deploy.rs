@@ -22,11 +22,11 @@ use crate::fs::worker::protocol::Source;
 use crate::store::transfer::Progress;
 use crate::store::{Repository, VolumeMeta};
 
-use super::artifacts::ResolvedDeployment;
+use super::artifacts::{ResolvedBuildPlan, ResolvedDeployment};
 use super::attrs::{self, Builtins, Declaration, DeploymentValues, Layers, Values, VolumePlan};
 use super::bundle::{self, Bundle};
 use super::guest::Guest;
-use super::interp::{self, Host, Interp, ShellOutput};
+use super::interp::{Host, Interp, ShellOutput};
 use super::record::{Record, Recorder};
 use super::sandbox::{Sandbox, SandboxOptions, Scratch};
 
@@ -90,7 +90,10 @@ pub struct SandboxHost<'a> {
 
 impl Host for SandboxHost<'_> {
     fn shell(&mut self, command: &str, stdin: Option<&[u8]>) -> Result<ShellOutput, String> {
-        let o = self.sandbox.run(command, stdin).map_err(|e| e.to_string())?;
+        let o = self
+            .sandbox
+            .run(command, stdin)
+            .map_err(|e| e.to_string())?;
         let mut note = None;
         if o.timed_out {
             note = Some("the shell command ran past its time limit and was killed".to_string());
@@ -149,8 +152,18 @@ pub fn resolve_attributes(
     values: &DeploymentValues,
     builtins: &Builtins,
 ) -> Result<Values, DeployError> {
-    let scripts: Vec<attrs::Script> = r
-        .build_plan
+    resolve_plan_attributes(&r.build_plan, Some(r.deployment_plan), values, builtins)
+}
+
+/// Resolves and validates the attributes of a build plan, run on its own (a capture) or
+/// under a deployment plan.
+pub fn resolve_plan_attributes(
+    plan: &ResolvedBuildPlan,
+    deployment_plan: Option<&super::artifacts::OeDeploymentPlan>,
+    values: &DeploymentValues,
+    builtins: &Builtins,
+) -> Result<Values, DeployError> {
+    let scripts: Vec<attrs::Script> = plan
         .steps
         .iter()
         .map(|(_, s)| attrs::Script {
@@ -158,8 +171,11 @@ pub fn resolve_attributes(
             text: &s.content,
         })
         .collect();
-    let bp = declarations(r.build_plan.build_plan.custom_attributes.get())?;
-    let dp = declarations(r.deployment_plan.custom_attributes.get())?;
+    let bp = declarations(plan.build_plan.custom_attributes.get())?;
+    let dp = match deployment_plan {
+        Some(d) => declarations(d.custom_attributes.get())?,
+        None => Vec::new(),
+    };
     attrs::resolve(&Layers {
         scripts: &scripts,
         build_plan: &bp,
@@ -185,7 +201,8 @@ pub fn deploy(
         .resolve(&opts.plan)
         .map_err(|e| DeployError::Artifacts(e.to_string()))?;
     let values = resolve_attributes(&r, &opts.values, &opts.builtins)?;
-    let (from, size) = match values.volume_plan(r.golden_image.is_some())
+    let (from, size) = match values
+        .volume_plan(r.golden_image.is_some())
         .map_err(|e| DeployError::Attributes(e.to_string()))?
     {
         VolumePlan::GoldenImage => {
@@ -220,7 +237,16 @@ pub fn deploy(
     );
     rec.record.timings_ms.prepare = t0.elapsed().as_millis() as u64;
 
-    let result = run_steps(repo, &opts, &r, &values, staged.dir(), &mut rec);
+    let source = Source::Staged {
+        repo: repo.root().to_path_buf(),
+        dir: staged.dir().to_path_buf(),
+        name: opts.volume.clone(),
+    };
+    let run = RunOptions {
+        worker: opts.worker.clone(),
+        sandbox: opts.sandbox.clone(),
+    };
+    let result = run_build_plan(source, &r.build_plan, &values, &run, &mut rec);
     let t_commit = Instant::now();
     let outcome = result.and_then(|guest| {
         guest
@@ -273,20 +299,26 @@ pub fn ensure_image(
     }
 }
 
-fn run_steps(
-    repo: &Repository,
-    opts: &DeployOptions,
-    r: &ResolvedDeployment,
+/// How a build plan's scripts run: the worker's and the sandbox's limits.
+#[derive(Clone)]
+pub struct RunOptions {
+    pub worker: WorkerOptions,
+    pub sandbox: SandboxOptions,
+}
+
+/// Runs a resolved build plan's scripts, in step order, against the disk `source` names:
+/// one worker for all of them, one sandbox over one scratch directory that lives for the
+/// whole plan. Returns the guest, not yet committed: the caller commits it (one flush) when
+/// the rest of its job has succeeded too, or abandons it. Deployments and captures both
+/// run their plans through here.
+pub fn run_build_plan(
+    source: Source,
+    plan: &ResolvedBuildPlan,
     values: &Values,
-    dir: &Path,
+    opts: &RunOptions,
     rec: &mut Recorder,
 ) -> Result<Guest, DeployError> {
     let t = Instant::now();
-    let source = Source::Staged {
-        repo: repo.root().to_path_buf(),
-        dir: dir.to_path_buf(),
-        name: opts.volume.clone(),
-    };
     let worker = Worker::start(source, false, &opts.worker)
         .map_err(|e| DeployError::Failed(e.to_string()))?;
     let mut guest = Guest::new(worker);
@@ -298,7 +330,7 @@ fn run_steps(
         scratch: &scratch,
         sandbox,
     };
-    for (step, script) in &r.build_plan.steps {
+    for (step, script) in &plan.steps {
         let text = values
             .expand_script(Some(&script.name), &script.content)
             .map_err(|e| DeployError::Attributes(e.to_string()))?;
@@ -315,7 +347,6 @@ fn run_steps(
             ))));
         }
     }
-    let _ = interp::READ_LIMIT;
     rec.record.timings_ms.scripts = t.elapsed().as_millis() as u64;
     Ok(guest)
 }

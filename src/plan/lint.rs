@@ -36,12 +36,16 @@ pub fn lint(text: &str) -> Lint {
         if c.name.contains('@') {
             out.notes.push((
                 l.number,
-                format!("the command is a custom attribute ({}): its value decides what runs", c.name),
+                format!(
+                    "the command is a custom attribute ({}): its value decides what runs",
+                    c.name
+                ),
             ));
             continue;
         }
         let Some(spec) = commands::find(&c.name) else {
-            out.errors.push((l.number, format!("{}: unknown command", c.name)));
+            out.errors
+                .push((l.number, format!("{}: unknown command", c.name)));
             continue;
         };
         let words: Vec<String> = c.args.iter().map(Arg::text).collect();
@@ -93,7 +97,13 @@ mod tests {
             let b = crate::plan::bundle::Bundle::open(&p).unwrap();
             for s in &b.artifacts().plan_scripts {
                 let l = lint(&s.content);
-                assert!(l.errors.is_empty(), "{}: {}: {:?}", p.display(), s.name, l.errors);
+                assert!(
+                    l.errors.is_empty(),
+                    "{}: {}: {:?}",
+                    p.display(),
+                    s.name,
+                    l.errors
+                );
                 seen += 1;
             }
         }

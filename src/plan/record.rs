@@ -214,6 +214,9 @@ mod tests {
         let json = serde_json::to_string(&r.record).unwrap();
         assert!(!json.contains("s3cret"), "{json}");
         assert_eq!(r.record.log, vec!["set password ********"]);
-        assert_eq!(r.record.steps[0].lines[0].error.as_deref(), Some("failed with ********"));
+        assert_eq!(
+            r.record.steps[0].lines[0].error.as_deref(),
+            Some("failed with ********")
+        );
     }
 }

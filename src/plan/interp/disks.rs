@@ -124,7 +124,10 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
             // The appliance mounts with relatime (ST_RELATIME), read-only ones ST_RDONLY.
             v.flag |= 4096;
             let ro = g.mounts()?.iter().any(|m| {
-                m.read_only && (a.str(0) == m.point || a.str(0).starts_with(&format!("{}/", m.point.trim_end_matches('/'))))
+                m.read_only
+                    && (a.str(0) == m.point
+                        || a.str(0)
+                            .starts_with(&format!("{}/", m.point.trim_end_matches('/'))))
             });
             if ro {
                 v.flag |= 1;

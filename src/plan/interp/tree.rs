@@ -35,10 +35,17 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
             let top = g.stat(dir, false).map_err(ctx)?;
             if !top.is_dir() {
                 // `ls -la FILE` in the appliance names the file by its appliance path.
-                let target = if top.kind == FileKind::Symlink { g.readlink(dir).ok() } else { None };
+                let target = if top.kind == FileKind::Symlink {
+                    g.readlink(dir).ok()
+                } else {
+                    None
+                };
                 let mut name = b"/sysroot".to_vec();
                 name.extend_from_slice(dir);
-                return Ok(Some(format::ll_one(&(name, top, target), Timespec::now().sec)));
+                return Ok(Some(format::ll_one(
+                    &(name, top, target),
+                    Timespec::now().sec,
+                )));
             }
             let mut rows = vec![
                 (b".".to_vec(), g.stat(dir, true).map_err(ctx)?, None),
