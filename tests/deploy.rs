@@ -278,7 +278,14 @@ fn folder_plan(repo: &Repo, script: &str) -> String {
         "goldenImageURI": "HPE - Support 1.0 - UEFI Test Image - 2017-03-24",
         "customAttributes": []
     });
+    // The golden image is in the store already (imported from the Support bundle): its
+    // description names it, with no payload beside it.
+    let gi = serde_json::json!({
+        "type": "GoldenImage", "id": "44444444-4444-4444-4444-444444444444",
+        "name": "HPE - Support 1.0 - UEFI Test Image - 2017-03-24", "description": ""
+    });
     for (f, v) in [
+        ("44444444-4444-4444-4444-444444444444_goldenimage.json", gi),
         ("11111111-1111-1111-1111-111111111111_planscript.json", ps),
         ("22222222-2222-2222-2222-222222222222_buildplan.json", bp),
         (

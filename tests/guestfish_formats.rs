@@ -94,6 +94,12 @@ fn mask(cmd: &str, text: &str, line: &str) -> String {
             {
                 continue
             }
+            // ... and the width of `ll /`'s link-count column, set by that `..` line.
+            "ll" if line.trim_end() == "ll /" => l
+                .split(' ')
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
             _ => l.to_string(),
         };
         out.push(masked);

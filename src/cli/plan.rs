@@ -84,6 +84,9 @@ pub enum ScriptCmd {
     Lint {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Warnings (unknown commands, which fail the run when reached) fail the lint too.
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -184,12 +187,15 @@ pub fn deploy(repo: &Repository, a: DeployArgs) -> CliResult {
 }
 
 pub fn lint(cmd: ScriptCmd) -> CliResult {
-    let ScriptCmd::Lint { files } = cmd;
+    let ScriptCmd::Lint { files, strict } = cmd;
     let mut bad = 0;
     let mut report = |name: &str, text: &str| {
         let l = strata::plan::lint::lint(text);
         for (line, e) in &l.errors {
             println!("{name}:{line}: error: {e}");
+        }
+        for (line, w) in &l.warnings {
+            println!("{name}:{line}: warning: {w}");
         }
         for (line, n) in &l.notes {
             println!("{name}:{line}: note: {n}");
@@ -197,7 +203,7 @@ pub fn lint(cmd: ScriptCmd) -> CliResult {
         let mut names: Vec<String> = l.attributes.iter().map(|r| r.key()).collect();
         names.sort();
         names.dedup();
-        if l.errors.is_empty() {
+        if l.errors.is_empty() && !(strict && !l.warnings.is_empty()) {
             println!(
                 "{name}: ok{}",
                 if names.is_empty() {

@@ -4,7 +4,7 @@
 //!
 //! Each candidate filesystem is opened read-only on its own and a few files are read:
 //! `/etc/os-release` (or `/etc/redhat-release`, `/etc/SuSE-release`, `/etc/debian_version`),
-//! `/etc/hostname`, `/etc/fstab` for the mountpoints; `\Windows\System32\ntoskrnl.exe`
+//! `/etc/hostname`, `/etc/fstab` for the mountpoints; `\Windows\System32\cmd.exe`
 //! and the `config` hives' presence for Windows; `boot.cfg` on a FAT bootbank for VMware
 //! ESXi, which libguestfs does not recognise (strata reports it so that ESXi plans can find
 //! their bootbanks; the plan engine keeps guestfish's silence where scripts expect it).
@@ -105,17 +105,25 @@ fn look(t: &mut MountTable, device: &str) -> Option<OsInfo> {
     if is_dir(t, "/etc") && (is_dir(t, "/usr") || is_dir(t, "/bin") || is_dir(t, "/sbin")) {
         return Some(linux(t, device));
     }
-    if let Some(sys) = case_insensitive(t, "/Windows/System32") {
-        let kernel = case_insensitive(t, &format!("{sys}/ntoskrnl.exe"));
+    // libguestfs's test for a Windows system root (daemon/inspect_fs_windows.ml
+    // is_systemroot): `system32/` and `system32/config/` directories and a
+    // `system32/cmd.exe` file, names in any case.
+    for root in ["/Windows", "/WINNT", "/win32", "/win"] {
+        let Some(sys) = case_insensitive(t, &format!("{root}/System32")) else {
+            continue;
+        };
+        let cmd = case_insensitive(t, &format!("{sys}/cmd.exe"));
         let hives = case_insensitive(t, &format!("{sys}/config"));
-        if kernel.is_some() && hives.is_some() {
+        if cmd.is_some() && hives.as_deref().is_some_and(|h| is_dir(t, h)) && is_dir(t, &sys) {
             return Some(OsInfo {
                 root: device.into(),
                 os_type: "windows".into(),
                 distro: "windows".into(),
-                // The version lives in the SOFTWARE hive, which strata does not parse yet.
-                product_name: "Windows".into(),
+                // Name and version live in the SOFTWARE hive, which strata does not
+                // parse: libguestfs says `unknown` too when it cannot read them.
+                product_name: "unknown".into(),
                 osinfo: "unknown".into(),
+                mountpoints: vec![("/".into(), device.into())],
                 ..OsInfo::default()
             });
         }
@@ -370,7 +378,7 @@ mod tests {
     #[test]
     fn windows_is_found_whatever_the_case_of_its_directories() {
         let mut t = guest(&[
-            ("/WINDOWS/system32/NTOSKRNL.EXE", "MZ"),
+            ("/WINDOWS/system32/CMD.EXE", "MZ"),
             ("/WINDOWS/system32/config/SOFTWARE", "regf"),
         ]);
         let os = look(&mut t, "/dev/sda2").unwrap();
@@ -378,8 +386,11 @@ mod tests {
             (os.os_type.as_str(), os.distro.as_str()),
             ("windows", "windows")
         );
-        let mut t = guest(&[("/Windows/System32/ntoskrnl.exe", "MZ")]);
-        assert!(look(&mut t, "/dev/sda2").is_none(), "no hives: not a root");
+        let mut t = guest(&[("/Windows/System32/cmd.exe", "MZ")]);
+        assert!(
+            look(&mut t, "/dev/sda2").is_none(),
+            "no config directory: not a root"
+        );
     }
 
     #[test]

@@ -56,6 +56,7 @@ macro_rules! spec {
 
 /// Every command, in the order `help` lists them.
 pub static COMMANDS: &[Spec] = &[
+    spec!("case-sensitive-path" [] ("path": Path); "return true path on case-insensitive filesystem"),
     spec!("cat" [] ("path": Path); "print a file"),
     spec!("checksum" [] ("csumtype": Str, "path": Path); "compute the MD5, SHAx or CRC checksum of a file"),
     spec!("chmod" [] ("mode": Int, "path": Path); "change file mode"),

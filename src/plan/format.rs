@@ -241,7 +241,8 @@ pub fn civil(sec: i64) -> (i64, u32, u32, u32, u32) {
 /// symlink target), already sorted; `now` decides between `HH:MM` and the year, as ls
 /// does (within six months of now, not in the future).
 pub fn ll(rows: &[(Vec<u8>, Stat, Option<Vec<u8>>)], now: i64) -> Vec<u8> {
-    let total: u64 = rows.iter().map(|r| r.1.blocks.div_ceil(2)).sum();
+    // GNU ls adds up 512-byte blocks, then rounds the sum up to KiB.
+    let total: u64 = rows.iter().map(|r| r.1.blocks).sum::<u64>().div_ceil(2);
     let size_col = |st: &Stat| match st.kind {
         FileKind::CharDevice | FileKind::BlockDevice => {
             format!(
@@ -496,7 +497,7 @@ mod tests {
         // Numeric owners are right-aligned, as GNU ls aligns numbers.
         assert_eq!(
             out,
-            "total 3\n\
+            "total 2\n\
              drwxr-xr-x 1 0 0 1024 Mar  4  2021 .\n\
              -rw-r--r-- 1 0 0    2 Mar  4  2021 nl\n\
              lrwxrwxrwx 1 0 0    2 Mar  4  2021 sym -> nl\n\n"

@@ -5,6 +5,10 @@
 //! A script is linted as written, before attributes are substituted: a reference in a
 //! command's place (`@DeploymentTesting:Fail_OS_Deployment@`, which HPE's bundles use to
 //! fail a deployment on purpose) is reported as a note, since its value decides.
+//!
+//! An unknown command is a warning, not an error: it fails the run when it is reached,
+//! which is what HPE's intentional-failure scripts (`Intentionally_Fail_OS_Deployment`)
+//! are for. `--strict` makes warnings fail the lint.
 
 use super::attrs::{self, Reference};
 use super::commands::{self, Kind};
@@ -15,6 +19,8 @@ use super::script::{Action, Arg};
 pub struct Lint {
     /// (line, message): the script would fail here.
     pub errors: Vec<(usize, String)>,
+    /// (line, message): the run would fail here if it is reached; maybe on purpose.
+    pub warnings: Vec<(usize, String)>,
     /// (line, message): worth a look, not an error.
     pub notes: Vec<(usize, String)>,
     pub attributes: Vec<Reference>,
@@ -44,8 +50,10 @@ pub fn lint(text: &str) -> Lint {
             continue;
         }
         let Some(spec) = commands::find(&c.name) else {
-            out.errors
-                .push((l.number, format!("{}: unknown command", c.name)));
+            out.warnings.push((
+                l.number,
+                format!("{}: unknown command (the run fails here)", c.name),
+            ));
             continue;
         };
         let words: Vec<String> = c.args.iter().map(Arg::text).collect();
@@ -79,7 +87,9 @@ mod tests {
             "mount /dev/sda1 /\nfrobnicate /x\nmount /dev/sda1\nmkdir-p etc\n@Fail:Fail_OS_Deployment@\nupload -<<EOF /x\nno end\n",
         );
         let lines: Vec<usize> = l.errors.iter().map(|e| e.0).collect();
-        assert_eq!(lines, vec![6, 2, 3, 4], "{:?}", l.errors);
+        assert_eq!(lines, vec![6, 3, 4], "{:?}", l.errors);
+        assert_eq!(l.warnings.len(), 1);
+        assert_eq!(l.warnings[0].0, 2);
         assert_eq!(l.notes.len(), 1);
         assert_eq!(l.notes[0].0, 5);
         assert_eq!(l.attributes.len(), 1);

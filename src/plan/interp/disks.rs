@@ -81,7 +81,13 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
         "inspect-os" => {
             // guestfish's inspect-os unmounts everything first, and leaves it so.
             g.umount_all()?;
-            let oses = g.inspect()?;
+            // strata's inspection also recognises ESXi bootbanks; libguestfs does not, and
+            // scripts written for it expect nothing there.
+            let oses: Vec<_> = g
+                .inspect()?
+                .into_iter()
+                .filter(|o| o.os_type != "esxi")
+                .collect();
             let out = format::lines(oses.iter().map(|o| o.root.as_str()));
             it.inspected = Some(oses);
             out

@@ -80,9 +80,18 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
             let t = g.readlink(a.bytes(0)).map_err(ctx)?;
             format::buffer_line(&t)
         }
-        "exists" => format::boolean(g.exists(a.bytes(0)).map_err(ctx)?),
+        // lstat, not stat: a dangling symlink exists (guestfish says true).
+        "exists" => format::boolean(match g.kind(a.bytes(0), false) {
+            Ok(k) => k.is_some(),
+            Err(e) if e.errno == libc::ENOENT || e.errno == libc::ENOTDIR => false,
+            Err(e) => return Err(ctx(e)),
+        }),
+        "case-sensitive-path" => {
+            let p = case_sensitive_path(g, a.str(0)).map_err(ctx)?;
+            format::string(&p)
+        }
         "is-file" | "is-dir" | "is-symlink" => {
-            let follow = name != "is-symlink" && a.opt_bool("followsymlinks");
+            let follow = name != "is-symlink" && a.opt_bool("followsymlinks")?;
             let want = match name {
                 "is-file" => FileKind::Regular,
                 "is-dir" => FileKind::Directory,
@@ -99,6 +108,42 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
         _ => return Ok(None),
     };
     Ok(Some(out))
+}
+
+/// The path as the guest stores it, matching each component without regard to case (exact
+/// matches first); components that do not exist are kept as given, as libguestfs does so
+/// that a script can name a file it is about to create.
+fn case_sensitive_path(
+    g: &mut crate::plan::guest::Guest,
+    path: &str,
+) -> Result<String, crate::fs::types::FsError> {
+    let mut cur = String::new();
+    let mut missing = false;
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        if !missing {
+            let dir = if cur.is_empty() {
+                "/".to_string()
+            } else {
+                cur.clone()
+            };
+            let entries = g.readdir(dir.as_bytes()).unwrap_or_default();
+            let exact = entries.iter().find(|e| e.name == c.as_bytes());
+            let any = exact.or_else(|| {
+                entries
+                    .iter()
+                    .find(|e| String::from_utf8_lossy(&e.name).eq_ignore_ascii_case(c))
+            });
+            match any {
+                Some(e) => {
+                    cur = format!("{cur}/{}", String::from_utf8_lossy(&e.name));
+                    continue;
+                }
+                None => missing = true,
+            }
+        }
+        cur = format!("{cur}/{c}");
+    }
+    Ok(if cur.is_empty() { "/".into() } else { cur })
 }
 
 /// Lines of a file without their newlines; a final line without one counts.

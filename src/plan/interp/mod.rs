@@ -482,8 +482,17 @@ impl Args<'_> {
         self.opts.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
     }
 
-    pub fn opt_bool(&self, name: &str) -> bool {
-        self.opt(name).and_then(script::parse_bool).unwrap_or(false)
+    /// An optional boolean argument (false when not given); a word that is not a boolean
+    /// is an error, as in guestfish.
+    pub fn opt_bool(&self, name: &str) -> CmdResult<bool> {
+        match self.opt(name) {
+            None => Ok(false),
+            Some(v) => script::parse_bool(v).ok_or_else(|| {
+                CmdError(format!(
+                    "'{v}': invalid boolean value, use 'true' or 'false'"
+                ))
+            }),
+        }
     }
 
     /// The heredoc given for argument `i`, if it was one.

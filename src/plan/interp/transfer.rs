@@ -136,7 +136,7 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
                 .opt("excludes")
                 .map(|s| s.split_whitespace().map(String::from).collect())
                 .unwrap_or_default();
-            let numeric = a.opt_bool("numericowner");
+            let numeric = a.opt_bool("numericowner")?;
             let out = compress_writer(f, compress, &fname)?;
             tar_out(it.guest, a.bytes(0), out, &excludes, numeric)
                 .map_err(|e| CmdError(format!("{fname}: {}", e.0)))?;

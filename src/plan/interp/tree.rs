@@ -87,7 +87,8 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
         }
         "du" => {
             let mut seen = std::collections::HashSet::new();
-            let kib = du(g, a.bytes(0), &mut seen).map_err(ctx)?;
+            // GNU du adds up 512-byte blocks and rounds the sum up to KiB.
+            let kib = du(g, a.bytes(0), &mut seen).map_err(ctx)?.div_ceil(2);
             format::int(kib as i64)
         }
         "mkdir" => {
@@ -290,12 +291,12 @@ fn walk(g: &mut Guest, dir: &[u8], rel: &[u8], out: &mut Vec<Vec<u8>>) -> Result
     Ok(())
 }
 
-/// `du -s`: KiB used below `p`, each inode counted once.
+/// `du -s`: 512-byte blocks used below `p`, each inode counted once.
 fn du(g: &mut Guest, p: &[u8], seen: &mut std::collections::HashSet<u64>) -> Result<u64, FsError> {
     let st = g.stat(p, false)?;
     let mut total = 0;
     if seen.insert(st.ino) {
-        total += st.blocks.div_ceil(2);
+        total += st.blocks;
     }
     if st.is_dir() {
         for e in g.readdir(p)? {
