@@ -412,6 +412,9 @@ fn a_volume_served_and_written_over_iscsi_is_captured_as_flushed_and_left_alone(
         sha256(&p)
     };
     let before = served("served-before.raw");
+    // The server keeps the volume open for writing: nobody else may open it so.
+    let e = repo.fails(&["fs", "mkdir", "live", "/dev/sda1:/EFI/other-writer"]);
+    assert!(e.contains("in use") || e.contains("locked"), "{e}");
     repo.ok(&[
         "capture",
         "live",
@@ -512,7 +515,7 @@ fn a_failing_capture_plan_leaves_no_image_and_the_name_free() {
         "--name",
         "gold",
     ]);
-    assert!(e.contains("no build plan"), "{e}");
+    assert!(e.contains("a deployment plan but no build plan"), "{e}");
     assert!(e.contains(DEV_CAPTURE), "lists the capture plans: {e}");
 
     // The name is free: the same capture, fixed, makes it.

@@ -89,8 +89,13 @@ pub fn run(repo: &Repository, a: CaptureArgs) -> CliResult {
             .filter(|b| b.plan_type == "capture")
             .map(|b| format!("  {}", b.name))
             .collect();
+        let what = if set.deployment_plan(&a.plan).is_some() {
+            "a deployment plan but no build plan"
+        } else {
+            "no build plan"
+        };
         return Err(format!(
-            "{} has no build plan {:?}; {}",
+            "{} has {what} {:?}; {}",
             a.artifacts.display(),
             a.plan,
             if captures.is_empty() {

@@ -243,7 +243,7 @@ enum Target {
     Volume,
     /// A snapshot of a volume and the overlay over it: both dropped at the end (the
     /// overlay's directory removed, the snapshot's pin released).
-    Copy(strata::store::Snapshot, OverlayDir),
+    Copy(Box<strata::store::Snapshot>, OverlayDir),
 }
 
 pub fn shell(repo: &Repository, a: ShellArgs) -> CliResult {
@@ -284,7 +284,7 @@ pub fn shell(repo: &Repository, a: ShellArgs) -> CliResult {
             snapshot: snap.id().to_string(),
             overlay: Some(overlay.path().to_path_buf()),
         };
-        (src, Target::Copy(snap, overlay))
+        (src, Target::Copy(Box::new(snap), overlay))
     };
     let worker = Worker::start(source, false, &WorkerOptions::default())?;
     let mut guest = Guest::new(worker);
