@@ -3,6 +3,7 @@
 //! the library layers.
 
 mod bench;
+mod capture;
 mod debug;
 mod fs;
 mod image;
@@ -71,6 +72,10 @@ pub enum Command {
     /// Deploy an OS volume from a deployment plan: clone its golden image, run its build
     /// plan's scripts with the attributes given, keep the volume only if all succeed.
     Deploy(plan::DeployArgs),
+    /// Capture an OS volume as a new golden image: a snapshot of it (the volume is never
+    /// changed and may keep serving), a capture build plan's scripts run on a throwaway
+    /// copy, and only the blocks its filesystems use stored.
+    Capture(capture::CaptureArgs),
     /// Run guestfish commands or a script against a volume or image (a throwaway copy
     /// unless --write): the debugging loop for plan scripts.
     Shell(plan::ShellArgs),
@@ -181,6 +186,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Debug(c) => debug::run(&repo, c),
         Command::Deploy(a) => plan::deploy(&repo, a),
         Command::Shell(a) => plan::shell(&repo, a),
+        Command::Capture(a) => capture::run(&repo, a),
         Command::Fs(_) | Command::FsWorker | Command::Script(_) => {
             unreachable!("dispatched above")
         }

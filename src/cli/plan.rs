@@ -14,7 +14,7 @@ use strata::plan::interp::{self, Interp};
 use strata::plan::record::{Record, Recorder};
 use strata::plan::sandbox::{Sandbox, SandboxOptions, Scratch};
 use strata::plan::script::{self, Action, Arg};
-use strata::store::Repository;
+use strata::store::{OverlayDir, Repository};
 
 use super::progress::Bar;
 use super::CliResult;
@@ -90,7 +90,7 @@ pub enum ScriptCmd {
     },
 }
 
-fn values(attrs: &[String], file: Option<&Path>) -> Result<DeploymentValues, String> {
+pub(super) fn values(attrs: &[String], file: Option<&Path>) -> Result<DeploymentValues, String> {
     let mut v = DeploymentValues::new();
     if let Some(f) = file {
         let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
@@ -247,6 +247,9 @@ enum Target {
     Throwaway(strata::store::StagedVolume),
     /// The volume itself: committed at the end.
     Volume,
+    /// A snapshot of a volume and the overlay over it: both dropped at the end (the
+    /// overlay's directory removed, the snapshot's pin released).
+    Copy(Box<strata::store::Snapshot>, OverlayDir),
 }
 
 pub fn shell(repo: &Repository, a: ShellArgs) -> CliResult {
@@ -269,11 +272,25 @@ pub fn shell(repo: &Repository, a: ShellArgs) -> CliResult {
         };
         (src, Target::Volume)
     } else {
-        return Err(format!(
-            "a throwaway copy of volume {:?} needs a snapshot; give --write to work on the volume itself, or clone an image with --image",
-            a.name
-        )
-        .into());
+        // A snapshot of the volume's committed state with a private overlay on it: the
+        // volume is never written (it may stay exported and busy), and the copy costs
+        // only what the session writes.
+        let snap = repo.snapshot_volume(&a.name)?;
+        let scratch = repo.scratch_dir("shell")?;
+        let overlay = match OverlayDir::create(&scratch, snap.volume().len()) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&scratch);
+                return Err(e.into());
+            }
+        };
+        let src = Source::Snapshot {
+            repo: repo.root().to_path_buf(),
+            volume: a.name.clone(),
+            snapshot: snap.id().to_string(),
+            overlay: Some(overlay.path().to_path_buf()),
+        };
+        (src, Target::Copy(Box::new(snap), overlay))
     };
     let worker = Worker::start(source, false, &WorkerOptions::default())?;
     let mut guest = Guest::new(worker);
@@ -341,6 +358,14 @@ pub fn shell(repo: &Repository, a: ShellArgs) -> CliResult {
         (Ok(()), Target::Throwaway(staged)) => {
             guest.abandon();
             drop(staged);
+            eprintln!("the throwaway copy is gone; nothing was changed");
+            Ok(())
+        }
+        (Ok(()), Target::Copy(snap, overlay)) => {
+            // The worker lets go of the overlay before its directory is removed.
+            guest.abandon();
+            drop(overlay);
+            drop(snap);
             eprintln!("the throwaway copy is gone; nothing was changed");
             Ok(())
         }
