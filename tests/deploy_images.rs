@@ -375,9 +375,28 @@ impl Folder {
         self
     }
 
-    /// Writes the build plan and the deployment plan [`PLAN`] on store image `image`;
-    /// returns the folder.
+    /// Writes the build plan and the deployment plan [`PLAN`] on store image `image`, with a
+    /// golden-image artifact of that name and no payload (as a bundle exported without its
+    /// disk: strata takes the store's image of that name); returns the folder.
     fn plan(&self, image: &str) -> String {
+        let gi_id = uuid(0x91);
+        let gi = serde_json::json!({
+            "type": "GoldenImage", "id": gi_id, "name": image,
+            "description": "built by tests/common/golden_images.rs, imported with strata image import",
+            "checkSum": null, "importedFromBundle": false, "readOnly": false, "size": 0,
+            "osVolumeName": null, "buildPlanName": null, "imageCapture": false
+        });
+        std::fs::write(
+            self.dir.join(format!("{gi_id}_goldenimage.json")),
+            serde_json::to_vec_pretty(&gi).unwrap(),
+        )
+        .unwrap();
+        self.plan_without_golden_image(image)
+    }
+
+    /// Writes the build plan and the deployment plan [`PLAN`], naming `image` in
+    /// goldenImageURI only; returns the folder.
+    fn plan_without_golden_image(&self, image: &str) -> String {
         let steps: Vec<_> = self
             .steps
             .iter()
@@ -1338,7 +1357,7 @@ fn a_folder_plan_deploys_an_image_only_the_store_holds() {
     repo.ok(&["image", "import", disk.to_str().unwrap(), "--name", "tiny"]);
     let mut f = Folder::new(&repo, "tiny-artifacts");
     f.own("say hello", "echo \"hello from a store image\"\n");
-    let dir = f.plan("tiny");
+    let dir = f.plan_without_golden_image("tiny");
     let d = deploy(&repo, "tiny-01", &dir, PLAN, &BTreeMap::new());
     assert!(
         d.output.contains("hello from a store image"),
