@@ -498,6 +498,89 @@ END
 umount-all
 "##;
 
+/// Many files and a large one on partition `dev`, under `dir`, the commands generated on the
+/// host side (`<!`, as HPE's scripts generate theirs); a large file overwritten by a small
+/// one (its clusters or blocks freed), and the `remove`d paths of the golden image (`rm-rf`,
+/// `rm-f`). [`check_bulk`] checks the result.
+fn bulk_step(dev: &str, dir: &str, remove: &[&str]) -> String {
+    let mut s = format!(
+        "# Many files and a large one.\n\
+         mount {dev} /\n\
+         mkdir-p {dir}/many\n\
+         !seq 1 {BLOB_LINES} > ./blob\n\
+         !printf 'small file\\n' > ./small\n\
+         upload ./blob {dir}/blob.txt\n\
+         upload ./blob {dir}/shrunk.txt\n\
+         upload ./small {dir}/shrunk.txt\n\
+         <!for i in $(seq 1 {MANY}); do echo \"upload ./small '{dir}/many/Entry number $i.txt'\"; done\n"
+    );
+    // A trailing `/` names a directory, removed with everything in it.
+    for r in remove {
+        match r.strip_suffix('/') {
+            Some(d) => s.push_str(&format!("rm-rf \"{d}\"\n")),
+            None => s.push_str(&format!("rm-f \"{r}\"\n")),
+        }
+    }
+    s.push_str("umount /\n");
+    s
+}
+
+const BLOB_LINES: u32 = 300_000;
+const MANY: usize = 150;
+
+/// What [`bulk_step`] wrote, as found in `root` (a host directory: a kernel or ntfs-3g
+/// mount, or a FAT copied out by mtools), and `removed` gone.
+fn check_bulk(root: &Path, dir: &str, removed: &[&str]) {
+    let p = |rel: &str| root.join(rel.trim_start_matches('/'));
+    let blob: String = (1..=BLOB_LINES).map(|i| format!("{i}\n")).collect();
+    let got = std::fs::read_to_string(p(&format!("{dir}/blob.txt"))).unwrap();
+    assert!(
+        got == blob,
+        "{dir}/blob.txt: {} bytes, not the {} of seq",
+        got.len(),
+        blob.len()
+    );
+    assert_eq!(
+        std::fs::read_to_string(p(&format!("{dir}/shrunk.txt"))).unwrap(),
+        "small file\n"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(p(&format!("{dir}/many")))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = (1..=MANY)
+        .map(|i| format!("Entry number {i}.txt"))
+        .collect();
+    want.sort();
+    assert_eq!(names, want);
+    for n in &names {
+        assert_eq!(
+            std::fs::read_to_string(p(&format!("{dir}/many/{n}"))).unwrap(),
+            "small file\n",
+            "{n}"
+        );
+    }
+    for r in removed {
+        let r = r.trim_end_matches('/');
+        assert!(
+            !p(r).exists() && p(r).symlink_metadata().is_err(),
+            "{r} is still there"
+        );
+    }
+}
+
+/// The whole FAT at `part`, copied out by mtools into a new directory.
+fn fat_copy_out(disk: &Path, part: &Part, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    ok(Command::new("mcopy")
+        .args(["-s", "-n", "-m", "-i"])
+        .arg(format!("{}@@{}", disk.display(), part.start))
+        .arg("::/*")
+        .arg(to)
+        .env("MTOOLS_SKIP_CHECK", "1"));
+}
+
 // ---------------------------------------------------------------------------------------
 // Reading the results back.
 
@@ -575,7 +658,59 @@ impl Deployed {
             assert_eq!(listed[1], "********", "{p}");
         }
     }
+
+    /// What `command` printed when step `script` ran it, from the record.
+    fn output_of(&self, script: &str, command: &str) -> String {
+        let r: serde_json::Value = serde_json::from_str(&self.record).unwrap();
+        let step = r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["script"] == script)
+            .unwrap_or_else(|| panic!("no step {script:?} in the record"));
+        let line = step["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["text"] == command)
+            .unwrap_or_else(|| panic!("{script:?} ran no {command:?}: {step}"));
+        line["output"].as_str().unwrap_or("").to_string()
+    }
+
+    /// What HPE's RHEL8 mount step printed (`vgs`, `lvs`, `list-filesystems`,
+    /// `list-devices`) is what real guestfish printed on the same image
+    /// (tests/fixtures/guestfish/IMAGE/NN-COMMAND.out).
+    fn listings_match_guestfish(&self, script: &str, image: &str, commands: &[&str]) {
+        for c in commands {
+            let want = guestfish_output(image, c);
+            assert_eq!(self.output_of(script, c), want, "{c} on {image}");
+        }
+    }
 }
+
+/// The output real guestfish gave for the first `command` of its recorded run on `image`.
+fn guestfish_output(image: &str, command: &str) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/guestfish")
+        .join(image);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|f| {
+            f.split_once('-').is_some_and(|(n, rest)| {
+                n.parse::<u32>().is_ok() && rest == format!("{command}.out")
+            })
+        })
+        .collect();
+    files.sort_by_key(|f| f.split_once('-').unwrap().0.parse::<u32>().unwrap());
+    let f = files
+        .first()
+        .unwrap_or_else(|| panic!("no recorded {command} for {image}"));
+    std::fs::read_to_string(dir.join(f)).unwrap()
+}
+
+const MOUNT_STEP: &str = "HPE-RHEL8-EFI-mount-2019-03-21";
+const LISTINGS: [&str; 4] = ["vgs", "lvs", "list-filesystems", "list-devices"];
 
 fn sfdisk_parts(disk: &Path) -> Vec<Part> {
     let o = ok(Command::new("sfdisk").arg("--json").arg(disk));
@@ -990,7 +1125,9 @@ fn the_support_bundles_network_plans_personalize_their_own_uefi_image() {
     }
     let repo = Repo::new();
     let b = BundleFiles::open(SUPPORT);
-    let v = support_network_values("web-07 network");
+    // Characters a substitution could mangle: quotes, `$`, a backslash, `@` (a value is not
+    // itself scanned for references), `%`, non-ASCII.
+    let v = support_network_values(r#"web-07 "net" 'x' $HOME \n ops@lab @ExampleNumber@ 100% ü"#);
     let plan = "HPE - Support 1.0 - network deployment test-2017-11-29";
     let d = deploy(
         &repo,
@@ -1115,6 +1252,14 @@ fn hpe_scripts_personalize_a_gpt_image_with_a_fat_esp_and_an_ext4_root() {
         support.declarations_of("HPE - Support 1.0 - network test deployment (UEFI) - 2017-11-29"),
     )
     .own("personalize the root", ROOT_STEP)
+    .own(
+        "bulk on the ESP",
+        &bulk_step("/dev/sda1", "/EFI/bulk", DEB_ESP_GONE),
+    )
+    .own(
+        "bulk on the root",
+        &bulk_step("/dev/sda2", "/srv/bulk", DEB_ROOT_GONE),
+    )
     .own("prepare the RHEL8 ESP", &prep_dirs(&RHEL8_DIRS))
     .hpe_build_plan(&rhel, RHEL8_NICS);
     let dir = f.plan("debian-gpt");
@@ -1125,7 +1270,7 @@ fn hpe_scripts_personalize_a_gpt_image_with_a_fat_esp_and_an_ext4_root() {
         &v,
         &["ExamplePassword", "NewRootPassword", "NewUsersPassword"],
     );
-    assert!(d.output.contains("/dev/sda2: ext4"), "{}", d.output);
+    d.listings_match_guestfish(MOUNT_STEP, "debian-gpt", &LISTINGS);
 
     let (esp, root) = (&g.parts[0], &g.parts[1]);
     fat_clean(&d.disk, esp);
@@ -1143,7 +1288,15 @@ fn hpe_scripts_personalize_a_gpt_image_with_a_fat_esp_and_an_ext4_root() {
         "search.fs_uuid 0b9d6f8e root\n"
     );
     check_root_step(&d.disk, root, esp, &g.path, &v);
+    let out = repo.path("deb-esp");
+    fat_copy_out(&d.disk, esp, &out);
+    check_bulk(&out, "/EFI/bulk", DEB_ESP_GONE);
+    let m = KernelMount::new(&d.disk, root, "ext4");
+    check_bulk(m.dir.path(), "/srv/bulk", DEB_ROOT_GONE);
 }
+
+const DEB_ESP_GONE: &[&str] = &["/EFI/debian/grubx64.efi"];
+const DEB_ROOT_GONE: &[&str] = &["/var/", "/etc/lines", "/etc/dangling"];
 
 /// fat16-mbr (MBR, one FAT16 partition): a preparation step makes /EFI/BOOT, then the
 /// 2017-03 Support network script and the RHEL8 NICs build plan write onto it.
@@ -1158,6 +1311,7 @@ fn hpe_uefi_scripts_personalize_an_mbr_fat16_image() {
     let rhel = BundleFiles::open(RHEL8);
     let mut f = Folder::new(&repo, "fat16-artifacts");
     f.own("make /EFI/BOOT", &prep_dirs(&["/EFI/BOOT"]))
+        .own("bulk", &bulk_step("/dev/sda1", "/bulk", FAT16_GONE))
         .hpe(
             &support,
             "HPE - Support 1.0 - network example UEFI personalization script - 2017-03-24",
@@ -1173,6 +1327,7 @@ fn hpe_uefi_scripts_personalize_an_mbr_fat16_image() {
     v.extend(support_2017_network_values());
     let d = deploy(&repo, "fat16", &dir, PLAN, &v);
     d.check_secrets(&v, &RHEL8_PASSWORDS);
+    d.listings_match_guestfish(MOUNT_STEP, "fat16-mbr", &LISTINGS);
     let part = &g.parts[0];
     fat_clean(&d.disk, part);
     let files = f.hpe_uploads(&v);
@@ -1186,8 +1341,12 @@ fn hpe_uefi_scripts_personalize_an_mbr_fat16_image() {
         "long names need VFAT entries\n"
     );
     assert!(fat_text(&d.disk, part, "/boot.cfg").contains("build=7.0.3"));
-    assert_eq!(fat_text(&d.disk, part, "/dir/sub/file.txt"), "nested\n");
+    let out = repo.path("fat16-out");
+    fat_copy_out(&d.disk, part, &out);
+    check_bulk(&out, "/bulk", FAT16_GONE);
 }
+
+const FAT16_GONE: &[&str] = &["/dir/", "/README.TXT", "/empty/"];
 
 /// lvm-gpt (GPT, FAT32 ESP, ext4 on an LV): the Developer bundle's personalization script
 /// (ESP), the root step (finds /dev/vg0/root in list-filesystems, mounts the ESP under it)
@@ -1208,6 +1367,10 @@ fn hpe_scripts_personalize_a_gpt_image_with_its_root_on_lvm() {
     )
     .declare(dev.declarations_of("HPE - Developer 1.0 - example UEFI deploy - 2017-03-24"))
     .own("personalize the root", ROOT_STEP)
+    .own(
+        "bulk on the LV",
+        &bulk_step("/dev/vg0/root", "/srv/bulk", LVM_ROOT_GONE),
+    )
     .own("prepare the RHEL8 ESP", &prep_dirs(&RHEL8_DIRS))
     .hpe_build_plan(&rhel, RHEL8_TEAMS);
     let dir = f.plan("lvm-gpt");
@@ -1218,7 +1381,8 @@ fn hpe_scripts_personalize_a_gpt_image_with_its_root_on_lvm() {
         &v,
         &["ExamplePassword", "NewRootPassword", "NewUsersPassword"],
     );
-    assert!(d.output.contains("vg0"), "{}", d.output);
+    d.listings_match_guestfish(MOUNT_STEP, "lvm-gpt", &LISTINGS);
+    d.listings_match_guestfish("personalize the root", "lvm-gpt", &["vgs", "lvs"]);
 
     let esp = &g.parts[0];
     fat_clean(&d.disk, esp);
@@ -1237,6 +1401,10 @@ fn hpe_scripts_personalize_a_gpt_image_with_its_root_on_lvm() {
     let lv_gold = golden_images::lvm_lv(&repo.work, &g.path, &g.parts, "root");
     assert_eq!((lv.start, lv.len), (lv_gold.start, lv_gold.len));
     check_root_step(&d.disk, &lv, esp, &g.path, &v);
+    {
+        let m = KernelMount::new(&d.disk, &lv, "ext4");
+        check_bulk(m.dir.path(), "/srv/bulk", LVM_ROOT_GONE);
+    }
     // The swap LV beside it is untouched.
     let swap = golden_images::lvm_lv(&repo.work, &d.disk, &g.parts, "swap");
     let blkid = ok(Command::new("blkid")
@@ -1245,6 +1413,8 @@ fn hpe_scripts_personalize_a_gpt_image_with_its_root_on_lvm() {
         .arg(&d.disk));
     assert_eq!(blkid.trim(), "5f4e3d2c-1b0a-4998-8776-655443322110");
 }
+
+const LVM_ROOT_GONE: &[&str] = &["/var/", "/etc/sysconfig/network"];
 
 /// A first-boot step in the style of HPE's Windows bundles: a SetupComplete.cmd written by
 /// heredoc with attributes, and unattend.xml edited on the host side.
@@ -1275,24 +1445,26 @@ fn a_windows_style_step_personalizes_an_mbr_ntfs_image() {
     let repo = Repo::new();
     let g = golden(&repo, "windows-ntfs");
     let mut f = Folder::new(&repo, "windows-artifacts");
-    f.own("Windows first boot", WINDOWS_STEP).declare(vec![
-        decl(
-            "ComputerName",
-            "hostname",
-            serde_json::json!({"helpText": ""}),
-        ),
-        decl(
-            "AdminPassword",
-            "password",
-            serde_json::json!({"maxlen": "20"}),
-        ),
-        decl(
-            "MgmtNIC",
-            "nic",
-            serde_json::json!({"ipv4static": true, "ipv4dhcp": true, "ipv4disable": false,
+    f.own("Windows first boot", WINDOWS_STEP)
+        .own("bulk", &bulk_step("/dev/sda1", "/bulk", NTFS_GONE))
+        .declare(vec![
+            decl(
+                "ComputerName",
+                "hostname",
+                serde_json::json!({"helpText": ""}),
+            ),
+            decl(
+                "AdminPassword",
+                "password",
+                serde_json::json!({"maxlen": "20"}),
+            ),
+            decl(
+                "MgmtNIC",
+                "nic",
+                serde_json::json!({"ipv4static": true, "ipv4dhcp": true, "ipv4disable": false,
                 "parameters": ["dns1", "gateway", "ipaddress", "mac", "netmask"]}),
-        ),
-    ]);
+            ),
+        ]);
     let dir = f.plan("windows-ntfs");
     let mut v = values(&[("ComputerName", "WIN-07"), ("AdminPassword", "Adm1n-Pw-x8")]);
     nic(
@@ -1308,7 +1480,7 @@ fn a_windows_style_step_personalizes_an_mbr_ntfs_image() {
     );
     let d = deploy(&repo, "win-07", &dir, PLAN, &v);
     d.check_secrets(&v, &["AdminPassword"]);
-    assert!(d.output.contains("/dev/sda1: ntfs"), "{}", d.output);
+    d.listings_match_guestfish("Windows first boot", "windows-ntfs", &["list-filesystems"]);
     let part = &g.parts[0];
     let lo = Loop::new(&d.disk, part, true);
     let fix = Command::new("ntfsfix")
@@ -1342,7 +1514,10 @@ fn a_windows_style_step_personalizes_an_mbr_ntfs_image() {
         m.read("/Windows/System32/drivers/etc/hosts"),
         "127.0.0.1       localhost\r\n"
     );
+    check_bulk(m.dir.path(), "/bulk", NTFS_GONE);
 }
+
+const NTFS_GONE: &[&str] = &["/PerfLogs/", "/pagefile.sys", "/Program Files/"];
 
 /// A deployment plan in a folder may name an image that is in the store but not in the
 /// folder (the tests' own golden images have no bundle): strata uses the store's image.
