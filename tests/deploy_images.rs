@@ -498,8 +498,9 @@ END
 umount-all
 "##;
 
-/// Many files and a large one on partition `dev`, under `dir`, the commands generated on the
-/// host side (`<!`, as HPE's scripts generate theirs); a large file overwritten by a small
+/// Many files (half of them then removed and replaced by others) and a large one (6.9 MB) on
+/// partition `dev`, under `dir`, the commands generated on the host side (`<!`, as HPE's
+/// scripts generate theirs); a large file overwritten by a small
 /// one (its clusters or blocks freed), and the `remove`d paths of the golden image (`rm-rf`,
 /// `rm-f`). [`check_bulk`] checks the result.
 fn bulk_step(dev: &str, dir: &str, remove: &[&str]) -> String {
@@ -512,7 +513,9 @@ fn bulk_step(dev: &str, dir: &str, remove: &[&str]) -> String {
          upload ./blob {dir}/blob.txt\n\
          upload ./blob {dir}/shrunk.txt\n\
          upload ./small {dir}/shrunk.txt\n\
-         <!for i in $(seq 1 {MANY}); do echo \"upload ./small '{dir}/many/Entry number $i.txt'\"; done\n"
+         <!for i in $(seq 1 {MANY}); do echo \"upload ./small '{dir}/many/Entry number $i.txt'\"; done\n\
+         <!for i in $(seq 1 2 {MANY}); do echo \"rm '{dir}/many/Entry number $i.txt'\"; done\n\
+         <!for i in $(seq 1 2 {MANY}); do echo \"upload ./small '{dir}/many/Again $i.txt'\"; done\n"
     );
     // A trailing `/` names a directory, removed with everything in it.
     for r in remove {
@@ -525,7 +528,7 @@ fn bulk_step(dev: &str, dir: &str, remove: &[&str]) -> String {
     s
 }
 
-const BLOB_LINES: u32 = 300_000;
+const BLOB_LINES: u32 = 1_000_000;
 const MANY: usize = 150;
 
 /// What [`bulk_step`] wrote, as found in `root` (a host directory: a kernel or ntfs-3g
@@ -549,8 +552,15 @@ fn check_bulk(root: &Path, dir: &str, removed: &[&str]) {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
+    // Odd entries were removed, their slots then taken by other names.
     let mut want: Vec<String> = (1..=MANY)
-        .map(|i| format!("Entry number {i}.txt"))
+        .map(|i| {
+            if i % 2 == 1 {
+                format!("Again {i}.txt")
+            } else {
+                format!("Entry number {i}.txt")
+            }
+        })
         .collect();
     want.sort();
     assert_eq!(names, want);
