@@ -686,3 +686,15 @@ impl Lvm {
         }
     }
 }
+
+/// Where linear LV `vg0/<lv>` of an [`lvm_gpt`]-style disk lies (its PV is partition 2,
+/// `parts[1]`), read from the disk's own LVM metadata with the lvm2 tools, without
+/// activation (no device-mapper here). `dir` holds the tools' private configuration for
+/// the duration of the call.
+pub fn lvm_lv(dir: &Path, disk: &Path, parts: &[Part], lv: &str) -> Part {
+    let lvm = Lvm::new(dir, disk, &parts[1]);
+    let at = lvm.at(&parts[1], lv);
+    drop(lvm);
+    std::fs::remove_dir_all(dir.join("lvm-conf")).unwrap();
+    at
+}
