@@ -1110,7 +1110,7 @@ fn lint_passes_the_rhel8_uefi_bundle_and_lists_its_attributes() {
 /// The Foundation bundle's "fail OS deployment" script calls a command that does not
 /// exist, on purpose (it tests failing deployments); lint passes it and still says so.
 #[test]
-#[ignore = "strata bug: `strata script lint` exits 1 on the Foundation bundle (Intentionally_Fail_OS_Deployment: unknown command is an error, not a note)"]
+
 fn lint_passes_the_foundation_bundle_and_still_names_its_deliberate_failure() {
     let out = lint_bundle(FOUNDATION);
     assert!(out.contains("VolumeSize"), "{out}");
@@ -1544,7 +1544,7 @@ const NTFS_GONE: &[&str] = &["/PerfLogs/", "/pagefile.sys", "/Program Files/"];
 /// A deployment plan in a folder may name an image that is in the store but not in the
 /// folder (the tests' own golden images have no bundle): strata uses the store's image.
 #[test]
-#[ignore = "strata bug: a deployment plan whose goldenImageURI names a store image, with no golden-image artifact in the folder, is refused (no golden image has the name)"]
+
 fn a_folder_plan_deploys_an_image_only_the_store_holds() {
     let repo = Repo::new();
     let disk = repo.path("tiny.raw");

@@ -471,8 +471,12 @@ pub struct ResolvedBuildPlan<'a> {
 pub struct ResolvedDeployment<'a> {
     pub deployment_plan: &'a OeDeploymentPlan,
     pub build_plan: ResolvedBuildPlan<'a>,
-    /// None: the plan makes an empty volume (its `VolumeSize` attribute says how big).
+    /// The golden image's description, when the set holds it.
     pub golden_image: Option<&'a GoldenImage>,
+    /// The golden image the plan names: the description's name, or `goldenImageURI` as
+    /// written when the set has no description of it (the store must hold it). None: the
+    /// plan makes an empty volume (its `VolumeSize` attribute says how big).
+    pub golden_image_name: Option<String>,
 }
 
 /// The artifacts of one bundle (or of the catalog), in the order they were added.
@@ -712,10 +716,15 @@ impl ArtifactSet {
                 key: deployment_plan.into(),
             })?;
         let bp = self.build_plan_of(dp)?;
+        let golden_image = self.golden_image_of(dp).ok().flatten();
+        let golden_image_name = golden_image
+            .map(|g| g.name.clone())
+            .or_else(|| dp.golden_image_uri.non_empty().map(str::to_string));
         Ok(ResolvedDeployment {
             deployment_plan: dp,
             build_plan: self.resolve_build_plan(bp)?,
-            golden_image: self.golden_image_of(dp)?,
+            golden_image,
+            golden_image_name,
         })
     }
 
@@ -727,7 +736,7 @@ impl ArtifactSet {
     /// is repeated; a step whose script is not in the set; a script of the other kind in a
     /// build plan (a capture script in a deploy plan, or a deploy script in a capture plan —
     /// none of HPE's bundles mixes them; `general` goes in either); a deployment plan naming
-    /// no build plan, a missing one or a capture one, or a missing golden image.
+    /// no build plan, a missing one or a capture one.
     ///
     /// Warnings (HPE's own bundles are clean of these, but they are harmless): a step whose
     /// `planScriptUri` does not resolve while its `planScriptName` does, or whose
@@ -975,8 +984,14 @@ impl ArtifactSet {
                 ),
                 Ok(_) => {}
             }
+            // A golden image outside the set is one the store must already hold (a plan
+            // written for the images of this installation): said, not refused.
             if let Err(ArtifactError::Unresolved { detail, .. }) = self.golden_image_of(dp) {
-                err(&mut r, &d, "goldenImageURI", detail);
+                r.warnings.push(Problem {
+                    artifact: d.clone(),
+                    field: "goldenImageURI".into(),
+                    message: format!("{detail} in this set; the store must hold it"),
+                });
             }
         }
 
@@ -1257,11 +1272,6 @@ mod tests {
                 "no such plan",
             ),
             (
-                "deployment plan \"dp2\" (id d2)",
-                "goldenImageURI",
-                "no such image",
-            ),
-            (
                 "deployment plan \"dp3\" (id d3)",
                 "oeBuildPlanURI",
                 "names no build plan",
@@ -1281,6 +1291,11 @@ mod tests {
             );
         }
         assert_eq!(r.errors.len(), expect.len(), "{all}");
+        // A golden image outside the set is the store's business: a warning.
+        assert!(r
+            .warnings
+            .iter()
+            .any(|p| p.field == "goldenImageURI" && p.message.contains("no such image")));
         assert!(matches!(set.check(), Err(ArtifactError::Invalid(_))));
         let e = set.resolve("dp2").unwrap_err().to_string();
         assert!(

@@ -202,14 +202,14 @@ pub fn deploy(
         .map_err(|e| DeployError::Artifacts(e.to_string()))?;
     let values = resolve_attributes(&r, &opts.values, &opts.builtins)?;
     let (from, size) = match values
-        .volume_plan(r.golden_image.is_some())
+        .volume_plan(r.golden_image_name.is_some())
         .map_err(|e| DeployError::Attributes(e.to_string()))?
     {
         VolumePlan::GoldenImage => {
-            let gi = r.golden_image.ok_or_else(|| {
+            let gi = r.golden_image_name.as_deref().ok_or_else(|| {
                 DeployError::Artifacts("the deployment plan names no golden image".into())
             })?;
-            (Some(ensure_image(repo, &b, &gi.name, progress)?), None)
+            (Some(ensure_image(repo, &b, gi, progress)?), None)
         }
         VolumePlan::Empty { bytes } => (None, Some(bytes)),
     };
@@ -222,7 +222,7 @@ pub fn deploy(
             volume: opts.volume.clone(),
             deployment_plan: Some(r.deployment_plan.name.clone()),
             build_plan: Some(r.build_plan.build_plan.name.clone()),
-            golden_image: r.golden_image.map(|g| g.name.clone()),
+            golden_image: r.golden_image_name.clone(),
             image: from.clone(),
             initiator: opts.initiator.clone(),
             attributes: values.listing(),
