@@ -442,10 +442,14 @@ pub fn run(repo: &Path, cmd: FsCmd) -> CliResult {
                     let mut off = 0u64;
                     let mut spare: Option<Vec<u8>> = None;
                     loop {
-                        // A request only borrows its buffer, so one buffer (or two)
-                        // carries every piece: no fresh 8 MiB to fault in each time.
-                        let mut buf = spare.take().unwrap_or_default();
-                        buf.resize(CHUNK, 0);
+                        // A request only borrows its buffer, so one buffer carries every
+                        // piece: no fresh 8 MiB to fault in each time. A fresh one comes
+                        // from calloc, whose pages a small file never touches (resizing
+                        // an empty Vec would write all 8 MiB of zeros first).
+                        let mut buf = match spare.take() {
+                            Some(b) if b.len() == CHUNK => b,
+                            _ => vec![0u8; CHUNK],
+                        };
                         let n = match read_full(&mut f, &mut buf) {
                             Ok(n) => n,
                             Err(e) => {
