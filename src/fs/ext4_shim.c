@@ -12,7 +12,9 @@
  * The write paths follow the logic of fuse2fs (e2fsprogs misc/fuse2fs.c): the new inode
  * is linked into its directory before it is written, so that a full directory fails before
  * anything is allocated; a removed inode loses its blocks with ext2fs_punch and its bitmap
- * bit with ext2fs_inode_alloc_stats2, and gets a dtime.
+ * bit with ext2fs_inode_alloc_stats2, and gets a dtime. Large writes to extent-mapped
+ * files leave fuse2fs's way for their whole blocks (write_blocks): allocated at once as
+ * unwritten extents, written to the device run by run, then marked written.
  */
 #include <errno.h>
 #include <pthread.h>
