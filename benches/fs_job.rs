@@ -180,6 +180,8 @@ fn put(args: &[String]) -> Res<String> {
             mode: 0o644,
         },
     )?;
+    // Pipelined as `strata fs put` sends: the next piece goes out while the worker writes
+    // one, two pieces unanswered at most, one buffer carrying every piece.
     let mut buf = vec![0u8; CHUNK];
     let mut off = 0u64;
     loop {
@@ -193,15 +195,23 @@ fn put(args: &[String]) -> Res<String> {
         if n == 0 {
             break;
         }
-        call(
-            &mut w,
-            Call::WriteAt {
-                path: path.clone(),
-                offset: off,
-                data: buf[..n].to_vec(),
-            },
-        )?;
+        buf.truncate(n);
+        while w.in_flight() >= 2 {
+            w.recv()?;
+        }
+        let req = Request::Call(Call::WriteAt {
+            path: path.clone(),
+            offset: off,
+            data: buf,
+        });
+        w.send(&req)?;
+        let Request::Call(Call::WriteAt { data, .. }) = req else {
+            unreachable!("built just above")
+        };
+        buf = data;
+        buf.resize(CHUNK, 0);
         off += n as u64;
     }
+    w.settle()?;
     finish(w, t0, started)
 }

@@ -557,3 +557,96 @@ fn an_ntfs_partition_is_listed_with_its_label_and_takes_edits() {
         .arg("/Windows/Panther/unattend.xml"));
     assert_eq!(cat, "<unattend/>\n");
 }
+
+/// `fs put` sends a big file in pieces, the next one while the worker writes the one
+/// before: a file that fits lands whole (the kernel reads it back), and one larger than
+/// the filesystem fails with ENOSPC and leaves nothing of itself in the volume.
+#[test]
+fn a_big_put_lands_whole_and_one_that_does_not_fit_fails_and_leaves_nothing() {
+    let (r, parts) = setup();
+    let big = r.path("big");
+    let data: Vec<u8> = (0..(60u32 << 20) + 12345)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&big, &data).unwrap();
+    r.ok(&["fs", "put", "a", big.to_str().unwrap(), "/dev/sda2:/big"]);
+
+    // Larger than the 190 MiB filesystem.
+    let huge = r.path("huge");
+    std::fs::write(&huge, vec![7u8; 200 << 20]).unwrap();
+    let e = r.fails(&["fs", "put", "a", huge.to_str().unwrap(), "/dev/sda2:/huge"]);
+    assert!(e.contains("/huge: No space left on device"), "{e}");
+
+    let raw = export(&r, "a");
+    let (clean, out) = disks::e2fsck(&raw, &parts[1]);
+    assert!(clean, "e2fsck: {out}");
+    let m = KernelMount::new(&raw, &parts[1], "ext4");
+    assert!(std::fs::read(m.path("big")).unwrap() == data);
+    assert!(!m.path("huge").exists(), "a failed put left its file");
+}
+
+/// Requests sent without waiting are answered in order; when several fail, the first
+/// failure is the one reported, and every answer is read, so the worker takes the next
+/// request as if nothing had been pipelined.
+#[test]
+fn pipelined_requests_report_the_first_error_and_leave_nothing_unread() {
+    use strata::fs::worker::{Call, Reply, Request, Source, Worker, WorkerOptions};
+    let (r, _) = setup();
+    let opts = WorkerOptions {
+        exe: BIN.into(),
+        ..WorkerOptions::default()
+    };
+    let source = Source::Volume {
+        repo: r.root.clone(),
+        name: "a".into(),
+    };
+    let mut w = Worker::start(source, false, &opts).unwrap();
+    w.call(Request::Mount {
+        device: "/dev/sda2".into(),
+        point: "/".into(),
+        read_only: false,
+    })
+    .unwrap();
+    let write = |path: &str| {
+        Request::Call(Call::WriteAt {
+            path: path.as_bytes().to_vec(),
+            offset: 0,
+            data: vec![1u8; 1 << 20],
+        })
+    };
+    // Fine, then ENOENT, then EISDIR, then fine again: all sent before any answer is read.
+    w.call(Request::Call(Call::CreateOrTruncate {
+        path: b"/f".to_vec(),
+        mode: 0o644,
+    }))
+    .unwrap();
+    for p in ["/f", "/no/such/dir/f", "/etc", "/f"] {
+        w.send(&write(p)).unwrap();
+    }
+    assert_eq!(w.in_flight(), 4);
+    assert!(matches!(w.recv(), Ok(Reply::Done)));
+    let e = w.settle().unwrap_err();
+    assert_eq!(e.errno, libc::ENOENT, "{e}");
+    assert_eq!(w.in_flight(), 0);
+    // The pipe holds nothing stale: the next answer is this request's.
+    let Reply::Stat(st) = w
+        .call(Request::Call(Call::Stat {
+            path: b"/f".to_vec(),
+            follow: true,
+        }))
+        .unwrap()
+    else {
+        panic!("not a stat reply")
+    };
+    assert_eq!(st.size, 1 << 20);
+    // A call made with answers still owed reports the first owed error and is not sent.
+    w.send(&write("/etc")).unwrap();
+    let e = w
+        .call(Request::Call(Call::Truncate {
+            path: b"/f".to_vec(),
+            size: 0,
+        }))
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EISDIR, "{e}");
+    w.finish();
+}

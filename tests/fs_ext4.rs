@@ -1468,3 +1468,179 @@ fn random_edits_on_less_common_layouts_stay_clean() {
         random_edits(&mkfs("ext4", 48, extra), 1000 + i as u64, 800);
     }
 }
+
+/// `data` written at `start` in pieces of the given sizes, in turn, as `fs put` sends a
+/// file (but with sizes and offsets that are not block multiples).
+fn write_in_pieces(
+    fs: &mut dyn GuestFs,
+    f: Ino,
+    start: u64,
+    data: &[u8],
+    sizes: &[usize],
+) -> strata::fs::FsResult<()> {
+    let mut done = 0usize;
+    let mut k = 0usize;
+    while done < data.len() {
+        let n = sizes[k % sizes.len()].min(data.len() - done);
+        fs.write(f, start + done as u64, &data[done..done + n])?;
+        done += n;
+        k += 1;
+    }
+    Ok(())
+}
+
+/// Leaf extents of `path`, as debugfs lists them.
+fn leaf_extents(img: &Image, path: &str) -> usize {
+    img.debugfs(&format!("ex {path}"))
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // "Level Entries Logical Physical Length Flags": a leaf's level is "d/ d".
+            f.len() >= 2 && f[0].split('/').next() == f[1].split('/').next()
+        })
+        .count()
+}
+
+#[test]
+fn a_file_over_100_mib_written_in_unaligned_pieces_reads_back_whole() {
+    // 4 KiB blocks (mke2fs defaults: extents, 64bit, metadata_csum, huge_file, flex_bg)
+    // and 1 KiB blocks, whose blocks are not whole pages of the block cache.
+    for (extra, fs_mib, len) in [
+        (&[][..], 512u64, (100 << 20) + 4321usize),
+        (&["-b", "1024"][..], 96, (40 << 20) + 999),
+    ] {
+        let img = mkfs("ext4", fs_mib, extra);
+        let data = pattern(len, 17);
+        let mut fs = img.rw();
+        let f = fs.create(2, b"big", 0o644, OWNER).unwrap();
+        // Starts 777 bytes in; pieces of 3 MiB + 17, 8 MiB, 1 MiB - 1 and 5 bytes.
+        let sizes = [(3 << 20) + 17, 8 << 20, (1 << 20) - 1, 5];
+        write_in_pieces(&mut *fs, f, 777, &data, &sizes).unwrap();
+        // Rewritten in place, unaligned: blocks already written are overwritten.
+        let patch = pattern((5 << 20) + 3, 23);
+        fs.write(f, (7 << 20) + 1, &patch).unwrap();
+        let st = fs.stat(f).unwrap();
+        assert_eq!(st.size, 777 + len as u64);
+        fs.close().unwrap();
+        img.fsck_clean();
+
+        let mut expect = vec![0u8; 777];
+        expect.extend_from_slice(&data);
+        expect[(7 << 20) + 1..(7 << 20) + 1 + patch.len()].copy_from_slice(&patch);
+        let m = img.mount(true);
+        let back = std::fs::read(m.path("big")).unwrap();
+        assert!(back == expect, "the kernel reads other bytes ({extra:?})");
+        let md = std::fs::metadata(m.path("big")).unwrap();
+        assert!(
+            md.blocks() * 512 >= expect.len() as u64
+                && md.blocks() * 512 <= expect.len() as u64 + (4 << 20),
+            "{} sectors for {} bytes",
+            md.blocks(),
+            expect.len()
+        );
+        drop(m);
+        // Pieces written one after the other merge into long extents, not one a piece.
+        let leaves = leaf_extents(&img, "/big");
+        assert!(
+            leaves <= 24,
+            "{leaves} extents for {len} bytes ({extra:?}):\n{}",
+            img.debugfs("ex /big")
+        );
+    }
+}
+
+#[test]
+fn a_large_write_over_a_sparse_and_preallocated_file_replaces_just_its_range() {
+    use std::os::unix::io::AsRawFd;
+    let img = mkfs("ext4", 256, &[]);
+    let mib = 1usize << 20;
+    let mut expect = Vec::new();
+    {
+        // Made by the kernel: data, holes, an unwritten (fallocated) range inside the file,
+        // and another one past its end (FALLOC_FL_KEEP_SIZE).
+        let m = img.mount(false);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .open(m.path("over"))
+            .unwrap();
+        use std::os::unix::fs::FileExt;
+        let put = |expect: &mut Vec<u8>, at: usize, d: &[u8]| {
+            file.write_all_at(d, at as u64).unwrap();
+            if expect.len() < at + d.len() {
+                expect.resize(at + d.len(), 0);
+            }
+            expect[at..at + d.len()].copy_from_slice(d);
+        };
+        put(&mut expect, 0, &pattern(mib, 1));
+        put(&mut expect, 5 * mib, &pattern(mib + 100, 2));
+        let fd = file.as_raw_fd();
+        // SAFETY: fallocate on an open file.
+        assert_eq!(
+            unsafe { libc::fallocate(fd, 0, (8 * mib) as i64, (4 * mib) as i64) },
+            0
+        );
+        expect.resize(12 * mib, 0);
+        put(&mut expect, 20 * mib, &pattern(4096, 3));
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe {
+                libc::fallocate(
+                    fd,
+                    libc::FALLOC_FL_KEEP_SIZE,
+                    (30 * mib) as i64,
+                    (4 * mib) as i64,
+                )
+            },
+            0
+        );
+        file.sync_all().unwrap();
+    }
+    let before = img.debugfs("ex /over");
+    assert!(before.contains("Uninit"), "no unwritten extents:\n{before}");
+
+    // Over data, holes, the unwritten range inside, and half of the one past the end.
+    let start = 512 * 1024 + 123;
+    let new = pattern(32 * mib + 777 - start, 9);
+    let mut fs = img.rw();
+    let f = walk(&mut *fs, "over");
+    write_in_pieces(&mut *fs, f, start as u64, &new, &[(3 << 20) + 5]).unwrap();
+    fs.close().unwrap();
+    img.fsck_clean();
+    expect.resize(start + new.len(), 0);
+    expect[start..].copy_from_slice(&new);
+
+    let m = img.mount(true);
+    let back = std::fs::read(m.path("over")).unwrap();
+    assert_eq!(back.len(), expect.len());
+    assert!(back == expect, "the kernel reads other bytes");
+    drop(m);
+    // The rest of the range preallocated past the end is still allocated and unwritten.
+    let after = img.debugfs("ex /over");
+    assert!(after.contains("Uninit"), "{after}");
+}
+
+#[test]
+fn a_large_write_that_fills_the_filesystem_keeps_what_fitted_and_stays_clean() {
+    let img = mkfs("ext4", 16, &[]);
+    let data = pattern(32 << 20, 31);
+    let mut fs = img.rw();
+    let f = fs.create(2, b"full", 0o644, OWNER).unwrap();
+    let e = write_in_pieces(&mut *fs, f, 4095, &data, &[(2 << 20) + 3])
+        .expect_err("32 MiB fitted into 16 MiB");
+    assert_eq!(e.errno, libc::ENOSPC, "{e}");
+    let size = fs.stat(f).unwrap().size;
+    assert!(size > 4 << 20, "only {size} bytes were written");
+    assert_eq!(fs.statvfs().unwrap().bavail, 0);
+    fs.close().unwrap();
+    img.fsck_clean();
+
+    let m = img.mount(true);
+    let back = std::fs::read(m.path("full")).unwrap();
+    assert_eq!(back.len() as u64, size);
+    assert!(back[..4095].iter().all(|&b| b == 0));
+    assert!(
+        back[4095..] == data[..back.len() - 4095],
+        "a short write keeps what it wrote"
+    );
+}

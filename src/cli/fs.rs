@@ -20,6 +20,11 @@ use super::{print_table, CliResult};
 /// How much of a file moves per request.
 const CHUNK: usize = 8 << 20;
 
+/// Pieces of a `put` sent before the first of them is answered: two keep the worker busy
+/// (the pipe holds the start of the next piece while it writes one); a third only adds
+/// memory.
+const PUT_WINDOW: usize = 2;
+
 #[derive(Args)]
 pub struct Target {
     /// The volume (or, with --image, the golden image).
@@ -430,30 +435,57 @@ pub fn run(repo: &Path, cmd: FsCmd) -> CliResult {
                     },
                 )?;
                 let bar = (meta.len() > 64 << 20).then(|| Bar::new("put"));
-                let mut off = 0u64;
-                loop {
-                    // Each piece is read into the buffer the request then owns: no copy.
-                    let mut buf = vec![0u8; CHUNK];
-                    let n = read_full(&mut f, &mut buf).map_err(|e| {
-                        FsError::new(libc::EIO, format!("reading {}: {e}", local.display()))
-                    })?;
-                    if n == 0 {
-                        break;
-                    }
-                    buf.truncate(n);
-                    call(
-                        w,
-                        Call::WriteAt {
+                // Pipelined: piece n+1 is read and sent while the worker writes piece n,
+                // with at most PUT_WINDOW pieces unanswered. The first error stops the
+                // loop and is the one reported; the answers still owed are read first.
+                let sent = (|| {
+                    let mut off = 0u64;
+                    let mut spare: Option<Vec<u8>> = None;
+                    loop {
+                        // A request only borrows its buffer, so one buffer carries every
+                        // piece: no fresh 8 MiB to fault in each time. A fresh one comes
+                        // from calloc, whose pages a small file never touches (resizing
+                        // an empty Vec would write all 8 MiB of zeros first).
+                        let mut buf = match spare.take() {
+                            Some(b) if b.len() == CHUNK => b,
+                            _ => vec![0u8; CHUNK],
+                        };
+                        let n = match read_full(&mut f, &mut buf) {
+                            Ok(n) => n,
+                            Err(e) => {
+                                // A piece sent before that failed failed first.
+                                w.settle()?;
+                                return Err(FsError::new(
+                                    libc::EIO,
+                                    format!("reading {}: {e}", local.display()),
+                                ));
+                            }
+                        };
+                        if n == 0 {
+                            return Ok(());
+                        }
+                        buf.truncate(n);
+                        while w.in_flight() >= PUT_WINDOW {
+                            w.recv()?;
+                        }
+                        let req = Request::Call(Call::WriteAt {
                             path: p.clone(),
                             offset: off,
                             data: buf,
-                        },
-                    )?;
-                    off += n as u64;
-                    if let Some(b) = &bar {
-                        b.update(off, meta.len());
+                        });
+                        w.send(&req)?;
+                        if let Request::Call(Call::WriteAt { data, .. }) = req {
+                            spare = Some(data);
+                        }
+                        off += n as u64;
+                        if let Some(b) = &bar {
+                            b.update(off, meta.len());
+                        }
                     }
-                }
+                })();
+                // Every answer is read whatever happened; an earlier error wins.
+                let settled = w.settle();
+                sent.and(settled)?;
                 if let Some(b) = bar {
                     b.finish();
                 }

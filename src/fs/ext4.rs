@@ -2040,6 +2040,10 @@ mod tests {
         c.read(&dev, len, 0, &mut out).unwrap();
         assert_eq!(out[99], 0);
         assert!(out[100..].iter().all(|&b| b == 4));
+        // So does a small read of a page the cache held dirty before the big write.
+        let mut page = [0u8; 16];
+        c.read(&dev, len, 5 * PAGE as u64, &mut page).unwrap();
+        assert_eq!(page, [4u8; 16]);
         c.write_back(&dev).unwrap();
         let d = dev.contents();
         assert!(d[100..100 + big.len()].iter().all(|&b| b == 4));

@@ -12,7 +12,9 @@
  * The write paths follow the logic of fuse2fs (e2fsprogs misc/fuse2fs.c): the new inode
  * is linked into its directory before it is written, so that a full directory fails before
  * anything is allocated; a removed inode loses its blocks with ext2fs_punch and its bitmap
- * bit with ext2fs_inode_alloc_stats2, and gets a dtime.
+ * bit with ext2fs_inode_alloc_stats2, and gets a dtime. Large writes to extent-mapped
+ * files leave fuse2fs's way for their whole blocks (write_blocks): allocated at once as
+ * unwritten extents, written to the device run by run, then marked written.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -1471,36 +1473,276 @@ static errcode_t inode_size(ext2_filsys fs, ext2_ino_t ino, uint64_t *size)
 	return 0;
 }
 
-long strata_ext4_write(ext2_filsys fs, ext2_ino_t ino, uint64_t offset, const void *buf,
-		       uint32_t len, uint32_t *written)
+/* Bytes [offset, offset + len) through the file API: one block at a time through the
+ * file's block buffer, any layout (extents, indirect blocks, unwritten extents). */
+static errcode_t write_bytes(ext2_filsys fs, ext2_ino_t ino, uint64_t offset, const char *buf,
+			     unsigned int len, unsigned int *written)
 {
 	ext2_file_t file;
 	errcode_t err, cerr;
-	unsigned int n = 0;
-	uint64_t size;
 
 	*written = 0;
-	err = inode_size(fs, ino, &size);
-	if (err)
-		return err;
-	if (offset > size) {
-		err = zero_tail(fs, ino, size);
-		if (err)
-			return err;
-	}
+	if (len == 0)
+		return 0;
 	err = ext2fs_file_open(fs, ino, EXT2_FILE_WRITE, &file);
 	if (err)
 		return err;
 	err = ext2fs_file_llseek(file, offset, EXT2_SEEK_SET, NULL);
 	if (!err)
-		err = ext2fs_file_write(file, buf, len, &n);
+		err = ext2fs_file_write(file, buf, len, written);
 	/* Close writes the buffered block and the inode (size, blocks). */
 	cerr = ext2fs_file_close(file);
-	*written = n;
+	return err ? err : cerr;
+}
+
+/* Whole blocks at least this many go the direct way (write_blocks); fewer go through the
+ * file API, whose per-block cost is nothing at that size. */
+#define DIRECT_MIN_BLOCKS 16
+
+/* Most blocks one device write of write_blocks carries (a bound on the int count of
+ * io_channel_write_blk64, far above any chunk the Rust side hands over). */
+#define DIRECT_MAX_RUN (1 << 20)
+
+/* Whether written extent `b` continues written extent `a` on disk and both fit one. */
+static int continues(const struct ext2fs_extent *a, const struct ext2fs_extent *b)
+{
+	return !(a->e_flags & EXT2_EXTENT_FLAGS_UNINIT) && !(b->e_flags & EXT2_EXTENT_FLAGS_UNINIT) &&
+	       a->e_lblk + a->e_len == b->e_lblk && a->e_pblk + a->e_len == b->e_pblk &&
+	       (uint64_t)a->e_len + b->e_len <= EXT_INIT_MAX_LEN;
+}
+
+/* Merges the written extent `ex` (the handle's current one) with its neighbours in the same
+ * leaf when they continue it: fallocate never extends a written extent without zeroing what
+ * it adds, so a file written piece by piece would otherwise get one extent per piece.
+ * Only entries that are not the first of their leaf are deleted, so no index key changes;
+ * neighbours in other leaves stay apart (one extra extent per leaf at most). */
+static errcode_t merge_written(ext2_extent_handle_t h, struct ext2fs_extent ex)
+{
+	struct ext2fs_extent other;
+	errcode_t err;
+
+	err = ext2fs_extent_get(h, EXT2_EXTENT_PREV_SIB, &other);
+	if (err && err != EXT2_ET_EXTENT_NO_PREV)
+		return err;
+	if (!err && continues(&other, &ex)) {
+		err = ext2fs_extent_goto(h, ex.e_lblk);
+		if (!err)
+			err = ext2fs_extent_delete(h, 0);
+		if (!err)
+			err = ext2fs_extent_goto(h, other.e_lblk);
+		if (err)
+			return err;
+		other.e_len += ex.e_len;
+		err = ext2fs_extent_replace(h, 0, &other);
+		if (err)
+			return err;
+		ex = other;
+	} else {
+		err = ext2fs_extent_goto(h, ex.e_lblk);
+		if (err)
+			return err;
+	}
+	err = ext2fs_extent_get(h, EXT2_EXTENT_NEXT_SIB, &other);
+	if (err == EXT2_ET_EXTENT_NO_NEXT)
+		return 0;
 	if (err)
 		return err;
-	if (cerr)
-		return cerr;
+	if (!continues(&ex, &other))
+		return 0;
+	err = ext2fs_extent_delete(h, 0);
+	if (!err)
+		err = ext2fs_extent_goto(h, ex.e_lblk);
+	if (err)
+		return err;
+	ex.e_len += other.e_len;
+	return ext2fs_extent_replace(h, 0, &ex);
+}
+
+/* Marks the blocks [lblk, end) written where an unwritten extent maps them. */
+static errcode_t mark_written(ext2_extent_handle_t h, blk64_t lblk, blk64_t end)
+{
+	struct ext2fs_extent ex;
+	blk64_t pos = lblk;
+	errcode_t err;
+
+	while (pos < end) {
+		blk64_t e_end, a, b, l;
+
+		err = ext2fs_extent_goto(h, pos);
+		if (err)
+			return err;
+		err = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ex);
+		if (err)
+			return err;
+		e_end = ex.e_lblk + ex.e_len;
+		if (e_end <= pos)
+			return EXT2_ET_EXTENT_NOT_FOUND;
+		if (!(ex.e_flags & EXT2_EXTENT_FLAGS_UNINIT)) {
+			pos = e_end;
+			continue;
+		}
+		if (ex.e_lblk >= lblk && e_end <= end) {
+			ex.e_flags &= ~EXT2_EXTENT_FLAGS_UNINIT;
+			err = ext2fs_extent_replace(h, 0, &ex);
+			if (!err)
+				err = merge_written(h, ex);
+			if (err)
+				return err;
+			pos = e_end;
+			continue;
+		}
+		/* An unwritten extent that reaches outside the write (fallocated before): the
+		 * part inside is remapped block by block, which splits the extent. */
+		a = ex.e_lblk > pos ? ex.e_lblk : pos;
+		b = e_end < end ? e_end : end;
+		for (l = a; l < b; l++) {
+			err = ext2fs_extent_set_bmap(h, l, ex.e_pblk + (l - ex.e_lblk), 0);
+			if (err)
+				return err;
+		}
+		pos = b;
+	}
+	return 0;
+}
+
+/*
+ * Writes whole blocks [lblk, lblk + count) of an extent-mapped file straight to the device,
+ * not through the file API's one-block buffer: the holes are allocated at once as unwritten
+ * extents (ext2fs_fallocate), the data goes out in one device write per physically
+ * contiguous run (large ones bypass the block cache on the Rust side, which drops what it
+ * held of them), and only then are the extents marked written. A failure part-way thus
+ * leaves unwritten extents, which read as zeros, never blocks that expose what they held
+ * before — the kernel's ext4 works the same way. The size grows to at least `min_size`.
+ */
+static errcode_t write_blocks(ext2_filsys fs, ext2_ino_t ino, blk64_t lblk, blk64_t count,
+			      const char *buf, uint64_t min_size)
+{
+	struct ext2_inode_large inode;
+	ext2_extent_handle_t h = NULL;
+	struct ext2fs_extent ex;
+	blk64_t end = lblk + count, pos = lblk;
+	blk64_t run_l = 0, run_p = 0, run_n = 0;
+	errcode_t err, werr;
+
+	err = read_inode(fs, ino, &inode);
+	if (err)
+		return err;
+	/* The extent handles below update `inode` (i_block, i_blocks) and write it when the
+	 * tree's root changes; it is written once more at the end whatever happened, so that
+	 * i_blocks always counts what was allocated. */
+	err = ext2fs_fallocate(fs, EXT2_FALLOCATE_FORCE_UNINIT, ino, (struct ext2_inode *)&inode,
+			       ~0ULL, lblk, count);
+	if (err)
+		goto out;
+	err = ext2fs_extent_open2(fs, ino, (struct ext2_inode *)&inode, &h);
+	if (err)
+		goto out;
+
+	/* The data, run by run. */
+	err = ext2fs_extent_goto(h, lblk);
+	if (err)
+		goto out;
+	err = ext2fs_extent_get(h, EXT2_EXTENT_CURRENT, &ex);
+	while (!err && pos < end) {
+		blk64_t e_end = ex.e_lblk + ex.e_len, n, p;
+
+		if (ex.e_lblk > pos || e_end <= pos) {
+			/* fallocate left a hole: never expected, and nothing may be written. */
+			err = EXT2_ET_EXTENT_NOT_FOUND;
+			break;
+		}
+		n = (e_end < end ? e_end : end) - pos;
+		p = ex.e_pblk + (pos - ex.e_lblk);
+		if (run_n && (run_p + run_n != p || run_n + n > DIRECT_MAX_RUN)) {
+			err = io_channel_write_blk64(fs->io, run_p, (int)run_n,
+						     buf + (run_l - lblk) * fs->blocksize);
+			if (err)
+				break;
+			run_n = 0;
+		}
+		if (!run_n) {
+			run_l = pos;
+			run_p = p;
+		}
+		run_n += n;
+		pos += n;
+		if (pos < end)
+			err = ext2fs_extent_get(h, EXT2_EXTENT_NEXT_LEAF, &ex);
+	}
+	if (err == EXT2_ET_EXTENT_NO_NEXT)
+		err = EXT2_ET_EXTENT_NOT_FOUND;
+	if (!err && run_n)
+		err = io_channel_write_blk64(fs->io, run_p, (int)run_n,
+					     buf + (run_l - lblk) * fs->blocksize);
+	if (err)
+		goto out;
+
+	err = mark_written(h, lblk, end);
+	if (err)
+		goto out;
+	if (EXT2_I_SIZE(&inode) < min_size) {
+		err = ext2fs_inode_size_set(fs, (struct ext2_inode *)&inode, min_size);
+		if (err)
+			goto out;
+	}
+out:
+	if (h)
+		ext2fs_extent_free(h);
+	werr = write_inode(fs, ino, &inode);
+	return err ? err : werr;
+}
+
+long strata_ext4_write(ext2_filsys fs, ext2_ino_t ino, uint64_t offset, const void *buf,
+		       uint32_t len, uint32_t *written)
+{
+	const char *data = buf;
+	struct ext2_inode inode;
+	errcode_t err;
+	unsigned int n = 0;
+	uint64_t size, bs = fs->blocksize, head = 0, blocks = 0;
+
+	*written = 0;
+	err = ext2fs_read_inode(fs, ino, &inode);
+	if (err)
+		return err;
+	if (inode.i_flags & EXT4_INLINE_DATA_FL)
+		return EXT2_ET_OP_NOT_SUPPORTED;
+	size = EXT2_I_SIZE(&inode);
+	if (offset > size) {
+		err = zero_tail(fs, ino, size);
+		if (err)
+			return err;
+	}
+	/* The direct way needs extents and one block per cluster (an implied cluster would
+	 * need the allocation rules of bigalloc, which the file API has). */
+	if ((inode.i_flags & EXT4_EXTENTS_FL) && EXT2FS_CLUSTER_RATIO(fs) == 1) {
+		head = (bs - offset % bs) % bs;
+		if (head > len)
+			head = len;
+		blocks = (len - head) / bs;
+	}
+	if (blocks < DIRECT_MIN_BLOCKS) {
+		err = write_bytes(fs, ino, offset, data, len, &n);
+		*written = n;
+	} else {
+		/* The partial block in front, the whole blocks, the partial block behind; in
+		 * that order, so that the size grows with what was written. */
+		uint64_t mid = offset + head, tail = len - head - blocks * bs;
+
+		err = write_bytes(fs, ino, offset, data, (unsigned int)head, &n);
+		*written = n;
+		if (!err)
+			err = write_blocks(fs, ino, mid / bs, blocks, data + head,
+					   mid + blocks * bs);
+		if (!err) {
+			*written = (uint32_t)(head + blocks * bs);
+			err = write_bytes(fs, ino, mid + blocks * bs, data + head + blocks * bs,
+					  (unsigned int)tail, &n);
+			*written += n;
+		}
+	}
+	if (err)
+		return err;
 	return touch_ino(fs, ino, TOUCH_CTIME | TOUCH_MTIME);
 }
 

@@ -9,8 +9,14 @@
 //! process may create one. Each request must be answered within the timeout, else the
 //! worker is killed. A worker that is killed or dropped never flushed anything: the disk
 //! is as it was before the job.
+//!
+//! Requests may be pipelined (`send` several, then `recv` their answers in order): a big
+//! `put` sends its next piece while the worker writes the one before. Sending has a
+//! deadline too, since a worker that stops reading would otherwise block the parent in a
+//! write to a full pipe forever.
 
-use std::io::{self, BufWriter, Read};
+use std::collections::VecDeque;
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -59,10 +65,13 @@ const PIPE_BYTES: libc::c_int = 1 << 20;
 
 pub struct Worker {
     child: Child,
-    to: Option<BufWriter<ChildStdin>>,
+    to: Option<BufWriter<DeadlineWriter>>,
     from: ChildStdout,
     timeout: Duration,
     what: String,
+    /// Requests sent and not answered yet, oldest first: what each was doing, and whether
+    /// it was the commit.
+    pending: VecDeque<(String, bool)>,
 }
 
 fn broken(what: &str, detail: impl std::fmt::Display) -> FsError {
@@ -127,6 +136,7 @@ impl Worker {
         let to = child
             .stdin
             .take()
+            .map(DeadlineWriter::new)
             .map(|s| BufWriter::with_capacity(1 << 20, s));
         let from = child
             .stdout
@@ -138,6 +148,7 @@ impl Worker {
             from,
             timeout: opts.timeout,
             what,
+            pending: VecDeque::new(),
         };
         w.call(Request::Open(Open {
             source,
@@ -147,16 +158,45 @@ impl Worker {
         Ok(w)
     }
 
-    /// Sends one request and waits for its answer.
+    /// Sends one request and waits for its answer. Answers still owed to requests sent
+    /// before come first: if one of them is an error, that error is returned and this
+    /// request is not sent.
     pub fn call(&mut self, req: Request) -> FsResult<Reply> {
+        self.settle()?;
+        self.send(&req)?;
+        self.recv()
+    }
+
+    /// Sends one request without waiting for its answer; `recv` collects the answers, in
+    /// the order the requests were sent. The request is only borrowed, so that its buffers
+    /// can carry the next one.
+    pub fn send(&mut self, req: &Request) -> FsResult<()> {
         let doing = req.describe();
         let committing = matches!(req, Request::Commit);
+        let timeout = self.timeout;
         let Some(to) = self.to.as_mut() else {
             return Err(broken(&self.what, "was stopped"));
         };
-        if let Err(e) = write_frame(to, &req) {
+        to.get_mut().deadline = Instant::now() + timeout;
+        if let Err(e) = write_frame(to, req) {
             return Err(self.failure(&doing, e, committing));
         }
+        self.pending.push_back((doing, committing));
+        Ok(())
+    }
+
+    /// The answer to the oldest request sent and not answered yet.
+    pub fn recv(&mut self) -> FsResult<Reply> {
+        let Some((doing, committing)) = self.pending.pop_front() else {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!(
+                    "internal error: waiting for the filesystem worker for {} with no request \
+                     outstanding",
+                    self.what
+                ),
+            ));
+        };
         let deadline = Instant::now() + self.timeout;
         let mut r = Deadline {
             inner: &mut self.from,
@@ -169,6 +209,26 @@ impl Worker {
         }
     }
 
+    /// How many requests are waiting for their answers.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Reads every answer still owed and returns the first error among them, if any
+    /// (later ones are dropped), so that nothing is left unread on the pipe. A worker that
+    /// fails meanwhile is gone, with nothing owed.
+    pub fn settle(&mut self) -> FsResult<()> {
+        let mut first = Ok(());
+        while !self.pending.is_empty() {
+            if let Err(e) = self.recv() {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
     /// Explains why the worker stopped answering, and makes sure it is gone.
     fn failure(&mut self, doing: &str, e: io::Error, committing: bool) -> FsError {
         let broken = if committing { broken_in_commit } else { broken };
@@ -176,6 +236,7 @@ impl Worker {
         let _ = self.child.kill();
         let status = self.child.wait().ok();
         self.to = None;
+        self.pending.clear();
         if timed_out {
             return broken(
                 &self.what,
@@ -264,6 +325,77 @@ impl Read for Deadline<'_> {
             }
             return self.inner.read(buf);
         }
+    }
+}
+
+/// The worker's stdin, made non-blocking, with writes that fail with `TimedOut` when the
+/// pipe has had no room since the deadline (a worker that stopped reading).
+struct DeadlineWriter {
+    inner: ChildStdin,
+    deadline: Instant,
+}
+
+impl DeadlineWriter {
+    fn new(inner: ChildStdin) -> DeadlineWriter {
+        let fd = inner.as_raw_fd();
+        // SAFETY: fcntl on a pipe this process owns. O_NONBLOCK is a flag of this, the
+        // writing, end only; the worker's end stays blocking. A host that refuses it
+        // keeps blocking writes, which still work, only without the deadline.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
+        DeadlineWriter {
+            inner,
+            deadline: Instant::now(),
+        }
+    }
+
+    /// Waits until the pipe takes bytes again, or the deadline passes.
+    fn wait_writable(&self) -> io::Result<()> {
+        loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.inner.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms.max(1)) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n > 0 {
+                // Writable, or the worker's end is closed (the write then says EPIPE).
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Write for DeadlineWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match self.inner.write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_writable()?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => return r,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
