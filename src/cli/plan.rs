@@ -1,7 +1,7 @@
 //! `strata deploy`, `strata capture`, `strata shell` and `strata script lint`: arguments,
 //! progress and messages; the work is in `strata::plan`.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
@@ -372,6 +372,52 @@ pub fn shell(repo: &Repository, a: ShellArgs) -> CliResult {
     }
 }
 
+/// Where an interactive session's lines come from: a terminal (line editing, and a history
+/// kept in `~/.strata_shell_history`) or a pipe.
+enum Lines {
+    Terminal(Box<rustyline::DefaultEditor>, Option<PathBuf>),
+    Piped(std::io::Lines<std::io::StdinLock<'static>>),
+}
+
+impl Lines {
+    fn open() -> Lines {
+        if std::io::stdin().is_terminal() {
+            if let Ok(mut ed) = rustyline::DefaultEditor::new() {
+                let history = std::env::var_os("HOME")
+                    .map(|h| PathBuf::from(h).join(".strata_shell_history"));
+                if let Some(h) = &history {
+                    let _ = ed.load_history(h);
+                }
+                return Lines::Terminal(Box::new(ed), history);
+            }
+        }
+        Lines::Piped(std::io::stdin().lock().lines())
+    }
+
+    fn next(&mut self, prompt: &str) -> Option<String> {
+        match self {
+            Lines::Terminal(ed, _) => match ed.readline(prompt) {
+                Ok(l) => {
+                    if !l.trim().is_empty() {
+                        let _ = ed.add_history_entry(l.as_str());
+                    }
+                    Some(l)
+                }
+                Err(_) => None,
+            },
+            Lines::Piped(l) => l.next().and_then(Result::ok),
+        }
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        if let Lines::Terminal(ed, Some(h)) = self {
+            let _ = ed.save_history(h);
+        }
+    }
+}
+
 /// Reads commands from the terminal (or stdin) and runs each; a failure is shown and the
 /// session goes on, as interactive guestfish does.
 fn interactive(
@@ -380,19 +426,13 @@ fn interactive(
     rec: &mut Recorder,
     expand: &dyn Fn(&str) -> Result<String, String>,
 ) {
-    let tty = std::io::stdin().is_terminal();
-    if tty {
+    let mut lines = Lines::open();
+    if matches!(lines, Lines::Terminal(..)) {
         eprintln!("strata shell: guestfish commands; `help` lists them, `quit` ends (changes kept only with --write)");
     }
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
     let mut number = 0;
     loop {
-        if tty {
-            eprint!("><strata> ");
-            let _ = std::io::stderr().flush();
-        }
-        let Some(Ok(raw)) = lines.next() else {
+        let Some(raw) = lines.next("><strata> ") else {
             break;
         };
         number += 1;
@@ -411,17 +451,18 @@ fn interactive(
                 continue;
             }
         };
-        // A heredoc's body comes from the next lines.
+        // A heredoc's body comes from the next lines (attributes substituted, as in a
+        // script).
         let mut l = parsed;
         if let Action::Command(c) = &mut l.action {
             for arg in c.args.iter_mut() {
                 if let Arg::Heredoc { tag, content } = arg {
-                    for body in lines.by_ref() {
-                        let Ok(body) = body else { break };
+                    while let Some(body) = lines.next("") {
                         number += 1;
                         if body == *tag {
                             break;
                         }
+                        let body = expand(&body).unwrap_or(body);
                         content.extend_from_slice(body.as_bytes());
                         content.push(b'\n');
                     }
