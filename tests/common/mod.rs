@@ -7,6 +7,7 @@
 
 pub mod disks;
 pub mod golden_images;
+pub mod hpe;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;

@@ -255,6 +255,11 @@ impl Worker {
             Some(s) if s.signal().is_some() => {
                 format!("crashed (signal {})", s.signal().unwrap_or(0))
             }
+            // The dynamic loader's own failure (it could not map the program or its
+            // libraries, or allocate its first thread: a memory limit set too low).
+            Some(s) if s.code() == Some(127) => "could not start (exit status 127: out of \
+                 memory before it ran? STRATA_FS_MEMORY_MB raises the limit)"
+                .to_string(),
             Some(s) => format!("exited ({s})"),
             None => format!("stopped answering ({e})"),
         };
