@@ -117,6 +117,7 @@ mod declaration;
 mod given;
 mod reference;
 mod resolve;
+mod syntax;
 mod validate;
 
 #[cfg(test)]

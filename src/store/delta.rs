@@ -17,7 +17,7 @@ use super::format::{
     Batch, BatchKind, HeaderError, MapEntry, MapHeader, BLOCK, FORMAT_VERSION, MAP_HEADER_LEN,
     UNMAPPED_SLOT, ZERO_SLOT,
 };
-use super::snapshot::PinSource;
+use super::pins::PinSource;
 
 pub const DATA_FILE: &str = "data";
 pub const MAP_FILES: [&str; 2] = ["map.0", "map.1"];

@@ -11,6 +11,7 @@
 //! - `repo.rs`     the repository directory: names, metadata, create/remove/open
 //! - `transfer.rs` import and export of whole disks; `names.rs` name validation
 //! - `snapshot.rs` point-in-time views of a volume's committed map, pinned against reuse
+//! - `pins.rs`     what a writer asks of those pins: which freed slots it must keep
 //! - `overlay.rs`  a throwaway writable layer over any read-only device
 //! - `ranges.rs`   byte-range sets, and storing only some ranges of a device as an image
 //! - `trace.rs`    boot traces: record a first boot's image reads, prefetch them for clones
@@ -26,6 +27,7 @@ pub mod format;
 pub mod image;
 pub mod names;
 pub mod overlay;
+pub mod pins;
 pub mod ranges;
 pub mod repo;
 pub mod snapshot;

@@ -67,6 +67,8 @@ use super::format::{MapEntry, MapHeader, MAP_HEADER_LEN, ZERO_SLOT};
 use super::image::Image;
 use super::volume::Volume;
 
+pub use super::pins::{PinSource, PinState};
+
 pub const PINS_DIR: &str = "pins";
 const PIN_MAGIC: &[u8; 8] = b"STRATAPN";
 const PIN_VERSION: u32 = 1;
@@ -77,36 +79,6 @@ const PIN_ENTRY_LEN: usize = 16;
 const READ_ATTEMPTS: usize = 1000;
 
 static PIN_SEQ: AtomicU64 = AtomicU64::new(0);
-
-// ---- what the writer asks ----
-
-/// The pins in force at one moment, as the writer sees them.
-#[derive(Debug, Default)]
-pub struct PinState {
-    /// Changes whenever the set of pins (or a pin's completeness) changes.
-    pub version: u64,
-    /// A live pin has no map yet: every freed slot must be held.
-    pub pending: bool,
-    /// The slots each complete live pin references, sorted.
-    pub sets: Vec<Arc<Vec<u32>>>,
-}
-
-impl PinState {
-    pub fn is_empty(&self) -> bool {
-        !self.pending && self.sets.is_empty()
-    }
-
-    /// Whether slot `slot` must not be reused now.
-    pub fn holds(&self, slot: u32) -> bool {
-        self.pending || self.sets.iter().any(|s| s.binary_search(&slot).is_ok())
-    }
-}
-
-/// Where a writer learns of the snapshots pinning its committed maps.
-pub trait PinSource: Send + Sync {
-    /// The pins live now. An error means "unknown": the caller then holds every slot.
-    fn current(&self) -> io::Result<Arc<PinState>>;
-}
 
 /// Pins kept in memory, for tests of the writer's side on the crash-simulating backend.
 #[derive(Default)]

@@ -8,7 +8,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use super::reference::is_name;
-use super::validate::{self, Decimal};
+use super::syntax::{self, Decimal};
 use super::{AttrError, BUILTINS, NIC_FIELDS};
 
 /// The attribute types HPE's Image Streamer defines (`type` in the JSON).
@@ -135,7 +135,7 @@ fn numberish(v: &Value) -> Option<Option<String>> {
 fn boolish(v: &Value) -> Option<Option<bool>> {
     match v {
         Value::Bool(b) => Some(Some(*b)),
-        Value::String(s) => validate::boolean(s).map(Some),
+        Value::String(s) => syntax::boolean(s).map(Some),
         Value::Null => Some(None),
         _ => None,
     }
@@ -557,25 +557,5 @@ impl Declaration {
     /// The compiled `regex` constraint (or why it does not compile).
     pub(super) fn regex(&self) -> Option<&Result<regex::Regex, String>> {
         self.regex.as_ref()
-    }
-
-    /// Checks a scalar value (every type but nic) against the type and the constraints, and
-    /// returns every rule it breaks. Empty values pass unless a constraint forbids them
-    /// (`options` without "", `regex` not matching "", `minlen`, `minimum`/`maximum`): HPE's
-    /// own bundles ship many declared-empty attributes meant to be substituted as empty.
-    pub fn check(&self, value: &str) -> Vec<AttrError> {
-        validate::check_scalar(
-            &self.name,
-            self.kind,
-            &self.constraints,
-            self.regex.as_ref(),
-            value,
-        )
-    }
-
-    /// Checks a NIC attribute's sub-fields (`dhcp` and `ipv4disable` flags included) against
-    /// the NIC rules and the constraints; returns every rule broken.
-    pub fn check_nic(&self, fields: &std::collections::BTreeMap<String, String>) -> Vec<AttrError> {
-        validate::check_nic(&self.name, &self.constraints, fields)
     }
 }

@@ -10,7 +10,8 @@ use std::fmt;
 use super::declaration::{Constraints, Declaration, Kind, NicMode};
 use super::given::{Builtins, DeploymentValues, Given};
 use super::reference::{scan, Piece, Reference};
-use super::validate::{self, check_nic, check_scalar, nic_field_error, nic_mode, Decimal};
+use super::syntax::{self, Decimal};
+use super::validate::{check_nic, check_scalar, nic_field_error, nic_mode};
 use super::{AttrError, AttrErrors, BUILTINS, INITIATOR_FIELDS, MASK, NIC_FIELDS, VOLUME_SIZE};
 
 /// A plan script's text and the name errors call it by.
@@ -284,25 +285,20 @@ pub fn resolve(layers: &Layers<'_>) -> Result<Values, AttrErrors> {
         bad(
             "ip",
             &i.ip,
-            validate::ipv4(&i.ip),
+            syntax::ipv4(&i.ip),
             "must be a dotted-quad IPv4 address",
         );
-        bad(
-            "mac",
-            &i.mac,
-            validate::mac(&i.mac),
-            "must be a MAC address",
-        );
+        bad("mac", &i.mac, syntax::mac(&i.mac), "must be a MAC address");
         bad(
             "netmask",
             &i.netmask,
-            validate::netmask(&i.netmask),
+            syntax::netmask(&i.netmask),
             "must be an IPv4 netmask",
         );
         bad(
             "gateway",
             &i.gateway,
-            i.gateway.is_empty() || validate::ipv4(&i.gateway),
+            i.gateway.is_empty() || syntax::ipv4(&i.gateway),
             "must be empty or an IPv4 address",
         );
     }
