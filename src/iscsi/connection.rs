@@ -31,12 +31,12 @@ use tokio::time::Instant;
 use super::command::{
     build_response, inline_candidate, response_header, run_command, DataIn, Sink, TaskState,
 };
+use super::context::ServerCtx;
 use super::login::{Established, Login, SessionType};
 use super::pdu::{self, op, reject, Bhs, FrameLimits, Pdu, RESERVED_TAG};
 use super::prelogin::PreLoginGuard;
 use super::scsi::sense;
 use super::scsi::{self, LogicalUnit, Nexus, Response};
-use super::server::ServerCtx;
 use super::session::{sn_gt, sn_lt, SessionKey, Stop};
 use super::text;
 use super::tmf;
@@ -1261,5 +1261,26 @@ impl WriteBuf {
     fn into_bytes(self) -> Bytes {
         let n = self.filled;
         Bytes::from_owner(self.buf).slice(..n)
+    }
+}
+
+impl tmf::Tasks for Conn {
+    fn has_task(&self, itt: u32) -> bool {
+        Conn::has_task(self, itt)
+    }
+
+    fn lu(&self) -> Option<&Arc<LogicalUnit>> {
+        Conn::lu(self)
+    }
+
+    fn exp_cmd_sn(&self) -> u32 {
+        Conn::exp_cmd_sn(self)
+    }
+
+    fn abort_tasks(
+        &mut self,
+        pred: impl Fn(u32, u64, u32) -> bool + Send,
+    ) -> impl std::future::Future<Output = usize> + Send {
+        Conn::abort_tasks(self, pred)
     }
 }

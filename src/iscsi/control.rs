@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
-use super::server::ServerCtx;
+pub use super::context::Applied;
+use super::context::ServerCtx;
 use super::session::SessionInfo;
 
 pub const SOCKET: &str = "serve.sock";
@@ -35,15 +36,6 @@ const SUN_PATH_MAX: usize = 100;
 enum Request {
     Apply,
     Sessions,
-}
-
-/// The answer to `apply`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Applied {
-    /// Sessions ended because the exports no longer admit them.
-    pub revoked: usize,
-    /// Of those, sessions that had not ended when the server gave up waiting.
-    pub still_open: usize,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

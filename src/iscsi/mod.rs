@@ -9,6 +9,7 @@
 //! - `command.rs` one SCSI command from CDB to Data-In and status
 //! - `connection.rs` one TCP connection's loop; `tmf.rs` task management
 //! - `prelogin.rs` the budget of connections not yet logged in (floods evict themselves)
+//! - `context.rs` what every connection shares: options, tables, open units, export changes
 //! - `server.rs`  listeners and graceful shutdown; `control.rs` the control socket through
 //!   which `export`/`unexport` learn a change was applied; `cli.rs` the commands
 
@@ -16,6 +17,7 @@ pub mod cdb;
 pub mod cli;
 mod command;
 pub mod connection;
+pub mod context;
 pub mod control;
 pub mod digest;
 pub mod exports;

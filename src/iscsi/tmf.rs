@@ -2,9 +2,25 @@
 //! LUN RESET, TARGET WARM RESET and TARGET COLD RESET. Aborted tasks send no response;
 //! resets also reset the logical unit's state and raise unit attentions for other sessions.
 
-use super::connection::Conn;
+use std::future::Future;
+use std::sync::Arc;
+
 use super::pdu::Bhs;
+use super::scsi::LogicalUnit;
 use super::session::sn_lt;
+
+/// What task management needs of a connection (`connection::Conn` is the one).
+pub trait Tasks {
+    /// Whether task `itt` is still running (not yet answering).
+    fn has_task(&self, itt: u32) -> bool;
+    fn lu(&self) -> Option<&Arc<LogicalUnit>>;
+    fn exp_cmd_sn(&self) -> u32;
+    /// Aborts the tasks `pred(itt, lun, cmd_sn)` selects; answers how many it aborted.
+    fn abort_tasks(
+        &mut self,
+        pred: impl Fn(u32, u64, u32) -> bool + Send,
+    ) -> impl Future<Output = usize> + Send;
+}
 
 pub mod response {
     pub const COMPLETE: u8 = 0;
@@ -24,7 +40,7 @@ fn done(code: u8) -> TmfResult {
     TmfResult { code, close: false }
 }
 
-pub async fn execute(conn: &mut Conn, b: &Bhs) -> TmfResult {
+pub async fn execute(conn: &mut impl Tasks, b: &Bhs) -> TmfResult {
     let function = b.flags() & 0x7f;
     let lun = b.lun();
     let rtt = b.u32_at(20);

@@ -127,6 +127,9 @@ impl Host for SandboxHost<'_> {
 /// together.
 pub fn load(path: &Path) -> Result<Bundle, DeployError> {
     let b = Bundle::open(path).map_err(|e| DeployError::Artifacts(e.to_string()))?;
+    for w in b.warnings() {
+        tracing::warn!("{}: {w}", path.display());
+    }
     let report = b.artifacts().validate();
     if !report.is_ok() {
         return Err(DeployError::Artifacts(format!(
@@ -187,8 +190,8 @@ pub fn resolve_plan_attributes(
 }
 
 /// Runs a deployment. On failure nothing is left in the repository but, maybe, a golden
-/// image imported from the bundle (kept for the next try).
-/// `progress` reports the golden image's import from the bundle, when there is one.
+/// image imported from the bundle (kept for the next try). `progress` reports that
+/// import, when there is one.
 pub fn deploy(
     repo: &Repository,
     opts: DeployOptions,
