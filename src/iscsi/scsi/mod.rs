@@ -5,12 +5,13 @@
 //! blocking pool, never on a reactor thread. It handles unit attentions and reservation
 //! conflicts, then dispatches to one file per command family. Large reads are not executed
 //! here: they come back as a `ReadPlan` so the connection can stream them in pieces.
-//! Nothing in this module knows about iSCSI PDUs.
+//! Nothing in this module knows about iSCSI PDUs. Opcodes have their names in `opcode.rs`.
 
 pub mod capacity;
 pub mod inquiry;
 pub mod misc;
 pub mod mode;
+pub mod opcode;
 pub mod reservations;
 pub mod rw;
 pub mod sense;
@@ -26,6 +27,7 @@ use parking_lot::Mutex;
 use crate::store::{ErrorKind, StoreError, Volume, Wait};
 
 use super::cdb;
+use opcode::*;
 use sense::{status, Sense};
 
 /// Logical block size reported to initiators. Firmware expects 512. The store's 4 KiB block
@@ -318,7 +320,7 @@ impl LogicalUnit {
         let op = cdb::byte(c, 0);
         // Unit attentions are reported to everything except INQUIRY, REPORT LUNS and
         // REQUEST SENSE (SPC-4 §5.14).
-        if !matches!(op, 0x12 | 0xa0 | 0x03) {
+        if !matches!(op, INQUIRY | REPORT_LUNS | REQUEST_SENSE) {
             if let Some(s) = self.take_ua(req.nexus.id) {
                 return Err(s);
             }
@@ -328,44 +330,46 @@ impl LogicalUnit {
         }
         // NACA and LINK in the control byte are not supported.
         if let Some(len) = cdb::cdb_len(op) {
-            if cdb::byte(c, len - 1) & 0x05 != 0 && op != 0x7f {
+            if cdb::byte(c, len - 1) & 0x05 != 0 && op != VARIABLE_LENGTH {
                 return Err(sense::invalid_cdb_field(len as u16 - 1, None));
             }
         }
         match op {
-            0x00 => Ok(Response::good(Vec::new()).into()),
-            0x03 => misc::request_sense(self, req),
-            0x12 => inquiry::inquiry(self, req),
-            0x1a | 0x5a => mode::mode_sense(self, req),
-            0x15 | 0x55 => mode::mode_select(self, req),
-            0x1b => misc::start_stop(self, req),
-            0x1e => misc::prevent_allow(self, req),
-            0x25 => capacity::read_capacity10(self, req),
-            0x9e => match cdb::byte(c, 1) & 0x1f {
-                0x10 => capacity::read_capacity16(self, req),
-                0x12 => misc::get_lba_status(self, req),
+            TEST_UNIT_READY => Ok(Response::good(Vec::new()).into()),
+            REQUEST_SENSE => misc::request_sense(self, req),
+            INQUIRY => inquiry::inquiry(self, req),
+            MODE_SENSE_6 | MODE_SENSE_10 => mode::mode_sense(self, req),
+            MODE_SELECT_6 | MODE_SELECT_10 => mode::mode_select(self, req),
+            START_STOP_UNIT => misc::start_stop(self, req),
+            PREVENT_ALLOW_MEDIUM_REMOVAL => misc::prevent_allow(self, req),
+            READ_CAPACITY_10 => capacity::read_capacity10(self, req),
+            SERVICE_ACTION_IN_16 => match cdb::byte(c, 1) & 0x1f {
+                SA_READ_CAPACITY_16 => capacity::read_capacity16(self, req),
+                SA_GET_LBA_STATUS => misc::get_lba_status(self, req),
                 _ => Err(sense::invalid_cdb_field(1, Some(4))),
             },
-            0x08 | 0x28 | 0xa8 | 0x88 => rw::read(self, req),
-            0x0a | 0x2a | 0xaa | 0x8a => rw::write(self, req),
-            0x2f | 0xaf | 0x8f => rw::verify(self, req),
-            0x2e | 0xae | 0x8e => rw::write_and_verify(self, req),
-            0x89 => rw::compare_and_write(self, req),
-            0x34 | 0x90 => sync::prefetch(self, req),
-            0x35 | 0x91 => sync::synchronize_cache(self, req),
-            0x42 => unmap::unmap(self, req),
-            0x41 | 0x93 => unmap::write_same(self, req),
-            0xa0 => misc::report_luns(self, req),
-            0xa3 => match cdb::byte(c, 1) & 0x1f {
-                0x0c => misc::report_supported_opcodes(self, req),
+            READ_6 | READ_10 | READ_12 | READ_16 => rw::read(self, req),
+            WRITE_6 | WRITE_10 | WRITE_12 | WRITE_16 => rw::write(self, req),
+            VERIFY_10 | VERIFY_12 | VERIFY_16 => rw::verify(self, req),
+            WRITE_AND_VERIFY_10 | WRITE_AND_VERIFY_12 | WRITE_AND_VERIFY_16 => {
+                rw::write_and_verify(self, req)
+            }
+            COMPARE_AND_WRITE => rw::compare_and_write(self, req),
+            PRE_FETCH_10 | PRE_FETCH_16 => sync::prefetch(self, req),
+            SYNCHRONIZE_CACHE_10 | SYNCHRONIZE_CACHE_16 => sync::synchronize_cache(self, req),
+            UNMAP => unmap::unmap(self, req),
+            WRITE_SAME_10 | WRITE_SAME_16 => unmap::write_same(self, req),
+            REPORT_LUNS => misc::report_luns(self, req),
+            MAINTENANCE_IN => match cdb::byte(c, 1) & 0x1f {
+                SA_REPORT_SUPPORTED_OPCODES => misc::report_supported_opcodes(self, req),
                 _ => Err(sense::invalid_cdb_field(1, Some(4))),
             },
-            0x16 | 0x56 => self.reserve(req),
-            0x17 | 0x57 => self.release(req),
-            0x8b => rw::orwrite(self, req),
-            0x37 | 0xb7 => misc::read_defect_data(self, req),
-            0x5e => reservations::persistent_reserve_in(self, req),
-            0x5f => reservations::persistent_reserve_out(self, req),
+            RESERVE_6 | RESERVE_10 => self.reserve(req),
+            RELEASE_6 | RELEASE_10 => self.release(req),
+            ORWRITE_16 => rw::orwrite(self, req),
+            READ_DEFECT_DATA_10 | READ_DEFECT_DATA_12 => misc::read_defect_data(self, req),
+            PERSISTENT_RESERVE_IN => reservations::persistent_reserve_in(self, req),
+            PERSISTENT_RESERVE_OUT => reservations::persistent_reserve_out(self, req),
             _ => Err(sense::INVALID_OPCODE),
         }
     }
@@ -373,9 +377,16 @@ impl LogicalUnit {
     /// Whether an SPC-2 reservation held by another nexus blocks `op`.
     fn legacy_conflict(&self, nexus: u64, op: u8) -> bool {
         match *self.legacy_reservation.lock() {
-            Some(holder) if holder != nexus => {
-                !matches!(op, 0x12 | 0xa0 | 0x03 | 0x17 | 0x57 | 0x00 | 0xa3)
-            }
+            Some(holder) if holder != nexus => !matches!(
+                op,
+                INQUIRY
+                    | REPORT_LUNS
+                    | REQUEST_SENSE
+                    | RELEASE_6
+                    | RELEASE_10
+                    | TEST_UNIT_READY
+                    | MAINTENANCE_IN
+            ),
             _ => false,
         }
     }
@@ -431,8 +442,8 @@ impl LogicalUnit {
 pub fn execute_without_lun(req: &Request) -> Response {
     let c = req.cdb;
     match cdb::byte(c, 0) {
-        // INQUIRY: peripheral qualifier 3, "not capable of supporting a device here".
-        0x12 if cdb::byte(c, 1) & 1 == 0 => {
+        // Peripheral qualifier 3, "not capable of supporting a device here".
+        INQUIRY if cdb::byte(c, 1) & 1 == 0 => {
             let mut d = vec![0u8; 36];
             d[0] = 0x7f;
             d[2] = 0x06;
@@ -440,12 +451,12 @@ pub fn execute_without_lun(req: &Request) -> Response {
             d[4] = 31;
             Response::good(d)
         }
-        0xa0 => {
+        REPORT_LUNS => {
             let mut d = vec![0u8; 16];
             d[3] = 8;
             Response::good(d)
         }
-        0x03 => Response::good(sense::LUN_NOT_SUPPORTED.fixed()),
+        REQUEST_SENSE => Response::good(sense::LUN_NOT_SUPPORTED.fixed()),
         _ => Response::check(sense::LUN_NOT_SUPPORTED),
     }
 }
