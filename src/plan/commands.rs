@@ -170,7 +170,6 @@ impl Spec {
         }
         for (n, _) in self.optargs {
             u.push_str(&format!(" [{n}:..]"));
-            let _ = n;
         }
         u
     }

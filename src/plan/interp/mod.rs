@@ -293,10 +293,11 @@ impl<'a> Interp<'a> {
 
     /// Checks a command's arguments and runs it; returns what it prints.
     fn command(&mut self, spec: &'static Spec, args: &[Arg]) -> CmdResult {
-        // File-in arguments: a heredoc's content, or a local file read now.
+        // A heredoc's content is kept beside the words; a file-in argument given as a
+        // local path is read by the command itself (upload creates its guest file first).
         let mut inputs: Vec<Option<Vec<u8>>> = Vec::new();
         let mut words = Vec::new();
-        for (i, a) in args.iter().enumerate() {
+        for a in args {
             match a {
                 Arg::Heredoc { content, .. } => {
                     inputs.push(Some(content.clone()));
@@ -304,7 +305,6 @@ impl<'a> Interp<'a> {
                 }
                 Arg::Word(w) => {
                     inputs.push(None);
-                    let _ = i;
                     words.push(String::from_utf8_lossy(w).into_owned());
                 }
             }
@@ -316,9 +316,8 @@ impl<'a> Interp<'a> {
             opts,
             inputs,
         };
-        for (i, (name, kind)) in spec.args.iter().enumerate() {
+        for (i, (_, kind)) in spec.args.iter().enumerate() {
             if *kind == Kind::Path && !a.pos[i].starts_with('/') {
-                let _ = name;
                 return Err(CmdError(format!(
                     "{}: {}: path must start with a / character",
                     spec.name.replace('-', "_"),
@@ -389,30 +388,51 @@ impl<'a> Interp<'a> {
                 choices.push(vec![w.to_string()]);
             }
         }
+        let Some(spec) = commands::find(a.pos[0]) else {
+            return Err(CmdError(format!("{}: unknown command", a.pos[0])));
+        };
+        // As guestfish's glob: every combination runs even when one fails, and the glob
+        // fails afterwards if any did.
         let mut out = Vec::new();
+        let mut failed = None;
         let mut idx = vec![0usize; choices.len()];
         loop {
-            let mut args = vec![Arg::Word(a.pos[0].as_bytes().to_vec())];
-            args.truncate(0);
-            for (c, &i) in choices.iter().zip(&idx) {
-                args.push(Arg::Word(c[i].as_bytes().to_vec()));
+            let args: Vec<Arg> = choices
+                .iter()
+                .zip(&idx)
+                .map(|(c, &i)| Arg::Word(c[i].as_bytes().to_vec()))
+                .collect();
+            match self.command(spec, &args) {
+                Ok(o) => out.extend(o),
+                Err(CmdError(e)) => {
+                    let mut m = e.clone().into_bytes();
+                    m.push(b'\n');
+                    self.sink.stderr(&m);
+                    failed.get_or_insert(e);
+                }
             }
-            let Some(spec) = commands::find(a.pos[0]) else {
-                return Err(CmdError(format!("{}: unknown command", a.pos[0])));
-            };
-            out.extend(self.command(spec, &args)?);
             // The next combination, the last argument fastest.
             let mut k = idx.len();
-            loop {
+            let more = loop {
                 if k == 0 {
-                    return Ok(out);
+                    break false;
                 }
                 k -= 1;
                 idx[k] += 1;
                 if idx[k] < choices[k].len() {
-                    break;
+                    break true;
                 }
                 idx[k] = 0;
+            };
+            if !more {
+                break;
+            }
+        }
+        match failed {
+            None => Ok(out),
+            Some(e) => {
+                self.sink.stdout(&out);
+                Err(CmdError(format!("glob: a command failed: {e}")))
             }
         }
     }

@@ -189,6 +189,22 @@ fn glob_runs_the_command_for_each_match_and_keeps_a_pattern_matching_nothing() {
 }
 
 #[test]
+fn glob_runs_every_combination_even_after_one_fails_then_fails() {
+    let mut f = Fixture::new();
+    f.ok("mount /dev/sda /\nmkdir /d\ntouch /f1\n");
+    let (r, k) = f.run("glob cat /*\necho not reached\n");
+    let e = r.unwrap_err();
+    assert!(
+        e.message.starts_with("glob: a command failed"),
+        "{}",
+        e.message
+    );
+    // cat of the file printed (an empty file: a newline), cat of the directory failed.
+    assert_eq!(k.out, b"\n");
+    assert!(!k.err.is_empty());
+}
+
+#[test]
 fn upload_of_a_missing_local_file_still_empties_the_guest_file() {
     let mut f = Fixture::new();
     f.ok("mount /dev/sda /\nwrite /f \"old\"\n");
