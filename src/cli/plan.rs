@@ -38,13 +38,16 @@ pub struct DeployArgs {
     /// The server's iSCSI initiator name (recorded; with --export, the only one allowed).
     #[arg(long, value_name = "IQN")]
     pub initiator: Option<String>,
-    /// The server's boot NIC, for @_Initiator1.ip@ .netmask .gateway .mac.
+    /// The server's iSCSI boot NIC address: @_Initiator1.ip@.
     #[arg(long, value_name = "IPV4")]
     pub initiator_ip: Option<String>,
+    /// Its netmask: @_Initiator1.netmask@.
     #[arg(long, value_name = "IPV4")]
     pub initiator_netmask: Option<String>,
+    /// Its gateway: @_Initiator1.gateway@.
     #[arg(long, value_name = "IPV4")]
     pub initiator_gateway: Option<String>,
+    /// Its MAC address: @_Initiator1.mac@.
     #[arg(long, value_name = "MAC")]
     pub initiator_mac: Option<String>,
     /// Export the volume to --initiator when it is deployed.
