@@ -7,6 +7,7 @@ mod capture;
 mod debug;
 mod fs;
 mod image;
+mod iscsi;
 mod plan;
 mod progress;
 mod size;
@@ -60,11 +61,11 @@ pub enum Command {
     #[command(subcommand)]
     Bench(bench::BenchCmd),
     /// Serve exported volumes over iSCSI (foreground; stops cleanly on SIGTERM).
-    Serve(strata::iscsi::cli::ServeArgs),
+    Serve(iscsi::ServeArgs),
     /// Export a volume as an iSCSI target for given initiators (`export ls` lists).
-    Export(strata::iscsi::cli::ExportArgs),
+    Export(iscsi::ExportArgs),
     /// Stop exporting a volume.
-    Unexport(strata::iscsi::cli::UnexportArgs),
+    Unexport(iscsi::UnexportArgs),
     /// Filesystems inside a volume or image: list, inspect, ls, cat, stat, df, mkdir, rm,
     /// chmod, put, get (DEVICE:PATH, e.g. /dev/sda2:/etc/hostname).
     #[command(subcommand)]
@@ -180,9 +181,9 @@ pub fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Bench(c) => bench::run(&repo, c),
-        Command::Serve(a) => strata::iscsi::cli::serve(repo, a),
-        Command::Export(a) => strata::iscsi::cli::export(&repo, a),
-        Command::Unexport(a) => strata::iscsi::cli::unexport(&repo, a),
+        Command::Serve(a) => iscsi::serve(repo, a),
+        Command::Export(a) => iscsi::export(&repo, a),
+        Command::Unexport(a) => iscsi::unexport(&repo, a),
         Command::Debug(c) => debug::run(&repo, c),
         Command::Deploy(a) => plan::deploy(&repo, a),
         Command::Shell(a) => plan::shell(&repo, a),

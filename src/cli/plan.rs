@@ -158,11 +158,11 @@ pub fn deploy(repo: &Repository, a: DeployArgs) -> CliResult {
             );
             if a.export {
                 let iqn = a.initiator.clone().unwrap_or_default();
-                strata::iscsi::cli::export(
+                super::iscsi::export(
                     repo,
-                    strata::iscsi::cli::ExportArgs {
+                    super::iscsi::ExportArgs {
                         cmd: None,
-                        add: strata::iscsi::cli::ExportAdd {
+                        add: super::iscsi::ExportAdd {
                             volume: Some(d.volume.name.clone()),
                             initiators: vec![iqn],
                             iqn: None,

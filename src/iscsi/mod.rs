@@ -11,10 +11,10 @@
 //! - `prelogin.rs` the budget of connections not yet logged in (floods evict themselves)
 //! - `context.rs` what every connection shares: options, tables, open units, export changes
 //! - `server.rs`  listeners and graceful shutdown; `control.rs` the control socket through
-//!   which `export`/`unexport` learn a change was applied; `cli.rs` the commands
+//!   which `export`/`unexport` learn a change was applied (the commands themselves are in
+//!   the binary's `src/cli/iscsi.rs`)
 
 pub mod cdb;
-pub mod cli;
 mod command;
 pub mod connection;
 pub mod context;

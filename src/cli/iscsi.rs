@@ -1,22 +1,19 @@
 //! The iSCSI commands of the `strata` binary: `serve`, `export` (add, `ls`) and `unexport`.
-//! Argument structs and their run functions live here so `src/cli` only dispatches.
+//! Presentation only: arguments, messages and tables; the target itself is `strata::iscsi`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
+use strata::iscsi::control;
+use strata::iscsi::exports::{self, Chap, Export};
+use strata::iscsi::prelogin::PreLoginLimits;
+use strata::iscsi::scsi::Identity;
+use strata::iscsi::server::{self, ServerOptions};
+use strata::iscsi::session::{SessionInfo, SessionLimits};
+use strata::store::Repository;
 
-use crate::store::Repository;
-
-use super::control;
-use super::exports::{self, Chap, Export};
-use super::prelogin::PreLoginLimits;
-use super::scsi::Identity;
-use super::server::{self, ServerOptions};
-use super::session::{SessionInfo, SessionLimits};
-
-pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
+use super::CliResult;
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Address to listen on (repeatable; IPv4 or [IPv6]:port). Port 0 picks a free port.
