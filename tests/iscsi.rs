@@ -2452,17 +2452,21 @@ fn logins_succeed_and_io_goes_on_while_one_address_floods_idle_and_half_open_con
     }
     let mut logins = Vec::new();
     let mut loaded = Vec::new();
+    let start = opened.load(Relaxed);
     for _ in 0..5 {
         let before = opened.load(Relaxed);
         let (login, lat) = well_behaved(srv.addr, &iqn, 200, &image);
         logins.push(login);
         loaded.extend(lat);
         eprintln!("opened {} during the login", opened.load(Relaxed) - before);
-        assert!(
-            opened.load(Relaxed) > before,
-            "the flood stopped during the login"
-        );
     }
+    // The flood went on while the logins and reads did. Checked over the five rounds
+    // together: on a loaded 2-core machine the flooding thread may get no time slice
+    // within one short round.
+    assert!(
+        opened.load(Relaxed) > start,
+        "the flood stopped during the logins"
+    );
     stop.store(true, Relaxed);
     f.join().unwrap();
     let mut quiet = quiet;
