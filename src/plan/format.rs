@@ -41,17 +41,13 @@ pub fn string(s: &str) -> Vec<u8> {
     buffer_line(s.as_bytes())
 }
 
-/// A string result from bytes: up to the first NUL, then a newline.
+/// A string result from bytes (`cat`, `readlink`): up to the first NUL, then the newline
+/// guestfish adds.
 pub fn buffer_line(b: &[u8]) -> Vec<u8> {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     let mut out = b[..end].to_vec();
     out.push(b'\n');
     out
-}
-
-/// `cat`: an `RString` (the file's bytes up to a NUL, then a newline guestfish adds).
-pub fn buffer(b: &[u8]) -> Vec<u8> {
-    buffer_line(b)
 }
 
 pub fn int(v: i64) -> Vec<u8> {
@@ -313,56 +309,43 @@ pub fn ll_one(row: &(Vec<u8>, Stat, Option<Vec<u8>>), now: i64) -> Vec<u8> {
 /// `checksum`'s algorithms.
 pub enum Checksum {
     Crc(CkSum),
-    Md5(md5::Md5),
-    Sha1(sha1::Sha1),
-    Sha224(sha2::Sha224),
-    Sha256(sha2::Sha256),
-    Sha384(sha2::Sha384),
-    Sha512(sha2::Sha512),
+    Hash(Box<dyn sha2::digest::DynDigest + Send>),
 }
-
-use md5::Digest;
 
 impl Checksum {
     /// The algorithm `name` names (any case), as guestfish's `checksum` takes them.
     pub fn new(name: &str) -> Option<Checksum> {
-        Some(match name.to_ascii_lowercase().as_str() {
-            "crc" => Checksum::Crc(CkSum::default()),
-            "md5" => Checksum::Md5(md5::Md5::new()),
-            "sha1" => Checksum::Sha1(sha1::Sha1::new()),
-            "sha224" => Checksum::Sha224(sha2::Sha224::new()),
-            "sha256" => Checksum::Sha256(sha2::Sha256::new()),
-            "sha384" => Checksum::Sha384(sha2::Sha384::new()),
-            "sha512" => Checksum::Sha512(sha2::Sha512::new()),
+        use sha2::Digest;
+        let h: Box<dyn sha2::digest::DynDigest + Send> = match name.to_ascii_lowercase().as_str() {
+            "crc" => return Some(Checksum::Crc(CkSum::default())),
+            "md5" => Box::new(md5::Md5::new()),
+            "sha1" => Box::new(sha1::Sha1::new()),
+            "sha224" => Box::new(sha2::Sha224::new()),
+            "sha256" => Box::new(sha2::Sha256::new()),
+            "sha384" => Box::new(sha2::Sha384::new()),
+            "sha512" => Box::new(sha2::Sha512::new()),
             _ => return None,
-        })
+        };
+        Some(Checksum::Hash(h))
     }
 
     pub fn update(&mut self, data: &[u8]) {
         match self {
             Checksum::Crc(c) => c.update(data),
-            Checksum::Md5(h) => h.update(data),
-            Checksum::Sha1(h) => h.update(data),
-            Checksum::Sha224(h) => h.update(data),
-            Checksum::Sha256(h) => h.update(data),
-            Checksum::Sha384(h) => h.update(data),
-            Checksum::Sha512(h) => h.update(data),
+            Checksum::Hash(h) => h.update(data),
         }
     }
 
     /// The hex digest (`crc`: cksum's decimal CRC).
     pub fn finish(self) -> String {
-        fn hex(b: &[u8]) -> String {
-            b.iter().map(|x| format!("{x:02x}")).collect()
-        }
         match self {
             Checksum::Crc(c) => c.finish().to_string(),
-            Checksum::Md5(h) => hex(&h.finalize()),
-            Checksum::Sha1(h) => hex(&h.finalize()),
-            Checksum::Sha224(h) => hex(&h.finalize()),
-            Checksum::Sha256(h) => hex(&h.finalize()),
-            Checksum::Sha384(h) => hex(&h.finalize()),
-            Checksum::Sha512(h) => hex(&h.finalize()),
+            Checksum::Hash(mut h) => {
+                let mut out = vec![0u8; h.output_size()];
+                // The buffer has the digest's own size: this cannot fail.
+                let _ = h.finalize_into_reset(&mut out);
+                out.iter().map(|x| format!("{x:02x}")).collect()
+            }
         }
     }
 }
@@ -443,9 +426,9 @@ mod tests {
 
     #[test]
     fn strings_always_get_a_newline_and_stop_at_nul() {
-        assert_eq!(buffer(b"x\n"), b"x\n\n");
-        assert_eq!(buffer(b"a\nb"), b"a\nb\n");
-        assert_eq!(buffer(b"a\0b"), b"a\n");
+        assert_eq!(buffer_line(b"x\n"), b"x\n\n");
+        assert_eq!(buffer_line(b"a\nb"), b"a\nb\n");
+        assert_eq!(buffer_line(b"a\0b"), b"a\n");
     }
 
     #[test]

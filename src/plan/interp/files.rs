@@ -19,7 +19,7 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
     let out = match name {
         "cat" => {
             let data = g.read_file(a.bytes(0), READ_LIMIT).map_err(ctx)?;
-            format::buffer(&data)
+            format::buffer_line(&data)
         }
         "head" | "head-n" | "tail" | "tail-n" => {
             let (n, p) = if name.ends_with("-n") {

@@ -7,6 +7,8 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::fs::types::{FileKind, FsError, SetAttr, Timespec};
@@ -94,7 +96,7 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
                     .rsplit(|&c| c == b'/')
                     .find(|s| !s.is_empty())
                     .unwrap_or(b"root");
-                let dest = local_dir.join(std::ffi::OsStr::from_encoded_bytes_unchecked_safe(name));
+                let dest = local_dir.join(std::ffi::OsStr::from_bytes(name));
                 copy_out(it.guest, rb, &dest)
                     .map_err(|e| CmdError(format!("copy-out: {r}: {}", e.0)))?;
                 it.host.made_local(&dest);
@@ -163,13 +165,10 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
             }
             let mut w =
                 flate2::write::GzEncoder::new(f, flate2::Compression::new(level.unwrap_or(6)));
-            let mut werr = None;
             it.guest
                 .read_to(a.bytes(1), &mut |p| {
-                    w.write_all(p).map_err(|e| {
-                        werr = Some(e.to_string());
-                        FsError::new(libc::EIO, "writing the local file")
-                    })
+                    w.write_all(p)
+                        .map_err(|e| FsError::new(libc::EIO, format!("writing {}: {e}", a.str(2))))
                 })
                 .map_err(ctx)?;
             w.finish()
@@ -312,16 +311,13 @@ fn copy_out(g: &mut Guest, remote: &[u8], local: &Path) -> Result<(), CmdError> 
                 Err(e) => return Err(e.into()),
             }
             for e in g.readdir(remote)? {
-                let name = std::ffi::OsStr::from_encoded_bytes_unchecked_safe(&e.name);
+                let name = std::ffi::OsStr::from_bytes(&e.name);
                 copy_out(g, &join(remote, &e.name), &local.join(name))?;
             }
         }
         FileKind::Symlink => {
             let t = g.readlink(remote)?;
-            std::os::unix::fs::symlink(
-                std::ffi::OsStr::from_encoded_bytes_unchecked_safe(&t),
-                local,
-            )?;
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&t), local)?;
             return Ok(());
         }
         FileKind::Regular => {
@@ -329,7 +325,9 @@ fn copy_out(g: &mut Guest, remote: &[u8], local: &Path) -> Result<(), CmdError> 
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .custom_flags_nofollow()
+                // A symlink the sandboxed code planted in the scratch directory is not
+                // followed.
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(local)?;
             let mut werr = None;
             g.read_to(remote, &mut |p| {
@@ -502,7 +500,7 @@ fn pack(
         let p = join(dir, r.strip_prefix(b"./").unwrap_or(&r));
         let st = g.stat(&p, false)?;
         let mut h = header_for(&st);
-        let name = PathBuf::from(std::ffi::OsStr::from_encoded_bytes_unchecked_safe(&r));
+        let name = PathBuf::from(std::ffi::OsStr::from_bytes(&r));
         match st.kind {
             FileKind::Directory => {
                 h.set_entry_type(tar::EntryType::Directory);
@@ -514,11 +512,7 @@ fn pack(
                 let t = g.readlink(&p)?;
                 h.set_entry_type(tar::EntryType::Symlink);
                 h.set_size(0);
-                b.append_link(
-                    &mut h,
-                    &name,
-                    std::ffi::OsStr::from_encoded_bytes_unchecked_safe(&t),
-                )?;
+                b.append_link(&mut h, &name, std::ffi::OsStr::from_bytes(&t))?;
             }
             FileKind::Regular => {
                 h.set_entry_type(tar::EntryType::Regular);
@@ -564,30 +558,5 @@ impl Read for GuestReader<'_> {
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
-    }
-}
-
-/// OsStr from bytes: on Unix every byte string is a valid OsStr.
-trait FromBytes {
-    fn from_encoded_bytes_unchecked_safe(b: &[u8]) -> &std::ffi::OsStr;
-}
-
-impl FromBytes for std::ffi::OsStr {
-    fn from_encoded_bytes_unchecked_safe(b: &[u8]) -> &std::ffi::OsStr {
-        use std::os::unix::ffi::OsStrExt;
-        std::ffi::OsStr::from_bytes(b)
-    }
-}
-
-/// `O_NOFOLLOW` for files the interpreter writes in the scratch directory: a symlink the
-/// sandboxed code planted there is not followed.
-trait NoFollow {
-    fn custom_flags_nofollow(&mut self) -> &mut Self;
-}
-
-impl NoFollow for std::fs::OpenOptions {
-    fn custom_flags_nofollow(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NOFOLLOW)
     }
 }

@@ -340,7 +340,8 @@ fn copy(g: &mut Guest, src: &[u8], dst: &[u8], how: Copy) -> Result<(), FsError>
             g.symlink(&t, dst)?;
         }
         FileKind::Regular => {
-            let existed = g.exists(dst)?;
+            // A new file gets the source's mode under umask 022; an existing one keeps its
+            // own (create_or_truncate leaves it).
             g.create(dst, st.perm() & !0o022)?;
             let mut off = 0u64;
             let mut failed = None;
@@ -358,9 +359,6 @@ fn copy(g: &mut Guest, src: &[u8], dst: &[u8], how: Copy) -> Result<(), FsError>
             }
             if let Some(e) = failed {
                 return Err(e);
-            }
-            if !existed && how != Copy::Archive {
-                g.setattr(dst, false, mode_only(st.perm() & !0o022))?;
             }
         }
         _ => {
