@@ -139,25 +139,8 @@ impl Fixture {
     /// directory, and no backups, udev, hints or daemons.
     fn write_conf(&self) {
         let conf = self.conf_dir();
-        std::fs::create_dir_all(conf.join("lock")).unwrap();
-        let accept: String = self
-            .loops
-            .iter()
-            .map(|(d, _)| format!("\"a|^{d}$|\", "))
-            .collect();
-        std::fs::write(
-            conf.join("lvm.conf"),
-            format!(
-                "devices {{\n filter = [ {accept}\"r|.*|\" ]\n global_filter = [ {accept}\"r|.*|\" ]\n \
-                 use_devicesfile = 0\n obtain_device_list_from_udev = 0\n \
-                 external_device_info_source = \"none\"\n hints = \"none\"\n}}\n\
-                 global {{\n locking_dir = \"{}\"\n use_lvmpolld = 0\n event_activation = 0\n}}\n\
-                 activation {{\n udev_sync = 0\n udev_rules = 0\n monitoring = 0\n}}\n\
-                 backup {{\n backup = 0\n archive = 0\n}}\n",
-                conf.join("lock").display()
-            ),
-        )
-        .unwrap();
+        let devices: Vec<&str> = self.loops.iter().map(|(d, _)| d.as_str()).collect();
+        common::disks::write_lvm_conf(&conf, &devices);
     }
 
     /// A loop device on partition `n`; returns it.

@@ -51,29 +51,12 @@ struct Lvm {
 impl Lvm {
     fn new(dir: &Path, disk: &Path, parts: &[&Part]) -> Lvm {
         let conf = dir.join("lvm");
-        std::fs::create_dir_all(conf.join("lock")).unwrap();
         let pvs: Vec<(Loop, u64)> = parts
             .iter()
             .map(|p| (Loop::new(disk, p, false), p.start))
             .collect();
-        let accept: String = pvs
-            .iter()
-            .map(|(l, _)| format!("\"a|^{}$|\", ", l.0))
-            .collect();
-        // No backups, udev, hints or daemons: nothing outside `conf` is written or asked.
-        std::fs::write(
-            conf.join("lvm.conf"),
-            format!(
-                "devices {{\n filter = [ {accept}\"r|.*|\" ]\n global_filter = [ {accept}\"r|.*|\" ]\n \
-                 use_devicesfile = 0\n obtain_device_list_from_udev = 0\n \
-                 external_device_info_source = \"none\"\n hints = \"none\"\n}}\n\
-                 global {{\n locking_dir = \"{}\"\n use_lvmpolld = 0\n event_activation = 0\n}}\n\
-                 activation {{\n udev_sync = 0\n udev_rules = 0\n monitoring = 0\n}}\n\
-                 backup {{\n backup = 0\n archive = 0\n}}\n",
-                conf.join("lock").display()
-            ),
-        )
-        .unwrap();
+        let devices: Vec<&str> = pvs.iter().map(|(l, _)| l.0.as_str()).collect();
+        disks::write_lvm_conf(&conf, &devices);
         Lvm { conf, pvs }
     }
 

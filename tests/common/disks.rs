@@ -180,3 +180,24 @@ pub fn sha256(file: &Path) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// Writes an `lvm.conf` into `conf` that lets the LVM tools see `devices` only (loop
+/// devices), with no backups, udev, hints or daemons: nothing outside `conf` is written or
+/// asked. Point `LVM_SYSTEM_DIR` at `conf` to use it.
+pub fn write_lvm_conf(conf: &Path, devices: &[&str]) {
+    std::fs::create_dir_all(conf.join("lock")).unwrap();
+    let accept: String = devices.iter().map(|d| format!("\"a|^{d}$|\", ")).collect();
+    std::fs::write(
+        conf.join("lvm.conf"),
+        format!(
+            "devices {{\n filter = [ {accept}\"r|.*|\" ]\n global_filter = [ {accept}\"r|.*|\" ]\n \
+             use_devicesfile = 0\n obtain_device_list_from_udev = 0\n \
+             external_device_info_source = \"none\"\n hints = \"none\"\n}}\n\
+             global {{\n locking_dir = \"{}\"\n use_lvmpolld = 0\n event_activation = 0\n}}\n\
+             activation {{\n udev_sync = 0\n udev_rules = 0\n monitoring = 0\n}}\n\
+             backup {{\n backup = 0\n archive = 0\n}}\n",
+            conf.join("lock").display()
+        ),
+    )
+    .unwrap();
+}

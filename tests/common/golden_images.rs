@@ -597,22 +597,8 @@ struct Lvm {
 impl Lvm {
     fn new(dir: &Path, disk: &Path, part: &Part) -> Lvm {
         let conf = dir.join("lvm-conf");
-        std::fs::create_dir_all(conf.join("lock")).unwrap();
         let lo = Loop::new(disk, part, false);
-        let accept = format!("\"a|^{}$|\", ", lo.0);
-        std::fs::write(
-            conf.join("lvm.conf"),
-            format!(
-                "devices {{\n filter = [ {accept}\"r|.*|\" ]\n global_filter = [ {accept}\"r|.*|\" ]\n \
-                 use_devicesfile = 0\n obtain_device_list_from_udev = 0\n \
-                 external_device_info_source = \"none\"\n hints = \"none\"\n}}\n\
-                 global {{\n locking_dir = \"{}\"\n use_lvmpolld = 0\n event_activation = 0\n}}\n\
-                 activation {{\n udev_sync = 0\n udev_rules = 0\n monitoring = 0\n}}\n\
-                 backup {{\n backup = 0\n archive = 0\n}}\n",
-                conf.join("lock").display()
-            ),
-        )
-        .unwrap();
+        super::disks::write_lvm_conf(&conf, &[&lo.0]);
         Lvm { conf, lo }
     }
 
