@@ -127,8 +127,9 @@ impl Host for SandboxHost<'_> {
 /// together.
 pub fn load(path: &Path) -> Result<Bundle, DeployError> {
     let b = Bundle::open(path).map_err(|e| DeployError::Artifacts(e.to_string()))?;
+    // Each warning names the bundle or the artifact already.
     for w in b.warnings() {
-        tracing::warn!("{}: {w}", path.display());
+        tracing::warn!("{w}");
     }
     let report = b.artifacts().validate();
     if !report.is_ok() {
