@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 
 use super::backend::{FsDir, FsFile};
@@ -29,7 +29,7 @@ use super::names;
 use super::ranges;
 use super::snapshot::{PinDir, Snapshot, PINS_DIR};
 use super::transfer::{self, Progress, SourceFormat};
-use super::volume::Volume;
+use super::volume::{CloseGuard, Closing, Volume};
 
 const DESCRIPTOR: &str = "strata-repo.json";
 const FORMAT_NAME: &str = "strata-repo";
@@ -96,7 +96,14 @@ pub struct Repository {
     root: PathBuf,
     cache: Arc<ChunkCache>,
     images: Mutex<HashMap<String, Weak<Image>>>,
-    volumes: Mutex<HashMap<String, Weak<Volume>>>,
+    volumes: Mutex<HashMap<String, OpenVolume>>,
+}
+
+/// A volume instance this process opened: reachable while any caller holds it, then
+/// closing (its last user flushes it and closes its files) until `closing` is done.
+struct OpenVolume {
+    volume: Weak<Volume>,
+    closing: Arc<Closing>,
 }
 
 static STAGE_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -747,8 +754,8 @@ impl Repository {
                 detail: format!("size {} is not a multiple of 512", meta.size),
             });
         }
-        let mut volumes = self.volumes.lock();
-        if let Some(v) = volumes.get(name).and_then(Weak::upgrade) {
+        let (mut volumes, live) = self.live_volume(name);
+        if let Some(v) = live {
             if v.is_read_only() && !read_only {
                 return Err(StoreError::InUse {
                     what: format!("volume {name:?}"),
@@ -796,9 +803,45 @@ impl Repository {
             // Snapshots taken now or later pin slots this writer must not reuse.
             delta.set_pins(Arc::new(PinDir::new(dir.join(PINS_DIR))))?;
         }
-        let v = Arc::new(Volume::new(name, meta.size, base, delta, read_only));
-        volumes.insert(name.to_string(), Arc::downgrade(&v));
+        let closing = Arc::new(Closing::default());
+        let v = Arc::new(
+            Volume::new(name, meta.size, base, delta, read_only)
+                .signal_close(CloseGuard(closing.clone())),
+        );
+        volumes.insert(
+            name.to_string(),
+            OpenVolume {
+                volume: Arc::downgrade(&v),
+                closing,
+            },
+        );
         Ok(v)
+    }
+
+    /// The instance of volume `name` open in this process, if any, with the table locked.
+    /// An instance whose last user has let go but which is still flushing and closing its
+    /// files (it still holds the volume's lock) is waited for, so that closing a volume and
+    /// opening it again at once, from any two threads, never finds it busy.
+    fn live_volume(
+        &self,
+        name: &str,
+    ) -> (
+        MutexGuard<'_, HashMap<String, OpenVolume>>,
+        Option<Arc<Volume>>,
+    ) {
+        loop {
+            let volumes = self.volumes.lock();
+            let closing = match volumes.get(name) {
+                None => return (volumes, None),
+                Some(o) => match o.volume.upgrade() {
+                    Some(v) => return (volumes, Some(v)),
+                    None if o.closing.is_done() => return (volumes, None),
+                    None => o.closing.clone(),
+                },
+            };
+            drop(volumes);
+            closing.wait();
+        }
     }
 
     /// A point-in-time, read-only view of volume `name`'s last committed state, taken
@@ -837,13 +880,7 @@ impl Repository {
             users: "an open mount, server or export".into(),
             hint: "stop it first",
         };
-        if self
-            .volumes
-            .lock()
-            .get(name)
-            .and_then(Weak::upgrade)
-            .is_some()
-        {
+        if self.live_volume(name).1.is_some() {
             return Err(in_use());
         }
         let dir = self.volume_dir(name);
@@ -896,6 +933,37 @@ mod tests {
             .collect();
         all.sort();
         all
+    }
+
+    #[test]
+    fn a_volume_closed_by_one_thread_opens_at_once_in_another() {
+        // Each round, one thread lets go of the last handle (its drop flushes a dirty
+        // delta, with syncs) while the other opens the volume: the opener must wait for
+        // the closing instance to release the volume's lock, not report it busy.
+        let (_tmp, repo) = repo_with_volume();
+        let repo = Arc::new(repo);
+        let workers: Vec<_> = (0..2u8)
+            .map(|t| {
+                let repo = repo.clone();
+                std::thread::spawn(move || {
+                    for round in 0..200u32 {
+                        let v = repo.open_volume("v", false).unwrap_or_else(|e| {
+                            panic!("thread {t}, round {round}: {e}");
+                        });
+                        let block = [t.wrapping_add(round as u8); 4096];
+                        v.write_at(&block, u64::from(t) * 4096).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        let v = repo.open_volume("v", true).unwrap();
+        let mut last = vec![0u8; 8192];
+        v.read_at(&mut last, 0).unwrap();
+        assert_eq!(last[..4096], [199u8; 4096]);
+        assert_eq!(last[4096..], [200u8; 4096]);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::buf::AlignedBuf;
 use super::delta::{BaseRange, Delta, Wait};
@@ -27,6 +27,43 @@ pub struct Volume {
     /// Serializes flushes; held across the syncs, while reads and writes go on.
     committing: Mutex<()>,
     read_only: bool,
+    /// Declared last, so dropped last: after `Drop::drop`'s flush and after the delta, whose
+    /// data file carries the lock that keeps other openers out. Tells the repository that
+    /// this instance is wholly gone and the volume may be opened afresh.
+    closed: Option<CloseGuard>,
+}
+
+/// Whether an instance of a volume has finished closing (see `Volume::closed`): a
+/// repository that meets an instance already unreachable but not yet closed waits on this
+/// rather than failing to take the lock the closing instance still holds.
+#[derive(Default)]
+pub(crate) struct Closing {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Closing {
+    pub(crate) fn is_done(&self) -> bool {
+        *self.done.lock()
+    }
+
+    /// Waits until the instance this watches has closed its files.
+    pub(crate) fn wait(&self) {
+        let mut done = self.done.lock();
+        while !*done {
+            self.cv.wait(&mut done);
+        }
+    }
+}
+
+/// Held by a volume instance; dropping it marks its `Closing` done.
+pub(crate) struct CloseGuard(pub(crate) Arc<Closing>);
+
+impl Drop for CloseGuard {
+    fn drop(&mut self) {
+        *self.0.done.lock() = true;
+        self.0.cv.notify_all();
+    }
 }
 
 impl Volume {
@@ -47,7 +84,14 @@ impl Volume {
             delta: RwLock::new(delta),
             committing: Mutex::new(()),
             read_only,
+            closed: None,
         }
+    }
+
+    /// Has `guard` dropped once this instance has closed everything it holds.
+    pub(crate) fn signal_close(mut self, guard: CloseGuard) -> Volume {
+        self.closed = Some(guard);
+        self
     }
 
     pub fn name(&self) -> &str {
