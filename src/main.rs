@@ -7,6 +7,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Inside the XFS/btrfs VM, this binary is the initramfs's /init (src/fs/vm/agent.rs).
+    if std::process::id() == 1 && std::env::args_os().next().is_some_and(|a| a == "/init") {
+        strata::fs::vm::agent::run();
+    }
     let args = cli::Cli::parse();
     // A server's log is its record of sessions: `serve` logs at info level unless told.
     let server = matches!(args.command, cli::Command::Serve(_));

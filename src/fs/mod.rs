@@ -15,6 +15,7 @@
 //! - `fat.rs`     FAT12/16/32 (the fatfs crate)
 //! - `ext4.rs`    ext2/3/4 (libext2fs through `ext4_shim.c`)
 //! - `ntfs.rs`    NTFS (libntfs-3g through `ntfs_shim.c`)
+//! - `vm/`        XFS and btrfs, in Debian's kernel under QEMU (TCG) in the worker's job
 //!
 //! Everything here is below the plan engine and above `disk/` (which names the devices) and
 //! the store (which holds the blocks). Adapters parse untrusted images with C libraries:
@@ -30,6 +31,7 @@ pub mod ntfs;
 pub mod ops;
 pub mod session;
 pub mod types;
+pub mod vm;
 pub mod worker;
 
 pub use types::*;

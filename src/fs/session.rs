@@ -48,6 +48,12 @@ pub struct Session {
     disk: SharedDevice,
     layout: Layout,
     pub table: MountTable,
+    /// The VM that mounts XFS and btrfs (`fs::vm`), booted the first time one is opened,
+    /// and the virtio serial it gave each device.
+    vm: Option<(
+        super::vm::SharedVm,
+        std::collections::HashMap<String, String>,
+    )>,
 }
 
 impl Session {
@@ -58,6 +64,7 @@ impl Session {
             disk,
             layout,
             table: MountTable::new(),
+            vm: None,
         })
     }
 
@@ -143,11 +150,8 @@ impl Session {
             };
             if let Some(x) = &info.detected {
                 if usage || x.fs_type == "ntfs" {
-                    match super::open(
-                        &x.fs_type,
-                        d.device.clone(),
-                        super::OpenOptions { read_only: true },
-                    ) {
+                    let fs_type = x.fs_type.clone();
+                    match self.open_adapter(&d, &fs_type, true) {
                         Ok(mut fs) => {
                             if usage {
                                 info.usage = fs.statvfs().ok();
@@ -189,7 +193,7 @@ impl Session {
     /// Opens the filesystem `detect` finds on `device` (read-only if asked or if the device
     /// is): its canonical name, whether it is read-only, and the adapter.
     fn open_fs(
-        &self,
+        &mut self,
         device: &str,
         read_only: bool,
     ) -> FsResult<(String, bool, Box<dyn super::GuestFs>)> {
@@ -201,12 +205,63 @@ impl Session {
             ));
         };
         let read_only = read_only || d.device.is_read_only();
-        let fs = super::open(
-            &x.fs_type,
-            d.device.clone(),
-            super::OpenOptions { read_only },
-        )
-        .map_err(|e| e.context(device))?;
+        let fs = self
+            .open_adapter(&d, &x.fs_type, read_only)
+            .map_err(|e| e.context(device))?;
         Ok((d.name, read_only, fs))
+    }
+
+    /// The adapter for `fs_type` on `d`: a userspace library's, or a mount in the job's VM
+    /// for the filesystems only the kernel writes.
+    fn open_adapter(
+        &mut self,
+        d: &crate::disk::layout::NamedDevice,
+        fs_type: &str,
+        read_only: bool,
+    ) -> FsResult<Box<dyn super::GuestFs>> {
+        if !super::vm::handles(fs_type) {
+            return super::open(fs_type, d.device.clone(), super::OpenOptions { read_only });
+        }
+        let (vm, serials) = self.vm()?;
+        let serial = serials.get(&d.name).ok_or_else(|| {
+            FsError::new(
+                libc::EIO,
+                format!(
+                    "{}: not attached to the VM (its filesystem changed?)",
+                    d.name
+                ),
+            )
+        })?;
+        Ok(Box::new(super::vm::VmFs::mount(
+            vm,
+            serial,
+            fs_type,
+            d.device.len(),
+            read_only,
+        )?))
+    }
+
+    /// The job's VM, booted with every device whose filesystem it handles.
+    fn vm(
+        &mut self,
+    ) -> FsResult<(
+        super::vm::SharedVm,
+        std::collections::HashMap<String, String>,
+    )> {
+        if let Some((vm, s)) = &self.vm {
+            return Ok((vm.clone(), s.clone()));
+        }
+        let mut disks = Vec::new();
+        let mut serials = std::collections::HashMap::new();
+        for d in self.layout.devices() {
+            if detect(d.device.as_ref())?.is_some_and(|x| super::vm::handles(&x.fs_type)) {
+                let serial = format!("d{}", disks.len());
+                serials.insert(d.name.clone(), serial.clone());
+                disks.push((serial, d.device.clone()));
+            }
+        }
+        let vm = std::sync::Arc::new(std::sync::Mutex::new(super::vm::Vm::start(disks)?));
+        self.vm = Some((vm.clone(), serials.clone()));
+        Ok((vm, serials))
     }
 }

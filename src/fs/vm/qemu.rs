@@ -1,0 +1,318 @@
+//! One VM for one job: Debian's kernel under QEMU (TCG), strata's agent as its init, the
+//! job's XFS/btrfs devices attached as virtio disks served over NBD from this process, and
+//! the agent reached over a virtio-serial port on a unix socket. Requests are answered in
+//! order, each within a timeout; a VM that dies, hangs or answers nonsense is killed and
+//! every later request fails, without the device having been flushed.
+//!
+//! Limits: no network device (`-nodefaults -nic none`), a fixed guest memory, a bounded
+//! TCG code buffer, the process's address space, CPU time from the worker's limits, death
+//! with the worker (PR_SET_PDEATHSIG), and, when the worker runs as root, uid/gid 65534
+//! (nobody) for QEMU itself.
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Read};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::fs::types::*;
+use crate::fs::worker::protocol::{read_frame, write_frame};
+use crate::store::device::SharedDevice;
+
+use super::proto::*;
+
+/// Guest memory, MiB.
+const GUEST_MB: u64 = 512;
+/// TCG's translated-code buffer, MiB (QEMU's default is 1 GiB).
+const TB_MB: u64 = 128;
+
+pub struct Vm {
+    child: Child,
+    to: BufWriter<UnixStream>,
+    from: BufReader<UnixStream>,
+    dir: PathBuf,
+    timeout: Duration,
+    dead: Option<String>,
+    /// How long the boot took, to the agent's first frame.
+    pub boot: Duration,
+}
+
+fn vm_err(detail: impl Into<String>) -> FsError {
+    FsError::new(libc::EIO, detail)
+}
+
+fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> FsError + '_ {
+    move |e| vm_err(format!("the XFS/btrfs VM: {what}: {e}"))
+}
+
+/// A private directory for the job's sockets and console log.
+fn job_dir() -> FsResult<PathBuf> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("strata-vm-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir(&d).map_err(io_err("making its directory"))?;
+    use std::os::unix::fs::PermissionsExt;
+    // QEMU may run as nobody: it must reach the sockets in here.
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777))
+        .map_err(io_err("its directory"))?;
+    Ok(d)
+}
+
+fn timeout() -> Duration {
+    let s = std::env::var("STRATA_VM_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    Duration::from_secs(s)
+}
+
+impl Vm {
+    /// Boots a VM with `disks` (virtio serial, device) attached and waits for its agent.
+    pub fn start(disks: Vec<(String, SharedDevice)>) -> FsResult<Vm> {
+        let (kernel, version) = super::initramfs::kernel()?;
+        let exe = std::env::current_exe().map_err(io_err("finding strata's binary"))?;
+        let initrd = super::initramfs::build(&kernel, &version, &exe)?;
+        let dir = job_dir()?;
+        // The cache may sit under a home directory QEMU (as nobody) cannot enter.
+        let job_initrd = dir.join("initrd.cpio");
+        std::fs::hard_link(&initrd, &job_initrd)
+            .or_else(|_| std::fs::copy(&initrd, &job_initrd).map(drop))
+            .map_err(io_err("the initramfs"))?;
+        let nbd_path = dir.join("nbd.sock");
+        let agent_path = dir.join("agent.sock");
+        let perm = |p: &PathBuf| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777))
+        };
+        let nbd = UnixListener::bind(&nbd_path).map_err(io_err("the NBD socket"))?;
+        perm(&nbd_path).map_err(io_err("the NBD socket"))?;
+        let agent = UnixListener::bind(&agent_path).map_err(io_err("the agent socket"))?;
+        perm(&agent_path).map_err(io_err("the agent socket"))?;
+        let mut cmd = Command::new(
+            std::env::var_os("STRATA_VM_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into()),
+        );
+        cmd.args(["-accel", &format!("tcg,tb-size={TB_MB}")])
+            .args(["-m", &GUEST_MB.to_string(), "-smp", "1"])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-no-reboot",
+                "-nic",
+                "none",
+            ])
+            .args(["-display", "none", "-monitor", "none"])
+            .arg("-serial")
+            .arg(format!("file:{}", dir.join("console.log").display()))
+            .arg("-kernel")
+            .arg(&kernel)
+            .arg("-initrd")
+            .arg(&job_initrd)
+            .args([
+                "-append",
+                "console=ttyS0 panic=-1 oops=panic loglevel=4 rdinit=/init tsc=reliable \
+                 no_timer_check",
+            ])
+            .args(["-device", "virtio-serial-pci"])
+            .arg("-chardev")
+            .arg(format!("socket,id=agent,path={}", agent_path.display()))
+            .args(["-device", "virtserialport,chardev=agent,name=strata"]);
+        let mut exports = HashMap::new();
+        for (serial, dev) in disks {
+            cmd.arg("-blockdev").arg(format!(
+                "driver=nbd,node-name={serial},server.type=unix,server.path={},export={serial}{}",
+                nbd_path.display(),
+                if dev.is_read_only() {
+                    ",read-only=on"
+                } else {
+                    ""
+                }
+            ));
+            cmd.arg("-device")
+                .arg(format!("virtio-blk-pci,drive={serial},serial={serial}"));
+            exports.insert(serial, dev);
+        }
+        super::nbd_server::spawn(nbd, Arc::new(exports)).map_err(io_err("the NBD server"))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: only async-signal-safe system calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mem = (GUEST_MB + TB_MB + 768) << 20;
+                let lim = libc::rlimit {
+                    rlim_cur: mem,
+                    rlim_max: mem,
+                };
+                libc::setrlimit(libc::RLIMIT_DATA, &lim);
+                if libc::geteuid() == 0 {
+                    libc::setgroups(0, std::ptr::null());
+                    libc::setgid(65534);
+                    libc::setuid(65534);
+                }
+                // After the uid change, which clears it.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let started = Instant::now();
+        let mut child = cmd.spawn().map_err(|e| {
+            vm_err(format!(
+                "starting qemu-system-x86_64 for the XFS/btrfs VM: {e} (install qemu-system-x86: \
+                 tools/install-deps)"
+            ))
+        })?;
+        let timeout = timeout();
+        let stream = match accept(&agent, &mut child, started + timeout) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e.context(qemu_said(&mut child, &dir)));
+            }
+        };
+        let from = BufReader::new(stream.try_clone().map_err(io_err("the agent socket"))?);
+        let mut vm = Vm {
+            child,
+            to: BufWriter::new(stream),
+            from,
+            dir,
+            timeout,
+            dead: None,
+            boot: Duration::ZERO,
+        };
+        match vm.recv("booting") {
+            Ok(AgentReply::Hello(h)) if h == HELLO => {}
+            Ok(other) => return Err(vm.kill(format!("the agent greeted with {other:?}"))),
+            Err(e) => return Err(e),
+        }
+        // Every connection is made by now.
+        let _ = std::fs::remove_file(&agent_path);
+        let _ = std::fs::remove_file(&nbd_path);
+        vm.boot = started.elapsed();
+        tracing::debug!("the XFS/btrfs VM booted in {:?}", vm.boot);
+        Ok(vm)
+    }
+
+    /// Sends `req` and returns the agent's answer (its errors as `Err`).
+    pub fn call(&mut self, req: &AgentRequest) -> FsResult<AgentReply> {
+        if let Some(d) = &self.dead {
+            return Err(vm_err(format!("the XFS/btrfs VM is gone ({d})")));
+        }
+        use std::io::Write;
+        if let Err(e) = write_frame(&mut self.to, req).and_then(|()| self.to.flush()) {
+            return Err(self.kill(format!("sending a request: {e}")));
+        }
+        match self.recv(&format!("{req:?}").chars().take(60).collect::<String>())? {
+            AgentReply::Error(e) => Err(e),
+            r => Ok(r),
+        }
+    }
+
+    fn recv(&mut self, doing: &str) -> FsResult<AgentReply> {
+        let _ = self.from.get_ref().set_read_timeout(Some(self.timeout));
+        match read_frame::<AgentReply>(&mut self.from) {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(self.kill(format!("the VM stopped while {doing}"))),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(self.kill(format!("no answer within {:?} while {doing}", self.timeout)))
+            }
+            Err(e) => Err(self.kill(format!("while {doing}: {e}"))),
+        }
+    }
+
+    /// Kills QEMU and records why; the error to return.
+    fn kill(&mut self, why: String) -> FsError {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let said = qemu_said(&mut self.child, &self.dir);
+        let msg = format!("the XFS/btrfs VM failed: {why}{said}");
+        self.dead = Some(why);
+        vm_err(msg)
+    }
+
+    /// Asks the guest to power off and waits for QEMU (killing it after a while).
+    pub fn shutdown(&mut self) {
+        if self.dead.is_none() {
+            use std::io::Write;
+            let _ =
+                write_frame(&mut self.to, &AgentRequest::PowerOff).and_then(|()| self.to.flush());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                match self.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            self.dead = Some("powered off".into());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.shutdown();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits for QEMU to connect to the agent socket, or to exit.
+fn accept(l: &UnixListener, child: &mut Child, deadline: Instant) -> FsResult<UnixStream> {
+    l.set_nonblocking(true)
+        .map_err(io_err("the agent socket"))?;
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false)
+                    .map_err(io_err("the agent socket"))?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(vm_err(format!("the agent socket: {e}"))),
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(vm_err(format!("qemu-system-x86_64 exited at start ({st})")));
+        }
+        if Instant::now() > deadline {
+            return Err(vm_err(
+                "qemu-system-x86_64 did not connect to the agent socket",
+            ));
+        }
+        // QEMU connects the chardev once it has parsed its options: a few ms.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The last lines of QEMU's stderr and of the guest's console, for an error message.
+fn qemu_said(child: &mut Child, dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let mut s = String::new();
+        let _ = e.read_to_string(&mut s);
+        if !s.trim().is_empty() {
+            out.push_str(&format!("; qemu: {}", s.trim()));
+        }
+    }
+    if let Ok(c) = std::fs::read_to_string(dir.join("console.log")) {
+        let lines: Vec<&str> = c.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(8)..].join(" | ");
+        if !tail.is_empty() {
+            out.push_str(&format!("; guest console: {tail}"));
+        }
+    }
+    out
+}
