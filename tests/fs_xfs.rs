@@ -281,3 +281,288 @@ fn a_corrupt_xfs_superblock_fails_the_script_with_the_kernels_reason() {
     r.ok(&["volume", "export", "web", after.to_str().unwrap()]);
     assert_eq!(disks::sha256(&before), disks::sha256(&after));
 }
+
+/// Runs the lvm tools on `disk`'s partition `pv` through a loop device, with a private
+/// configuration (no device-mapper here: nothing is activated).
+struct Lvm {
+    conf: PathBuf,
+    lo: disks::Loop,
+}
+
+impl Lvm {
+    fn new(work: &Path, disk: &Path, pv: &Part) -> Lvm {
+        let conf = work.join("lvm-conf");
+        let lo = disks::Loop::new(disk, pv, false);
+        disks::write_lvm_conf(&conf, &[&lo.0]);
+        Lvm { conf, lo }
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        ok(Command::new(tool("lvm", HINT))
+            .args(args)
+            .env("LVM_SYSTEM_DIR", &self.conf)
+            .env("LVM_SUPPRESS_FD_WARNINGS", "1"))
+    }
+
+    /// Where linear LV `vg/lv` lies on the disk.
+    fn at(&self, pv: &Part, vg: &str, lv: &str) -> Part {
+        let q = |args: &[&str]| {
+            let mut all = vec![args[0], "--units", "b", "--nosuffix", "--noheadings"];
+            all.extend_from_slice(&args[1..]);
+            self.run(&all).trim().to_string()
+        };
+        let extent: u64 = q(&["vgs", "-o", "vg_extent_size", vg]).parse().unwrap();
+        let pe_start: u64 = q(&["pvs", "-o", "pe_start", &self.lo.0]).parse().unwrap();
+        let seg = q(&[
+            "lvs",
+            "--driverloaded",
+            "n",
+            "--separator",
+            "|",
+            "-o",
+            "seg_size,seg_pe_ranges",
+            &format!("{vg}/{lv}"),
+        ]);
+        let (size, ranges) = seg.split_once('|').unwrap();
+        let first: u64 = ranges
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .split('-')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        Part {
+            start: pv.start + pe_start + first * extent,
+            len: size.parse().unwrap(),
+        }
+    }
+}
+
+/// A RHEL-like golden image: GPT with a FAT32 ESP (sda1), /boot on XFS (sda2), and an LVM
+/// PV (sda3) holding VG `rhel` with LV `root` (XFS) and LV `swap`. Returns the disk, its
+/// partitions and the root LV's place.
+fn rhel_disk(work: &Path) -> (PathBuf, Vec<Part>, Part) {
+    let esp = work.join("esp.img");
+    sized(&esp, 64);
+    ok(Command::new(tool("mkfs.vfat", HINT))
+        .args(["-F", "32", "-n", "ESP"])
+        .arg(&esp));
+    let boot = xfs_image(work, "boot", &[]);
+    let pv = work.join("pv.img");
+    sized(&pv, 340);
+    let (disk, parts) = gpt_disk(work, &[(&esp, 64), (&boot, 300), (&pv, 340)]);
+    let lvm = Lvm::new(work, &disk, &parts[2]);
+    lvm.run(&[
+        "pvcreate",
+        "-q",
+        "--norestorefile",
+        "--dataalignment",
+        "1m",
+        &lvm.lo.0,
+    ]);
+    lvm.run(&["vgcreate", "-q", "-s", "4m", "rhel", &lvm.lo.0]);
+    for (lv, size) in [("root", "312M"), ("swap", "16M")] {
+        lvm.run(&[
+            "lvcreate",
+            "--driverloaded",
+            "n",
+            "-an",
+            "-Zn",
+            "-q",
+            "-L",
+            size,
+            "-n",
+            lv,
+            "rhel",
+        ]);
+    }
+    let root = lvm.at(&parts[2], "rhel", "root");
+    drop(lvm);
+    let files = work.join("rhel-files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("hostname"), "gold-rhel\n").unwrap();
+    std::fs::write(
+        files.join("os-release"),
+        "NAME=\"Red Hat Enterprise Linux\"\nID=\"rhel\"\nVERSION_ID=\"9.4\"\n",
+    )
+    .unwrap();
+    let proto = work.join("rhel.proto");
+    std::fs::write(
+        &proto,
+        format!(
+            "/dev/null\n0 0\nd--755 0 0\netc d--755 0 0\nhostname ---644 0 0 {}\n\
+             os-release ---644 0 0 {}\nsysconfig d--755 0 0\n$\n$\nboot d--555 0 0\n$\n$\n",
+            files.join("hostname").display(),
+            files.join("os-release").display()
+        ),
+    )
+    .unwrap();
+    let img = work.join("rhel-root.img");
+    sized(&img, root.len / MIB);
+    ok(Command::new("mkfs.xfs")
+        .args(["-q", "-f", "-L", "root", "-p"])
+        .arg(&proto)
+        .arg(&img));
+    ok(Command::new("dd")
+        .arg(format!("if={}", img.display()))
+        .arg(format!("of={}", disk.display()))
+        .args([
+            "bs=1M",
+            &format!("seek={}", root.start / MIB),
+            "conv=notrunc,sparse",
+            "status=none",
+        ]));
+    assert_eq!(root.start % MIB, 0);
+    (disk, parts, root)
+}
+
+/// What HPE's RHEL scripts do: `mount /dev/rhel/root /` (and the /dev/mapper name), /boot
+/// and the ESP nested below it, files written on all three; the checkers clean after.
+#[test]
+fn a_rhel_layout_on_xfs_in_lvm_is_personalized_by_a_script() {
+    let r = Repo::new();
+    let (disk, parts, root) = rhel_disk(&r.work);
+    r.ok(&["image", "import", disk.to_str().unwrap(), "--name", "rhel9"]);
+    r.ok(&["volume", "create", "web", "--from", "rhel9"]);
+    let script = r.path("deploy.fish");
+    std::fs::write(
+        &script,
+        "vgs\nlvs\n\
+         mount /dev/rhel/root /\n\
+         mount /dev/sda2 /boot\n\
+         mkdir-p /boot/efi\n\
+         mount /dev/sda1 /boot/efi\n\
+         write /etc/hostname \"rhel-01\\n\"\n\
+         upload -<<EOF /etc/sysconfig/network\nNETWORKING=yes\nHOSTNAME=rhel-01\nEOF\n\
+         write /boot/strata-boot \"boot\\n\"\n\
+         mkdir-p /boot/efi/EFI/redhat\n\
+         write /boot/efi/EFI/redhat/user.cfg \"x\\n\"\n\
+         umount-all\n\
+         mount /dev/mapper/rhel-root /\n\
+         cat /etc/hostname\n",
+    )
+    .unwrap();
+    let out = r.ok(&["shell", "web", "-f", script.to_str().unwrap(), "--write"]);
+    assert!(out.contains("rhel"), "vgs/lvs name the VG: {out}");
+    assert!(
+        out.contains("rhel-01"),
+        "the /dev/mapper name reaches the same LV: {out}"
+    );
+
+    let raw = r.path("web.raw");
+    r.ok(&["volume", "export", "web", raw.to_str().unwrap()]);
+    xfs_repair_clean(&part_file(&raw, &parts[1], &r.path("boot.img")));
+    xfs_repair_clean(&part_file(&raw, &root, &r.path("root.img")));
+    let (clean, o) = disks::fsck_fat(&raw, &parts[0]);
+    assert!(clean, "fsck.fat: {o}");
+    let m = KernelMount::new(&raw, &root, "xfs");
+    assert_eq!(read(&m, "etc/hostname"), "rhel-01\n");
+    assert_eq!(
+        read(&m, "etc/sysconfig/network"),
+        "NETWORKING=yes\nHOSTNAME=rhel-01\n"
+    );
+    drop(m);
+    let m = KernelMount::new(&raw, &parts[1], "xfs");
+    assert_eq!(read(&m, "strata-boot"), "boot\n");
+    drop(m);
+    assert_eq!(
+        disks::mtools_read(&raw, &parts[0], "/EFI/redhat/user.cfg"),
+        b"x\n"
+    );
+}
+
+/// The processes whose parent is `pid`.
+fn children(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ..."; comm may hold spaces, so split after the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head
+            .split_once('(')
+            .map(|x| x.1)
+            .unwrap_or_default()
+            .to_string();
+        let ppid: u32 = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0);
+        if ppid == pid {
+            out.push((p, comm));
+        }
+    }
+    out
+}
+
+/// `kill -9` of QEMU part-way through a job: the next call fails, saying the VM is gone,
+/// and the volume holds nothing of the job.
+#[test]
+fn killing_qemu_mid_job_leaves_the_volume_as_it_was() {
+    use strata::fs::worker::{Call, Request, Source, Worker, WorkerOptions};
+    let r = Repo::new();
+    let a = xfs_image(&r.work, "root", &[]);
+    let (disk, _) = gpt_disk(&r.work, &[(&a, 300)]);
+    r.ok(&["image", "import", disk.to_str().unwrap(), "--name", "gold"]);
+    r.ok(&["volume", "create", "web", "--from", "gold"]);
+    let before = r.path("before.raw");
+    r.ok(&["volume", "export", "web", before.to_str().unwrap()]);
+
+    let opts = WorkerOptions {
+        exe: common::BIN.into(),
+        ..WorkerOptions::default()
+    };
+    let source = Source::Volume {
+        repo: r.root.clone(),
+        name: "web".into(),
+    };
+    let mut w = Worker::start(source, false, &opts).unwrap();
+    w.call(Request::Mount {
+        device: "/dev/sda1".into(),
+        point: "/".into(),
+        read_only: false,
+    })
+    .unwrap();
+    w.call(Request::Call(Call::CreateOrTruncate {
+        path: b"/etc/new".to_vec(),
+        mode: 0o644,
+    }))
+    .unwrap();
+    w.call(Request::Call(Call::WriteAt {
+        path: b"/etc/new".to_vec(),
+        offset: 0,
+        data: vec![b'x'; 1 << 20],
+    }))
+    .unwrap();
+    let qemu: Vec<u32> = children(std::process::id())
+        .into_iter()
+        .flat_map(|(p, _)| children(p))
+        .filter(|(_, c)| c.starts_with("qemu-system"))
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(qemu.len(), 1, "one VM for the job: {qemu:?}");
+    // SAFETY: kill(2) of a process this test started (a child of its worker).
+    assert_eq!(unsafe { libc::kill(qemu[0] as i32, libc::SIGKILL) }, 0);
+    let e = w
+        .call(Request::Call(Call::Stat {
+            path: b"/etc/new".to_vec(),
+            follow: false,
+        }))
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EIO, "{e}");
+    let e = w.call(Request::Commit).unwrap_err();
+    assert!(e.detail.contains("VM"), "the commit fails too: {e}");
+    drop(w);
+    let after = r.path("after.raw");
+    r.ok(&["volume", "export", "web", after.to_str().unwrap()]);
+    assert_eq!(disks::sha256(&before), disks::sha256(&after));
+}

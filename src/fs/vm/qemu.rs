@@ -206,7 +206,13 @@ impl Vm {
         if let Err(e) = write_frame(&mut self.to, req).and_then(|()| self.to.flush()) {
             return Err(self.kill(format!("sending a request: {e}")));
         }
-        match self.recv(&format!("{req:?}").chars().take(60).collect::<String>())? {
+        let doing = format!("{req:?}");
+        let doing = doing
+            .split([' ', '{', '('])
+            .next()
+            .unwrap_or_default()
+            .to_lowercase();
+        match self.recv(&format!("answering {doing}"))? {
             AgentReply::Error(e) => Err(e),
             r => Ok(r),
         }
@@ -235,6 +241,9 @@ impl Vm {
         let _ = self.child.wait();
         let said = qemu_said(&mut self.child, &self.dir);
         let msg = format!("the XFS/btrfs VM failed: {why}{said}");
+        // The path-level layer above keeps only the errno of a failed call (as guestfish
+        // prints it): the reason goes to the log as well.
+        tracing::warn!("{msg}");
         self.dead = Some(why);
         vm_err(msg)
     }
