@@ -251,35 +251,42 @@ fn a_script_edits_nested_xfs_and_btrfs_and_the_checkers_find_them_clean() {
     );
 }
 
-/// A damaged XFS superblock (the magic kept, so detection still says xfs): the mount fails
-/// with the kernel's reason, the script fails, and the volume is as it was.
+/// Damaged superblocks (the magic kept, so detection still names the filesystem): XFS's
+/// geometry overwritten, btrfs's fields after its magic (its checksum then fails). The mount
+/// fails with the kernel's reason, the script fails, and the volume is as it was.
 #[test]
-fn a_corrupt_xfs_superblock_fails_the_script_with_the_kernels_reason() {
-    let r = Repo::new();
-    let a = xfs_image(&r.work, "root", &[]);
-    {
-        use std::io::{Seek, SeekFrom, Write};
-        let mut f = std::fs::OpenOptions::new().write(true).open(&a).unwrap();
-        // sb_blocksize .. sb_rextents and the AG geometry: garbage.
-        f.seek(SeekFrom::Start(4)).unwrap();
-        f.write_all(&[0xA5; 100]).unwrap();
+fn corrupt_xfs_and_btrfs_superblocks_fail_the_script_with_the_kernels_reason() {
+    for (fs, at, word) in [("xfs", 4u64, "XFS"), ("btrfs", 0x10000 + 0x50, "BTRFS")] {
+        let r = Repo::new();
+        let img = if fs == "xfs" {
+            xfs_image(&r.work, "root", &[])
+        } else {
+            btrfs_image(&r.work)
+        };
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(&[0xA5; 100]).unwrap();
+        }
+        let mib = std::fs::metadata(&img).unwrap().len() / MIB;
+        let (disk, _parts) = gpt_disk(&r.work, &[(&img, mib)]);
+        r.ok(&["image", "import", disk.to_str().unwrap(), "--name", "gold"]);
+        r.ok(&["volume", "create", "web", "--from", "gold"]);
+        let before = r.path("before.raw");
+        r.ok(&["volume", "export", "web", before.to_str().unwrap()]);
+        let script = r.path("edit.fish");
+        std::fs::write(&script, "mount /dev/sda1 /\nwrite /etc/hostname \"x\"\n").unwrap();
+        let err = r.fails(&["shell", "web", "-f", script.to_str().unwrap(), "--write"]);
+        assert!(err.contains("mount"), "{fs}: {err}");
+        assert!(
+            err.contains(word),
+            "{fs}: the error carries the kernel's words: {err}"
+        );
+        let after = r.path("after.raw");
+        r.ok(&["volume", "export", "web", after.to_str().unwrap()]);
+        assert_eq!(disks::sha256(&before), disks::sha256(&after), "{fs}");
     }
-    let (disk, _parts) = gpt_disk(&r.work, &[(&a, 300)]);
-    r.ok(&["image", "import", disk.to_str().unwrap(), "--name", "gold"]);
-    r.ok(&["volume", "create", "web", "--from", "gold"]);
-    let before = r.path("before.raw");
-    r.ok(&["volume", "export", "web", before.to_str().unwrap()]);
-    let script = r.path("edit.fish");
-    std::fs::write(&script, "mount /dev/sda1 /\nwrite /etc/hostname \"x\"\n").unwrap();
-    let err = r.fails(&["shell", "web", "-f", script.to_str().unwrap(), "--write"]);
-    assert!(err.contains("mount"), "{err}");
-    assert!(
-        err.contains("XFS") || err.contains("xfs"),
-        "the error carries the kernel's words: {err}"
-    );
-    let after = r.path("after.raw");
-    r.ok(&["volume", "export", "web", after.to_str().unwrap()]);
-    assert_eq!(disks::sha256(&before), disks::sha256(&after));
 }
 
 /// Runs the lvm tools on `disk`'s partition `pv` through a loop device, with a private
@@ -393,7 +400,7 @@ fn rhel_disk(work: &Path) -> (PathBuf, Vec<Part>, Part) {
         &proto,
         format!(
             "/dev/null\n0 0\nd--755 0 0\netc d--755 0 0\nhostname ---644 0 0 {}\n\
-             os-release ---644 0 0 {}\nsysconfig d--755 0 0\n$\n$\nboot d--555 0 0\n$\n$\n",
+             os-release ---644 0 0 {}\nsysconfig d--755 0 0\n$\n$\nboot d--555 0 0\n$\nusr d--755 0 0\n$\n$\n",
             files.join("hostname").display(),
             files.join("os-release").display()
         ),
@@ -430,6 +437,8 @@ fn a_rhel_layout_on_xfs_in_lvm_is_personalized_by_a_script() {
     std::fs::write(
         &script,
         "vgs\nlvs\n\
+         inspect-os\n\
+         inspect-get-osinfo /dev/rhel/root\n\
          mount /dev/rhel/root /\n\
          mount /dev/sda2 /boot\n\
          mkdir-p /boot/efi\n\
@@ -446,6 +455,10 @@ fn a_rhel_layout_on_xfs_in_lvm_is_personalized_by_a_script() {
     .unwrap();
     let out = r.ok(&["shell", "web", "-f", script.to_str().unwrap(), "--write"]);
     assert!(out.contains("rhel"), "vgs/lvs name the VG: {out}");
+    assert!(
+        out.contains("rhel9.4"),
+        "inspection reads the XFS root: {out}"
+    );
     assert!(
         out.contains("rhel-01"),
         "the /dev/mapper name reaches the same LV: {out}"
@@ -565,4 +578,87 @@ fn killing_qemu_mid_job_leaves_the_volume_as_it_was() {
     let after = r.path("after.raw");
     r.ok(&["volume", "export", "web", after.to_str().unwrap()]);
     assert_eq!(disks::sha256(&before), disks::sha256(&after));
+}
+
+fn du(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+        .sum()
+}
+
+/// Capture of an XFS volume keeps what GETFSMAP (in the VM) reports as allocated: 40 MB of
+/// noise written and deleted again stays out of the image, the kept file and the metadata
+/// go in, and the image deploys back fsck-clean.
+#[test]
+fn a_captured_xfs_volume_stores_about_its_used_blocks_and_deploys_back_clean() {
+    let r = Repo::new();
+    let a = xfs_image(&r.work, "root", &[]);
+    let (disk, parts) = gpt_disk(&r.work, &[(&a, 300)]);
+    r.ok(&["image", "import", disk.to_str().unwrap(), "--name", "gold"]);
+    r.ok(&["volume", "create", "src", "--from", "gold"]);
+    let script = r.path("fill.fish");
+    std::fs::write(
+        &script,
+        "mount /dev/sda1 /\n\
+         !head -c 40000000 /dev/urandom > ./junk\n\
+         upload ./junk /junk\n\
+         !seq 1 600000 > ./kept\n\
+         upload ./kept /kept\n\
+         rm /junk\n",
+    )
+    .unwrap();
+    r.ok(&["shell", "src", "-f", script.to_str().unwrap(), "--write"]);
+
+    let dir = r.path("capture-plan");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ps = serde_json::json!({
+        "type": "PlanScript", "id": "11111111-1111-1111-1111-111111111111",
+        "name": "generalize", "planType": "capture",
+        "content": "mount /dev/sda1 /\nrm-f /etc/old\n",
+        "customAttributes": null, "description": ""
+    });
+    let bp = serde_json::json!({
+        "type": "OeBuildPlan", "buildPlanid": "22222222-2222-2222-2222-222222222222",
+        "name": "capture plan", "oeBuildPlanType": "capture", "customAttributes": [],
+        "buildStep": [{"serialNumber": "1", "planScriptName": "generalize",
+                       "planScriptUri": "/rest/plan-scripts/11111111-1111-1111-1111-111111111111",
+                       "parameters": null}]
+    });
+    std::fs::write(
+        dir.join("11111111-1111-1111-1111-111111111111_planscript.json"),
+        ps.to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("22222222-2222-2222-2222-222222222222_buildplan.json"),
+        bp.to_string(),
+    )
+    .unwrap();
+    r.ok(&[
+        "capture",
+        "src",
+        "--artifacts",
+        dir.to_str().unwrap(),
+        "--plan",
+        "capture plan",
+        "--name",
+        "cap",
+    ]);
+    let stored = du(&r.root.join("images/cap"));
+    let kept = ok(Command::new("seq").args(["1", "600000"]));
+    assert!(
+        stored >= kept.len() as u64 && stored < 30 << 20,
+        "stored {stored} bytes: the deleted noise must not be kept"
+    );
+
+    r.ok(&["volume", "create", "dst", "--from", "cap"]);
+    let raw = r.path("dst.raw");
+    r.ok(&["volume", "export", "dst", raw.to_str().unwrap()]);
+    xfs_repair_clean(&part_file(&raw, &parts[0], &r.path("p1.img")));
+    let m = KernelMount::new(&raw, &parts[0], "xfs");
+    assert_eq!(read(&m, "kept"), kept);
+    assert_eq!(read(&m, "etc/hostname"), "golden\n");
+    assert!(!m.path("etc/old").exists() && !m.path("junk").exists());
 }

@@ -47,11 +47,11 @@ impl Session {
         let mut found = Vec::new();
         for f in &filesystems {
             let Some(d) = &f.detected else { continue };
-            let Ok(dev) = self.layout().find(&f.device).map(|d| d.device.clone()) else {
+            let Ok(dev) = self.layout().find(&f.device).cloned() else {
                 continue;
             };
-            let Ok(fs) = super::open(&d.fs_type, dev, super::OpenOptions { read_only: true })
-            else {
+            // XFS and btrfs through the job's VM (booted for the first of them).
+            let Ok(fs) = self.open_adapter(&dev, &d.fs_type, true) else {
                 continue;
             };
             let mut t = MountTable::new();

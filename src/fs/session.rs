@@ -213,7 +213,7 @@ impl Session {
 
     /// The adapter for `fs_type` on `d`: a userspace library's, or a mount in the job's VM
     /// for the filesystems only the kernel writes.
-    fn open_adapter(
+    pub(super) fn open_adapter(
         &mut self,
         d: &crate::disk::layout::NamedDevice,
         fs_type: &str,

@@ -193,7 +193,7 @@ impl Vm {
         let _ = std::fs::remove_file(&agent_path);
         let _ = std::fs::remove_file(&nbd_path);
         vm.boot = started.elapsed();
-        tracing::debug!("the XFS/btrfs VM booted in {:?}", vm.boot);
+        tracing::debug!("the XFS/btrfs VM booted in {:.3}s", vm.boot.as_secs_f64());
         Ok(vm)
     }
 
