@@ -134,7 +134,7 @@ fn sys_mount(src: &str, dst: &str, fs: &str, flags: libc::c_ulong, data: &str) -
     check(r, format!("mount {src} on {dst}")).map(drop)
 }
 
-/// Pseudo filesystems, limits, and the modules in `/modules/order`.
+/// Pseudo filesystems, limits, and the base modules (virtio).
 fn setup() -> FsResult<()> {
     sys_mount("dev", "/dev", "devtmpfs", 0, "")?;
     sys_mount("proc", "/proc", "proc", 0, "")?;
@@ -150,9 +150,20 @@ fn setup() -> FsResult<()> {
     }
     // No modprobe here: the kernel asking for one must not wait on a missing helper.
     let _ = std::fs::write("/proc/sys/kernel/modprobe", "\n");
+    load_modules("base")
+}
+
+/// Loads the modules of `group` from `/modules/order` ("GROUP FILE" lines), skipping those
+/// loaded already.
+fn load_modules(group: &str) -> FsResult<()> {
     let order =
         std::fs::read_to_string("/modules/order").map_err(|e| from_io(e, "/modules/order"))?;
-    for m in order.lines().filter(|l| !l.is_empty()) {
+    for m in order
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(g, _)| *g == group)
+        .map(|(_, m)| m)
+    {
         let path = format!("/modules/{m}");
         let f = File::open(&path).map_err(|e| from_io(e, &path))?;
         let empty = cstr(b"")?;
@@ -576,6 +587,9 @@ impl Agent {
                 fs_type,
                 read_only,
             } => {
+                if matches!(fs_type.as_str(), "xfs" | "btrfs") {
+                    load_modules(&fs_type)?;
+                }
                 self.kernel_log();
                 let dev = find_disk(&serial)?;
                 let id = self.next_mount;

@@ -76,12 +76,16 @@ impl Vm {
         let (kernel, version) = super::initramfs::kernel()?;
         let exe = std::env::current_exe().map_err(io_err("finding strata's binary"))?;
         let initrd = super::initramfs::build(&kernel, &version, &exe)?;
+        let kernel = super::initramfs::bootable(&kernel, &version);
         let dir = job_dir()?;
         // The cache may sit under a home directory QEMU (as nobody) cannot enter.
         let job_initrd = dir.join("initrd.cpio");
-        std::fs::hard_link(&initrd, &job_initrd)
-            .or_else(|_| std::fs::copy(&initrd, &job_initrd).map(drop))
-            .map_err(io_err("the initramfs"))?;
+        let job_kernel = dir.join("kernel");
+        for (from, to) in [(&initrd, &job_initrd), (&kernel, &job_kernel)] {
+            std::fs::hard_link(from, to)
+                .or_else(|_| std::fs::copy(from, to).map(drop))
+                .map_err(io_err("the kernel and initramfs"))?;
+        }
         let nbd_path = dir.join("nbd.sock");
         let agent_path = dir.join("agent.sock");
         let perm = |p: &PathBuf| {
@@ -108,7 +112,7 @@ impl Vm {
             .arg("-serial")
             .arg(format!("file:{}", dir.join("console.log").display()))
             .arg("-kernel")
-            .arg(&kernel)
+            .arg(&job_kernel)
             .arg("-initrd")
             .arg(&job_initrd)
             .args([
