@@ -33,7 +33,11 @@ pub struct Vm {
     child: Child,
     to: BufWriter<UnixStream>,
     from: BufReader<UnixStream>,
+    /// The job's directory: removed once the VM is up (QEMU holds what it needs open), so a
+    /// worker that ends by `process::exit` leaves nothing behind but during a boot.
     dir: PathBuf,
+    /// The guest's console log, kept open after its directory is gone, for error messages.
+    console: Option<std::fs::File>,
     timeout: Duration,
     dead: Option<String>,
     /// How long the boot took, to the agent's first frame.
@@ -175,7 +179,9 @@ impl Vm {
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(e.context(qemu_said(&mut child, &dir)));
+                let said = qemu_said(&mut child, &dir, None);
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e.context(said));
             }
         };
         let from = BufReader::new(stream.try_clone().map_err(io_err("the agent socket"))?);
@@ -184,6 +190,7 @@ impl Vm {
             to: BufWriter::new(stream),
             from,
             dir,
+            console: None,
             timeout,
             dead: None,
             boot: Duration::ZERO,
@@ -193,9 +200,10 @@ impl Vm {
             Ok(other) => return Err(vm.kill(format!("the agent greeted with {other:?}"))),
             Err(e) => return Err(e),
         }
-        // Every connection is made by now.
-        let _ = std::fs::remove_file(&agent_path);
-        let _ = std::fs::remove_file(&nbd_path);
+        // Every connection is made and QEMU has the kernel, initramfs and console log open
+        // by now: nothing in the directory is needed by name any more.
+        vm.console = std::fs::File::open(vm.dir.join("console.log")).ok();
+        let _ = std::fs::remove_dir_all(&vm.dir);
         vm.boot = started.elapsed();
         tracing::debug!("the XFS/btrfs VM booted in {:.3}s", vm.boot.as_secs_f64());
         Ok(vm)
@@ -243,7 +251,7 @@ impl Vm {
     fn kill(&mut self, why: String) -> FsError {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let said = qemu_said(&mut self.child, &self.dir);
+        let said = qemu_said(&mut self.child, &self.dir, self.console.as_mut());
         let msg = format!("the XFS/btrfs VM failed: {why}{said}");
         // The path-level layer above keeps only the errno of a failed call (as guestfish
         // prints it): the reason goes to the log as well.
@@ -311,7 +319,11 @@ fn accept(l: &UnixListener, child: &mut Child, deadline: Instant) -> FsResult<Un
 }
 
 /// The last lines of QEMU's stderr and of the guest's console, for an error message.
-fn qemu_said(child: &mut Child, dir: &std::path::Path) -> String {
+fn qemu_said(
+    child: &mut Child,
+    dir: &std::path::Path,
+    console: Option<&mut std::fs::File>,
+) -> String {
     let mut out = String::new();
     if let Some(mut e) = child.stderr.take() {
         let mut s = String::new();
@@ -320,7 +332,17 @@ fn qemu_said(child: &mut Child, dir: &std::path::Path) -> String {
             out.push_str(&format!("; qemu: {}", s.trim()));
         }
     }
-    if let Ok(c) = std::fs::read_to_string(dir.join("console.log")) {
+    let text = match console {
+        Some(f) => {
+            use std::io::Seek;
+            let mut s = String::new();
+            f.rewind()
+                .and_then(|()| f.read_to_string(&mut s))
+                .map(|_| s)
+        }
+        None => std::fs::read_to_string(dir.join("console.log")),
+    };
+    if let Ok(c) = text {
         let lines: Vec<&str> = c.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = lines[lines.len().saturating_sub(8)..].join(" | ");
         if !tail.is_empty() {
