@@ -62,7 +62,7 @@ pub struct User {
 pub struct SessionRow {
     pub token_hash: String,
     pub user: String,
-    /// Unix seconds.
+    /// Unix milliseconds.
     pub created: i64,
     pub expires: i64,
 }

@@ -143,11 +143,6 @@ pub fn timestamp(t: time::OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-/// Now in Unix seconds.
-pub fn now_unix() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
 /// A new id: a random (v4) UUID, as Image Streamer's are.
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()

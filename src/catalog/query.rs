@@ -4,9 +4,10 @@
 //! Filters: `FIELD OP VALUE`, joined by `AND` / `OR` (AND binds tighter), the whole
 //! optionally in double quotes as HPE's SDKs send it (`"name='x'"`). OP is `=` (`==`),
 //! `<>` (`!=`), `<`, `<=`, `>`, `>=` or `matches` (a pattern with `%` for any run of
-//! characters, case-insensitive). VALUE is `'quoted'`, `"quoted"` or a bare word. FIELD
-//! may name a nested field with dots (`associatedResource.resourceName`). Several `filter`
-//! parameters must all hold. Sort: `FIELD:ascending` or `FIELD:descending` (`asc`, `desc`),
+//! characters); `=`, `<>` and `matches` ignore case, as OneView's do (HPE's SDK's `get_by`
+//! relies on it). VALUE is `'quoted'`, `"quoted"` or a bare word. FIELD may name a nested
+//! field with dots (`associatedResource.resourceName`). Several `filter` parameters must
+//! all hold. Sort: `FIELD:ascending` or `FIELD:descending` (`asc`, `desc`),
 //! several separated by commas.
 
 use std::cmp::Ordering;
@@ -158,8 +159,9 @@ impl Condition {
         };
         let text = scalar_text(field);
         match self.op {
-            Op::Eq => text == self.value,
-            Op::Ne => text != self.value,
+            // Case-insensitive, as OneView's filters are (HPE's SDK relies on it in get_by).
+            Op::Eq => text.to_lowercase() == self.value.to_lowercase(),
+            Op::Ne => text.to_lowercase() != self.value.to_lowercase(),
             Op::Matches => like(&text.to_lowercase(), &self.value.to_lowercase()),
             Op::Lt | Op::Le | Op::Gt | Op::Ge => {
                 let o = match (text.parse::<f64>(), self.value.parse::<f64>()) {
@@ -416,6 +418,12 @@ mod tests {
             ["beta"]
         );
         assert_eq!(names(&q(&["name=beta"], None).apply(items())), ["beta"]);
+        // Case-insensitive, as HPE's SDK's get_by expects.
+        assert_eq!(names(&q(&["name='ALPHA'"], None).apply(items())), ["Alpha"]);
+        assert_eq!(
+            names(&q(&["name<>'ALPHA'"], None).apply(items())),
+            ["beta", "gamma"]
+        );
         assert_eq!(
             names(&q(&["planType<>'deploy'"], None).apply(items())),
             ["Alpha", "gamma"]

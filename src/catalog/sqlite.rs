@@ -216,10 +216,7 @@ impl Sqlite {
         Ok(users)
     }
 
-    fn volume_row(
-        &self,
-        r: &rusqlite::Row<'_>,
-    ) -> rusqlite::Result<VolumeColumns> {
+    fn volume_row(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<VolumeColumns> {
         Ok((
             Record {
                 id: r.get(0)?,

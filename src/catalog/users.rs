@@ -15,11 +15,11 @@ use argon2::Argon2;
 use sha2::{Digest, Sha256};
 
 use super::backend::{SessionRow, User};
-use super::{now_timestamp, now_unix, Catalog, CatalogError};
+use super::{now_timestamp, Catalog, CatalogError};
 
 type Result<T> = std::result::Result<T, CatalogError>;
 
-/// A live session: who, and until when (Unix seconds).
+/// A live session: who, and until when (Unix milliseconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub user: String,
@@ -109,25 +109,25 @@ impl Catalog {
         if !ok {
             return Ok(None);
         }
-        let now = now_unix();
+        let now = now_ms();
         self.backend().purge_sessions(now)?;
         let token = new_token();
         self.backend().insert_session(&SessionRow {
             token_hash: hash_token(&token),
             user: name.into(),
             created: now,
-            expires: now.saturating_add(secs(idle)),
+            expires: now.saturating_add(millis(idle)),
         })?;
         Ok(Some(token))
     }
 
     /// The session of this token if it is live, its expiry moved to `idle` from now.
     pub fn session(&self, token: &str, idle: Duration) -> Result<Option<Session>> {
-        let now = now_unix();
+        let now = now_ms();
         let row = self.backend().touch_session(
             &hash_token(token),
             now,
-            Some(now.saturating_add(secs(idle))),
+            Some(now.saturating_add(millis(idle))),
         )?;
         Ok(row.map(|r| Session {
             user: r.user,
@@ -138,17 +138,20 @@ impl Catalog {
     /// Ends a session; false when it was not live.
     pub fn logout(&self, token: &str) -> Result<bool> {
         let h = hash_token(token);
-        let live = self
-            .backend()
-            .touch_session(&h, now_unix(), None)?
-            .is_some();
+        let live = self.backend().touch_session(&h, now_ms(), None)?.is_some();
         let gone = self.backend().delete_session(&h)?;
         Ok(live && gone)
     }
 }
 
-fn secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1)
+/// Now in Unix milliseconds (sessions' clock).
+fn now_ms() -> i64 {
+    let t = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
 /// 32 random bytes as 64 hex digits.
@@ -209,10 +212,10 @@ mod tests {
         // Seen two hours on, a one-hour session is expired, and the lookup that finds it
         // expired does not extend it.
         let t = c.login("u", "pw", HOUR).unwrap().unwrap();
-        let later = now_unix() + 2 * 3600;
+        let later = now_ms() + 2 * 3600 * 1000;
         let b = c.backend();
         assert!(b
-            .touch_session(&hash_token(&t), later, Some(later + 3600))
+            .touch_session(&hash_token(&t), later, Some(later + 3600 * 1000))
             .unwrap()
             .is_none());
         assert!(b
@@ -221,7 +224,7 @@ mod tests {
             .is_none());
         // Now it is still live, and each use moves its expiry on.
         let s = c.session(&t, HOUR).unwrap().unwrap();
-        assert!(s.expires >= now_unix() + 3599 && s.expires < later);
+        assert!(s.expires >= now_ms() + 3599 * 1000 && s.expires < later);
     }
 
     #[test]
