@@ -4,6 +4,8 @@
 //! and the exports `fuse` (and, later, iSCSI). See DESIGN.md in the project's shared notes
 //! and README.md.
 
+pub mod api;
+pub mod catalog;
 pub mod disk;
 pub mod fs;
 pub mod fuse;

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
+use strata::api::{ApiOptions, ApiServer, TlsSource};
+use strata::catalog::Catalog;
 use strata::iscsi::control;
 use strata::iscsi::exports::{self, Chap, Export};
 use strata::iscsi::prelogin::PreLoginLimits;
@@ -62,6 +64,23 @@ pub struct ServeArgs {
     /// Sessions one target (export) may have.
     #[arg(long, default_value_t = 8)]
     pub max_sessions_per_target: usize,
+    /// Serve Image Streamer's REST API over HTTPS on this address too (port 0 picks a
+    /// free port). Plain HTTP is not served.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub api: Option<SocketAddr>,
+    /// The API's certificate (PEM); without it a self-signed one is made on first start
+    /// and kept in the repository (tls/cert.pem).
+    #[arg(long, value_name = "PEM", requires_all = ["tls_key", "api"])]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The API certificate's private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Seconds an API session lasts after its last use.
+    #[arg(long, value_name = "SECS", default_value_t = 24 * 3600)]
+    pub session_timeout: u64,
+    /// The largest JSON request body the API accepts (e.g. 8M).
+    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = super::size::parse_size)]
+    pub api_body_limit: u64,
 }
 
 #[derive(Args, Debug)]
@@ -148,9 +167,34 @@ pub fn serve(repo: Arc<Repository>, a: ServeArgs) -> CliResult {
         ..ServerOptions::default()
     };
     raise_fd_limit();
+    // The API's listener and catalog first: a taken port or a catalog this strata cannot
+    // read stops the start before anything serves.
+    let api = match a.api {
+        None => None,
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|e| format!("listening for the API on {addr}: {e}"))?;
+            let catalog = Catalog::open(repo.root())?;
+            let mut opts = ApiOptions::for_repo(repo.root());
+            if let (Some(cert), Some(key)) = (a.tls_cert.clone(), a.tls_key.clone()) {
+                opts.tls = TlsSource::Files { cert, key };
+            }
+            opts.session_idle = std::time::Duration::from_secs(a.session_timeout.max(1));
+            opts.body_limit = usize::try_from(a.api_body_limit).unwrap_or(usize::MAX);
+            Some((listener, catalog, opts))
+        }
+    };
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     rt.block_on(async move {
+        let api = match api {
+            None => None,
+            Some((listener, catalog, opts)) => {
+                let s = ApiServer::start(catalog, listener, opts)?;
+                println!("serving HTTPS API on {}", s.local_addr());
+                Some(s)
+            }
+        };
         let announce = tokio::spawn(async move {
             if let Ok(addrs) = ready_rx.await {
                 for a in addrs {
@@ -162,7 +206,13 @@ pub fn serve(repo: Arc<Repository>, a: ServeArgs) -> CliResult {
         });
         let r = server::serve(repo, &a.listen, opts, stop_rx, Some(ready_tx)).await;
         let _ = announce.await;
-        r
+        // iSCSI returns on SIGTERM/SIGINT; the API then finishes its requests in flight.
+        if let Some(api) = api {
+            if let Err(e) = api.stop(std::time::Duration::from_secs(10)).await {
+                tracing::warn!(error = %e, "API server stopped with an error");
+            }
+        }
+        r.map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
     })?;
     Ok(())
 }

@@ -11,6 +11,7 @@ mod iscsi;
 mod plan;
 mod progress;
 mod size;
+mod user;
 mod volume;
 
 use std::path::PathBuf;
@@ -83,6 +84,9 @@ pub enum Command {
     /// Plan scripts: lint.
     #[command(subcommand)]
     Script(plan::ScriptCmd),
+    /// Local users of the REST API: add (password on standard input), ls, rm.
+    #[command(subcommand)]
+    User(user::UserCmd),
     /// Tools for tests and debugging.
     #[command(subcommand, hide = true)]
     Debug(debug::DebugCmd),
@@ -188,6 +192,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Deploy(a) => plan::deploy(&repo, a),
         Command::Shell(a) => plan::shell(&repo, a),
         Command::Capture(a) => capture::run(&repo, a),
+        Command::User(c) => user::run(repo.root(), c),
         Command::Fs(_) | Command::FsWorker | Command::Script(_) => {
             unreachable!("dispatched above")
         }

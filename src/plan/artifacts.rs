@@ -368,6 +368,102 @@ impl ArtifactKind {
     }
 }
 
+/// The fields an artifact of each kind may carry: what HPE's bundles and HPE's SDKs write.
+/// Anything else is refused by [`unknown_fields`] where strata takes artifacts from a client
+/// (the REST API); bundles keep every field they carry.
+const COMMON_FIELDS: &[&str] = &[
+    "type",
+    "uri",
+    "category",
+    "eTag",
+    "etag",
+    "created",
+    "modified",
+    "name",
+    "description",
+    "status",
+    "state",
+    "hpProvided",
+    "customAttributes",
+    "dependentArtifacts",
+];
+
+impl ArtifactKind {
+    /// The fields (besides [`COMMON_FIELDS`]) this kind may carry.
+    fn own_fields(self) -> &'static [&'static str] {
+        match self {
+            ArtifactKind::PlanScript => &["id", "planType", "content"],
+            ArtifactKind::BuildPlan => &["buildPlanid", "oeBuildPlanType", "buildStep"],
+            ArtifactKind::DeploymentPlan => &[
+                "id",
+                "oeBuildPlanURI",
+                "oeBuildPlanName",
+                "goldenImageURI",
+                "importMetadata",
+                "ostype",
+            ],
+            ArtifactKind::GoldenImage => &[
+                "id",
+                "artifactBundleCategory",
+                "buildPlanCategory",
+                "buildPlanName",
+                "buildPlanUri",
+                "bundleName",
+                "bundleURI",
+                "checkSum",
+                "imageCapture",
+                "importedFromBundle",
+                "osVolumeCategory",
+                "osVolumeName",
+                "osVolumeURI",
+                "readOnly",
+                "size",
+            ],
+        }
+    }
+
+    /// The field that holds this kind's id (`buildPlanid` for build plans).
+    pub fn id_field(self) -> &'static str {
+        match self {
+            ArtifactKind::BuildPlan => "buildPlanid",
+            _ => "id",
+        }
+    }
+}
+
+/// The fields of a build step.
+const STEP_FIELDS: &[&str] = &[
+    "serialNumber",
+    "planScriptUri",
+    "planScriptName",
+    "parameters",
+];
+
+/// Fields of `v` (an artifact of `kind` as JSON) that no artifact of that kind carries, with
+/// their paths (`buildStep[1].foo`). A value that is not an object has none to report: its
+/// parse says what is wrong.
+pub fn unknown_fields(kind: ArtifactKind, v: &Value) -> Vec<String> {
+    let known = |k: &str| COMMON_FIELDS.contains(&k) || kind.own_fields().contains(&k);
+    let Some(m) = v.as_object() else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = m.keys().filter(|k| !known(k)).cloned().collect();
+    if kind == ArtifactKind::BuildPlan {
+        if let Some(steps) = m.get("buildStep").and_then(Value::as_array) {
+            for (i, s) in steps.iter().enumerate() {
+                if let Some(s) = s.as_object() {
+                    out.extend(
+                        s.keys()
+                            .filter(|k| !STEP_FIELDS.contains(&k.as_str()))
+                            .map(|k| format!("buildStep[{i}].{k}")),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
 /// One artifact of any kind.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Artifact {
@@ -626,7 +722,8 @@ impl ArtifactSet {
         )
     }
 
-    /// The script a step runs: by the id in `planScriptUri`, else by `planScriptName`.
+    /// The script a step runs: by the id in `planScriptUri`, else by `planScriptName`, else
+    /// by `planScriptUri` read as a name or bare id.
     pub fn step_script(&self, step: &BuildStep) -> Option<&PlanScript> {
         step.plan_script_id()
             .and_then(|id| self.plan_scripts.iter().find(|s| s.id == id))
@@ -634,6 +731,12 @@ impl ArtifactSet {
                 step.plan_script_name
                     .non_empty()
                     .and_then(|n| self.plan_scripts.iter().find(|s| s.name == n))
+            })
+            // HPE's SDK examples write a script's name (or bare id) in planScriptUri.
+            .or_else(|| {
+                step.plan_script_uri
+                    .non_empty()
+                    .and_then(|k| self.plan_script(k))
             })
     }
 
@@ -1030,6 +1133,29 @@ impl ArtifactSet {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn unknown_fields_names_strays_and_passes_hpe_fields() {
+        let ps = json!({"type": "PlanScript", "id": "a", "name": "n", "planType": "deploy",
+                        "content": "", "hpProvided": "false", "colour": 1});
+        assert_eq!(
+            unknown_fields(ArtifactKind::PlanScript, &ps),
+            vec!["colour"]
+        );
+        let bp = json!({"buildPlanid": "b", "name": "n", "oeBuildPlanType": "deploy",
+                        "buildStep": [{"serialNumber": "1", "planScriptUri": "x", "bogus": 0}]});
+        assert_eq!(
+            unknown_fields(ArtifactKind::BuildPlan, &bp),
+            vec!["buildStep[0].bogus"]
+        );
+        // A plan script's field is unknown on a build plan.
+        let bp2 =
+            json!({"buildPlanid": "b", "name": "n", "oeBuildPlanType": "deploy", "content": ""});
+        assert_eq!(
+            unknown_fields(ArtifactKind::BuildPlan, &bp2),
+            vec!["content"]
+        );
+    }
 
     fn script(id: &str, name: &str, kind: &str) -> PlanScript {
         serde_json::from_value(json!({

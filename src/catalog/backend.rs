@@ -1,0 +1,139 @@
+//! What a catalog backend stores: the records and the one trait each backend (SQLite now,
+//! PostgreSQL later) implements. The trait holds storage only — single statements and the
+//! transactions that must be atomic (a delete that checks its users first) — while
+//! validation, ids, timestamps and the JSON shapes live in the backend-neutral code of
+//! `artifacts.rs`, `users.rs`, `tasks.rs` and `volumes.rs`, so a new backend only stores.
+
+use serde_json::Value;
+
+use super::CatalogError;
+use crate::plan::artifacts::ArtifactKind;
+
+pub type Result<T> = std::result::Result<T, CatalogError>;
+
+/// One stored artifact: its JSON as the API returns it (`uri`, `eTag`, `created`,
+/// `modified` filled in) and the columns it is found by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub id: String,
+    pub name: String,
+    pub body: Value,
+}
+
+/// What an artifact refers to, kept as rows the database enforces: a referenced artifact
+/// cannot be deleted while a row names it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Links {
+    /// A build plan's scripts (ids).
+    pub plan_scripts: Vec<String>,
+    /// A deployment plan's build plan (id).
+    pub build_plan: Option<String>,
+    /// A deployment plan's golden image (id), when the catalog holds it.
+    pub golden_image: Option<String>,
+    /// A golden image's blocks: the store's image name.
+    pub store_image: Option<String>,
+}
+
+/// One artifact (or OS volume) that uses another.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UsedBy {
+    /// `build plan`, `deployment plan`, `OS volume`.
+    pub what: &'static str,
+    pub id: String,
+    pub name: String,
+    pub uri: String,
+}
+
+impl std::fmt::Display for UsedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?} ({})", self.what, self.name, self.uri)
+    }
+}
+
+/// A local user as listed (never its password hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub created: String,
+}
+
+/// A login session, found by the hash of its token (the token itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub token_hash: String,
+    pub user: String,
+    /// Unix milliseconds.
+    pub created: i64,
+    pub expires: i64,
+}
+
+/// An OS volume and the deployment that made it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OsVolumeRow {
+    pub record: Record,
+    /// The store's volume name.
+    pub store_volume: String,
+    pub deployment_plan: Option<String>,
+    pub golden_image: Option<String>,
+}
+
+/// A task as stored: its JSON (the API's shape) and its state, for the restart sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRow {
+    pub id: String,
+    pub state: String,
+    pub body: Value,
+}
+
+/// Storage of one catalog backend. Every method is one atomic operation.
+pub trait Backend: Send + Sync {
+    /// Adds an artifact; `Conflict` when its id or name is taken, `Missing` when a link
+    /// names nothing.
+    fn insert_artifact(&self, kind: ArtifactKind, rec: &Record, links: &Links) -> Result<()>;
+    /// Replaces an artifact (same id) and its links; `NotFound` when absent.
+    fn update_artifact(&self, kind: ArtifactKind, rec: &Record, links: &Links) -> Result<()>;
+    fn get_artifact(&self, kind: ArtifactKind, id: &str) -> Result<Option<Record>>;
+    /// By id or by name.
+    fn find_artifact(&self, kind: ArtifactKind, key: &str) -> Result<Option<Record>>;
+    /// All of one kind, by name.
+    fn list_artifacts(&self, kind: ArtifactKind) -> Result<Vec<Record>>;
+    /// Deletes one unless something uses it (`InUse` naming the users); `NotFound`.
+    fn delete_artifact(&self, kind: ArtifactKind, id: &str) -> Result<()>;
+    /// What uses this artifact.
+    fn users_of(&self, kind: ArtifactKind, id: &str) -> Result<Vec<UsedBy>>;
+    /// The links stored for an artifact.
+    fn links_of(&self, kind: ArtifactKind, id: &str) -> Result<Links>;
+
+    fn insert_os_volume(&self, v: &OsVolumeRow) -> Result<()>;
+    fn get_os_volume(&self, id: &str) -> Result<Option<OsVolumeRow>>;
+    fn list_os_volumes(&self) -> Result<Vec<OsVolumeRow>>;
+    fn delete_os_volume(&self, id: &str) -> Result<()>;
+    /// Appends a deployment record (JSON) to an OS volume.
+    fn insert_deployment(&self, id: &str, os_volume: &str, record: &Value) -> Result<()>;
+    fn deployments_of(&self, os_volume: &str) -> Result<Vec<Value>>;
+
+    /// `Conflict` when the name is taken.
+    fn insert_user(&self, name: &str, password_hash: &str, created: &str) -> Result<()>;
+    /// Removes the user and its sessions; false when there was none.
+    fn delete_user(&self, name: &str) -> Result<bool>;
+    fn list_users(&self) -> Result<Vec<User>>;
+    fn password_hash(&self, name: &str) -> Result<Option<String>>;
+
+    fn insert_session(&self, s: &SessionRow) -> Result<()>;
+    /// The session if it exists and has not expired at `now`; its expiry moves to
+    /// `extend_to` when given (in the same statement, so a session cannot be revived).
+    fn touch_session(
+        &self,
+        token_hash: &str,
+        now: i64,
+        extend_to: Option<i64>,
+    ) -> Result<Option<SessionRow>>;
+    fn delete_session(&self, token_hash: &str) -> Result<bool>;
+    /// Forgets sessions expired before `now`.
+    fn purge_sessions(&self, now: i64) -> Result<usize>;
+
+    fn insert_task(&self, t: &TaskRow) -> Result<()>;
+    fn update_task(&self, t: &TaskRow) -> Result<()>;
+    fn get_task(&self, id: &str) -> Result<Option<TaskRow>>;
+    fn list_tasks(&self) -> Result<Vec<TaskRow>>;
+}

@@ -1,0 +1,798 @@
+//! The REST API end to end: the real `strata serve --api` on 127.0.0.1, driven over HTTPS by
+//! curl (accepting the self-signed certificate the server made in its repository), with
+//! users added by `strata user add --password-stdin`. Login, logout, refresh and expiry;
+//! every endpoint refused without a session; plan-script CRUD byte for byte; references
+//! (409 naming the user); 400s with their reasons; list paging, filter and sort; version
+//! type names; golden images, OS volumes and tasks from the catalog; plain HTTP refused;
+//! SIGTERM stopping iSCSI and HTTPS together.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Repo, BIN};
+use serde_json::{json, Value};
+
+const USER: &str = "admin";
+const PASSWORD: &str = "pass word-with spaces&symbols!";
+
+/// A running `strata serve --api`, killed on drop unless stopped.
+struct Api {
+    child: Child,
+    api: SocketAddr,
+    iscsi: SocketAddr,
+    log: PathBuf,
+    _repo: std::sync::Arc<Repo>,
+    work: PathBuf,
+}
+
+/// One HTTP exchange's result.
+struct Reply {
+    status: u16,
+    headers: String,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}), status {}: {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+
+    /// An error in Image Streamer's shape, with this status; returns its message.
+    fn error(&self, status: u16) -> String {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let v = self.json();
+        for f in ["errorCode", "message", "details", "recommendedActions"] {
+            assert!(v.get(f).is_some(), "{f} missing from {v}");
+        }
+        assert!(
+            v["errorCode"].as_str().is_some_and(|c| !c.is_empty()),
+            "{v}"
+        );
+        v["message"].as_str().unwrap().to_owned()
+    }
+}
+
+fn repo_with_user() -> Repo {
+    let repo = Repo::new();
+    add_user(&repo, USER, PASSWORD);
+    repo
+}
+
+fn add_user(repo: &Repo, name: &str, password: &str) {
+    let mut c = Command::new(BIN)
+        .arg("--repo")
+        .arg(&repo.root)
+        .args(["user", "add", name, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(c.stdin.take().unwrap(), "{password}").unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "user add: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+impl Api {
+    fn start(repo: Repo, extra: &[&str]) -> Api {
+        Api::start_shared(std::sync::Arc::new(repo), extra)
+    }
+
+    fn start_shared(repo: std::sync::Arc<Repo>, extra: &[&str]) -> Api {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = repo.path(&format!("serve-{n}.log"));
+        let mut child = Command::new(BIN)
+            .arg("--repo")
+            .arg(&repo.root)
+            .args(["serve", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut api, mut iscsi) = (None, None);
+        while api.is_none() || iscsi.is_none() {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "server did not announce both addresses: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    )
+                });
+            let addr: Option<SocketAddr> = line.rsplit(' ').next().and_then(|a| a.parse().ok());
+            if line.starts_with("serving HTTPS API on") {
+                api = addr;
+            } else if line.starts_with("serving iSCSI on") {
+                iscsi = addr;
+            }
+        }
+        let work = repo.work.clone();
+        Api {
+            child,
+            api: api.unwrap(),
+            iscsi: iscsi.unwrap(),
+            log,
+            _repo: repo,
+            work,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.api)
+    }
+
+    /// One request through curl: method, path, headers, optional body.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Reply {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out = self.work.join(format!("reply-{n}.body"));
+        let hdr = self.work.join(format!("reply-{n}.headers"));
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-k", "--max-time", "60", "-X", method])
+            .arg("-o")
+            .arg(&out)
+            .arg("-D")
+            .arg(&hdr)
+            .args(["-w", "%{http_code}"]);
+        for (k, v) in headers {
+            c.arg("-H").arg(format!("{k}: {v}"));
+        }
+        if let Some(b) = body {
+            let f = self.work.join(format!("req-{n}.body"));
+            std::fs::write(&f, b).unwrap();
+            c.args(["-H", "Content-Type: application/json"])
+                .arg("--data-binary")
+                .arg(format!("@{}", f.display()));
+        }
+        let o = c.arg(self.url(path)).output().expect("curl runs");
+        let code = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+        assert!(
+            o.status.success(),
+            "curl {method} {path}: {} (code {code})",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Reply {
+            status: code.parse().unwrap(),
+            headers: std::fs::read_to_string(&hdr).unwrap_or_default(),
+            body: std::fs::read(&out).unwrap_or_default(),
+        }
+    }
+
+    fn login(&self, user: &str, password: &str) -> Reply {
+        let b = json!({"userName": user, "password": password}).to_string();
+        self.call("POST", "/rest/login-sessions", &[], Some(b.as_bytes()))
+    }
+
+    fn session(&self) -> String {
+        let r = self.login(USER, PASSWORD);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["sessionID"].as_str().unwrap().to_owned()
+    }
+
+    fn get(&self, s: &str, path: &str) -> Reply {
+        self.call("GET", path, &[("auth", s), ("X-API-Version", "800")], None)
+    }
+
+    fn send(&self, s: &str, method: &str, path: &str, body: &Value) -> Reply {
+        let b = body.to_string();
+        self.call(
+            method,
+            path,
+            &[("auth", s), ("X-API-Version", "800")],
+            Some(b.as_bytes()),
+        )
+    }
+
+    fn delete(&self, s: &str, path: &str) -> Reply {
+        self.call("DELETE", path, &[("auth", s)], None)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then a bounded wait for the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "server ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn script(name: &str, content: &str) -> Value {
+    json!({"type": "PlanScript", "name": name, "description": "a test script",
+           "hpProvided": false, "planType": "deploy", "content": content})
+}
+
+fn build_plan(name: &str, script_uri: &str) -> Value {
+    json!({"type": "OeBuildPlanV5", "name": name, "description": "", "hpProvided": false,
+           "oeBuildPlanType": "deploy", "customAttributes": [],
+           "buildStep": [{"serialNumber": "1", "planScriptUri": script_uri, "parameters": ""}]})
+}
+
+#[test]
+fn no_endpoint_but_version_and_login_answers_without_a_session() {
+    let api = Api::start(repo_with_user(), &[]);
+    let v = api.call("GET", "/rest/version", &[], None);
+    assert_eq!(v.status, 200);
+    let v = v.json();
+    assert!(v["currentVersion"].as_u64().unwrap() >= v["minimumVersion"].as_u64().unwrap());
+
+    let endpoints = [
+        ("GET", "/rest/plan-scripts"),
+        ("POST", "/rest/plan-scripts"),
+        ("GET", "/rest/plan-scripts/x"),
+        ("PUT", "/rest/plan-scripts/x"),
+        ("DELETE", "/rest/plan-scripts/x"),
+        ("GET", "/rest/plan-scripts/x/usedby/readonly"),
+        ("GET", "/rest/build-plans"),
+        ("POST", "/rest/build-plans"),
+        ("PUT", "/rest/build-plans/x"),
+        ("DELETE", "/rest/build-plans/x"),
+        ("GET", "/rest/deployment-plans"),
+        ("POST", "/rest/deployment-plans"),
+        ("GET", "/rest/deployment-plans/x/usedby"),
+        ("GET", "/rest/golden-images"),
+        ("GET", "/rest/golden-images/x"),
+        ("GET", "/rest/os-volumes"),
+        ("GET", "/rest/os-volumes/x"),
+        ("GET", "/rest/tasks/x"),
+        ("PUT", "/rest/login-sessions"),
+        ("DELETE", "/rest/login-sessions"),
+        ("GET", "/rest/no-such-thing"),
+        ("POST", "/rest/version"),
+    ];
+    let body = script("s", "echo").to_string();
+    for (m, p) in endpoints {
+        let b = (m == "POST" || m == "PUT").then_some(body.as_bytes());
+        let none = api.call(m, p, &[], b);
+        none.error(401);
+        let bogus = api.call(m, p, &[("auth", "0123456789abcdef")], b);
+        bogus.error(401);
+    }
+    // With a session the same paths answer (here: list, or not found).
+    let s = api.session();
+    assert_eq!(api.get(&s, "/rest/plan-scripts").status, 200);
+    api.get(&s, "/rest/no-such-thing").error(404);
+    api.get(&s, "/rest/tasks/nope").error(404);
+}
+
+#[test]
+fn login_refresh_logout_and_wrong_passwords() {
+    let api = Api::start(repo_with_user(), &[]);
+    let bad = api.login(USER, "not the password");
+    let msg = bad.error(401);
+    assert!(
+        !String::from_utf8_lossy(&bad.body).contains("not the password"),
+        "{msg}"
+    );
+    api.login("nobody", PASSWORD).error(401);
+    api.call(
+        "POST",
+        "/rest/login-sessions",
+        &[],
+        Some(b"{\"userName\": 1}"),
+    )
+    .error(400);
+
+    let s = api.session();
+    let s2 = api.session();
+    assert_ne!(s, s2, "each login is its own session");
+    assert_eq!(api.get(&s, "/rest/plan-scripts").status, 200);
+    let r = api.call("PUT", "/rest/login-sessions", &[("auth", &s)], None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["sessionID"], s.as_str());
+    assert_eq!(api.delete(&s, "/rest/login-sessions").status, 204);
+    api.get(&s, "/rest/plan-scripts").error(401);
+    api.call("PUT", "/rest/login-sessions", &[("auth", &s)], None)
+        .error(401);
+    // The other session lives on.
+    assert_eq!(api.get(&s2, "/rest/plan-scripts").status, 200);
+
+    // Passwords never reach the log, even at debug level.
+    let log = api.log();
+    assert!(log.contains("login"), "{log}");
+    assert!(
+        !log.contains(PASSWORD) && !log.contains("not the password"),
+        "{log}"
+    );
+    assert!(!log.contains(&s2), "session ids stay out of the log");
+}
+
+#[test]
+fn sessions_expire_when_idle() {
+    let api = Api::start(repo_with_user(), &["--session-timeout", "3"]);
+    let s = api.session();
+    assert_eq!(api.get(&s, "/rest/plan-scripts").status, 200);
+    // Idle past the timeout: waiting is what is being tested, not a synchronisation.
+    std::thread::sleep(Duration::from_millis(4000));
+    api.get(&s, "/rest/plan-scripts").error(401);
+    api.call("PUT", "/rest/login-sessions", &[("auth", &s)], None)
+        .error(401);
+}
+
+#[test]
+fn plan_script_crud_round_trips_the_content_byte_for_byte() {
+    let api = Api::start(repo_with_user(), &[]);
+    let s = api.session();
+    let content = "# é ü — \"quoted\" 'single' \\back\\slash\r\nupload -<<END /x\n\t@HostName@\nEND\n\u{1F600}\0tail";
+    let r = api.send(
+        &s,
+        "POST",
+        "/rest/plan-scripts",
+        &script("round-trip", content),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let made = r.json();
+    let uri = made["uri"].as_str().unwrap().to_owned();
+    assert_eq!(r.header("location").as_deref(), Some(uri.as_str()));
+    let id = made["id"].as_str().unwrap();
+    assert_eq!(uri, format!("/rest/plan-scripts/{id}"));
+    assert_eq!(made["content"], content);
+    for f in ["eTag", "created", "modified"] {
+        assert!(made[f].is_string(), "{f}: {made}");
+    }
+
+    let got = api.get(&s, &uri);
+    assert_eq!(got.status, 200);
+    let got = got.json();
+    assert_eq!(
+        got["content"].as_str().unwrap().as_bytes(),
+        content.as_bytes()
+    );
+    assert_eq!(got, made);
+
+    let mut changed = got.clone();
+    let content2 = "echo second version\n";
+    changed["content"] = json!(content2);
+    changed["name"] = json!("round-trip-renamed");
+    let r = api.send(&s, "PUT", &uri, &changed);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let after = api.get(&s, &uri).json();
+    assert_eq!(after["content"], content2);
+    assert_eq!(after["name"], "round-trip-renamed");
+    assert_eq!(
+        (&after["id"], &after["created"]),
+        (&made["id"], &made["created"])
+    );
+    assert_ne!(after["eTag"], made["eTag"]);
+
+    assert_eq!(api.delete(&s, &uri).status, 204);
+    api.get(&s, &uri).error(404);
+    api.delete(&s, &uri).error(404);
+    api.send(&s, "PUT", &uri, &changed).error(404);
+}
+
+#[test]
+fn used_artifacts_cannot_be_deleted_and_types_follow_the_version() {
+    let api = Api::start(repo_with_user(), &[]);
+    let s = api.session();
+    let ps = api
+        .send(
+            &s,
+            "POST",
+            "/rest/plan-scripts",
+            &script("shared-script", "echo"),
+        )
+        .json();
+    let ps_uri = ps["uri"].as_str().unwrap();
+    let bp = api.send(
+        &s,
+        "POST",
+        "/rest/build-plans",
+        &build_plan("the-build-plan", ps_uri),
+    );
+    assert_eq!(bp.status, 201, "{}", String::from_utf8_lossy(&bp.body));
+    let bp = bp.json();
+    assert_eq!(bp["type"], "OeBuildPlanV5");
+    let bp_uri = bp["uri"].as_str().unwrap();
+
+    let msg = api.delete(&s, ps_uri).error(409);
+    assert!(msg.contains("the-build-plan"), "{msg}");
+    let used = api.get(&s, &format!("{ps_uri}/usedby/readonly"));
+    assert_eq!(used.status, 200);
+    let used = used.json();
+    assert_eq!(used.as_array().unwrap().len(), 1, "{used}");
+    assert_eq!(used[0]["name"], "the-build-plan");
+
+    let dp = api.send(
+        &s,
+        "POST",
+        "/rest/deployment-plans",
+        &json!({"type": "OEDeploymentPlanV5", "name": "the-deployment-plan",
+                "hpProvided": "false", "oeBuildPlanURI": bp_uri, "goldenImageURI": "",
+                "customAttributes": []}),
+    );
+    assert_eq!(dp.status, 201, "{}", String::from_utf8_lossy(&dp.body));
+    let dp = dp.json();
+    assert_eq!(dp["type"], "OEDeploymentPlanV5");
+    let dp_uri = dp["uri"].as_str().unwrap();
+    let msg = api.delete(&s, bp_uri).error(409);
+    assert!(msg.contains("the-deployment-plan"), "{msg}");
+    let used = api.get(&s, &format!("{dp_uri}/usedby")).json();
+    assert_eq!(used, json!([]));
+    let osdp = api.get(&s, &format!("{dp_uri}/osdp"));
+    assert_eq!(osdp.status, 200);
+    assert_eq!(osdp.json()["name"], "the-deployment-plan");
+    // The SDK's differences call: the new content as a JSON string.
+    let ps_id = ps["id"].as_str().unwrap();
+    let diff = api.send(
+        &s,
+        "POST",
+        &format!("/rest/plan-scripts/differences/{ps_id}"),
+        &json!("echo\nmore"),
+    );
+    assert_eq!(diff.status, 200, "{}", String::from_utf8_lossy(&diff.body));
+    let diff = diff.json();
+    assert_eq!(
+        (&diff["currentContent"], &diff["identical"]),
+        (&json!("echo"), &json!(false))
+    );
+    // get_by as the SDK sends it: the name in other case, the filter double-quoted.
+    let by = api.get(
+        &s,
+        "/rest/build-plans?start=0&count=-1&filter=%22name%3D%27THE-BUILD-PLAN%27%22",
+    );
+    assert_eq!(by.json()["members"][0]["name"], "the-build-plan");
+
+    // An older client sees the older type names.
+    let old = api.call(
+        "GET",
+        bp_uri,
+        &[("auth", &s), ("X-API-Version", "300")],
+        None,
+    );
+    assert_eq!(old.json()["type"], "OeBuildPlan");
+    let list = api.call(
+        "GET",
+        "/rest/deployment-plans",
+        &[("auth", &s), ("X-API-Version", "300")],
+        None,
+    );
+    assert_eq!(list.json()["members"][0]["type"], "OEDeploymentPlan");
+
+    // Top down, each delete frees the next.
+    assert_eq!(api.delete(&s, dp_uri).status, 204);
+    assert_eq!(api.delete(&s, bp_uri).status, 204);
+    assert_eq!(api.delete(&s, ps_uri).status, 204);
+}
+
+#[test]
+fn bad_requests_are_400_with_the_reason() {
+    let api = Api::start(repo_with_user(), &["--api-body-limit", "64K"]);
+    let s = api.session();
+    let post = |body: &[u8]| api.call("POST", "/rest/plan-scripts", &[("auth", &s)], Some(body));
+    let msg = post(b"{\"name\": \"x\", ").error(400);
+    assert!(msg.contains("JSON") && msg.contains("line 1"), "{msg}");
+    let mut unknown = script("x", "echo");
+    unknown["favouriteColour"] = json!("blue");
+    let msg = post(unknown.to_string().as_bytes()).error(400);
+    assert!(msg.contains("favouriteColour"), "{msg}");
+    let msg = post(
+        script("x", "echo")
+            .to_string()
+            .replace("deploy", "sideways")
+            .as_bytes(),
+    )
+    .error(400);
+    assert!(msg.contains("planType"), "{msg}");
+    let msg = post(b"[1, 2]").error(400);
+    assert!(msg.contains("object"), "{msg}");
+    let big = script("big", &"x".repeat(100 * 1024)).to_string();
+    let msg = post(big.as_bytes()).error(400);
+    assert!(msg.contains("too large"), "{msg}");
+    let msg = api
+        .send(
+            &s,
+            "POST",
+            "/rest/build-plans",
+            &build_plan("bp", "/rest/plan-scripts/none"),
+        )
+        .error(400);
+    assert!(msg.contains("/rest/plan-scripts/none"), "{msg}");
+    let mut bad_attr = build_plan("bp", "x");
+    bad_attr["buildStep"] = json!([]);
+    bad_attr["customAttributes"] =
+        json!([{"name": "N", "type": "number", "value": "1", "constraints": "{not json"}]);
+    let msg = api
+        .send(&s, "POST", "/rest/build-plans", &bad_attr)
+        .error(400);
+    assert!(msg.contains("customAttributes"), "{msg}");
+    let msg = api
+        .get(&s, "/rest/plan-scripts?filter=name%20%27x%27")
+        .error(400);
+    assert!(msg.contains("filter"), "{msg}");
+    let msg = api
+        .call(
+            "GET",
+            "/rest/plan-scripts",
+            &[("auth", &s), ("X-API-Version", "many")],
+            None,
+        )
+        .error(400);
+    assert!(msg.contains("X-API-Version"), "{msg}");
+    // A name taken is a conflict, not a server error.
+    assert_eq!(
+        api.send(&s, "POST", "/rest/plan-scripts", &script("dup", "a"))
+            .status,
+        201
+    );
+    api.send(&s, "POST", "/rest/plan-scripts", &script("dup", "b"))
+        .error(409);
+    // Nothing half-made: only the one script is listed.
+    assert_eq!(api.get(&s, "/rest/plan-scripts").json()["total"], 1);
+}
+
+#[test]
+fn lists_page_filter_and_sort() {
+    let api = Api::start(repo_with_user(), &[]);
+    let s = api.session();
+    for i in 0..5 {
+        let mut b = script(&format!("ps-{i}"), "echo");
+        if i % 2 == 0 {
+            b["planType"] = json!("general");
+        }
+        assert_eq!(api.send(&s, "POST", "/rest/plan-scripts", &b).status, 201);
+    }
+    let names = |v: &Value| -> Vec<String> {
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = api.get(&s, "/rest/plan-scripts").json();
+    assert_eq!(
+        (all["total"].as_u64(), all["count"].as_u64()),
+        (Some(5), Some(5))
+    );
+    assert_eq!(all["type"], "PlanScriptCollection");
+    assert!(all["nextPageUri"].is_null() && all["prevPageUri"].is_null());
+
+    let page = api
+        .get(
+            &s,
+            "/rest/plan-scripts?start=1&count=2&sort=name:descending",
+        )
+        .json();
+    assert_eq!(names(&page), ["ps-3", "ps-2"]);
+    assert_eq!(
+        (page["start"].as_u64(), page["total"].as_u64()),
+        (Some(1), Some(5))
+    );
+    let next = page["nextPageUri"].as_str().unwrap().to_owned();
+    assert!(page["prevPageUri"].as_str().unwrap().contains("start=0"));
+    let page2 = api.get(&s, &next).json();
+    assert_eq!(names(&page2), ["ps-1", "ps-0"]);
+    assert!(page2["nextPageUri"].is_null(), "{page2}");
+    let past = api.get(&s, "/rest/plan-scripts?start=9&count=2").json();
+    assert_eq!(
+        (past["count"].as_u64(), past["total"].as_u64()),
+        (Some(0), Some(5))
+    );
+
+    // As HPE's SDK sends it: the filter in double quotes, URL-encoded.
+    let one = api
+        .get(&s, "/rest/plan-scripts?filter=%22name%3D%27ps-3%27%22")
+        .json();
+    assert_eq!(names(&one), ["ps-3"]);
+    let general = api
+        .get(
+            &s,
+            "/rest/plan-scripts?filter=planType%3D%27general%27&sort=name:ascending",
+        )
+        .json();
+    assert_eq!(names(&general), ["ps-0", "ps-2", "ps-4"]);
+    let both = api
+        .get(
+            &s,
+            "/rest/plan-scripts?filter=planType%3D%27general%27&filter=name%20matches%20%27%25-4%27",
+        )
+        .json();
+    assert_eq!(names(&both), ["ps-4"]);
+}
+
+#[test]
+fn golden_images_os_volumes_and_tasks_come_from_the_catalog() {
+    let repo = repo_with_user();
+    // What later slices will make through the API, made here through the catalog itself.
+    let (stale, done) = {
+        let cat = strata::catalog::Catalog::open(&repo.root).unwrap();
+        cat.create_golden_image(
+            json!({"type": "GoldenImage", "name": "rhel-gold", "description": "RHEL 8"}),
+            "rhel-gold",
+        )
+        .unwrap();
+        cat.create_os_volume(strata::catalog::volumes::NewOsVolume {
+            name: "server-1",
+            store_volume: "server-1",
+            golden_image: Some("rhel-gold"),
+            size: Some(1 << 30),
+            ..Default::default()
+        })
+        .unwrap();
+        let res = strata::catalog::tasks::AssociatedResource {
+            resource_name: "rhel-gold".into(),
+            resource_uri: "/rest/golden-images/x".into(),
+            resource_category: "golden-images".into(),
+            association_type: "MANAGED_BY".into(),
+        };
+        let stale = cat.create_task("Upload", USER, res.clone()).unwrap();
+        let done = cat.create_task("Upload", USER, res).unwrap();
+        cat.finish_task(done.id(), Ok(())).unwrap();
+        (stale, done)
+    };
+    let api = Api::start(repo, &[]);
+    let s = api.session();
+    let gi = api.get(&s, "/rest/golden-images").json();
+    assert_eq!(gi["total"], 1);
+    let g = &gi["members"][0];
+    assert_eq!(
+        (&g["name"], &g["type"]),
+        (&json!("rhel-gold"), &json!("GoldenImage"))
+    );
+    let one = api.get(&s, g["uri"].as_str().unwrap());
+    assert_eq!(one.json()["description"], "RHEL 8");
+    // Read-only in this version: no create.
+    api.send(&s, "POST", "/rest/golden-images", &json!({"name": "x"}))
+        .error(405);
+    let msg = api.delete(&s, g["uri"].as_str().unwrap()).error(405);
+    assert!(msg.contains("DELETE"), "{msg}");
+
+    let vols = api.get(&s, "/rest/os-volumes").json();
+    assert_eq!(vols["total"], 1);
+    assert_eq!(vols["members"][0]["name"], "server-1");
+    assert_eq!(vols["members"][0]["goldenImageUri"], g["uri"]);
+    let v = api.get(&s, vols["members"][0]["uri"].as_str().unwrap());
+    assert_eq!(v.json()["name"], "server-1");
+
+    // The task the last run left running is marked failed on start; the finished one is
+    // as it was.
+    let t = api.get(&s, &stale.uri).json();
+    assert_eq!(t["taskState"], "Error", "{t}");
+    assert!(t["taskErrors"][0]["message"].as_str().is_some(), "{t}");
+    let t = api.get(&s, &done.uri).json();
+    assert_eq!(
+        (&t["taskState"], &t["percentComplete"]),
+        (&json!("Completed"), &json!(100))
+    );
+    assert_eq!(t["associatedResource"]["resourceName"], "rhel-gold");
+}
+
+#[test]
+fn plain_http_is_refused_and_sigterm_stops_both_servers() {
+    let repo = std::sync::Arc::new(repo_with_user());
+    let api = Api::start_shared(repo.clone(), &[]);
+    // curl speaking plain HTTP to the HTTPS port gets no HTTP answer.
+    let o = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("http://{}/rest/version", api.api))
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    assert!(
+        !o.status.success() && code == "000",
+        "plain HTTP answered: {code}"
+    );
+    // The same over a raw socket: whatever comes back is not an HTTP response.
+    let mut sock = std::net::TcpStream::connect(api.api).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sock.write_all(b"GET /rest/version HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut back = Vec::new();
+    let _ = sock.read_to_end(&mut back);
+    assert!(
+        !back.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&back)
+    );
+    // The certificate was made in the repository.
+    assert!(repo.root.join("tls/cert.pem").is_file());
+    assert_eq!(api.call("GET", "/rest/version", &[], None).status, 200);
+
+    let (api_addr, iscsi_addr) = (api.api, api.iscsi);
+    assert!(std::net::TcpStream::connect(iscsi_addr).is_ok());
+    let log_path = api.log.clone();
+    let st = api.stop();
+    assert!(st.success(), "exit {st:?}");
+    let log = std::fs::read_to_string(log_path).unwrap();
+    assert!(log.contains("SIGTERM"), "{log}");
+    assert!(std::net::TcpStream::connect(api_addr).is_err());
+    assert!(std::net::TcpStream::connect(iscsi_addr).is_err());
+
+    // A second start reuses the certificate.
+    let cert = std::fs::read(repo.root.join("tls/cert.pem")).unwrap();
+    let again = Api::start_shared(repo.clone(), &[]);
+    assert_eq!(std::fs::read(repo.root.join("tls/cert.pem")).unwrap(), cert);
+    assert_eq!(again.call("GET", "/rest/version", &[], None).status, 200);
+}
+
+#[test]
+fn user_commands_list_and_remove_users_and_never_show_passwords() {
+    let repo = repo_with_user();
+    add_user(&repo, "operator", "another secret");
+    let ls = repo.ok(&["user", "ls"]);
+    assert!(ls.contains("admin") && ls.contains("operator"), "{ls}");
+    assert!(!ls.contains(PASSWORD) && !ls.contains("argon2"), "{ls}");
+    let o = repo.run(&["user", "add", "admin"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("--password-stdin"), "{e}");
+    repo.ok(&["user", "rm", "operator"]);
+    assert!(!repo.ok(&["user", "ls"]).contains("operator"));
+    let e = repo.fails(&["user", "rm", "operator"]);
+    assert!(e.contains("operator"), "{e}");
+    // The removed user cannot log in; the other can.
+    let api = Api::start(repo, &[]);
+    api.login("operator", "another secret").error(401);
+    api.session();
+}
