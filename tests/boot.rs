@@ -10,7 +10,8 @@
 //!   prints a marker, writes a file and powers off; the file is then read from the volume.
 //! - The whole chain (boot_chain/): a Debian image built from Debian packages boots through
 //!   OVMF's IScsiDxe, GRUB on the volume, the iBFT and the initramfs's own iSCSI login, and
-//!   runs from the volume; one-way and mutual CHAP, and a wrong secret failing at the firmware.
+//!   runs from the volume; one-way and mutual CHAP, a wrong secret failing at the firmware,
+//!   and the OS's session surviving a restart of the server.
 //!
 //! All guest traffic stays on loopback: QEMU user networking with `restrict=on` and a
 //! `guestfwd` (socat) to strata's port. One QEMU at a time (a lock file serializes the tests).
@@ -803,12 +804,7 @@ fn a_wrong_chap_secret_fails_the_boot_at_the_firmware() {
     assert!(server.stop().success());
 }
 
-// Ignored in the suite for now: on a loaded 2-core host the guest's iscsid (under TCG)
-// did not finish its timed writes before the test's window in one full run (it passed
-// alone on its branch). Run it with `--run-ignored only -E 'test(/survives_a_restart/)'`;
-// issue 11 keeps it open until it is reliable.
 #[test]
-#[ignore]
 fn the_os_session_survives_a_restart_of_the_server() {
     let chap = Chap {
         user: "os-user",
