@@ -11,7 +11,8 @@
 //! - The whole chain (boot_chain/): a Debian image built from Debian packages boots through
 //!   OVMF's IScsiDxe, GRUB on the volume, the iBFT and the initramfs's own iSCSI login, and
 //!   runs from the volume; one-way and mutual CHAP, a wrong secret failing at the firmware,
-//!   and the OS's session surviving a restart of the server.
+//!   the OS's session surviving a restart of the server, and a volume made by `strata
+//!   deploy` booting with its personalization.
 //!
 //! All guest traffic stays on loopback: QEMU user networking with `restrict=on` and a
 //! `guestfwd` (socat) to strata's port. One QEMU at a time (a lock file serializes the tests).
@@ -815,6 +816,20 @@ fn the_os_session_survives_a_restart_of_the_server() {
         "boot_chain_restart",
         "iqn.2026-11.org.strata.test:server-4",
         Some(&chap),
+    );
+}
+
+#[test]
+fn a_deployed_os_volume_boots_and_its_os_sees_the_personalization() {
+    let chap = Chap {
+        user: "os-user",
+        secret: "os-secret-01234",
+        mutual: None,
+    };
+    boot_chain::deploy_then_boot(
+        "boot_chain_deploy",
+        "iqn.2026-11.org.strata.test:server-7",
+        &chap,
     );
 }
 

@@ -532,6 +532,14 @@ pub fn boot_chain_survives_restart(test: &str, initiator: &str, chap: Option<&Ch
         tail(&first_log, 4000)
     );
     assert!(server.stop().success());
+    let taken = boot
+        .console
+        .lines()
+        .find(|l| l.contains("STRATA-TAKEN-OVER"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    eprintln!("{test}: {taken}; ticks {ticks_before} at the restart, {ticks_after} at the end");
     // What the OS wrote after the restart is in the volume.
     let got = repo.ok(&["fs", "cat", "os", "/dev/sda2:/strata-after-restart"]);
     assert_eq!(got.trim(), word);
@@ -547,3 +555,132 @@ fn last_tick(console: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// A folder of artifacts that personalizes the boot image: one plan script (hostname and a
+/// marker file on the root, from custom attributes), its build plan, and a deployment plan
+/// on golden image `image` (in the store already). Returns the folder and the plan's name.
+fn personalize_artifacts(repo: &Repo, image: &str) -> (PathBuf, &'static str) {
+    const PLAN: &str = "boot test - personalize";
+    let dir = repo.path("artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = "mount /dev/sda2 /\n\
+                  write /etc/hostname \"@HostName@\\n\"\n\
+                  write /etc/strata-deployed \"@Marker@\\n\"\n\
+                  umount-all\n";
+    let attr = |name: &str, kind: &str| {
+        serde_json::json!({"name": name, "type": kind, "value": "", "constraints": "{}",
+                           "description": "", "editable": true, "visible": true})
+    };
+    let attrs = serde_json::json!([attr("HostName", "hostname"), attr("Marker", "string")]);
+    let ids = [
+        "b0070000-0000-4000-8000-000000000001",
+        "b0070000-0000-4000-8000-000000000002",
+        "b0070000-0000-4000-8000-000000000003",
+        "b0070000-0000-4000-8000-000000000004",
+    ];
+    let docs = [
+        (
+            "planscript",
+            serde_json::json!({
+                "type": "PlanScript", "id": ids[0], "name": "boot test - hostname and marker",
+                "planType": "deploy", "content": script, "customAttributes": null,
+                "description": ""
+            }),
+        ),
+        (
+            "buildplan",
+            serde_json::json!({
+                "type": "OeBuildPlan", "buildPlanid": ids[1], "name": "boot test - deploy",
+                "oeBuildPlanType": "deploy", "customAttributes": attrs, "description": "",
+                "buildStep": [{"serialNumber": "1",
+                               "planScriptName": "boot test - hostname and marker",
+                               "planScriptUri": format!("/rest/plan-scripts/{}", ids[0]),
+                               "parameters": null}]
+            }),
+        ),
+        (
+            "deploymentplan",
+            serde_json::json!({
+                "type": "OEDeploymentPlan", "id": ids[2], "name": PLAN,
+                "oeBuildPlanURI": "boot test - deploy", "goldenImageURI": image,
+                "customAttributes": attrs, "description": ""
+            }),
+        ),
+        (
+            "goldenimage",
+            serde_json::json!({
+                "type": "GoldenImage", "id": ids[3], "name": image,
+                "description": "the boot chain's golden image (in the store already)"
+            }),
+        ),
+    ];
+    for (i, (kind, doc)) in docs.iter().enumerate() {
+        std::fs::write(
+            dir.join(format!("{}_{kind}.json", ids[i])),
+            serde_json::to_vec(doc).unwrap(),
+        )
+        .unwrap();
+    }
+    (dir, PLAN)
+}
+
+/// Deploy, then boot: `strata deploy` makes an OS volume from the boot image with a build
+/// plan that writes the hostname and a marker file into its root; the volume is exported
+/// to `initiator` (with `chap`) and booted through the firmware; the OS prints what it
+/// found. The golden image itself still has its own hostname.
+pub fn deploy_then_boot(test: &str, initiator: &str, chap: &Chap) {
+    let Some(_lock) = boot_lock(test) else {
+        return;
+    };
+    super::common::tool("socat", HINT);
+    const VOLUME: &str = "web-07";
+    const HOST: &str = "web-07";
+    let repo = Repo::new();
+    let disk = golden_image();
+    repo.ok(&[
+        "image",
+        "import",
+        disk.to_str().unwrap(),
+        "--name",
+        "os-gold",
+    ]);
+    let (artifacts, plan) = personalize_artifacts(&repo, "os-gold");
+    let marker = format!("deployed-for-{HOST}-by-{}", std::process::id());
+    repo.ok(&[
+        "deploy",
+        VOLUME,
+        "--artifacts",
+        artifacts.to_str().unwrap(),
+        "--plan",
+        plan,
+        "--attr",
+        &format!("HostName={HOST}"),
+        "--attr",
+        &format!("Marker={marker}"),
+        "--initiator",
+        initiator,
+        "-q",
+    ]);
+    let mut export = vec!["export", VOLUME, "--initiator", initiator];
+    export.extend(chap.export_args());
+    repo.ok(&export);
+    let target = format!("iqn.2026-11.org.strata:{VOLUME}");
+    let vars = ovmf_vars_for(&repo, "OVMF_VARS.fd", initiator, &target, Some(chap));
+    let server = repo.serve(&[]);
+    let start = Instant::now();
+    let mut vm = spawn_vm(&repo, &vars, server.port(), &[]);
+    let boot = follow(&mut vm, start, Duration::from_secs(900));
+    report_phases(test, &boot);
+    assert_os_ran_from_the_volume(&boot, &server, initiator, &target);
+    let line = |prefix: &str| {
+        boot.console
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_string))
+            .unwrap_or_else(|| panic!("{}", explain(&format!("no {prefix} line"), &boot, &server)))
+    };
+    assert_eq!(line("STRATA-HOSTNAME "), HOST, "the OS's hostname");
+    assert_eq!(line("STRATA-DEPLOYED "), marker, "the deployed marker");
+    assert!(server.stop().success());
+    // The personalization is the volume's alone.
+    let gold = repo.ok(&["fs", "cat", "--image", "os-gold", "/dev/sda2:/etc/hostname"]);
+    assert_eq!(gold.trim(), "strata-boot");
+}
