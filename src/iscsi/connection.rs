@@ -563,7 +563,9 @@ impl Conn {
         let exp = self.window.exp_cmd_sn();
         let max = self.window.advertised_max_cmd_sn();
         if sn_lt(sn, exp) || sn_gt(sn, max) {
-            tracing::debug!(sn, exp, max, "CmdSN outside window: ignored");
+            // Silently ignored (RFC 7143 §3.2.2.1), so the initiator waits for it until its
+            // own timeout: say so in the log.
+            tracing::warn!(initiator = %self.initiator, sn, exp, max, "CmdSN outside window: ignored");
             return false;
         }
         // One connection per session: commands arrive in order; a gap cannot be filled
@@ -636,6 +638,12 @@ impl Conn {
                     return Ok(Flow::Continue);
                 }
                 let resp = tmf::execute(self, b).await;
+                // Task management means the initiator gave up waiting on something: worth
+                // a line when a boot goes wrong.
+                tracing::info!(
+                    initiator = %self.initiator, function = b.flags() & 0x7f,
+                    referenced_itt = b.u32_at(20), response = resp.code, "task management"
+                );
                 self.complete_non_scsi(b);
                 let mut r = response_header(op::TMF_RESP, b.itt());
                 r.0[2] = resp.code;
