@@ -511,8 +511,9 @@ pub fn boot_chain_survives_restart(test: &str, initiator: &str, chap: Option<&Ch
     assert_eq!(
         end,
         Some(0),
-        "{}",
-        explain("I/O failed across the restart", &boot, &server)
+        "{}\n--- the first strata serve's log (tail) ---\n{}",
+        explain("I/O failed across the restart", &boot, &server),
+        tail(&first_log, 6000)
     );
     assert!(
         !boot.console.contains("I/O error"),
