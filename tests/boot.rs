@@ -10,7 +10,9 @@
 //!   prints a marker, writes a file and powers off; the file is then read from the volume.
 //! - The whole chain (boot_chain/): a Debian image built from Debian packages boots through
 //!   OVMF's IScsiDxe, GRUB on the volume, the iBFT and the initramfs's own iSCSI login, and
-//!   runs from the volume; one-way and mutual CHAP, and a wrong secret failing at the firmware.
+//!   runs from the volume; one-way and mutual CHAP, a wrong secret failing at the firmware,
+//!   the OS's session surviving a restart of the server, and a volume made by `strata
+//!   deploy` booting with its personalization.
 //!
 //! All guest traffic stays on loopback: QEMU user networking with `restrict=on` and a
 //! `guestfwd` (socat) to strata's port. One QEMU at a time (a lock file serializes the tests).
@@ -803,10 +805,12 @@ fn a_wrong_chap_secret_fails_the_boot_at_the_firmware() {
     assert!(server.stop().success());
 }
 
-// Ignored in the suite for now: on a loaded 2-core host the guest's iscsid (under TCG)
-// did not finish its timed writes before the test's window in one full run (it passed
-// alone on its branch). Run it with `--run-ignored only -E 'test(/survives_a_restart/)'`;
-// issue 11 keeps it open until it is reliable.
+// Ignored in the suite until the one failure left is understood: in 1 of 8 runs under load
+// (stress-ng and a parallel build), a guest read issued while iscsid took the boot session
+// over (its sync logs in again) went unanswered for 60 s and failed as an I/O error, before
+// the server restart. strata now logs task management and commands dropped for their CmdSN,
+// and the failure message has both servers' logs. Run it with
+// `--run-ignored only -E 'test(/survives_a_restart/)'`.
 #[test]
 #[ignore]
 fn the_os_session_survives_a_restart_of_the_server() {
@@ -819,6 +823,20 @@ fn the_os_session_survives_a_restart_of_the_server() {
         "boot_chain_restart",
         "iqn.2026-11.org.strata.test:server-4",
         Some(&chap),
+    );
+}
+
+#[test]
+fn a_deployed_os_volume_boots_and_its_os_sees_the_personalization() {
+    let chap = Chap {
+        user: "os-user",
+        secret: "os-secret-01234",
+        mutual: None,
+    };
+    boot_chain::deploy_then_boot(
+        "boot_chain_deploy",
+        "iqn.2026-11.org.strata.test:server-7",
+        &chap,
     );
 }
 

@@ -6,15 +6,15 @@
 //! state queries; see `command::inline_candidate`) run right here between reads of the
 //! socket; the others run in batches on the blocking pool, so commands of a connection
 //! execute concurrently and complete in any order (`command.rs` runs one). Writes collect
-//! their data here (immediate, unsolicited, then R2T-solicited with up to
-//! MaxOutstandingR2T bursts outstanding) before they are dispatched. Memory per connection
-//! is bounded by the negotiated lengths, the CmdSN window and the largest transfer.
+//! their data first (`data_out.rs`: immediate, unsolicited, then R2T-solicited) and are
+//! dispatched once it is all here. Memory per connection is bounded by the negotiated
+//! lengths, the CmdSN window and the largest transfer.
 //!
 //! Bad input never panics: a malformed PDU gets a Reject, a PDU that breaks framing or a
 //! header digest error drops the connection.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,17 +32,18 @@ use super::command::{
     build_response, inline_candidate, response_header, run_command, DataIn, Sink, TaskState,
 };
 use super::context::ServerCtx;
+use super::data_out::{Step, TransferTags, Writes};
 use super::login::{Established, Login, SessionType};
 use super::pdu::{self, op, reject, Bhs, FrameLimits, Pdu, RESERVED_TAG};
 use super::prelogin::PreLoginGuard;
 use super::scsi::sense;
-use super::scsi::{self, LogicalUnit, Nexus, Response};
+use super::scsi::{LogicalUnit, Nexus, Response};
 use super::session::{sn_gt, sn_lt, SessionKey, Stop};
 use super::text;
 use super::tmf;
 use super::window::Window;
 use super::wire::{writer, Frame, Out, OutPdu, PduReader, Sn};
-use crate::store::{AlignedBuf, Wait};
+use crate::store::Wait;
 
 fn set_keepalive(sock: &TcpStream, user_timeout: Duration) {
     let fd = sock.as_raw_fd();
@@ -280,6 +281,7 @@ async fn full_feature<R, W>(
     if let Some(lu) = &lu {
         lu.attach(&nexus);
     }
+    let writes = Writes::new(&p);
     let mut conn = Conn {
         ctx: ctx.clone(),
         tx,
@@ -293,8 +295,8 @@ async fn full_feature<R, W>(
         local,
         tasks: Arc::new(Mutex::new(HashMap::new())),
         inflight: Arc::new((AtomicUsize::new(0), Notify::new())),
-        writes: HashMap::new(),
-        next_ttt: 1,
+        writes,
+        tags: TransferTags::new(),
         text_pending: None,
         batch: Vec::new(),
         out_pending: Vec::new(),
@@ -477,33 +479,6 @@ struct TaskInfo {
     aborted: Arc<TaskState>,
 }
 
-/// A write collecting its Data-Out.
-struct PendingWrite {
-    bhs: Bhs,
-    buf: WriteBuf,
-    edtl: usize,
-    received: usize,
-    /// End of the unsolicited (immediate + first burst) part.
-    unsolicited_end: usize,
-    unsolicited_done: bool,
-    /// Next offset to solicit with an R2T.
-    next_r2t: usize,
-    r2t_sn: u32,
-    /// Next offset and DataSN expected in the unsolicited sequence.
-    unsol_next: usize,
-    unsol_datasn: u32,
-    r2ts: VecDeque<R2tState>,
-}
-
-/// An outstanding R2T and the Data-Out sequence answering it.
-struct R2tState {
-    ttt: u32,
-    offset: usize,
-    len: usize,
-    received: usize,
-    next_datasn: u32,
-}
-
 pub struct Conn {
     ctx: Arc<ServerCtx>,
     pub tx: mpsc::Sender<Out>,
@@ -517,8 +492,9 @@ pub struct Conn {
     local: Option<SocketAddr>,
     tasks: Arc<Mutex<HashMap<u32, TaskInfo>>>,
     inflight: Arc<(AtomicUsize, Notify)>,
-    writes: HashMap<u32, PendingWrite>,
-    next_ttt: u32,
+    /// Writes collecting their Data-Out (`data_out.rs`).
+    writes: Writes,
+    tags: TransferTags,
     /// SendTargets text that did not fit in one response: (TTT, remaining bytes).
     text_pending: Option<(u32, Vec<u8>)>,
     /// Small commands gathered from the PDUs of one socket read, run as one job.
@@ -563,12 +539,7 @@ fn inline_enabled() -> bool {
 
 impl Conn {
     fn next_ttt(&mut self) -> u32 {
-        let t = self.next_ttt;
-        self.next_ttt = self.next_ttt.wrapping_add(1);
-        if self.next_ttt == RESERVED_TAG {
-            self.next_ttt = 1;
-        }
-        t
+        self.tags.take()
     }
 
     async fn send(&self, out: Out) -> Result<(), ()> {
@@ -592,7 +563,9 @@ impl Conn {
         let exp = self.window.exp_cmd_sn();
         let max = self.window.advertised_max_cmd_sn();
         if sn_lt(sn, exp) || sn_gt(sn, max) {
-            tracing::debug!(sn, exp, max, "CmdSN outside window: ignored");
+            // Silently ignored (RFC 7143 §3.2.2.1), so the initiator waits for it until its
+            // own timeout: say so in the log.
+            tracing::warn!(initiator = %self.initiator, sn, exp, max, "CmdSN outside window: ignored");
             return false;
         }
         // One connection per session: commands arrive in order; a gap cannot be filled
@@ -665,6 +638,12 @@ impl Conn {
                     return Ok(Flow::Continue);
                 }
                 let resp = tmf::execute(self, b).await;
+                // Task management means the initiator gave up waiting on something: worth
+                // a line when a boot goes wrong.
+                tracing::info!(
+                    initiator = %self.initiator, function = b.flags() & 0x7f,
+                    referenced_itt = b.u32_at(20), response = resp.code, "task management"
+                );
                 self.complete_non_scsi(b);
                 let mut r = response_header(op::TMF_RESP, b.itt());
                 r.0[2] = resp.code;
@@ -704,7 +683,7 @@ impl Conn {
         let write = flags & 0x20 != 0;
         let edtl = b.u32_at(20) as usize;
         let itt = b.itt();
-        if self.tasks.lock().contains_key(&itt) || self.writes.contains_key(&itt) {
+        if self.tasks.lock().contains_key(&itt) || self.writes.contains(itt) {
             self.reject(&b, reject::TASK_IN_PROGRESS).await;
             return Ok(());
         }
@@ -722,173 +701,51 @@ impl Conn {
             return Ok(());
         }
         if write && edtl > 0 {
-            let max = scsi::MAX_TRANSFER_BLOCKS as usize * scsi::BLOCK_SIZE as usize * 2 + 4096;
-            if edtl > max {
+            let step = self.writes.start(b, &pdu.data, &mut self.tags);
+            return self.collected(step).await;
+        }
+        self.dispatch(b, pdu.data);
+        Ok(())
+    }
+
+    /// One Data-Out PDU (`data_out.rs` checks and collects it).
+    async fn data_out(&mut self, pdu: Pdu) -> Result<Flow, ()> {
+        let step = self.writes.data_out(&pdu, &mut self.tags);
+        self.collected(step).await?;
+        Ok(Flow::Continue)
+    }
+
+    /// Acts on a step of a write's data collection.
+    async fn collected(&mut self, step: Step) -> Result<(), ()> {
+        match step {
+            Step::Ready(bhs, data) => self.dispatch(bhs, data),
+            Step::Collecting(r2ts) => {
+                if !r2ts.is_empty() {
+                    self.send(Out { pdus: r2ts }).await?;
+                }
+            }
+            Step::TooBig(b) => {
                 // Too big to buffer: fail it (the data that follows is ignored).
                 let resp = Response::check(sense::invalid_cdb_field(0, None));
                 self.finish_response(&b, resp, 0).await?;
                 if !b.immediate() {
                     self.window.complete();
                 }
-                return Ok(());
             }
-            let unsolicited_end = if self.params.initial_r2t {
-                imm
-            } else {
-                edtl.min(self.params.first_burst_length as usize).max(imm)
-            };
-            let unsolicited_done = flags & pdu::FLAG_FINAL != 0 || imm >= unsolicited_end;
-            let mut buf = WriteBuf::new(edtl);
-            buf.put(0, &pdu.data);
-            let mut w = PendingWrite {
-                bhs: b.clone(),
-                buf,
-                edtl,
-                received: imm,
-                unsolicited_end: if unsolicited_done {
-                    imm
-                } else {
-                    unsolicited_end
-                },
-                unsolicited_done,
-                next_r2t: if unsolicited_done {
-                    imm
-                } else {
-                    unsolicited_end
-                },
-                r2t_sn: 0,
-                unsol_next: imm,
-                unsol_datasn: 0,
-                r2ts: VecDeque::new(),
-            };
-            if w.received >= edtl {
-                self.dispatch(b, w.buf.into_bytes());
-                return Ok(());
-            }
-            if w.unsolicited_done {
-                self.issue_r2ts(&mut w, itt).await?;
-            }
-            self.writes.insert(itt, w);
-            return Ok(());
-        }
-        self.dispatch(b, pdu.data);
-        Ok(())
-    }
-
-    async fn issue_r2ts(&mut self, w: &mut PendingWrite, itt: u32) -> Result<(), ()> {
-        let max_out = self.params.max_outstanding_r2t.max(1) as usize;
-        let burst = self.params.max_burst_length as usize;
-        let mut pdus = Vec::new();
-        while w.r2ts.len() < max_out && w.next_r2t < w.edtl {
-            let len = (w.edtl - w.next_r2t).min(burst);
-            let ttt = self.next_ttt();
-            let mut r = response_header(op::R2T, itt);
-            r.set_lun(w.bhs.lun());
-            r.set_u32(20, ttt);
-            r.set_u32(36, w.r2t_sn);
-            r.set_u32(40, w.next_r2t as u32);
-            r.set_u32(44, len as u32);
-            w.r2ts.push_back(R2tState {
-                ttt,
-                offset: w.next_r2t,
-                len,
-                received: 0,
-                next_datasn: 0,
-            });
-            w.r2t_sn += 1;
-            w.next_r2t += len;
-            pdus.push(OutPdu {
-                bhs: r,
-                data: Bytes::new(),
-                sn: Sn::Current,
-            });
-        }
-        if !pdus.is_empty() {
-            self.send(Out { pdus }).await?;
+            Step::Failed(b, why) => self.fail_data_phase(&b, why).await?,
+            Step::Ignored => tracing::debug!("Data-Out for no pending write"),
         }
         Ok(())
     }
 
-    /// Collects one Data-Out. Data must come in order (DataPDUInOrder and
-    /// DataSequenceInOrder are Yes) with consecutive DataSNs; anything else fails the task
-    /// with DATA PHASE ERROR (ERL 0 cannot recover it) and later Data-Out for it is ignored.
-    async fn data_out(&mut self, pdu: Pdu) -> Result<Flow, ()> {
-        let b = &pdu.bhs;
-        let itt = b.itt();
-        let Some(mut w) = self.writes.remove(&itt) else {
-            // Data for an aborted or failed task: ignored.
-            tracing::debug!(itt, "Data-Out for no pending write");
-            return Ok(Flow::Continue);
-        };
-        let ttt = b.ttt();
-        let datasn = b.u32_at(36);
-        let off = b.u32_at(40) as usize;
-        let len = pdu.data.len();
-        let end = off.saturating_add(len);
-        if end > w.edtl {
-            return self
-                .fail_data_phase(&w.bhs, "Data-Out beyond the expected length")
-                .await;
-        }
-        if ttt == RESERVED_TAG {
-            if w.unsolicited_done
-                || end > w.unsolicited_end
-                || off != w.unsol_next
-                || datasn != w.unsol_datasn
-            {
-                return self
-                    .fail_data_phase(&w.bhs, "unsolicited Data-Out out of order")
-                    .await;
-            }
-            w.unsol_next = end;
-            w.unsol_datasn += 1;
-        } else {
-            let Some(r) = w.r2ts.iter_mut().find(|r| r.ttt == ttt) else {
-                return self
-                    .fail_data_phase(&w.bhs, "Data-Out with an unknown transfer tag")
-                    .await;
-            };
-            if off != r.offset + r.received || end > r.offset + r.len || datasn != r.next_datasn {
-                return self
-                    .fail_data_phase(&w.bhs, "solicited Data-Out out of order")
-                    .await;
-            }
-            r.received += len;
-            r.next_datasn += 1;
-        }
-        w.buf.put(off, &pdu.data);
-        w.received += len;
-        if ttt == RESERVED_TAG {
-            if b.final_bit() || end >= w.unsolicited_end {
-                w.unsolicited_done = true;
-                w.next_r2t = w.next_r2t.max(end);
-            }
-        } else if let Some(pos) = w.r2ts.iter().position(|r| r.ttt == ttt) {
-            let r = &w.r2ts[pos];
-            if b.final_bit() || r.received >= r.len {
-                w.r2ts.remove(pos);
-            }
-        }
-        if w.received >= w.edtl && w.r2ts.is_empty() {
-            let bhs = w.bhs.clone();
-            self.dispatch(bhs, w.buf.into_bytes());
-            return Ok(Flow::Continue);
-        }
-        if w.unsolicited_done {
-            self.issue_r2ts(&mut w, itt).await?;
-        }
-        self.writes.insert(itt, w);
-        Ok(Flow::Continue)
-    }
-
-    async fn fail_data_phase(&mut self, cmd: &Bhs, why: &str) -> Result<Flow, ()> {
+    async fn fail_data_phase(&mut self, cmd: &Bhs, why: &str) -> Result<(), ()> {
         tracing::warn!(itt = cmd.itt(), why, "failing write");
         let resp = Response::check(sense::DATA_PHASE_ERROR);
         self.send(build_response(cmd, resp, self.data_in())).await?;
         if !cmd.immediate() {
             self.window.complete();
         }
-        Ok(Flow::Continue)
+        Ok(())
     }
 
     /// Runs a command (its data collected) on its own task.
@@ -1052,19 +909,11 @@ impl Conn {
     /// CmdSN window.
     pub async fn abort_tasks(&mut self, pred: impl Fn(u32, u64, u32) -> bool) -> usize {
         let mut n = 0;
-        let victims: Vec<u32> = self
-            .writes
-            .iter()
-            .filter(|(itt, w)| pred(**itt, w.bhs.lun(), w.bhs.cmd_sn()))
-            .map(|(itt, _)| *itt)
-            .collect();
-        for itt in victims {
-            if let Some(w) = self.writes.remove(&itt) {
-                if !w.bhs.immediate() {
-                    self.window.complete();
-                }
-                n += 1;
+        for b in self.writes.abort(&pred) {
+            if !b.immediate() {
+                self.window.complete();
             }
+            n += 1;
         }
         let running: Vec<u32> = {
             let tasks = self.tasks.lock();
@@ -1106,7 +955,7 @@ impl Conn {
     }
 
     pub fn has_task(&self, itt: u32) -> bool {
-        self.tasks.lock().contains_key(&itt) || self.writes.contains_key(&itt)
+        self.tasks.lock().contains_key(&itt) || self.writes.contains(itt)
     }
 
     pub fn lu(&self) -> Option<&Arc<LogicalUnit>> {
@@ -1219,49 +1068,6 @@ fn finish_jobs(
     inflight.0.fetch_sub(jobs.len(), Ordering::AcqRel);
     // Wakes `drain` and task-management waits.
     inflight.1.notify_waiters();
-}
-
-/// A write's data as it arrives, page-aligned because the kernel copies out of an aligned
-/// buffer several times faster (store/buf.rs). It grows with the data received, not with
-/// the length the command announced, so a command that never sends its data costs little.
-struct WriteBuf {
-    buf: AlignedBuf,
-    /// Bytes up to here hold data; the rest is zeros.
-    filled: usize,
-    cap: usize,
-}
-
-impl WriteBuf {
-    /// Up to this much is allocated at once; beyond, the buffer doubles as data arrives.
-    const FIRST: usize = 1 << 20;
-
-    fn new(edtl: usize) -> WriteBuf {
-        WriteBuf {
-            buf: AlignedBuf::zeroed(edtl.min(Self::FIRST)),
-            filled: 0,
-            cap: edtl,
-        }
-    }
-
-    /// Stores `data` at `off`; the caller has checked that it ends within the length.
-    fn put(&mut self, off: usize, data: &[u8]) {
-        if off >= self.cap || data.is_empty() {
-            return;
-        }
-        let end = (off + data.len()).min(self.cap);
-        if end > self.buf.len() {
-            let mut bigger = AlignedBuf::zeroed((self.buf.len() * 2).max(end).min(self.cap));
-            bigger[..self.filled].copy_from_slice(&self.buf[..self.filled]);
-            self.buf = bigger;
-        }
-        self.buf[off..end].copy_from_slice(&data[..end - off]);
-        self.filled = self.filled.max(end);
-    }
-
-    fn into_bytes(self) -> Bytes {
-        let n = self.filled;
-        Bytes::from_owner(self.buf).slice(..n)
-    }
 }
 
 impl tmf::Tasks for Conn {

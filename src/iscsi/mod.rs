@@ -7,6 +7,7 @@
 //! - `login.rs`   the login state machine, CHAP and the ACL; `session.rs` the session table
 //! - `wire.rs`    PDUs in from and out to a socket; `window.rs` the CmdSN window
 //! - `command.rs` one SCSI command from CDB to Data-In and status
+//! - `data_out.rs` a connection's writes collecting their Data-Out (R2Ts, order checks)
 //! - `connection.rs` one TCP connection's loop; `tmf.rs` task management
 //! - `prelogin.rs` the budget of connections not yet logged in (floods evict themselves)
 //! - `context.rs` what every connection shares: options, tables, open units, export changes
@@ -19,6 +20,7 @@ mod command;
 pub mod connection;
 pub mod context;
 pub mod control;
+mod data_out;
 pub mod digest;
 pub mod exports;
 pub mod login;

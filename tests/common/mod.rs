@@ -257,6 +257,11 @@ impl Server {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The file the log goes to (it outlives the server, e.g. to read what `stop` logged).
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
+    }
 }
 
 impl Drop for Server {
@@ -266,20 +271,30 @@ impl Drop for Server {
     }
 }
 
-/// A child (a VM) whose stdout is its console; read incrementally by a thread. Killed on
-/// drop.
+/// A child (a VM) whose stdout is its console; read incrementally by a thread, and whose
+/// stdin is the console's input (`type_line`). Killed on drop.
 pub struct Console {
     child: Child,
+    input: Option<std::process::ChildStdin>,
     rx: mpsc::Receiver<Vec<u8>>,
     seen: Vec<u8>,
     eof: bool,
 }
 
 impl Console {
-    /// Spawns `cmd` with stdout piped (stderr is merged into the console record too).
+    /// Spawns `cmd` with stdout piped (stderr is merged into the console record too) and
+    /// no input.
     pub fn spawn(cmd: &mut Command) -> Console {
+        Console::start(cmd.stdin(Stdio::null()))
+    }
+
+    /// `spawn`, with a pipe to the child's stdin for `type_line`.
+    pub fn spawn_with_input(cmd: &mut Command) -> Console {
+        Console::start(cmd.stdin(Stdio::piped()))
+    }
+
+    fn start(cmd: &mut Command) -> Console {
         let mut child = cmd
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -305,11 +320,23 @@ impl Console {
             });
         }
         Console {
+            input: child.stdin.take(),
             child,
             rx,
             seen: Vec::new(),
             eof: false,
         }
+    }
+
+    /// Types `line` and a newline on the console (QEMU's `-serial stdio`: the guest's
+    /// serial port receives it).
+    pub fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        let input = self.input.as_mut().expect("console input");
+        input
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| input.flush())
+            .unwrap_or_else(|e| panic!("typing on the console: {e}"));
     }
 
     /// Everything read so far, lossily as text.
