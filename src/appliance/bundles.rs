@@ -150,10 +150,11 @@ pub(crate) fn remove_orphan_files(_catalog: &Catalog, repo: &Repository) -> Resu
     };
     for e in rd.flatten() {
         let p = e.path();
-        if p.extension().is_some_and(|x| x == "zip") && !p.with_extension("json").exists() {
-            if fs::remove_file(&p).is_ok() {
-                out.push(p.display().to_string());
-            }
+        if p.extension().is_some_and(|x| x == "zip")
+            && !p.with_extension("json").exists()
+            && fs::remove_file(&p).is_ok()
+        {
+            out.push(p.display().to_string());
         }
     }
     Ok(out)

@@ -211,6 +211,8 @@ pub type ImageFor<'a> = &'a dyn Fn(&str, Progress) -> Result<String, DeployError
 /// Runs a deployment of `opts.plan` from the artifacts `set` (`opts.artifacts` is not
 /// read): `image_for` gives the store's image of the plan's golden image. Otherwise as
 /// [`deploy`]; `t0` is when the deployment began (for the record's timings).
+// The failure carries the record so far, as `deploy`'s does.
+#[allow(clippy::result_large_err)]
 pub fn deploy_set(
     repo: &Repository,
     set: &super::artifacts::ArtifactSet,
