@@ -5,6 +5,7 @@
 //! and README.md.
 
 pub mod api;
+pub mod appliance;
 pub mod catalog;
 pub mod disk;
 pub mod fs;

@@ -1073,9 +1073,8 @@ impl Bundle {
     }
 
     /// Imports a golden image's disk into the store as image `store_as` (a store name:
-    /// `store_name_for` makes one from HPE's). The payload is checked again, its one raw disk
-    /// is streamed into a sparse file in the repository's staging area and imported with
-    /// `Repository::import_image` as raw. If the store already has `store_as`,
+    /// `store_name_for` makes one from HPE's). The payload is checked again, then imported
+    /// by [`import_payload`]. If the store already has `store_as`,
     /// `BundleError::ImageExists` says so and nothing is read. `progress(done, total)` covers
     /// both passes (unpacking, then storing): total is twice the disk's size.
     pub fn import_golden_image(
@@ -1097,10 +1096,6 @@ impl Bundle {
         }
         let (i, gi) = self.payload_index(golden_image)?;
         let gi_name = gi.name.clone();
-        let payload_err = |detail: String| BundleError::Payload {
-            name: gi_name.clone(),
-            detail,
-        };
         let stage = StageDir::new(repo)?;
 
         // The payload as a seekable file: the folder's own file (verified again first), or
@@ -1134,69 +1129,7 @@ impl Bundle {
             }
         };
 
-        let mut inner = open_zip(Path::new(&gi_name), payload_file).map_err(|e| match e {
-            BundleError::NotZip { detail, .. } => {
-                payload_err(format!("not a zip holding a raw disk: {detail}"))
-            }
-            other => other,
-        })?;
-        let mut disks = Vec::new();
-        for k in 0..inner.len() {
-            let f = inner
-                .by_index_raw(k)
-                .map_err(|e| payload_err(e.to_string()))?;
-            if f.is_dir() {
-                continue;
-            }
-            if f.encrypted() {
-                return Err(payload_err("its disk is encrypted".into()));
-            }
-            disks.push((k, f.name().to_string(), f.size()));
-        }
-        let [(k, disk_name, len)] = disks.as_slice() else {
-            return Err(payload_err(format!(
-                "holds {} files; a golden-image payload is a zip holding one raw disk",
-                disks.len()
-            )));
-        };
-        let (k, len) = (*k, *len);
-        check_disk_size(len, &format!("the disk in the payload of {gi_name:?}"))?;
-        if len == 0 || len % 512 != 0 {
-            return Err(payload_err(format!(
-                "its disk {disk_name:?} is {len} bytes, not a whole number of 512-byte sectors"
-            )));
-        }
-
-        let raw = stage.0.join("disk.raw");
-        let out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&raw)
-            .map_err(io_err("creating", &raw))?;
-        {
-            let mut f = inner.by_index(k).map_err(|e| payload_err(e.to_string()))?;
-            let mut pos = 0u64;
-            let total = 2 * len;
-            let label = format!("{gi_name}/{disk_name}");
-            read_bounded(&label, &mut f, len, true, &mut |b| {
-                write_sparse(&out, &raw, pos, b)?;
-                pos += b.len() as u64;
-                progress(pos, total);
-                Ok(())
-            })?;
-        }
-        out.set_len(len).map_err(io_err("sizing", &raw))?;
-        out.sync_all().map_err(io_err("syncing", &raw))?;
-        drop(out);
-        drop(inner);
-        let store_progress = |d: u64, t: u64| progress(len + d.min(t), 2 * len);
-        let meta = repo
-            .import_image(store_as, &raw, SourceFormat::Raw, &store_progress)
-            .map_err(|e| match e {
-                StoreError::Exists { name, .. } => BundleError::ImageExists { name },
-                e => e.into(),
-            })?;
-        Ok(meta)
+        import_payload(repo, payload_file, &gi_name, store_as, progress)
     }
 
     /// Writes a bundle to `dest` (a new .zip) in HPE's layout: the artifacts as
@@ -1249,6 +1182,102 @@ impl Bundle {
             }
         }
     }
+}
+
+/// Imports a golden-image payload — HPE's form, a zip holding one raw disk, open as
+/// `payload` — into the store as image `store_as`: the disk is streamed into a sparse file
+/// in the repository's staging area and imported with `Repository::import_image` as raw
+/// (never whole in memory; the disk's declared size bounds what is unpacked). `label`
+/// names the payload in errors. If the store already has `store_as`,
+/// `BundleError::ImageExists` says so and nothing is read. `progress(done, total)` covers
+/// both passes (unpacking, then storing): total is twice the disk's size. A failure leaves
+/// nothing behind.
+pub fn import_payload(
+    repo: &Repository,
+    payload: File,
+    label: &str,
+    store_as: &str,
+    progress: Progress,
+) -> Result<ImageMeta> {
+    crate::store::names::validate(store_as)?;
+    match repo.image_meta(store_as) {
+        Ok(_) => {
+            return Err(BundleError::ImageExists {
+                name: store_as.into(),
+            })
+        }
+        Err(StoreError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let payload_err = |detail: String| BundleError::Payload {
+        name: label.into(),
+        detail,
+    };
+    let stage = StageDir::new(repo)?;
+    let payload_file = payload;
+    let mut inner = open_zip(Path::new(label), payload_file).map_err(|e| match e {
+        BundleError::NotZip { detail, .. } => {
+            payload_err(format!("not a zip holding a raw disk: {detail}"))
+        }
+        other => other,
+    })?;
+    let mut disks = Vec::new();
+    for k in 0..inner.len() {
+        let f = inner
+            .by_index_raw(k)
+            .map_err(|e| payload_err(e.to_string()))?;
+        if f.is_dir() {
+            continue;
+        }
+        if f.encrypted() {
+            return Err(payload_err("its disk is encrypted".into()));
+        }
+        disks.push((k, f.name().to_string(), f.size()));
+    }
+    let [(k, disk_name, len)] = disks.as_slice() else {
+        return Err(payload_err(format!(
+            "holds {} files; a golden-image payload is a zip holding one raw disk",
+            disks.len()
+        )));
+    };
+    let (k, len) = (*k, *len);
+    check_disk_size(len, &format!("the disk in the payload of {label:?}"))?;
+    if len == 0 || len % 512 != 0 {
+        return Err(payload_err(format!(
+            "its disk {disk_name:?} is {len} bytes, not a whole number of 512-byte sectors"
+        )));
+    }
+
+    let raw = stage.0.join("disk.raw");
+    let out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&raw)
+        .map_err(io_err("creating", &raw))?;
+    {
+        let mut f = inner.by_index(k).map_err(|e| payload_err(e.to_string()))?;
+        let mut pos = 0u64;
+        let total = 2 * len;
+        let label = format!("{label}/{disk_name}");
+        read_bounded(&label, &mut f, len, true, &mut |b| {
+            write_sparse(&out, &raw, pos, b)?;
+            pos += b.len() as u64;
+            progress(pos, total);
+            Ok(())
+        })?;
+    }
+    out.set_len(len).map_err(io_err("sizing", &raw))?;
+    out.sync_all().map_err(io_err("syncing", &raw))?;
+    drop(out);
+    drop(inner);
+    let store_progress = |d: u64, t: u64| progress(len + d.min(t), 2 * len);
+    let meta = repo
+        .import_image(store_as, &raw, SourceFormat::Raw, &store_progress)
+        .map_err(|e| match e {
+            StoreError::Exists { name, .. } => BundleError::ImageExists { name },
+            e => e.into(),
+        })?;
+    Ok(meta)
 }
 
 fn zip_write_err(what: &str) -> impl FnOnce(zip::result::ZipError) -> BundleError + '_ {

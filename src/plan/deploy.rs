@@ -200,7 +200,27 @@ pub fn deploy(
 ) -> Result<Deployed, DeployFailure> {
     let t0 = Instant::now();
     let b = load(&opts.artifacts)?;
-    let set = b.artifacts();
+    let image = |gi: &str, progress: Progress| ensure_image(repo, &b, gi, progress);
+    deploy_set(repo, b.artifacts(), &image, opts, t0, progress)
+}
+
+/// The store's image of a golden image (by its name), made available on demand (imported
+/// from a bundle, looked up in a catalog): what [`deploy_set`] asks for.
+pub type ImageFor<'a> = &'a dyn Fn(&str, Progress) -> Result<String, DeployError>;
+
+/// Runs a deployment of `opts.plan` from the artifacts `set` (`opts.artifacts` is not
+/// read): `image_for` gives the store's image of the plan's golden image. Otherwise as
+/// [`deploy`]; `t0` is when the deployment began (for the record's timings).
+// The failure carries the record so far, as `deploy`'s does.
+#[allow(clippy::result_large_err)]
+pub fn deploy_set(
+    repo: &Repository,
+    set: &super::artifacts::ArtifactSet,
+    image_for: ImageFor<'_>,
+    opts: DeployOptions,
+    t0: Instant,
+    progress: Progress,
+) -> Result<Deployed, DeployFailure> {
     let r = set
         .resolve(&opts.plan)
         .map_err(|e| DeployError::Artifacts(e.to_string()))?;
@@ -213,7 +233,7 @@ pub fn deploy(
             let gi = r.golden_image_name.as_deref().ok_or_else(|| {
                 DeployError::Artifacts("the deployment plan names no golden image".into())
             })?;
-            (Some(ensure_image(repo, &b, gi, progress)?), None)
+            (Some(image_for(gi, progress)?), None)
         }
         VolumePlan::Empty { bytes } => (None, Some(bytes)),
     };

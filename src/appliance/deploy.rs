@@ -1,0 +1,176 @@
+//! An OS volume deployed through the catalog: the deployment plan, its build plan, scripts
+//! and golden image come from the catalog's artifacts (`Catalog::artifact_set`), the golden
+//! image's blocks from the store image its row names; `plan::deploy::deploy_set` makes the
+//! volume (out of sight until every script has succeeded); then the `os_volumes` row and its
+//! deployment record are written, and the volume is exported over iSCSI to its server's
+//! initiator (`iscsi::exports`, the `exports.json` a running target re-reads).
+//!
+//! Order, for crash consistency: store volume (published last by the pipeline), catalog
+//! row, export. A failure after the volume exists removes it again; a crash between the
+//! volume and its row leaves a store volume no row names, which `recover` removes.
+
+use serde_json::Value;
+
+use super::error::{ApplianceError, Result};
+use super::{percent, Progress};
+use crate::catalog::volumes::NewOsVolume;
+use crate::catalog::Catalog;
+use crate::fs::worker::client::WorkerOptions;
+use crate::iscsi::exports::{self, Export};
+use crate::plan::artifacts::ArtifactKind;
+use crate::plan::attrs::{Builtins, DeploymentValues};
+use crate::plan::deploy::{self, DeployError, DeployOptions};
+use crate::plan::sandbox::SandboxOptions;
+use crate::store::Repository;
+
+/// What to deploy.
+#[derive(Clone, Default)]
+pub struct DeployRequest {
+    /// The deployment plan: name, id or `/rest/deployment-plans/<id>`.
+    pub deployment_plan: String,
+    /// The new OS volume's name (also its store volume's name).
+    pub volume: String,
+    /// The server's initiator IQN: the volume is exported to it alone. None: not exported.
+    pub initiator: Option<String>,
+    pub values: DeploymentValues,
+    pub builtins: Builtins,
+    pub worker: WorkerOptions,
+    pub sandbox: SandboxOptions,
+}
+
+/// A deployed OS volume.
+#[derive(Debug)]
+pub struct Deployed {
+    /// The catalog's JSON of the OS volume.
+    pub os_volume: Value,
+    /// The deployment record (JSON), as the catalog stores it.
+    pub record: Value,
+    /// Its iSCSI export, when an initiator was given.
+    pub export: Option<Export>,
+}
+
+/// Deploys `req.deployment_plan` as the OS volume `req.volume`. Long (scripts run): run it
+/// as a task. On failure nothing is left: no store volume, no row, no export.
+pub fn deploy_os_volume(
+    catalog: &Catalog,
+    repo: &Repository,
+    req: DeployRequest,
+    progress: Progress,
+) -> Result<Deployed> {
+    crate::store::names::validate(&req.volume)?;
+    if let Some(i) = &req.initiator {
+        exports::validate_iqn(i)?;
+    }
+    if catalog.get_os_volume(&req.volume).is_ok() {
+        return Err(ApplianceError::Invalid(format!(
+            "an OS volume named {:?} exists already",
+            req.volume
+        )));
+    }
+    progress(0, "resolving the deployment plan");
+    let plan = catalog.get_artifact(ArtifactKind::DeploymentPlan, &req.deployment_plan)?;
+    let plan_id = plan["id"].as_str().unwrap_or_default().to_owned();
+    let set = catalog.artifact_set()?;
+    let golden = set
+        .resolve(&plan_id)
+        .map_err(|e| ApplianceError::Invalid(e.to_string()))?
+        .golden_image_name
+        .clone();
+    let image_for =
+        |gi: &str, _: crate::store::transfer::Progress| -> Result<String, DeployError> {
+            match catalog.golden_image_store_name(gi) {
+                Ok(Some(s)) => Ok(s),
+                Ok(None) => Err(DeployError::Artifacts(format!(
+                    "golden image {gi:?} has no disk in the store: upload it first"
+                ))),
+                Err(e) => Err(DeployError::Artifacts(e.to_string())),
+            }
+        };
+    let opts = DeployOptions {
+        volume: req.volume.clone(),
+        artifacts: Default::default(),
+        plan: plan_id.clone(),
+        values: req.values,
+        builtins: req.builtins,
+        initiator: req.initiator.clone(),
+        worker: req.worker,
+        sandbox: req.sandbox,
+        echo: false,
+    };
+    progress(5, "running the build plan");
+    let noop = |d: u64, t: u64| progress(percent(d, t, 5, 10), "running the build plan");
+    let d = deploy::deploy_set(
+        repo,
+        &set,
+        &image_for,
+        opts,
+        std::time::Instant::now(),
+        &noop,
+    )
+    .map_err(|f| ApplianceError::Deploy(f.error.to_string()))?;
+    progress(95, "recording the OS volume");
+    let record = serde_json::to_value(&d.record)
+        .map_err(|e| ApplianceError::Invalid(format!("the deployment record: {e}")))?;
+    let undo = |why: &dyn std::fmt::Display| {
+        if let Err(e) = repo.remove_volume(&req.volume) {
+            tracing::warn!("removing volume {:?} after {why}: {e}", req.volume);
+        }
+    };
+    let row = catalog.create_os_volume(NewOsVolume {
+        name: &req.volume,
+        store_volume: &d.volume.name,
+        deployment_plan: Some(&plan_id),
+        golden_image: golden.as_deref(),
+        size: Some(d.volume.size),
+        description: None,
+    });
+    let os_volume = match row.and_then(|v| {
+        catalog.add_deployment_record(&req.volume, &record)?;
+        Ok(v)
+    }) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = catalog.delete_os_volume(&req.volume);
+            undo(&e);
+            return Err(e.into());
+        }
+    };
+    let export = match &req.initiator {
+        None => None,
+        Some(i) => {
+            let e = Export {
+                volume: d.volume.name.clone(),
+                iqn: exports::default_iqn(&d.volume.name),
+                initiators: vec![i.clone()],
+                chap: None,
+                mutual_chap: None,
+            };
+            if let Err(err) = exports::add(repo.root(), e.clone()) {
+                let _ = catalog.delete_os_volume(&req.volume);
+                undo(&err);
+                return Err(err.into());
+            }
+            Some(e)
+        }
+    };
+    progress(100, "deployed");
+    Ok(Deployed {
+        os_volume,
+        record,
+        export,
+    })
+}
+
+/// Deletes an OS volume: its export (if any), its row, then its store volume.
+pub fn delete_os_volume(catalog: &Catalog, repo: &Repository, key: &str) -> Result<()> {
+    let store = catalog.os_volume_store_name(key)?;
+    match exports::remove(repo.root(), &store) {
+        Ok(()) | Err(exports::ExportError::NotExported(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    catalog.delete_os_volume(key)?;
+    if let Err(e) = repo.remove_volume(&store) {
+        tracing::warn!("OS volume {key:?} deleted, but not its store volume {store:?}: {e}");
+    }
+    Ok(())
+}
