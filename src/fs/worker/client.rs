@@ -252,6 +252,13 @@ impl Worker {
             Some(s) if s.signal() == Some(libc::SIGABRT) => {
                 "aborted (out of memory? STRATA_FS_MEMORY_MB raises the limit)".to_string()
             }
+            // Under a tight memory limit the loader or a stack that cannot grow faults
+            // rather than aborting (seen with 512 KiB), so these name the limit too.
+            Some(s) if matches!(s.signal(), Some(libc::SIGSEGV | libc::SIGBUS)) => format!(
+                "crashed (signal {}; a memory limit too low does this too: \
+                 STRATA_FS_MEMORY_MB raises it)",
+                s.signal().unwrap_or(0)
+            ),
             Some(s) if s.signal().is_some() => {
                 format!("crashed (signal {})", s.signal().unwrap_or(0))
             }
