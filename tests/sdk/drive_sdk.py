@@ -483,6 +483,8 @@ def case_deployment_plans_crud(env):
     uri, name = dp.data["uri"], dp.data["name"]
     check(dp.data.get("oeBuildPlanURI") == bp["uri"], "oeBuildPlanURI %r, want %r"
           % (dp.data.get("oeBuildPlanURI"), bp["uri"]))
+    check(dp.data.get("hpProvided") in (False, "false"),
+          "hpProvided %r, want false" % (dp.data.get("hpProvided"),))
 
     env.step("deployment_plans.get_by_uri")
     check(i3s.deployment_plans.get_by_uri(uri).data.get("name") == name, "get_by_uri differs")
@@ -499,14 +501,21 @@ def case_deployment_plans_crud(env):
     check(i3s.deployment_plans.get_by_uri(uri).data.get("description")
           == "changed by drive_sdk.py", "the update is not stored")
 
+    env.step("deployment_plan.delete")
+    check(dp.delete() is True, "delete did not report success")
+    check(i3s.deployment_plans.get_by_name(name) is None, "the deleted plan is still listed")
+
+
+@case
+def case_deployment_plan_usedby_osdp(env):
+    # OneView's server profiles would be listed; strata has none, so any JSON answer.
+    i3s = env.i3s()
+    ps = env.make_plan_script(i3s)
+    dp = env.make_deployment_plan(i3s, env.make_build_plan(i3s, ps))
     env.step("deployment_plan.get_usedby")
     check(not isinstance(dp.get_usedby(), str), "usedby gave no JSON answer")
     env.step("deployment_plan.get_osdp")
     check(not isinstance(dp.get_osdp(), str), "osdp gave no JSON answer")
-
-    env.step("deployment_plan.delete")
-    check(dp.delete() is True, "delete did not report success")
-    check(i3s.deployment_plans.get_by_name(name) is None, "the deleted plan is still listed")
 
 
 @case
