@@ -712,6 +712,80 @@ def case_artifact_bundle_upload_extract(env):
 
 
 @case
+def case_artifact_bundle_with_golden_image(env):
+    """A bundle holding a golden image carries it as HPE's layout has it (a member named
+    after the image, itself a zip of one raw disk), and brings it back byte for byte."""
+    i3s = env.i3s()
+    raw = env.path(env.name("upload") + ".raw")
+    shutil.copyfile(env.args.image, raw)  # the SDK writes a scratch copy beside the file
+    gname = env.name("gi")
+    env.step("golden_images.upload")
+    gi = i3s.golden_images.upload(raw, {"name": gname, "description": "bundled image"})
+    check(isinstance(gi, dict) and gi.get("uri"), "upload returned %r" % (gi,))
+    env.on_cleanup(lambda: i3s.golden_images.delete(gi["uri"]))
+    ps = env.make_plan_script(i3s)
+    bp = env.make_build_plan(i3s, ps)
+    dp = env.make_deployment_plan(i3s, bp, extra={"goldenImageURI": gi["uri"]})
+    name = env.name("ab")
+    env.step("artifact_bundles.create (with the golden image)")
+    ab = i3s.artifact_bundles.create({
+        "name": name, "description": "bundle with an image, made by drive_sdk.py",
+        "planScripts": [{"resourceUri": ps["uri"], "readOnly": "false"}],
+        "buildPlans": [{"resourceUri": bp["uri"], "readOnly": "false"}],
+        "deploymentPlans": [{"resourceUri": dp.data["uri"], "readOnly": "false"}],
+        "goldenImages": [{"resourceUri": gi["uri"], "readOnly": "false"}]})
+    check(str(getattr(ab, "data", {}).get("uri", "")).startswith("/rest/artifact-bundles/"),
+          "create returned no bundle: %r" % (getattr(ab, "data", None),))
+    env.on_cleanup(lambda: ab.delete())
+    out = env.path(name + ".zip")
+    env.step("artifact_bundle.download")
+    check(ab.download(out) is True, "download did not report success")
+    check_bundle_zip(out, ps, bp, dp)
+    with zipfile.ZipFile(out) as zf:
+        images = bundle_json_members(zf).get("goldenimage", [])
+        check(any(j.get("name") == gname for j in images),
+              "the bundle has no _goldenimage.json for %r" % (gname,))
+        check(gname in zf.namelist(), "no payload member named %r in the bundle: %r"
+              % (gname, zf.namelist()))
+        payload = env.path(name + "-payload")
+        with zf.open(gname) as src, open(payload, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    env.check_image_download(payload)
+
+    env.step("delete everything, upload the bundle, extract it")
+    check(ab.delete() is True, "bundle delete did not report success")
+    check(dp.delete() is True, "deployment plan delete did not report success")
+    check(i3s.build_plans.delete(bp) is True, "build plan delete did not report success")
+    check(i3s.plan_scripts.delete(ps) is True, "plan script delete did not report success")
+    check(i3s.golden_images.delete(gi["uri"]) is True, "image delete did not report success")
+    up = i3s.artifact_bundles.upload_bundle_from_file(out)
+    check(isinstance(up, dict) and up.get("uri"), "upload returned %r" % (up,))
+    bundle = i3s.artifact_bundles.get_by_uri(up["uri"])
+    env.on_cleanup(lambda: bundle.delete())
+    bundle.extract()
+    env.step("the extracted golden image")
+    back = i3s.golden_images.get_by("name", gname)
+    check(len(back) == 1, "extract did not bring the golden image back: %r" % (back,))
+    env.on_cleanup(lambda: i3s.golden_images.delete(back[0]["uri"]))
+    scripts = i3s.plan_scripts.get_by("name", ps["name"])
+    plans = i3s.build_plans.get_by("name", bp["name"])
+    dplan = i3s.deployment_plans.get_by_name(dp.data["name"])
+    for m in scripts:
+        env.on_cleanup(lambda u=m["uri"]: i3s.plan_scripts.delete(u))
+    for m in plans:
+        env.on_cleanup(lambda u=m["uri"]: i3s.build_plans.delete(u))
+    if dplan is not None:
+        env.on_cleanup(lambda: dplan.delete())
+    check(dplan is not None and dplan.data.get("goldenImageURI") == back[0]["uri"],
+          "the extracted deployment plan does not point at the extracted image")
+    again = env.path(name + "-again")
+    env.step("golden_images.download of the extracted image")
+    check(i3s.golden_images.download(back[0]["uri"], again) is True,
+          "download did not report success")
+    env.check_image_download(again)
+
+
+@case
 def case_artifact_bundle_hpe(env):
     """Every HPE bundle given with --hpe-bundle uploads and extracts; its plan scripts are
     then there with their content."""
@@ -890,7 +964,8 @@ def main():
         args.sdk = "6" if importlib.util.find_spec("hpeOneView") else "5"
     if not args.host:
         p.error("--host is required")
-    needs_image = {"golden_image_zip_round_trip", "golden_image_raw_round_trip"}
+    needs_image = {"golden_image_zip_round_trip", "golden_image_raw_round_trip",
+                   "artifact_bundle_with_golden_image"}
     if not args.image and (not args.case or needs_image & set(args.case)):
         p.error("--image is required for the golden image cases")
     if args.password_file:
