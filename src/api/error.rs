@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::appliance::ApplianceError;
 use crate::catalog::CatalogError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +107,31 @@ impl From<CatalogError> for ApiError {
             | CatalogError::TooNew { .. }
             | CatalogError::Corrupt { .. }
             | CatalogError::Hash(_) => ApiError::internal(msg),
+        }
+    }
+}
+
+impl From<ApplianceError> for ApiError {
+    fn from(e: ApplianceError) -> ApiError {
+        match e {
+            ApplianceError::Catalog(c) => c.into(),
+            ApplianceError::Invalid(m) => ApiError::bad_request("INVALID_REQUEST", m),
+            ApplianceError::Bundle(b) => ApiError::bad_request("INVALID_BUNDLE", b.to_string()),
+            ApplianceError::Upload(_) => ApiError::bad_request("INVALID_UPLOAD", e.to_string()),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+impl ApiError {
+    /// This error as one of a failed task's `taskErrors`.
+    pub fn task_error(&self) -> crate::catalog::TaskError {
+        crate::catalog::TaskError {
+            error_code: self.code.into(),
+            message: self.message.clone(),
+            details: self.details.clone(),
+            recommended_actions: self.recommended.clone(),
+            error_source: self.source.clone(),
         }
     }
 }

@@ -7,9 +7,13 @@
 //! - `body.rs`      JSON request bodies under the size limit, every failure a 400
 //! - `list.rs`      list parameters and Image Streamer's list shape
 //! - `error.rs`     Image Streamer's error shape and the status of each catalog error
-//! - `artifacts.rs` plan scripts, build plans, deployment plans, golden images
-//! - `volumes.rs`   OS volumes
+//! - `artifacts.rs` plan scripts, build plans, deployment plans, golden images (read, update)
+//! - `golden_images.rs` golden images uploaded (multipart, a task), downloaded, deleted
+//! - `bundles.rs`   artifact bundles (upload, extract, download, delete) and the
+//!   deployment groups
+//! - `volumes.rs`   OS volumes, and deploying one (`POST /rest/os-volumes`, strata's own)
 //! - `tasks.rs`     `/rest/tasks/{id}` and the 202 answer for long work
+//! - `stream.rs`    request and response bodies streamed to and from the appliance's jobs
 //!
 //! Handlers are thin: parse, call one catalog (or plan) function on a blocking thread,
 //! shape the answer. Adding an endpoint: a handler in the file of its resource, its route
@@ -20,20 +24,25 @@
 pub mod artifacts;
 pub mod auth;
 pub mod body;
+pub mod bundles;
 pub mod error;
+pub mod golden_images;
 pub mod list;
+pub mod stream;
 pub mod tasks;
 pub mod tls;
 pub mod version;
 pub mod volumes;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 
 use crate::catalog::Catalog;
 use crate::plan::artifacts::ArtifactKind;
+use crate::store::Repository;
 use error::ApiError;
 pub use tls::TlsSource;
 
@@ -41,6 +50,8 @@ pub use tls::TlsSource;
 #[derive(Clone)]
 pub struct AppState {
     pub catalog: Catalog,
+    /// The store the appliance's jobs (uploads, deploys, bundles) work on.
+    pub repo: Arc<Repository>,
     /// A session ends this long after its last use.
     pub session_idle: Duration,
     /// The largest JSON body accepted, in bytes.
@@ -103,6 +114,8 @@ pub fn router(state: AppState) -> Router {
         .merge(artifacts::routes(ArtifactKind::BuildPlan, true))
         .merge(artifacts::routes(ArtifactKind::DeploymentPlan, true))
         .merge(artifacts::routes(ArtifactKind::GoldenImage, false))
+        .merge(golden_images::routes())
+        .merge(bundles::routes())
         .merge(volumes::routes())
         .merge(tasks::routes())
         .fallback(|uri: axum::http::Uri| async move {
@@ -135,6 +148,7 @@ impl ApiServer {
     /// marked failed first.
     pub fn start(
         catalog: Catalog,
+        repo: Arc<Repository>,
         listener: std::net::TcpListener,
         opts: ApiOptions,
     ) -> Result<ApiServer, ServeApiError> {
@@ -152,6 +166,7 @@ impl ApiServer {
         let addr = listener.local_addr().map_err(ServeApiError::Listen)?;
         let state = AppState {
             catalog,
+            repo,
             session_idle: opts.session_idle,
             body_limit: opts.body_limit,
         };

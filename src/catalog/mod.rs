@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 pub use backend::{Backend, UsedBy, User};
 pub use query::{ListQuery, Page};
-pub use tasks::{Task, TaskState};
+pub use tasks::{AssociatedResource, Task, TaskError, TaskState};
 
 /// The catalog's file inside the repository directory.
 pub const FILE_NAME: &str = "catalog.db";

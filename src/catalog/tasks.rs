@@ -145,6 +145,12 @@ impl Catalog {
         })
     }
 
+    /// Names the resource a task made, once it is known (an upload's new artifact): the
+    /// SDKs read `associatedResource.resourceUri` of the finished task.
+    pub fn set_task_resource(&self, id: &str, resource: AssociatedResource) -> Result<Task> {
+        self.change_task(id, |t| t.associated_resource = resource)
+    }
+
     /// Ends a task: `Completed` at 100% on Ok, `Error` with its errors on Err.
     pub fn finish_task(
         &self,

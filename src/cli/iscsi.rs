@@ -186,11 +186,12 @@ pub fn serve(repo: Arc<Repository>, a: ServeArgs) -> CliResult {
     };
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let api_repo = repo.clone();
     rt.block_on(async move {
         let api = match api {
             None => None,
             Some((listener, catalog, opts)) => {
-                let s = ApiServer::start(catalog, listener, opts)?;
+                let s = ApiServer::start(catalog, api_repo, listener, opts)?;
                 println!("serving HTTPS API on {}", s.local_addr());
                 Some(s)
             }

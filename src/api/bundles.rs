@@ -1,0 +1,231 @@
+//! `/rest/artifact-bundles` and `/rest/deployment-groups`: bundles uploaded (multipart, a
+//! task), listed, read, downloaded (streamed, 200 whatever `Accept` says), extracted
+//! (`PUT {uri}?extract=true&forceImport=…`, a task; HPE's SDK sends `text/plain` and the
+//! body `null`, so the body is not read as JSON) and deleted. The work is
+//! `appliance::bundles`'; bundles live as files under the repository's `bundles/` until the
+//! catalog has rows for them, so the list reads that directory.
+//!
+//! Deployment groups: strata is one appliance, so there is one fixed group, [`LOCAL_GROUP`]
+//! (Image Streamer's backups name a group; the catalog has no table for them).
+
+use axum::extract::{FromRequest, Multipart, Path, RawQuery, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde_json::{json, Value};
+
+use super::auth::SessionUser;
+use super::error::ApiError;
+use super::golden_images::{is_multipart, query_param};
+use super::list::ListParams;
+use super::stream::{self, UploadJob};
+use super::{blocking, AppState};
+use crate::appliance::bundles as ab;
+use crate::catalog::AssociatedResource;
+use crate::catalog::Page;
+
+const BASE: &str = "/rest/artifact-bundles";
+const GROUPS: &str = "/rest/deployment-groups";
+
+/// The id of the one deployment group: this appliance.
+pub const LOCAL_GROUP: &str = "local";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            BASE,
+            get(list)
+                .post(create)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(
+            &format!("{BASE}/{{id}}"),
+            get(get_one).put(put_one).delete(delete),
+        )
+        .route(&format!("{BASE}/download/{{id}}"), get(download))
+        .route(GROUPS, get(list_groups))
+        .route(&format!("{GROUPS}/{{id}}"), get(get_group))
+}
+
+/// Every bundle's description, as `appliance::bundles` keeps them.
+fn all_bundles(repo: &crate::store::Repository) -> Result<Vec<Value>, ApiError> {
+    let dir = repo.root().join(ab::BUNDLES_DIR);
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(out);
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "json") {
+            if let Some(id) = p.file_stem().and_then(|s| s.to_str()) {
+                match ab::get_bundle(repo, id) {
+                    Ok(b) => out.push(b),
+                    Err(e) => tracing::warn!(bundle = %id, "skipping a bundle: {e}"),
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn list(State(st): State<AppState>, q: RawQuery) -> Result<Json<Value>, ApiError> {
+    let params = ListParams::from_raw(q)?;
+    let (repo, query) = (st.repo.clone(), params.query.clone());
+    let page = blocking(move || Ok(query.apply(all_bundles(&repo)?))).await?;
+    Ok(Json(params.respond(
+        BASE,
+        "ArtifactsBundleCollection",
+        "artifact-bundles",
+        page,
+    )))
+}
+
+async fn get_one(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let repo = st.repo.clone();
+    Ok(Json(
+        blocking(move || Ok(ab::get_bundle(&repo, &id)?)).await?,
+    ))
+}
+
+/// `POST /rest/artifact-bundles`: a multipart upload of a bundle (a task). A JSON body asks
+/// for a bundle made from selected artifacts.
+async fn create(
+    State(st): State<AppState>,
+    Extension(who): Extension<SessionUser>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    if !is_multipart(&req) {
+        let _ = super::body::JsonBody::from_request(req, &st).await?;
+        return Err(ApiError::bad_request(
+            "CREATE_NOT_SUPPORTED",
+            "making a bundle from selected artifacts is not supported through the API yet",
+        ));
+    }
+    let form = Multipart::from_request(req, &st)
+        .await
+        .map_err(|e| ApiError::bad_request("INVALID_UPLOAD", e.body_text()))?;
+    let repo = st.repo.clone();
+    let job: UploadJob =
+        Box::new(move |input, progress| ab::upload_bundle(&repo, "bundle.zip", input, progress));
+    stream::upload_task(&st, &who.user, "Add", "artifact-bundles", form, job).await
+}
+
+/// `PUT /rest/artifact-bundles/{id}`: with `extract=true`, extracts it (a task; the body,
+/// `null` from HPE's SDK, is ignored). Without, a rename is not kept yet: 400.
+async fn put_one(
+    State(st): State<AppState>,
+    Extension(who): Extension<SessionUser>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let flag =
+        |n: &str| query_param(q.as_deref(), n).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if !flag("extract") {
+        return Err(ApiError::bad_request(
+            "UPDATE_NOT_SUPPORTED",
+            "an artifact bundle is changed only by extracting it (?extract=true)",
+        ));
+    }
+    let force = flag("forceImport");
+    let (repo, key) = (st.repo.clone(), id.clone());
+    let bundle = blocking(move || Ok(ab::get_bundle(&repo, &key)?)).await?;
+    let res = AssociatedResource {
+        resource_name: bundle["name"].as_str().unwrap_or_default().into(),
+        resource_uri: bundle["uri"].as_str().unwrap_or_default().into(),
+        resource_category: "artifact-bundles".into(),
+        association_type: "MANAGED_BY".into(),
+    };
+    let (cat, repo) = (st.catalog.clone(), st.repo.clone());
+    stream::job_task(
+        &st,
+        &who.user,
+        "Extract",
+        "artifact-bundles",
+        res,
+        Box::new(move |progress| {
+            let x = ab::extract_bundle(&cat, &repo, &id, force, progress)?;
+            tracing::info!(
+                bundle = %id,
+                created = x.created.len(),
+                replaced = x.replaced.len(),
+                kept = x.kept.len(),
+                "bundle extracted"
+            );
+            Ok(bundle)
+        }),
+    )
+    .await
+}
+
+async fn delete(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let repo = st.repo.clone();
+    blocking(move || Ok(ab::delete_bundle(&repo, &id)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /rest/artifact-bundles/download/{id}`: the bundle's zip, streamed.
+async fn download(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let repo = st.repo.clone();
+    let (path, name) = blocking(move || {
+        let b = ab::get_bundle(&repo, &id)?;
+        Ok((
+            ab::bundle_file(&repo, &id)?,
+            b["name"].as_str().unwrap_or(&id).to_owned(),
+        ))
+    })
+    .await?;
+    Ok(stream::download(&format!("{name}.zip"), move |w| {
+        let mut f = std::fs::File::open(&path).map_err(|e| {
+            crate::appliance::ApplianceError::Download(format!("{}: {e}", path.display()))
+        })?;
+        std::io::copy(&mut f, w)
+            .map(|_| ())
+            .map_err(|e| crate::appliance::ApplianceError::Download(e.to_string()))
+    })
+    .into_response())
+}
+
+/// The one deployment group.
+fn local_group() -> Value {
+    json!({
+        "type": "DeploymentGroup",
+        "category": "deployment-groups",
+        "id": LOCAL_GROUP,
+        "name": "strata",
+        "description": "this strata appliance (strata has one deployment group)",
+        "uri": format!("{GROUPS}/{LOCAL_GROUP}"),
+        "state": "",
+        "status": "OK",
+        "eTag": "1",
+    })
+}
+
+async fn list_groups(q: RawQuery) -> Result<Json<Value>, ApiError> {
+    let params = ListParams::from_raw(q)?;
+    let page: Page = params.query.apply(vec![local_group()]);
+    Ok(Json(params.respond(
+        GROUPS,
+        "DeploymentGroupCollection",
+        "deployment-groups",
+        page,
+    )))
+}
+
+async fn get_group(Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let g = local_group();
+    if id == LOCAL_GROUP || g["uri"] == id {
+        Ok(Json(g))
+    } else {
+        Err(ApiError::not_found(format!("no deployment group {id:?}")))
+    }
+}

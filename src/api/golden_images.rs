@@ -1,0 +1,131 @@
+//! `/rest/golden-images` beyond reading (which `artifacts.rs` serves): the multipart upload
+//! of a zipped or raw image (name and description in the query string, as HPE's SDK sends
+//! them) run as a task, `/download/{id}` streamed as a zip of one raw disk, update (name,
+//! description) and delete. The work is `appliance::golden_images`'.
+
+use axum::extract::{FromRequest, Multipart, Path, RawQuery, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde_json::Value;
+
+use super::auth::SessionUser;
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::stream::{self, UploadJob};
+use super::version::{normalize_type, present, ApiVersion};
+use super::{blocking, AppState};
+use crate::appliance::{golden_images as gi, no_progress};
+use crate::plan::artifacts::ArtifactKind;
+
+const BASE: &str = "/rest/golden-images";
+const KIND: ArtifactKind = ArtifactKind::GoldenImage;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            BASE,
+            post(create).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(
+            &format!("{BASE}/{{id}}"),
+            axum::routing::put(update).delete(delete),
+        )
+        .route(&format!("{BASE}/download/{{id}}"), get(download))
+}
+
+/// Whether a request carries a multipart body.
+pub fn is_multipart(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/")
+        })
+}
+
+/// One parameter of a query string, percent-decoded.
+pub fn query_param(q: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// `POST /rest/golden-images`: a multipart upload (a task). A JSON body asks for a capture
+/// from an OS volume, which this endpoint does not do yet: 400 saying so.
+async fn create(
+    State(st): State<AppState>,
+    Extension(who): Extension<SessionUser>,
+    RawQuery(q): RawQuery,
+    req: Request,
+) -> Result<Response, ApiError> {
+    if !is_multipart(&req) {
+        let _ = JsonBody::from_request(req, &st).await?;
+        return Err(ApiError::bad_request(
+            "CAPTURE_NOT_SUPPORTED",
+            "capturing a golden image from an OS volume is not supported through the API yet",
+        )
+        .recommend("Capture with `strata capture`, or upload the image as multipart/form-data."));
+    }
+    let form = Multipart::from_request(req, &st)
+        .await
+        .map_err(|e| ApiError::bad_request("INVALID_UPLOAD", e.body_text()))?;
+    let name = query_param(q.as_deref(), "name").unwrap_or_default();
+    let description = query_param(q.as_deref(), "description").unwrap_or_default();
+    let (cat, repo) = (st.catalog.clone(), st.repo.clone());
+    let job: UploadJob = Box::new(move |input, progress| {
+        gi::upload_golden_image(&cat, &repo, &name, &description, input, progress)
+    });
+    stream::upload_task(&st, &who.user, "Add", "golden-images", form, job).await
+}
+
+/// `PUT /rest/golden-images/{id}`: name and description (the disk does not change).
+async fn update(
+    State(st): State<AppState>,
+    v: ApiVersion,
+    Path(id): Path<String>,
+    JsonBody(mut body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    normalize_type(KIND, &mut body);
+    let cat = st.catalog.clone();
+    let done = blocking(move || Ok(cat.update_artifact(KIND, &id, body)?)).await?;
+    Ok(Json(present(KIND, v, done)))
+}
+
+/// `DELETE /rest/golden-images/{id}`: its row (refused while used), then its disk.
+async fn delete(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let (cat, repo, what) = (st.catalog.clone(), st.repo.clone(), id.clone());
+    blocking(move || Ok(gi::delete_golden_image(&cat, &repo, &id)?)).await?;
+    tracing::info!(id = %what, "golden image deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /rest/golden-images/download/{id}`: the image as a zip of one raw disk, streamed,
+/// 200 whatever the `Accept` header says (HPE's SDK sends JSON first).
+async fn download(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (cat, key) = (st.catalog.clone(), id.clone());
+    let name = blocking(move || {
+        let g = cat.get_artifact(KIND, &key)?;
+        if cat.golden_image_store_name(&key)?.is_none() {
+            return Err(ApiError::not_found(format!(
+                "golden image {key:?} has no disk in the store (its description only)"
+            )));
+        }
+        Ok(g["name"].as_str().unwrap_or(&key).to_owned())
+    })
+    .await?;
+    let (cat, repo) = (st.catalog.clone(), st.repo.clone());
+    Ok(stream::download(&format!("{name}.zip"), move |w| {
+        gi::download_golden_image(&cat, &repo, &id, w, &no_progress).map(|_| ())
+    })
+    .into_response())
+}
