@@ -22,8 +22,13 @@ use super::list::ListParams;
 use super::stream::{self, UploadJob};
 use super::{blocking, AppState};
 use crate::appliance::bundles as ab;
-use crate::catalog::AssociatedResource;
-use crate::catalog::Page;
+use crate::appliance::golden_images::download_golden_image;
+use crate::appliance::spool::Scratch;
+use crate::appliance::{no_progress, ApplianceError};
+use crate::catalog::{AssociatedResource, Catalog, Page};
+use crate::plan::artifacts::ArtifactKind;
+use crate::plan::bundle::{Bundle, Manifest, Payload, PayloadSource};
+use crate::store::Repository;
 
 const BASE: &str = "/rest/artifact-bundles";
 const GROUPS: &str = "/rest/deployment-groups";
@@ -99,11 +104,30 @@ async fn create(
     req: Request,
 ) -> Result<Response, ApiError> {
     if !is_multipart(&req) {
-        let _ = super::body::JsonBody::from_request(req, &st).await?;
-        return Err(ApiError::bad_request(
-            "CREATE_NOT_SUPPORTED",
-            "making a bundle from selected artifacts is not supported through the API yet",
-        ));
+        let super::body::JsonBody(body) = super::body::JsonBody::from_request(req, &st).await?;
+        let name = body["name"].as_str().unwrap_or_default().trim().to_owned();
+        if name.is_empty() {
+            return Err(ApiError::bad_request(
+                "INVALID_BUNDLE_REQUEST",
+                "an artifact bundle needs a name",
+            ));
+        }
+        let (cat, repo) = (st.catalog.clone(), st.repo.clone());
+        let res = AssociatedResource {
+            resource_name: name,
+            resource_category: "artifact-bundles".into(),
+            association_type: "MANAGED_BY".into(),
+            ..AssociatedResource::default()
+        };
+        return stream::job_task(
+            &st,
+            &who.user,
+            "Create",
+            "artifact-bundles",
+            res,
+            Box::new(move |progress| make_bundle(&cat, &repo, &body, progress)),
+        )
+        .await;
     }
     let form = Multipart::from_request(req, &st)
         .await
@@ -112,6 +136,105 @@ async fn create(
     let job: UploadJob =
         Box::new(move |input, progress| ab::upload_bundle(&repo, "bundle.zip", input, progress));
     stream::upload_task(&st, &who.user, "Add", "artifact-bundles", form, job).await
+}
+
+/// The artifacts a create request selects: `planScripts`, `buildPlans`, `deploymentPlans`,
+/// `goldenImages`, each `[{resourceUri, readOnly}]`, as catalog ids per kind.
+fn selected(cat: &Catalog, body: &Value) -> Result<Vec<(ArtifactKind, String)>, ApplianceError> {
+    let mut out = Vec::new();
+    for (field, kind) in [
+        ("planScripts", ArtifactKind::PlanScript),
+        ("buildPlans", ArtifactKind::BuildPlan),
+        ("deploymentPlans", ArtifactKind::DeploymentPlan),
+        ("goldenImages", ArtifactKind::GoldenImage),
+    ] {
+        for item in body[field]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let uri = item["resourceUri"]
+                .as_str()
+                .or_else(|| item["uri"].as_str())
+                .ok_or_else(|| {
+                    ApplianceError::Invalid(format!("each entry of {field} needs a resourceUri"))
+                })?;
+            // The id is the URI's last segment (a build plan's JSON calls it `buildPlanid`).
+            let a = cat.get_artifact(kind, uri)?;
+            let id = a["uri"].as_str().and_then(|u| u.rsplit('/').next());
+            out.push((kind, id.unwrap_or_default().to_owned()));
+        }
+    }
+    if out.is_empty() {
+        return Err(ApplianceError::Invalid(
+            "the bundle selects no artifacts (planScripts, buildPlans, deploymentPlans, \
+             goldenImages)"
+                .into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Makes a bundle in HPE's layout from the selected artifacts (golden images with their
+/// disks, each a zip of one raw disk) and takes it in as an upload would be, so it is
+/// verified like any other. Composed of the appliance's and plan's own steps until
+/// `appliance::bundles` has a job for it.
+fn make_bundle(
+    cat: &Catalog,
+    repo: &Repository,
+    body: &Value,
+    progress: crate::appliance::Progress,
+) -> Result<Value, ApplianceError> {
+    let name = body["name"].as_str().unwrap_or_default().trim().to_owned();
+    let picked = selected(cat, body)?;
+    let has = |k: ArtifactKind, id: &str| picked.iter().any(|(pk, pid)| *pk == k && pid == id);
+    let mut set = cat.artifact_set()?;
+    set.plan_scripts
+        .retain(|a| has(ArtifactKind::PlanScript, &a.id));
+    set.build_plans
+        .retain(|a| has(ArtifactKind::BuildPlan, &a.id));
+    set.deployment_plans
+        .retain(|a| has(ArtifactKind::DeploymentPlan, &a.id));
+    set.golden_images
+        .retain(|a| has(ArtifactKind::GoldenImage, &a.id));
+    let scratch = Scratch::new(repo, "bundle-create")?;
+    let mut payloads = Vec::new();
+    for (n, g) in set.golden_images.iter().enumerate() {
+        if cat.golden_image_store_name(&g.id)?.is_none() {
+            continue;
+        }
+        progress(
+            crate::appliance::percent(n as u64, set.golden_images.len() as u64, 0, 60),
+            "packing the golden images",
+        );
+        let p = scratch.path().join(format!("{}.zip", g.id));
+        let f = std::fs::File::create(&p).map_err(|e| ApplianceError::Io {
+            action: "creating",
+            path: p.clone(),
+            source: e,
+        })?;
+        download_golden_image(cat, repo, &g.id, std::io::BufWriter::new(f), &no_progress)?;
+        payloads.push(Payload {
+            golden_image: g.name.clone(),
+            source: PayloadSource::File(p),
+        });
+    }
+    let mut manifest = Manifest::default();
+    manifest.set("Artifact Name", &name);
+    manifest.set(
+        "description",
+        body["description"].as_str().unwrap_or_default(),
+    );
+    let zip = scratch.path().join("bundle.zip");
+    progress(60, "writing the bundle");
+    Bundle::write(&zip, &set, &manifest, &payloads)?;
+    let f = std::fs::File::open(&zip).map_err(|e| ApplianceError::Io {
+        action: "opening",
+        path: zip.clone(),
+        source: e,
+    })?;
+    let sub = |p: u8, what: &str| progress(60 + p * 4 / 10, what);
+    ab::upload_bundle(repo, &format!("{name}.zip"), f, &sub)
 }
 
 /// `PUT /rest/artifact-bundles/{id}`: with `extract=true`, extracts it (a task; the body,
