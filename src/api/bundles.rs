@@ -238,20 +238,21 @@ fn make_bundle(
 }
 
 /// `PUT /rest/artifact-bundles/{id}`: with `extract=true`, extracts it (a task; the body,
-/// `null` from HPE's SDK, is ignored). Without, a rename is not kept yet: 400.
+/// `null` from HPE's SDK, is ignored). Without, a JSON body renames it.
 async fn put_one(
     State(st): State<AppState>,
     Extension(who): Extension<SessionUser>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
+    req: Request,
 ) -> Result<Response, ApiError> {
     let flag =
         |n: &str| query_param(q.as_deref(), n).is_some_and(|v| v.eq_ignore_ascii_case("true"));
     if !flag("extract") {
-        return Err(ApiError::bad_request(
-            "UPDATE_NOT_SUPPORTED",
-            "an artifact bundle is changed only by extracting it (?extract=true)",
-        ));
+        let super::body::JsonBody(body) = super::body::JsonBody::from_request(req, &st).await?;
+        let repo = st.repo.clone();
+        let done = blocking(move || rename(&repo, &id, &body)).await?;
+        return Ok(Json(done).into_response());
     }
     let force = flag("forceImport");
     let (repo, key) = (st.repo.clone(), id.clone());
@@ -282,6 +283,40 @@ async fn put_one(
         }),
     )
     .await
+}
+
+/// A bundle's `name` and `description` changed (the zip is not: what it holds is fixed).
+/// Bundles have no catalog rows yet, so this rewrites the description file
+/// `appliance::bundles` keeps beside the zip, atomically (a new file renamed over it).
+fn rename(repo: &Repository, id: &str, body: &Value) -> Result<Value, ApiError> {
+    let mut b = ab::get_bundle(repo, id)?;
+    for f in ["name", "description"] {
+        match body.get(f) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(v)) if f == "name" && v.trim().is_empty() => {
+                return Err(ApiError::bad_request(
+                    "INVALID_BUNDLE_REQUEST",
+                    "an artifact bundle's name cannot be empty",
+                ))
+            }
+            Some(Value::String(v)) => b[f] = Value::String(v.clone()),
+            Some(other) => {
+                return Err(ApiError::bad_request(
+                    "INVALID_BUNDLE_REQUEST",
+                    format!("{f} must be a string, not {other}"),
+                ))
+            }
+        }
+    }
+    b["modified"] = Value::String(crate::catalog::now_timestamp());
+    b["eTag"] = Value::String(crate::catalog::new_id());
+    let path = ab::bundle_file(repo, id)?.with_extension("json");
+    let tmp = path.with_extension("json.new");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&b).unwrap_or_default())
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| ApiError::internal(format!("writing {}: {e}", path.display())))?;
+    Ok(b)
 }
 
 async fn delete(
