@@ -827,6 +827,69 @@ fn golden_images_upload_and_download_byte_for_byte_through_curl() {
 }
 
 #[test]
+fn an_hpe_bundle_uploads_extracts_and_deploys_through_the_api() {
+    let bundle = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hpe-artifacts/HPE-Support-Artifacts-2017-11-29-v4.0.zip");
+    let plan = "HPE - Support 1.0 - simple deployment test-2017-11-29";
+    let api = Api::start(repo_with_user(), &[]);
+    let s = api.session();
+
+    let r = api.upload(&s, "/rest/artifact-bundles", &bundle);
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let t = api.wait_task(&s, r.json()["uri"].as_str().unwrap());
+    assert_eq!(t["taskState"], "Completed", "{t}");
+    let ab = t["associatedResource"]["resourceUri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // HPE's SDK extracts with text/plain and the body `null`.
+    let r = api.call(
+        "PUT",
+        &format!("{ab}?extract=true&forceImport=true"),
+        &[("auth", &s), ("Content-Type", "text/plain;charset=UTF-8")],
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let t = api.wait_task(&s, r.json()["uri"].as_str().unwrap());
+    assert_eq!(t["taskState"], "Completed", "{t}");
+    let plans = api.get(&s, "/rest/deployment-plans").json();
+    let dp = plans["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == plan)
+        .unwrap_or_else(|| panic!("{plan} not extracted: {plans}"))["uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let initiator = "iqn.2026-12.test:server-1";
+    let body = json!({
+        "deploymentPlanURI": dp, "name": "web-01", "initiatorIqn": initiator,
+        "customAttributes": [{"name": "ExampleString", "value": "hello from the API"}],
+    });
+    let r = api.send(&s, "POST", "/rest/os-volumes", &body);
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let t = api.wait_task(&s, r.json()["uri"].as_str().unwrap());
+    assert_eq!(t["taskState"], "Completed", "{t}\n{}", api.log());
+    let vol = api.get(&s, t["associatedResource"]["resourceUri"].as_str().unwrap());
+    assert_eq!(vol.json()["name"], "web-01");
+    assert_eq!(vol.json()["deploymentPlanUri"], json!(dp));
+    // The same name again fails as a task, naming it.
+    let r = api.send(&s, "POST", "/rest/os-volumes", &body);
+    let t = api.wait_task(&s, r.json()["uri"].as_str().unwrap());
+    assert_eq!(t["taskState"], "Error", "{t}");
+    assert!(
+        t["taskErrors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("web-01"),
+        "{t}"
+    );
+    assert_eq!(api.get(&s, "/rest/os-volumes").json()["total"], 1);
+}
+
+#[test]
 fn plain_http_is_refused_and_sigterm_stops_both_servers() {
     let repo = std::sync::Arc::new(repo_with_user());
     let api = Api::start_shared(repo.clone(), &[]);
