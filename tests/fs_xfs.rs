@@ -648,8 +648,11 @@ fn a_captured_xfs_volume_stores_about_its_used_blocks_and_deploys_back_clean() {
     ]);
     let stored = du(&r.root.join("images/cap"));
     let kept = ok(Command::new("seq").args(["1", "600000"]));
+    // Less than the deleted noise alone (40 MB): kept, it would have made 44 MB or more
+    // with the kept file. The rest varies from run to run with what the XFS log holds
+    // (seen: just under 30 MiB, and 30.7 MiB), so the bound is not drawn tighter.
     assert!(
-        stored >= kept.len() as u64 && stored < 30 << 20,
+        stored >= kept.len() as u64 && stored < 40_000_000,
         "stored {stored} bytes: the deleted noise must not be kept"
     );
 
