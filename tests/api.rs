@@ -80,27 +80,8 @@ impl Reply {
 
 fn repo_with_user() -> Repo {
     let repo = Repo::new();
-    add_user(&repo, USER, PASSWORD);
+    repo.add_user(USER, PASSWORD);
     repo
-}
-
-fn add_user(repo: &Repo, name: &str, password: &str) {
-    let mut c = Command::new(BIN)
-        .arg("--repo")
-        .arg(&repo.root)
-        .args(["user", "add", name, "--password-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(c.stdin.take().unwrap(), "{password}").unwrap();
-    let o = c.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "user add: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 impl Api {
@@ -949,7 +930,7 @@ fn plain_http_is_refused_and_sigterm_stops_both_servers() {
 #[test]
 fn user_commands_list_and_remove_users_and_never_show_passwords() {
     let repo = repo_with_user();
-    add_user(&repo, "operator", "another secret");
+    repo.add_user("operator", "another secret");
     let ls = repo.ok(&["user", "ls"]);
     assert!(ls.contains("admin") && ls.contains("operator"), "{ls}");
     assert!(!ls.contains(PASSWORD) && !ls.contains("argon2"), "{ls}");

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -98,25 +98,6 @@ impl Drop for ApiServer {
     }
 }
 
-fn add_user(repo: &Repo) {
-    let mut c = Command::new(BIN)
-        .arg("--repo")
-        .arg(&repo.root)
-        .args(["user", "add", USER, "--password-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(c.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    let o = c.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "user add: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 /// A small raw "disk" whose bytes are not all alike (so a wrong offset shows), 1 MiB and
 /// three sectors: not a power of two, but whole 512-byte sectors, as the store requires
 /// of a raw disk (it refuses anything else as truncated).
@@ -166,7 +147,7 @@ fn drive(which: &str) {
         .collect();
 
     let repo = Repo::new();
-    add_user(&repo);
+    repo.add_user(USER, PASSWORD);
     let image = small_image(&repo);
     let server = ApiServer::start(&repo);
     let scratch = repo.path("sdk-scratch");

@@ -1084,16 +1084,7 @@ impl Bundle {
         store_as: &str,
         progress: Progress,
     ) -> Result<ImageMeta> {
-        crate::store::names::validate(store_as)?;
-        match repo.image_meta(store_as) {
-            Ok(_) => {
-                return Err(BundleError::ImageExists {
-                    name: store_as.into(),
-                })
-            }
-            Err(StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        refuse_existing(repo, store_as)?;
         let (i, gi) = self.payload_index(golden_image)?;
         let gi_name = gi.name.clone();
         let stage = StageDir::new(repo)?;
@@ -1184,6 +1175,18 @@ impl Bundle {
     }
 }
 
+/// `store_as` is a valid store name no image has yet (else `BundleError::ImageExists`).
+fn refuse_existing(repo: &Repository, store_as: &str) -> Result<()> {
+    crate::store::names::validate(store_as)?;
+    match repo.image_meta(store_as) {
+        Ok(_) => Err(BundleError::ImageExists {
+            name: store_as.into(),
+        }),
+        Err(StoreError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Imports a golden-image payload — HPE's form, a zip holding one raw disk, open as
 /// `payload` — into the store as image `store_as`: the disk is streamed into a sparse file
 /// in the repository's staging area and imported with `Repository::import_image` as raw
@@ -1199,16 +1202,7 @@ pub fn import_payload(
     store_as: &str,
     progress: Progress,
 ) -> Result<ImageMeta> {
-    crate::store::names::validate(store_as)?;
-    match repo.image_meta(store_as) {
-        Ok(_) => {
-            return Err(BundleError::ImageExists {
-                name: store_as.into(),
-            })
-        }
-        Err(StoreError::NotFound { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
+    refuse_existing(repo, store_as)?;
     let payload_err = |detail: String| BundleError::Payload {
         name: label.into(),
         detail,

@@ -99,6 +99,27 @@ impl Repo {
         self.work.join(name)
     }
 
+    /// `strata user add NAME --password-stdin`: a user the REST API logs in.
+    pub fn add_user(&self, name: &str, password: &str) {
+        use std::io::Write;
+        let mut c = Command::new(BIN)
+            .arg("--repo")
+            .arg(&self.root)
+            .args(["user", "add", name, "--password-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(c.stdin.take().unwrap(), "{password}").unwrap();
+        let o = c.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "user add: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
     /// Runs a command that must fail with a clear message (no panic); returns its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let o = self.run(args);
