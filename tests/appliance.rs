@@ -286,7 +286,7 @@ fn a_deployment_through_the_catalog_records_the_volume_and_exports_it() {
     assert_eq!(recs[0]["result"], "succeeded");
     assert_eq!(recs[0]["deployment_plan"], SIMPLE_PLAN);
     assert!(a.repo.volume_meta("web-01").is_ok());
-    let ex = strata::iscsi::exports::load(a.repo.root()).unwrap();
+    let ex = a.catalog.exports().unwrap();
     assert_eq!(ex.len(), 1);
     assert!(ex[0].allows(initiator));
     // The golden image is in use now.

@@ -959,6 +959,9 @@ fn a_thousand_exports_and_256_idle_sessions() {
         "--max-sessions-per-initiator",
         "300",
     ]);
+    // Written as an earlier strata kept them: the server took the file into its catalog.
+    assert!(!repo.root.join("exports.json").exists());
+    assert!(repo.root.join("exports.json.migrated").exists());
     let ls = repo.ok(&["export", "ls"]);
     assert_eq!(ls.lines().count(), 1001);
     // Discovery sees all thousand (the answer spans several Text responses).
@@ -2311,11 +2314,21 @@ fn chap_secrets_must_be_long_enough_and_an_empty_one_never_authenticates() {
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("EDK2"));
 
-    // An exports.json edited by hand with an empty secret: CHAP with it fails.
-    let path = repo.root.join("exports.json");
-    let mut f: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    f["exports"][0]["chap"]["secret"] = "".into();
-    std::fs::write(&path, serde_json::to_vec(&f).unwrap()).unwrap();
+    // A catalog row edited by hand with an empty secret: CHAP with it fails.
+    let db = rusqlite::Connection::open(repo.root.join("catalog.db")).unwrap();
+    let body: String = db
+        .query_row("SELECT body FROM exports WHERE volume = 'sec'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let mut f: serde_json::Value = serde_json::from_str(&body).unwrap();
+    f["chap"]["secret"] = "".into();
+    db.execute(
+        "UPDATE exports SET body = ?1 WHERE volume = 'sec'",
+        [f.to_string()],
+    )
+    .unwrap();
+    drop(db);
     let srv = repo.serve(&[]);
     let c = Edk2Chap {
         user: "ovmf",

@@ -90,7 +90,9 @@ impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> ApiError {
         let msg = e.to_string();
         match e {
-            CatalogError::NotFound { .. } => ApiError::not_found(msg),
+            CatalogError::NotFound { .. } | CatalogError::NotExported(_) => {
+                ApiError::not_found(msg)
+            }
             CatalogError::InUse { users, .. } => {
                 let mut err = ApiError::new(StatusCode::CONFLICT, "RESOURCE_IN_USE", msg);
                 for u in &users {

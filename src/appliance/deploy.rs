@@ -3,7 +3,7 @@
 //! image's blocks from the store image its row names; `plan::deploy::deploy_set` makes the
 //! volume (out of sight until every script has succeeded); then the `os_volumes` row and its
 //! deployment record are written, and the volume is exported over iSCSI to its server's
-//! initiator (`iscsi::exports`, the `exports.json` a running target re-reads).
+//! initiator (the catalog's exports, which a running target polls).
 //!
 //! Order, for crash consistency: store volume (published last by the pipeline), catalog
 //! row, export. A failure after the volume exists removes it again; a crash between the
@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::error::{ApplianceError, Result};
 use super::{percent, Progress};
 use crate::catalog::volumes::NewOsVolume;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogError};
 use crate::fs::worker::client::WorkerOptions;
 use crate::iscsi::exports::{self, Export};
 use crate::plan::artifacts::ArtifactKind;
@@ -145,7 +145,7 @@ pub fn deploy_os_volume(
                 chap: None,
                 mutual_chap: None,
             };
-            if let Err(err) = exports::add(repo.root(), e.clone()) {
+            if let Err(err) = catalog.add_export(&e) {
                 let _ = catalog.delete_os_volume(&req.volume);
                 undo(&err);
                 return Err(err.into());
@@ -164,8 +164,8 @@ pub fn deploy_os_volume(
 /// Deletes an OS volume: its export (if any), its row, then its store volume.
 pub fn delete_os_volume(catalog: &Catalog, repo: &Repository, key: &str) -> Result<()> {
     let store = catalog.os_volume_store_name(key)?;
-    match exports::remove(repo.root(), &store) {
-        Ok(()) | Err(exports::ExportError::NotExported(_)) => {}
+    match catalog.remove_export(&store) {
+        Ok(()) | Err(CatalogError::NotExported(_)) => {}
         Err(e) => return Err(e.into()),
     }
     catalog.delete_os_volume(key)?;

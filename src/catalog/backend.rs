@@ -136,4 +136,15 @@ pub trait Backend: Send + Sync {
     fn update_task(&self, t: &TaskRow) -> Result<()>;
     fn get_task(&self, id: &str) -> Result<Option<TaskRow>>;
     fn list_tasks(&self) -> Result<Vec<TaskRow>>;
+
+    // iSCSI exports, each node's own (several nodes may share one catalog). `body` is the
+    // export's JSON; the target name is unique within a node, compared ignoring case.
+    fn list_exports(&self, node: &str) -> Result<Vec<Value>>;
+    /// Adds or replaces the export of `volume`; `Conflict` naming the volume whose export
+    /// already has the target name `iqn`.
+    fn put_export(&self, node: &str, volume: &str, iqn: &str, body: &Value) -> Result<()>;
+    /// False when `volume` was not exported.
+    fn delete_export(&self, node: &str, volume: &str) -> Result<bool>;
+    /// A counter every change of any node's exports moves.
+    fn exports_stamp(&self) -> Result<u64>;
 }

@@ -78,6 +78,23 @@ pub const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     );
     "#,
+    // 2: iSCSI exports (until now REPO/exports.json), per node of a shared catalog, and a
+    // counter every change of them moves (the running target polls it).
+    r#"
+    CREATE TABLE exports (
+        node TEXT NOT NULL,
+        volume TEXT NOT NULL,
+        iqn TEXT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (node, volume)
+    );
+    CREATE UNIQUE INDEX exports_target ON exports(node, lower(iqn));
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO counters (name, value) VALUES ('exports', 0);
+    "#,
 ];
 
 /// The version this strata writes.
@@ -176,6 +193,8 @@ mod tests {
             "users",
             "sessions",
             "tasks",
+            "exports",
+            "counters",
         ] {
             assert!(t.iter().any(|n| n == want), "{want} missing from {t:?}");
         }

@@ -13,6 +13,8 @@
 //! - `users.rs`     local users (argon2 password hashes) and login sessions
 //! - `tasks.rs`     tasks: long work's state, progress and errors, as the API reports them
 //! - `volumes.rs`   OS volumes and their deployment records
+//! - `exports.rs`   iSCSI exports, each node's own (taken over from `exports.json`), and
+//!   the [`crate::iscsi::exports::ExportSource`] the target reads them through
 //!
 //! Callers (the CLI, the REST API) hold a [`Catalog`] and never see the backend: a
 //! PostgreSQL backend is one more implementation of [`backend::Backend`] and one more arm
@@ -21,6 +23,7 @@
 
 pub mod artifacts;
 pub mod backend;
+pub mod exports;
 pub mod migrate;
 pub mod query;
 pub mod sqlite;
@@ -75,6 +78,8 @@ pub enum CatalogError {
     Missing { what: &'static str, detail: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("volume {0:?} is not exported")]
+    NotExported(String),
     #[error("hashing a password: {0}")]
     Hash(String),
 }
@@ -99,6 +104,8 @@ fn them(users: &[UsedBy]) -> &'static str {
 #[derive(Clone)]
 pub struct Catalog {
     backend: Arc<dyn Backend>,
+    /// The node this catalog is used from (its rows of node-local things, the exports).
+    node: Arc<str>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -109,10 +116,12 @@ impl std::fmt::Debug for Catalog {
 
 impl Catalog {
     /// Opens the embedded catalog of the repository at `repo_dir` (created on first use,
-    /// migrated when older).
+    /// migrated when older; an earlier strata's `exports.json` taken over).
     pub fn open(repo_dir: &Path) -> Result<Catalog, CatalogError> {
         let s = sqlite::Sqlite::open(&repo_dir.join(FILE_NAME))?;
-        Ok(Catalog::with_backend(Arc::new(s)))
+        let c = Catalog::with_backend(Arc::new(s)).for_node(&exports::node_id(repo_dir)?);
+        c.take_over_exports_file(repo_dir)?;
+        Ok(c)
     }
 
     /// An empty in-memory catalog (tests).
@@ -120,8 +129,25 @@ impl Catalog {
         Ok(Catalog::with_backend(Arc::new(sqlite::Sqlite::memory()?)))
     }
 
+    /// A catalog on `backend`, used from the node `local`.
     pub fn with_backend(backend: Arc<dyn Backend>) -> Catalog {
-        Catalog { backend }
+        Catalog {
+            backend,
+            node: Arc::from("local"),
+        }
+    }
+
+    /// The same catalog used from the node `node`.
+    pub fn for_node(&self, node: &str) -> Catalog {
+        Catalog {
+            backend: self.backend.clone(),
+            node: Arc::from(node),
+        }
+    }
+
+    /// The node this catalog is used from.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     pub(crate) fn backend(&self) -> &dyn Backend {

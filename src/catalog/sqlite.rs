@@ -693,4 +693,81 @@ impl Backend for Sqlite {
         }
         Ok(out)
     }
+
+    fn list_exports(&self, node: &str) -> Result<Vec<Value>> {
+        let conn = self.conn.lock();
+        let mut st = conn
+            .prepare("SELECT body FROM exports WHERE node = ?1 ORDER BY volume")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([node], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(self.body(r.map_err(|e| self.err(e))?)?);
+        }
+        Ok(out)
+    }
+
+    fn put_export(&self, node: &str, volume: &str, iqn: &str, body: &Value) -> Result<()> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let holder: Option<String> = tx
+            .query_row(
+                "SELECT volume FROM exports \
+                 WHERE node = ?1 AND lower(iqn) = lower(?2) AND volume <> ?3",
+                [node, iqn, volume],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if let Some(other) = holder {
+            return Err(CatalogError::Conflict {
+                what: "export",
+                detail: format!("target name {iqn} is already used by volume {other:?}"),
+            });
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO exports (node, volume, iqn, body) VALUES (?1, ?2, ?3, ?4)",
+            params![node, volume, iqn, body.to_string()],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE counters SET value = value + 1 WHERE name = 'exports'",
+            [],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn delete_export(&self, node: &str, volume: &str) -> Result<bool> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let n = tx
+            .execute(
+                "DELETE FROM exports WHERE node = ?1 AND volume = ?2",
+                [node, volume],
+            )
+            .map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE counters SET value = value + 1 WHERE name = 'exports'",
+            [],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    fn exports_stamp(&self) -> Result<u64> {
+        let v: i64 = self
+            .conn
+            .lock()
+            .query_row(
+                "SELECT value FROM counters WHERE name = 'exports'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(v as u64)
+    }
 }

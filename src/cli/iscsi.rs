@@ -169,12 +169,15 @@ pub fn serve(repo: Arc<Repository>, a: ServeArgs) -> CliResult {
     raise_fd_limit();
     // The API's listener and catalog first: a taken port or a catalog this strata cannot
     // read stops the start before anything serves.
+    // The catalog holds the exports (an earlier strata's exports.json is taken over here).
+    let catalog = Catalog::open(repo.root())?;
+    let export_source = catalog.export_source();
     let api = match a.api {
         None => None,
         Some(addr) => {
             let listener = std::net::TcpListener::bind(addr)
                 .map_err(|e| format!("listening for the API on {addr}: {e}"))?;
-            let catalog = Catalog::open(repo.root())?;
+            let catalog = catalog.clone();
             let mut opts = ApiOptions::for_repo(repo.root());
             if let (Some(cert), Some(key)) = (a.tls_cert.clone(), a.tls_key.clone()) {
                 opts.tls = TlsSource::Files { cert, key };
@@ -205,7 +208,15 @@ pub fn serve(repo: Arc<Repository>, a: ServeArgs) -> CliResult {
                 let _ = std::io::stdout().flush();
             }
         });
-        let r = server::serve(repo, &a.listen, opts, stop_rx, Some(ready_tx)).await;
+        let r = server::serve(
+            repo,
+            export_source,
+            &a.listen,
+            opts,
+            stop_rx,
+            Some(ready_tx),
+        )
+        .await;
         let _ = announce.await;
         // iSCSI returns on SIGTERM/SIGINT; the API then finishes its requests in flight.
         if let Some(api) = api {
@@ -280,7 +291,7 @@ fn confirm(
 
 pub fn export(repo: &Repository, a: ExportArgs) -> CliResult {
     if let Some(ExportCmd::Ls { json }) = a.cmd {
-        let all = exports::load(repo.root())?;
+        let all = Catalog::open(repo.root())?.exports()?;
         // Live sessions, from the running server; None when no server runs.
         let live: Option<Vec<SessionInfo>> =
             match control::sessions(repo.root(), std::time::Duration::from_secs(5)) {
@@ -364,7 +375,7 @@ pub fn export(repo: &Repository, a: ExportArgs) -> CliResult {
             .map(|(user, secret)| Chap { user, secret }),
     };
     check_secrets(&e, add.weak_secret)?;
-    exports::add(repo.root(), e)?;
+    Catalog::open(repo.root())?.add_export(&e)?;
     // A replaced export may admit fewer initiators, or other secrets: the server ends the
     // sessions it no longer admits before this returns.
     let applied = confirm(repo, add.wait)
@@ -380,7 +391,7 @@ pub fn export(repo: &Repository, a: ExportArgs) -> CliResult {
 }
 
 pub fn unexport(repo: &Repository, a: UnexportArgs) -> CliResult {
-    exports::remove(repo.root(), &a.volume)?;
+    Catalog::open(repo.root())?.remove_export(&a.volume)?;
     match confirm(repo, a.wait) {
         Ok(applied) => {
             println!("volume {} is no longer exported", a.volume);

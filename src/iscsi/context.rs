@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::store::{Repository, StoreError};
 
-use super::exports::{Export, ExportTable};
+use super::exports::{Export, ExportSource, ExportTable};
 use super::prelogin::{PreLoginLimits, PreLoginTable};
 use super::scsi::{Identity, LogicalUnit};
 use super::session::{SessionLimits, SessionTable};
@@ -94,11 +94,12 @@ const REVOKE_WAIT: Duration = Duration::from_secs(10);
 impl ServerCtx {
     pub fn new(
         repo: Arc<Repository>,
+        exports: Arc<dyn ExportSource>,
         opts: ServerOptions,
         shutdown: watch::Receiver<bool>,
     ) -> ServerCtx {
         ServerCtx {
-            exports: ExportTable::new(repo.root()),
+            exports: ExportTable::new(exports),
             repo,
             sessions: SessionTable::new(opts.sessions),
             prelogin: Arc::new(PreLoginTable::new(opts.prelogin)),
@@ -115,16 +116,13 @@ impl ServerCtx {
         }
     }
 
-    /// Applies exports.json as it is now (re-read when `force`, else only if it changed):
+    /// Applies the exports as they are now (re-read when `force`, else only if the source's
+    /// stamp moved; the source is the catalog, whose reads are short):
     /// sessions it no longer admits are ended, and once they are, volumes no longer exported
     /// are closed. Returns when all that is done (or REVOKE_WAIT has passed).
     pub async fn apply_exports(&self, force: bool) -> Applied {
         let _one = self.applying.lock().await;
-        let exports = if force {
-            self.exports.reload()
-        } else {
-            self.exports.current()
-        };
+        let exports = self.exports.refresh(force);
         if !force && self.sessions.applied(&exports) {
             return Applied {
                 revoked: 0,

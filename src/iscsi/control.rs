@@ -2,7 +2,7 @@
 //! and `strata unexport` learn that the server has applied a change, and how `strata export
 //! ls` sees live sessions.
 //!
-//! One JSON object per line each way. Requests: `{"op":"apply"}` — re-read exports.json,
+//! One JSON object per line each way. Requests: `{"op":"apply"}` — re-read the exports,
 //! end every session the exports no longer admit, and answer once those sessions are over
 //! (connections closed, commands finished or aborted) and volumes no longer exported are
 //! closed; `{"op":"sessions"}` — the live sessions. No socket, or a socket nobody listens on
@@ -124,7 +124,7 @@ fn request(root: &Path, req: &Request, timeout: Duration) -> Result<Option<Reply
     Ok(Some(reply))
 }
 
-/// Asks the server running on the repository at `root` (if any) to apply exports.json now,
+/// Asks the server running on the repository at `root` (if any) to apply the exports now,
 /// and waits until it has. `Ok(None)`: no server is running.
 pub fn apply(root: &Path, timeout: Duration) -> Result<Option<Applied>, ControlError> {
     Ok(request(root, &Request::Apply, timeout)?.and_then(|r| r.applied))

@@ -1,23 +1,24 @@
 //! Exports: which volume is served as which iSCSI target, to which initiators, with which
-//! CHAP secrets. Stored in the repository as `exports.json`, replaced atomically (write to a
-//! temporary file, fsync, rename) under an flock so concurrent `strata export` calls do not
-//! lose each other's changes. The server re-reads the file when its mtime or size changes,
-//! so exports take effect without a restart.
+//! CHAP secrets — the type, its checks, and the server's cached table of them.
 //!
-//! The file holds CHAP secrets and is created mode 0600.
+//! The exports are stored by the layer above (the catalog, which owns the repository's
+//! metadata): the target only reads them, through an [`ExportSource`], and keeps the last
+//! table it read in an [`ExportTable`] so a login never waits on storage. The server
+//! refreshes the table when the source's stamp changes (polled every second, and at once
+//! when `strata export` asks over the control socket).
+//!
+//! Earlier strata kept them in `REPO/exports.json`; [`read_legacy_file`] reads that file so
+//! the catalog can take its rows over on first start.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-const FILE: &str = "exports.json";
-const LOCK: &str = "exports.lock";
+/// The file earlier strata kept the exports in (read once, to migrate it).
+pub const LEGACY_FILE: &str = "exports.json";
 
 /// Prefix of the default target name; the volume name follows.
 pub const DEFAULT_IQN_PREFIX: &str = "iqn.2026-11.org.strata:";
@@ -40,6 +41,8 @@ pub enum ExportError {
     Invalid(String),
     #[error("volume {0:?} is not exported")]
     NotExported(String),
+    #[error("reading the exports: {0}")]
+    Source(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -103,72 +106,9 @@ pub fn validate_iqn(name: &str) -> Result<(), ExportError> {
     }
 }
 
-fn lock_file(root: &Path) -> Result<File, ExportError> {
-    let path = root.join(LOCK);
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|source| ExportError::Writing {
-            path: path.clone(),
-            source,
-        })?;
-    // SAFETY: flock on an fd we own; blocking is fine (edits are short).
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(ExportError::Writing {
-            path,
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(f)
-}
-
-/// Reads the exports of the repository at `root` (none when the file does not exist).
-pub fn load(root: &Path) -> Result<Vec<Export>, ExportError> {
-    let path = root.join(FILE);
-    match fs::read(&path) {
-        Ok(b) => serde_json::from_slice::<ExportsFile>(&b)
-            .map(|f| f.exports)
-            .map_err(|e| ExportError::Parsing {
-                path,
-                detail: e.to_string(),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(ExportError::Reading { path, source }),
-    }
-}
-
-fn save(root: &Path, exports: &[Export]) -> Result<(), ExportError> {
-    let path = root.join(FILE);
-    let tmp = root.join(format!("{FILE}.tmp.{}", std::process::id()));
-    let werr = |source| ExportError::Writing {
-        path: path.clone(),
-        source,
-    };
-    let mut bytes = serde_json::to_vec_pretty(&ExportsFile {
-        exports: exports.to_vec(),
-    })
-    .map_err(|e| ExportError::Invalid(e.to_string()))?;
-    bytes.push(b'\n');
-    let mut f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(werr)?;
-    f.write_all(&bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(werr)?;
-    fs::rename(&tmp, &path).map_err(werr)?;
-    File::open(root).and_then(|d| d.sync_all()).map_err(werr)?;
-    Ok(())
-}
-
-/// Adds or replaces the export of `e.volume`. Target names must stay unique.
-pub fn add(root: &Path, e: Export) -> Result<(), ExportError> {
+/// Checks an export before it is stored: valid names, at least one initiator, CHAP secrets
+/// that can authenticate someone.
+pub fn check(e: &Export) -> Result<(), ExportError> {
     validate_iqn(&e.iqn)?;
     for i in &e.initiators {
         validate_iqn(i)?;
@@ -193,89 +133,111 @@ pub fn add(root: &Path, e: Export) -> Result<(), ExportError> {
             ));
         }
     }
-    let _lock = lock_file(root)?;
-    let mut all = load(root)?;
-    if let Some(other) = all
-        .iter()
-        .find(|x| x.iqn.eq_ignore_ascii_case(&e.iqn) && x.volume != e.volume)
-    {
-        return Err(ExportError::Invalid(format!(
-            "target name {} is already used by volume {:?}",
-            e.iqn, other.volume
-        )));
-    }
-    all.retain(|x| x.volume != e.volume);
-    all.push(e);
-    all.sort_by(|a, b| a.volume.cmp(&b.volume));
-    save(root, &all)
+    Ok(())
 }
 
-/// Removes the export of `volume`.
-pub fn remove(root: &Path, volume: &str) -> Result<(), ExportError> {
-    let _lock = lock_file(root)?;
-    let mut all = load(root)?;
-    let before = all.len();
-    all.retain(|x| x.volume != volume);
-    if all.len() == before {
-        return Err(ExportError::NotExported(volume.to_string()));
+/// Reads the exports an earlier strata kept in `root/exports.json` (none when there is no
+/// such file).
+pub fn read_legacy_file(root: &Path) -> Result<Vec<Export>, ExportError> {
+    let path = root.join(LEGACY_FILE);
+    match fs::read(&path) {
+        Ok(b) => serde_json::from_slice::<ExportsFile>(&b)
+            .map(|f| f.exports)
+            .map_err(|e| ExportError::Parsing {
+                path,
+                detail: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(ExportError::Reading { path, source }),
     }
-    save(root, &all)
 }
 
-/// What identifies a version of the exports file: mtime (s, ns), size, inode.
-type Stamp = Option<(i64, i64, u64, u64)>;
+/// Where the server reads the exports from.
+pub trait ExportSource: Send + Sync {
+    /// A number that changes whenever the exports change (cheap: polled every second).
+    fn stamp(&self) -> Result<u64, ExportError>;
+    /// All exports, by volume name.
+    fn load(&self) -> Result<Vec<Export>, ExportError>;
+}
 
-/// The exports as the server sees them: re-read when the file's mtime or size changed.
+/// Exports held in memory (tests, and servers that are handed a fixed set).
+#[derive(Default)]
+pub struct MemoryExports {
+    inner: Mutex<(u64, Vec<Export>)>,
+}
+
+impl MemoryExports {
+    pub fn new(exports: Vec<Export>) -> MemoryExports {
+        MemoryExports {
+            inner: Mutex::new((0, exports)),
+        }
+    }
+
+    /// Replaces the set (checked as a stored export would be).
+    pub fn set(&self, exports: Vec<Export>) -> Result<(), ExportError> {
+        for e in &exports {
+            check(e)?;
+        }
+        let mut g = self.inner.lock();
+        g.0 += 1;
+        g.1 = exports;
+        Ok(())
+    }
+}
+
+impl ExportSource for MemoryExports {
+    fn stamp(&self) -> Result<u64, ExportError> {
+        Ok(self.inner.lock().0)
+    }
+
+    fn load(&self) -> Result<Vec<Export>, ExportError> {
+        Ok(self.inner.lock().1.clone())
+    }
+}
+
+/// The exports as the server sees them: the last table read from the source. Reading it
+/// never touches storage; [`ExportTable::refresh`] does.
 pub struct ExportTable {
-    root: PathBuf,
-    cached: Mutex<(Stamp, Arc<Vec<Export>>)>,
+    source: Arc<dyn ExportSource>,
+    cached: Mutex<(Option<u64>, Arc<Vec<Export>>)>,
 }
 
 impl ExportTable {
-    pub fn new(root: &Path) -> ExportTable {
+    pub fn new(source: Arc<dyn ExportSource>) -> ExportTable {
         ExportTable {
-            root: root.to_path_buf(),
+            source,
             cached: Mutex::new((None, Arc::new(Vec::new()))),
         }
     }
 
-    /// The current exports. A damaged file keeps the last good table (and is logged).
+    /// The exports as last read.
     pub fn current(&self) -> Arc<Vec<Export>> {
-        self.load(false)
+        self.cached.lock().1.clone()
     }
 
-    /// The exports read from the file now, whatever its stamp says (two edits within the
-    /// file system's timestamp granularity can look alike). A new table only if it differs.
-    pub fn reload(&self) -> Arc<Vec<Export>> {
-        self.load(true)
-    }
-
-    fn load(&self, force: bool) -> Arc<Vec<Export>> {
-        let stamp = fs::metadata(self.root.join(FILE))
-            .ok()
-            .map(|m| (m.mtime(), m.mtime_nsec(), m.size(), m.ino()));
-        let mut c = self.cached.lock();
-        if force {
-            match load(&self.root) {
-                Ok(v) if *c.1 == v => c.0 = stamp,
-                Ok(v) => {
-                    tracing::info!(exports = v.len(), "exports loaded");
-                    *c = (stamp, Arc::new(v));
-                }
-                Err(e) => tracing::error!(error = %e, "keeping previous exports"),
+    /// Reads the source again if its stamp changed (or always, when `force`). An unchanged
+    /// content keeps its table (`Arc::ptr_eq` tells a real change); a source that cannot
+    /// be read keeps the last good table (and is logged).
+    pub fn refresh(&self, force: bool) -> Arc<Vec<Export>> {
+        let stamp = match self.source.stamp() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "keeping previous exports");
+                return self.current();
             }
-            return c.1.clone();
+        };
+        if !force && self.cached.lock().0 == Some(stamp) {
+            return self.current();
         }
-        if c.0 != stamp || stamp.is_none() {
-            match load(&self.root) {
-                // Unchanged content keeps its table: `Arc::ptr_eq` tells a real change.
-                Ok(v) if *c.1 == v => c.0 = stamp,
-                Ok(v) => {
-                    tracing::info!(exports = v.len(), "exports loaded");
-                    *c = (stamp, Arc::new(v));
-                }
-                Err(e) => tracing::error!(error = %e, "keeping previous exports"),
+        let loaded = self.source.load();
+        let mut c = self.cached.lock();
+        match loaded {
+            Ok(v) if *c.1 == v => c.0 = Some(stamp),
+            Ok(v) => {
+                tracing::info!(exports = v.len(), "exports loaded");
+                *c = (Some(stamp), Arc::new(v));
             }
+            Err(e) => tracing::error!(error = %e, "keeping previous exports"),
         }
         c.1.clone()
     }
@@ -303,32 +265,18 @@ mod tests {
     }
 
     #[test]
-    fn add_replace_remove_round_trip() {
-        let d = tempfile::tempdir().unwrap();
-        add(d.path(), ex("a", "iqn.2000-01.x:a")).unwrap();
-        add(d.path(), ex("b", "iqn.2000-01.x:b")).unwrap();
-        add(d.path(), ex("a", "iqn.2000-01.x:c")).unwrap();
-        let all = load(d.path()).unwrap();
-        assert_eq!(all.len(), 2);
-        assert_eq!(all[0].initiators, vec!["iqn.2000-01.x:c".to_string()]);
-        remove(d.path(), "a").unwrap();
-        assert_eq!(load(d.path()).unwrap().len(), 1);
-        assert!(matches!(
-            remove(d.path(), "a"),
-            Err(ExportError::NotExported(_))
-        ));
-        let mode = fs::metadata(d.path().join(FILE)).unwrap().mode();
-        assert_eq!(mode & 0o777, 0o600);
-    }
-
-    #[test]
-    fn duplicate_target_names_and_bad_names_are_refused() {
-        let d = tempfile::tempdir().unwrap();
-        add(d.path(), ex("a", "iqn.2000-01.x:a")).unwrap();
-        let mut b = ex("b", "iqn.2000-01.x:a");
-        b.iqn = default_iqn("a");
-        assert!(add(d.path(), b).is_err());
-        assert!(add(d.path(), ex("c", "eui.0123456789abcdef")).is_err());
+    fn bad_names_and_secrets_are_refused() {
+        assert!(check(&ex("a", "iqn.2000-01.x:a")).is_ok());
+        assert!(check(&ex("c", "eui.0123456789abcdef")).is_err());
+        let mut none = ex("n", "iqn.2000-01.x:a");
+        none.initiators.clear();
+        assert!(check(&none).is_err());
+        let mut empty = ex("e", "iqn.2000-01.x:a");
+        empty.chap = Some(Chap {
+            user: "u".into(),
+            secret: String::new(),
+        });
+        assert!(check(&empty).is_err());
         let mut same = ex("d", "iqn.2000-01.x:a");
         same.chap = Some(Chap {
             user: "u".into(),
@@ -338,19 +286,41 @@ mod tests {
             user: "t".into(),
             secret: "s3cret-secret".into(),
         });
-        assert!(add(d.path(), same).is_err());
+        assert!(check(&same).is_err());
     }
 
     #[test]
-    fn table_sees_changes_without_restart() {
-        let d = tempfile::tempdir().unwrap();
-        let t = ExportTable::new(d.path());
-        assert!(t.current().is_empty());
-        add(d.path(), ex("a", "iqn.2000-01.x:a")).unwrap();
+    fn the_table_sees_a_change_when_the_stamp_moves() {
+        let src = Arc::new(MemoryExports::default());
+        let t = ExportTable::new(src.clone());
+        assert!(t.refresh(false).is_empty());
+        src.set(vec![ex("a", "iqn.2000-01.x:a")]).unwrap();
+        // Not read yet: a login never waits on storage.
+        assert!(t.find_target(&default_iqn("a")).is_none());
+        let first = t.refresh(false);
         assert!(t.find_target(&default_iqn("a")).is_some());
         assert!(t.find_target(&default_iqn("A").to_uppercase()).is_some());
-        remove(d.path(), "a").unwrap();
+        // The same content under a new stamp keeps the table.
+        src.set(vec![ex("a", "iqn.2000-01.x:a")]).unwrap();
+        assert!(Arc::ptr_eq(&first, &t.refresh(false)));
+        src.set(Vec::new()).unwrap();
+        t.refresh(false);
         assert!(t.find_target(&default_iqn("a")).is_none());
+    }
+
+    #[test]
+    fn a_legacy_file_is_read_and_a_damaged_one_named() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(read_legacy_file(d.path()).unwrap().is_empty());
+        let f = serde_json::json!({ "exports": [ex("a", "iqn.2000-01.x:a")] });
+        fs::write(d.path().join(LEGACY_FILE), f.to_string()).unwrap();
+        assert_eq!(
+            read_legacy_file(d.path()).unwrap(),
+            vec![ex("a", "iqn.2000-01.x:a")]
+        );
+        fs::write(d.path().join(LEGACY_FILE), "{").unwrap();
+        let e = read_legacy_file(d.path()).unwrap_err();
+        assert!(e.to_string().contains("exports.json"), "{e}");
     }
 
     #[test]

@@ -554,7 +554,7 @@ impl Login {
                 let Some(cred) = &export.chap else {
                     return Err(fail(status::AUTH_FAILURE, "no CHAP secret"));
                 };
-                // An empty secret (a hand-edited exports.json) proves nothing: never matched.
+                // An empty secret (a catalog row edited by hand) proves nothing: never matched.
                 if cred.secret.is_empty() {
                     return Err(fail(
                         status::AUTH_FAILURE,

@@ -3,7 +3,8 @@
 //! Map of this directory, bottom up:
 //! - `digest.rs`  CRC32C digests; `pdu.rs` PDU framing (pure); `text.rs` key=value negotiation
 //! - `cdb.rs`     CDB field decoding; `scsi/` the block device, one file per command family
-//! - `exports.rs` which volume is served as which target to which initiators (REPO/exports.json)
+//! - `exports.rs` which volume is served as which target to which initiators (the type, its
+//!   checks, the server's cached table; stored by the catalog, read through `ExportSource`)
 //! - `login.rs`   the login state machine, CHAP and the ACL; `session.rs` the session table
 //! - `wire.rs`    PDUs in from and out to a socket; `window.rs` the CmdSN window
 //! - `command.rs` one SCSI command from CDB to Data-In and status

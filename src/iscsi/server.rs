@@ -6,7 +6,7 @@
 //! close.
 //!
 //! Export changes take effect at once: `strata export`/`unexport` ask through the control
-//! socket (`control.rs`), and exports.json is also polled every second (for hand edits).
+//! socket (`control.rs`), and the exports' stamp is also polled every second.
 //! Applying them ends the sessions they no longer admit and closes the volumes no longer
 //! exported once their last session is gone (so `strata volume rm` works right after).
 
@@ -22,8 +22,10 @@ use crate::store::Repository;
 
 pub use super::context::{ServerCtx, ServerOptions};
 use super::control;
+use super::exports::ExportSource;
 
-/// How often exports.json is checked for changes not announced on the control socket.
+/// How often the exports' stamp is checked for changes not announced on the control socket
+/// (made through the API, or by another node of a shared catalog).
 const EXPORTS_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,7 @@ pub enum ServeError {
 /// down gracefully. `ready` is told the bound addresses (useful with port 0).
 pub async fn serve(
     repo: Arc<Repository>,
+    exports: Arc<dyn ExportSource>,
     addrs: &[SocketAddr],
     opts: ServerOptions,
     mut stop: watch::Receiver<bool>,
@@ -62,7 +65,7 @@ pub async fn serve(
         );
     }
     let (sd_tx, sd_rx) = watch::channel(false);
-    let ctx = Arc::new(ServerCtx::new(repo, opts, sd_rx));
+    let ctx = Arc::new(ServerCtx::new(repo, exports, opts, sd_rx));
     ctx.apply_exports(true).await;
     let control = control::bind(ctx.repo.root());
     let mut tasks = tokio::task::JoinSet::new();
@@ -132,7 +135,7 @@ fn listen(a: SocketAddr) -> std::io::Result<TcpListener> {
     s.listen(ACCEPT_BACKLOG)
 }
 
-/// Applies exports.json when it changes without a word on the control socket.
+/// Applies the exports when they change without a word on the control socket.
 async fn watch_exports(ctx: Arc<ServerCtx>) {
     loop {
         tokio::time::sleep(EXPORTS_POLL).await;
