@@ -102,11 +102,11 @@ impl Catalog {
     /// Takes the exports of an earlier strata's `repo_dir/exports.json` into the catalog and
     /// renames the file (nothing when there is none). A damaged file stops the open, named.
     pub fn take_over_exports_file(&self, repo_dir: &Path) -> Result<usize> {
-        let found = exports::read_legacy_file(repo_dir).map_err(invalid)?;
         let path = repo_dir.join(exports::LEGACY_FILE);
-        if found.is_empty() && !path.exists() {
+        if !path.exists() {
             return Ok(0);
         }
+        let found = exports::read_legacy_file(repo_dir).map_err(invalid)?;
         for e in &found {
             // As the file had them: a hand-edited row that no longer passes the checks is
             // kept (the target refuses what it cannot honour, e.g. an empty secret).

@@ -106,6 +106,16 @@ impl Sqlite {
         }
     }
 
+    /// Moves the exports' counter, inside the transaction that changes them.
+    fn bump_exports(&self, tx: &rusqlite::Transaction<'_>) -> Result<()> {
+        tx.execute(
+            "UPDATE counters SET value = value + 1 WHERE name = 'exports'",
+            [],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     fn body(&self, text: String) -> Result<Value> {
         serde_json::from_str(&text).map_err(|e| CatalogError::Corrupt {
             path: self.path.clone(),
@@ -732,11 +742,7 @@ impl Backend for Sqlite {
             params![node, volume, iqn, body.to_string()],
         )
         .map_err(|e| self.err(e))?;
-        tx.execute(
-            "UPDATE counters SET value = value + 1 WHERE name = 'exports'",
-            [],
-        )
-        .map_err(|e| self.err(e))?;
+        self.bump_exports(&tx)?;
         tx.commit().map_err(|e| self.err(e))
     }
 
@@ -749,11 +755,7 @@ impl Backend for Sqlite {
                 [node, volume],
             )
             .map_err(|e| self.err(e))?;
-        tx.execute(
-            "UPDATE counters SET value = value + 1 WHERE name = 'exports'",
-            [],
-        )
-        .map_err(|e| self.err(e))?;
+        self.bump_exports(&tx)?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(n > 0)
     }

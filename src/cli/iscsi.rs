@@ -167,9 +167,9 @@ pub fn serve(repo: Arc<Repository>, a: ServeArgs) -> CliResult {
         ..ServerOptions::default()
     };
     raise_fd_limit();
-    // The API's listener and catalog first: a taken port or a catalog this strata cannot
-    // read stops the start before anything serves.
-    // The catalog holds the exports (an earlier strata's exports.json is taken over here).
+    // The catalog (which holds the exports; an earlier strata's exports.json is taken over
+    // here) and the API's listener first: a catalog this strata cannot read or a taken port
+    // stops the start before anything serves.
     let catalog = Catalog::open(repo.root())?;
     let export_source = catalog.export_source();
     let api = match a.api {
