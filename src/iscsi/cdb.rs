@@ -2,6 +2,8 @@
 //! the read/write family. Never panics: a CDB shorter than its opcode's length is reported
 //! as `None` / an error, never indexed past its end.
 
+use super::scsi::opcode::*;
+
 /// Length of the CDB for an opcode, by its group code (SPC-4 §4.2.5.1).
 pub fn cdb_len(opcode: u8) -> Option<usize> {
     match opcode >> 5 {
@@ -94,11 +96,13 @@ pub fn block_range(c: &[u8]) -> BlockRange {
 /// Allocation length of the CDBs that have one, by opcode.
 pub fn allocation_length(c: &[u8]) -> u32 {
     match byte(c, 0) {
-        0x12 => be16(c, 3) as u32,        // INQUIRY
-        0x03 | 0x1a => byte(c, 4) as u32, // REQUEST SENSE, MODE SENSE(6)
-        0x5a | 0x5e => be16(c, 7) as u32, // MODE SENSE(10), PR IN
-        0xa0 | 0xa3 => be32(c, 6),        // REPORT LUNS, REPORT SUPPORTED OPCODES
-        0x9e => be32(c, 10),              // READ CAPACITY(16), GET LBA STATUS
+        INQUIRY => be16(c, 3) as u32,
+        REQUEST_SENSE | MODE_SENSE_6 => byte(c, 4) as u32,
+        MODE_SENSE_10 | PERSISTENT_RESERVE_IN => be16(c, 7) as u32,
+        // REPORT SUPPORTED OPERATION CODES is MAINTENANCE IN's one service action.
+        REPORT_LUNS | MAINTENANCE_IN => be32(c, 6),
+        // READ CAPACITY(16), GET LBA STATUS
+        SERVICE_ACTION_IN_16 => be32(c, 10),
         _ => 0,
     }
 }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::pdu::{self, op, Bhs, RESERVED_TAG};
+use super::scsi::opcode::*;
 use super::scsi::sense::status;
 use super::scsi::{self, LogicalUnit, Nexus, Outcome, Request, Response};
 use super::wire::{Out, OutPdu, Sn};
@@ -106,15 +107,14 @@ pub(super) fn inline_candidate(lu: Option<&LogicalUnit>, bhs: &Bhs) -> bool {
     let cdb = &bhs.0[32..48];
     let small = bhs.u32_at(20) as usize <= INLINE_MAX;
     match cdb[0] {
-        0x08 | 0x28 | 0xa8 | 0x88 => small,
+        READ_6 | READ_10 | READ_12 | READ_16 => small,
         // WRITE(6) has no FUA bit; the others have it in byte 1, bit 3.
-        0x0a | 0x2a | 0xaa | 0x8a => {
-            small && (cdb[0] == 0x0a || cdb[1] & 0x08 == 0) && lu.wce.load(Ordering::Relaxed)
+        WRITE_6 | WRITE_10 | WRITE_12 | WRITE_16 => {
+            small && (cdb[0] == WRITE_6 || cdb[1] & 0x08 == 0) && lu.wce.load(Ordering::Relaxed)
         }
-        // TEST UNIT READY, REQUEST SENSE, INQUIRY, MODE SENSE, READ CAPACITY, REPORT LUNS.
-        0x00 | 0x03 | 0x12 | 0x1a | 0x5a | 0x25 | 0xa0 => true,
-        // READ CAPACITY(16)
-        0x9e => cdb[1] & 0x1f == 0x10,
+        TEST_UNIT_READY | REQUEST_SENSE | INQUIRY | MODE_SENSE_6 | MODE_SENSE_10
+        | READ_CAPACITY_10 | REPORT_LUNS => true,
+        SERVICE_ACTION_IN_16 => cdb[1] & 0x1f == SA_READ_CAPACITY_16,
         _ => false,
     }
 }

@@ -80,17 +80,61 @@ pub const SUPPORTED: &[(u8, Option<u16>, u16)] = &[
     (opcode::RESERVE_10, None, 10),
     (opcode::RELEASE_10, None, 10),
     (opcode::MODE_SENSE_10, None, 10),
-    (opcode::PERSISTENT_RESERVE_IN, Some(0x00), 10),
-    (opcode::PERSISTENT_RESERVE_IN, Some(0x01), 10),
-    (opcode::PERSISTENT_RESERVE_IN, Some(0x02), 10),
-    (opcode::PERSISTENT_RESERVE_IN, Some(0x03), 10),
-    (opcode::PERSISTENT_RESERVE_OUT, Some(0x00), 10),
-    (opcode::PERSISTENT_RESERVE_OUT, Some(0x01), 10),
-    (opcode::PERSISTENT_RESERVE_OUT, Some(0x02), 10),
-    (opcode::PERSISTENT_RESERVE_OUT, Some(0x03), 10),
-    (opcode::PERSISTENT_RESERVE_OUT, Some(0x04), 10),
-    (opcode::PERSISTENT_RESERVE_OUT, Some(0x05), 10),
-    (opcode::PERSISTENT_RESERVE_OUT, Some(0x06), 10),
+    (
+        opcode::PERSISTENT_RESERVE_IN,
+        Some(opcode::PRIN_READ_KEYS as u16),
+        10,
+    ),
+    (
+        opcode::PERSISTENT_RESERVE_IN,
+        Some(opcode::PRIN_READ_RESERVATION as u16),
+        10,
+    ),
+    (
+        opcode::PERSISTENT_RESERVE_IN,
+        Some(opcode::PRIN_REPORT_CAPABILITIES as u16),
+        10,
+    ),
+    (
+        opcode::PERSISTENT_RESERVE_IN,
+        Some(opcode::PRIN_READ_FULL_STATUS as u16),
+        10,
+    ),
+    (
+        opcode::PERSISTENT_RESERVE_OUT,
+        Some(opcode::PROUT_REGISTER as u16),
+        10,
+    ),
+    (
+        opcode::PERSISTENT_RESERVE_OUT,
+        Some(opcode::PROUT_RESERVE as u16),
+        10,
+    ),
+    (
+        opcode::PERSISTENT_RESERVE_OUT,
+        Some(opcode::PROUT_RELEASE as u16),
+        10,
+    ),
+    (
+        opcode::PERSISTENT_RESERVE_OUT,
+        Some(opcode::PROUT_CLEAR as u16),
+        10,
+    ),
+    (
+        opcode::PERSISTENT_RESERVE_OUT,
+        Some(opcode::PROUT_PREEMPT as u16),
+        10,
+    ),
+    (
+        opcode::PERSISTENT_RESERVE_OUT,
+        Some(opcode::PROUT_PREEMPT_AND_ABORT as u16),
+        10,
+    ),
+    (
+        opcode::PERSISTENT_RESERVE_OUT,
+        Some(opcode::PROUT_REGISTER_AND_IGNORE_EXISTING_KEY as u16),
+        10,
+    ),
     (opcode::READ_16, None, 16),
     (opcode::COMPARE_AND_WRITE, None, 16),
     (opcode::WRITE_16, None, 16),
@@ -100,10 +144,22 @@ pub const SUPPORTED: &[(u8, Option<u16>, u16)] = &[
     (opcode::PRE_FETCH_16, None, 16),
     (opcode::SYNCHRONIZE_CACHE_16, None, 16),
     (opcode::WRITE_SAME_16, None, 16),
-    (opcode::SERVICE_ACTION_IN_16, Some(0x10), 16),
-    (opcode::SERVICE_ACTION_IN_16, Some(0x12), 16),
+    (
+        opcode::SERVICE_ACTION_IN_16,
+        Some(opcode::SA_READ_CAPACITY_16 as u16),
+        16,
+    ),
+    (
+        opcode::SERVICE_ACTION_IN_16,
+        Some(opcode::SA_GET_LBA_STATUS as u16),
+        16,
+    ),
     (opcode::REPORT_LUNS, None, 12),
-    (opcode::MAINTENANCE_IN, Some(0x0c), 12),
+    (
+        opcode::MAINTENANCE_IN,
+        Some(opcode::SA_REPORT_SUPPORTED_OPCODES as u16),
+        12,
+    ),
     (opcode::READ_12, None, 12),
     (opcode::WRITE_12, None, 12),
     (opcode::WRITE_AND_VERIFY_12, None, 12),
@@ -186,7 +242,7 @@ fn known(op: u8) -> bool {
 /// asked for.
 pub fn read_defect_data(_lu: &LogicalUnit, req: &Request) -> CmdResult {
     let c = req.cdb;
-    let twelve = cdb::byte(c, 0) == 0xb7;
+    let twelve = cdb::byte(c, 0) == opcode::READ_DEFECT_DATA_12;
     let (flags, alloc) = if twelve {
         (cdb::byte(c, 1) & 0x1f, cdb::be32(c, 6))
     } else {

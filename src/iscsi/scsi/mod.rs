@@ -393,7 +393,7 @@ impl LogicalUnit {
 
     /// RESERVE(6/10): an SPC-2 reservation of the whole LU.
     fn reserve(&self, req: &Request) -> CmdResult {
-        if cdb::byte(req.cdb, 0) == 0x56 && cdb::byte(req.cdb, 1) & 0x03 != 0 {
+        if cdb::byte(req.cdb, 0) == RESERVE_10 && cdb::byte(req.cdb, 1) & 0x03 != 0 {
             return Err(sense::invalid_cdb_field(1, None)); // third-party / LONGID
         }
         if self.pr.lock().has_registrations() {

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::sense::{self};
-use super::{cdb, truncate, CmdResult, LogicalUnit, Request, Response, BLOCK_SIZE};
+use super::{cdb, opcode, truncate, CmdResult, LogicalUnit, Request, Response, BLOCK_SIZE};
 
 const CACHING: u8 = 0x08;
 const CONTROL: u8 = 0x0a;
@@ -48,7 +48,7 @@ fn page(lu: &LogicalUnit, code: u8, pc: u8) -> Vec<u8> {
 
 pub fn mode_sense(lu: &LogicalUnit, req: &Request) -> CmdResult {
     let c = req.cdb;
-    let ten = cdb::byte(c, 0) == 0x5a;
+    let ten = cdb::byte(c, 0) == opcode::MODE_SENSE_10;
     let dbd = cdb::byte(c, 1) & 0x08 != 0;
     let llbaa = ten && cdb::byte(c, 1) & 0x10 != 0;
     let pc = cdb::byte(c, 2) >> 6;
@@ -114,7 +114,7 @@ pub fn mode_sense(lu: &LogicalUnit, req: &Request) -> CmdResult {
 
 pub fn mode_select(lu: &LogicalUnit, req: &Request) -> CmdResult {
     let c = req.cdb;
-    let ten = cdb::byte(c, 0) == 0x55;
+    let ten = cdb::byte(c, 0) == opcode::MODE_SELECT_10;
     let pf = cdb::byte(c, 1) & 0x10 != 0;
     let sp = cdb::byte(c, 1) & 0x01 != 0;
     let len = if ten {

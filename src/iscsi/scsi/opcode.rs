@@ -1,5 +1,6 @@
 //! SCSI operation codes (SPC-4, SBC-3) the logical unit answers, by their standard names,
-//! and the service actions of the two opcodes that carry one.
+//! and the service actions of the opcodes that carry one. Everything that looks at a CDB's
+//! operation code matches on these names, never on the numbers.
 
 pub const TEST_UNIT_READY: u8 = 0x00;
 pub const REQUEST_SENSE: u8 = 0x03;
@@ -55,3 +56,20 @@ pub const SA_READ_CAPACITY_16: u8 = 0x10;
 pub const SA_GET_LBA_STATUS: u8 = 0x12;
 /// Service action of MAINTENANCE IN.
 pub const SA_REPORT_SUPPORTED_OPCODES: u8 = 0x0c;
+
+/// Service actions of PERSISTENT RESERVE IN (SPC-4 §6.15.1).
+pub const PRIN_READ_KEYS: u8 = 0x00;
+pub const PRIN_READ_RESERVATION: u8 = 0x01;
+pub const PRIN_REPORT_CAPABILITIES: u8 = 0x02;
+pub const PRIN_READ_FULL_STATUS: u8 = 0x03;
+
+/// Service actions of PERSISTENT RESERVE OUT (SPC-4 §6.16.2).
+pub const PROUT_REGISTER: u8 = 0x00;
+pub const PROUT_RESERVE: u8 = 0x01;
+pub const PROUT_RELEASE: u8 = 0x02;
+pub const PROUT_CLEAR: u8 = 0x03;
+pub const PROUT_PREEMPT: u8 = 0x04;
+pub const PROUT_PREEMPT_AND_ABORT: u8 = 0x05;
+pub const PROUT_REGISTER_AND_IGNORE_EXISTING_KEY: u8 = 0x06;
+/// REGISTER AND MOVE: the last service action SPC-4 defines (not supported).
+pub const PROUT_REGISTER_AND_MOVE: u8 = 0x07;

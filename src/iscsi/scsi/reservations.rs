@@ -2,6 +2,7 @@
 //! port, the six reservation types, and the conflict check every command passes through.
 //! State lives in memory for the life of the server (APTPL is not offered).
 
+use super::opcode::*;
 use super::sense::{self, status};
 use super::{cdb, truncate, CmdResult, LogicalUnit, Nexus, Request, Response};
 
@@ -43,11 +44,14 @@ enum Access {
 
 fn access(c: &[u8]) -> Access {
     match cdb::byte(c, 0) {
-        0x08 | 0x28 | 0xa8 | 0x88 | 0x2f | 0xaf | 0x8f | 0x34 | 0x90 => Access::Read,
-        0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x89 | 0x41 | 0x93 | 0x42 | 0x35
-        | 0x91 | 0x15 | 0x55 | 0x1b => Access::Write,
-        0x9e if cdb::byte(c, 1) & 0x1f == 0x12 => Access::Read,
-        0x8b => Access::Write,
+        READ_6 | READ_10 | READ_12 | READ_16 | VERIFY_10 | VERIFY_12 | VERIFY_16 | PRE_FETCH_10
+        | PRE_FETCH_16 => Access::Read,
+        WRITE_6 | WRITE_10 | WRITE_12 | WRITE_16 | WRITE_AND_VERIFY_10 | WRITE_AND_VERIFY_12
+        | WRITE_AND_VERIFY_16 | COMPARE_AND_WRITE | WRITE_SAME_10 | WRITE_SAME_16 | UNMAP
+        | SYNCHRONIZE_CACHE_10 | SYNCHRONIZE_CACHE_16 | MODE_SELECT_6 | MODE_SELECT_10
+        | START_STOP_UNIT => Access::Write,
+        SERVICE_ACTION_IN_16 if cdb::byte(c, 1) & 0x1f == SA_GET_LBA_STATUS => Access::Read,
+        ORWRITE_16 => Access::Write,
         _ => Access::Other,
     }
 }
@@ -111,14 +115,14 @@ pub fn persistent_reserve_in(lu: &LogicalUnit, req: &Request) -> CmdResult {
     let pr = lu.pr.lock();
     let mut d = Vec::new();
     match sa {
-        0x00 => {
+        PRIN_READ_KEYS => {
             d.extend_from_slice(&pr.generation.to_be_bytes());
             d.extend_from_slice(&((pr.regs.len() * 8) as u32).to_be_bytes());
             for r in &pr.regs {
                 d.extend_from_slice(&r.key.to_be_bytes());
             }
         }
-        0x01 => {
+        PRIN_READ_RESERVATION => {
             d.extend_from_slice(&pr.generation.to_be_bytes());
             match &pr.res {
                 Some(res) => {
@@ -134,7 +138,7 @@ pub fn persistent_reserve_in(lu: &LogicalUnit, req: &Request) -> CmdResult {
                 None => d.extend_from_slice(&0u32.to_be_bytes()),
             }
         }
-        0x02 => {
+        PRIN_REPORT_CAPABILITIES => {
             d = vec![0u8; 8];
             d[1] = 8;
             d[2] = 0x10; // CRH
@@ -142,7 +146,7 @@ pub fn persistent_reserve_in(lu: &LogicalUnit, req: &Request) -> CmdResult {
             d[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02;
             d[5] = 0x01;
         }
-        0x03 => {
+        PRIN_READ_FULL_STATUS => {
             d.extend_from_slice(&pr.generation.to_be_bytes());
             d.extend_from_slice(&[0, 0, 0, 0]);
             for r in &pr.regs {
@@ -172,7 +176,7 @@ pub fn persistent_reserve_out(lu: &LogicalUnit, req: &Request) -> CmdResult {
     let scope = cdb::byte(c, 2) >> 4;
     let rtype = cdb::byte(c, 2) & 0x0f;
     let plen = cdb::be32(c, 5) as usize;
-    if sa > 0x07 {
+    if sa > PROUT_REGISTER_AND_MOVE {
         return Err(sense::invalid_cdb_field(1, Some(4)));
     }
     if plen != 24 {
@@ -201,8 +205,8 @@ pub fn persistent_reserve_out(lu: &LogicalUnit, req: &Request) -> CmdResult {
     let mine = pr.reg(&port).map(|r| r.key);
     match sa {
         // REGISTER, REGISTER AND IGNORE EXISTING KEY
-        0x00 | 0x06 => {
-            if sa == 0x00 && key != mine.unwrap_or(0) {
+        PROUT_REGISTER | PROUT_REGISTER_AND_IGNORE_EXISTING_KEY => {
+            if sa == PROUT_REGISTER && key != mine.unwrap_or(0) {
                 return conflict();
             }
             match (mine, sa_key) {
@@ -234,7 +238,7 @@ pub fn persistent_reserve_out(lu: &LogicalUnit, req: &Request) -> CmdResult {
             good()
         }
         // RESERVE
-        0x01 => {
+        PROUT_RESERVE => {
             if mine != Some(key) {
                 return conflict();
             }
@@ -254,7 +258,7 @@ pub fn persistent_reserve_out(lu: &LogicalUnit, req: &Request) -> CmdResult {
             }
         }
         // RELEASE
-        0x02 => {
+        PROUT_RELEASE => {
             if mine != Some(key) {
                 return conflict();
             }
@@ -274,7 +278,7 @@ pub fn persistent_reserve_out(lu: &LogicalUnit, req: &Request) -> CmdResult {
             good()
         }
         // CLEAR
-        0x03 => {
+        PROUT_CLEAR => {
             if mine != Some(key) {
                 return conflict();
             }
@@ -292,7 +296,7 @@ pub fn persistent_reserve_out(lu: &LogicalUnit, req: &Request) -> CmdResult {
             good()
         }
         // PREEMPT, PREEMPT AND ABORT
-        0x04 | 0x05 => {
+        PROUT_PREEMPT | PROUT_PREEMPT_AND_ABORT => {
             if mine != Some(key) {
                 return conflict();
             }

@@ -1,10 +1,13 @@
 //! SYNCHRONIZE CACHE (10/16): the durability point, mapped to the volume's flush. And
 //! PRE-FETCH (10/16), which has nothing to do here beyond its range check.
 
-use super::{cdb, sense::status, store_sense, CmdResult, LogicalUnit, Request, Response};
+use super::{cdb, opcode, sense::status, store_sense, CmdResult, LogicalUnit, Request, Response};
 
 fn range(c: &[u8]) -> (u64, u64) {
-    if cdb::byte(c, 0) == 0x35 || cdb::byte(c, 0) == 0x34 {
+    if matches!(
+        cdb::byte(c, 0),
+        opcode::SYNCHRONIZE_CACHE_10 | opcode::PRE_FETCH_10
+    ) {
         (cdb::be32(c, 2) as u64, cdb::be16(c, 7) as u64)
     } else {
         (cdb::be64(c, 2), cdb::be32(c, 10) as u64)

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 
 use super::sense::{self};
 use super::{
-    cdb, store_sense, CmdResult, LogicalUnit, Request, Response, BLOCK_SIZE, MAX_UNMAP_BLOCKS,
-    MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
+    cdb, opcode, store_sense, CmdResult, LogicalUnit, Request, Response, BLOCK_SIZE,
+    MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
 };
 
 pub fn unmap(lu: &LogicalUnit, req: &Request) -> CmdResult {
@@ -61,7 +61,7 @@ pub fn unmap(lu: &LogicalUnit, req: &Request) -> CmdResult {
 
 pub fn write_same(lu: &LogicalUnit, req: &Request) -> CmdResult {
     let c = req.cdb;
-    let sixteen = cdb::byte(c, 0) == 0x93;
+    let sixteen = cdb::byte(c, 0) == opcode::WRITE_SAME_16;
     let flags = cdb::byte(c, 1);
     if flags >> 5 != 0 {
         return Err(sense::invalid_cdb_field(1, Some(7)));
