@@ -33,9 +33,11 @@ use super::command::{
 };
 use super::context::ServerCtx;
 use super::data_out::{Step, TransferTags, Writes};
+use super::latency::Histogram;
 use super::login::{Established, Login, SessionType};
 use super::pdu::{self, op, reject, Bhs, FrameLimits, Pdu, RESERVED_TAG};
 use super::prelogin::PreLoginGuard;
+use super::scsi::opcode::{READ_10, READ_12, READ_16, READ_6};
 use super::scsi::sense;
 use super::scsi::{LogicalUnit, Nexus, Response};
 use super::session::{sn_gt, sn_lt, SessionKey, Stop};
@@ -301,6 +303,7 @@ async fn full_feature<R, W>(
         batch: Vec::new(),
         out_pending: Vec::new(),
         batches: Arc::new((AtomicUsize::new(0), Notify::new())),
+        io: SessionIo::default(),
     };
     let mut stop = guard.as_ref().map(|g| g.stop.clone());
     let mut shutdown = ctx.shutdown.clone();
@@ -422,7 +425,13 @@ async fn full_feature<R, W>(
             }
         }
     };
-    tracing::info!(%peer, initiator = %est.initiator, reason, "session ending");
+    // What the session carried (the boot tests check that the OS's session, not the
+    // firmware's, carries the I/O once the OS has taken over).
+    tracing::info!(
+        %peer, initiator = %est.initiator, tsih, commands = conn.io.commands,
+        read_bytes = conn.io.read_bytes, written_bytes = conn.io.written_bytes, reason,
+        "session ending"
+    );
     if logout_by.is_some() {
         let counter = if reason == "logout" {
             &ctx.shutdown_logouts
@@ -472,6 +481,15 @@ pub enum Flow {
     Close(&'static str),
 }
 
+/// A session's I/O, counted as commands are dispatched: SCSI commands, the Data-In its
+/// reads asked for (expected transfer lengths) and the Data-Out its writes delivered.
+#[derive(Default)]
+struct SessionIo {
+    commands: u64,
+    read_bytes: u64,
+    written_bytes: u64,
+}
+
 struct TaskInfo {
     lun: u64,
     cmd_sn: u32,
@@ -503,13 +521,15 @@ pub struct Conn {
     out_pending: Vec<OutPdu>,
     /// Batches running, and the signal that one finished.
     batches: Arc<(AtomicUsize, Notify)>,
+    io: SessionIo,
 }
 
-/// A command ready to run: its PDU header, Data-Out, and abort flag.
+/// A command ready to run: its PDU header, Data-Out, abort flag, and when it arrived.
 struct Job {
     bhs: Bhs,
     data: Bytes,
     aborted: Arc<TaskState>,
+    since: std::time::Instant,
 }
 
 /// Commands moving at most this many bytes are batched; larger ones run on their own.
@@ -750,6 +770,11 @@ impl Conn {
 
     /// Runs a command (its data collected) on its own task.
     fn dispatch(&mut self, bhs: Bhs, data_out: Bytes) {
+        self.io.commands += 1;
+        if bhs.flags() & 0x40 != 0 {
+            self.io.read_bytes += bhs.u32_at(20) as u64;
+        }
+        self.io.written_bytes += data_out.len() as u64;
         let aborted = Arc::new(TaskState::default());
         self.inflight.0.fetch_add(1, Ordering::AcqRel);
         self.tasks.lock().insert(
@@ -765,6 +790,7 @@ impl Conn {
             bhs,
             data: data_out,
             aborted,
+            since: std::time::Instant::now(),
         };
         if big {
             self.flush_batch();
@@ -828,6 +854,7 @@ impl Conn {
             }
         }
         self.out_pending = collect.into_inner();
+        record_reads(&done, &self.ctx.read_latency);
         finish_jobs(&done, &self.tasks, &self.window, &self.inflight);
     }
 
@@ -852,6 +879,7 @@ impl Conn {
         let max_send = self.data_in();
         let tasks = self.tasks.clone();
         let inflight = self.inflight.clone();
+        let ctx = self.ctx.clone();
         tokio::task::spawn_blocking(move || {
             let collect = (jobs.len() > 1).then(|| RefCell::new(Vec::new()));
             for j in &jobs {
@@ -877,6 +905,7 @@ impl Conn {
                     let _ = tx.blocking_send(Out { pdus });
                 }
             }
+            record_reads(&jobs, &ctx.read_latency);
             finish_jobs(&jobs, &tasks, &window, &inflight);
             if counted {
                 batches.0.fetch_sub(1, Ordering::AcqRel);
@@ -1043,6 +1072,15 @@ impl Conn {
             }
         }
         out
+    }
+}
+
+/// Notes the service time of the reads among `jobs`, which have just been answered.
+fn record_reads(jobs: &[Job], h: &Histogram) {
+    for j in jobs {
+        if matches!(j.bhs.0[32], READ_6 | READ_10 | READ_12 | READ_16) {
+            h.record(j.since.elapsed());
+        }
     }
 }
 

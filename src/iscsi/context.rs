@@ -86,6 +86,8 @@ pub struct ServerCtx {
     applying: tokio::sync::Mutex<()>,
     /// Boot traces: records a first boot of each image's clones, prefetches it for the next.
     pub tracer: crate::store::trace::Tracer,
+    /// How long READs took to serve, all sessions together.
+    pub read_latency: super::latency::Histogram,
 }
 
 /// How long applying an export change waits for the sessions it ends.
@@ -113,6 +115,7 @@ impl ServerCtx {
             nop_timeouts: AtomicU64::new(0),
             applying: tokio::sync::Mutex::new(()),
             tracer: Default::default(),
+            read_latency: Default::default(),
         }
     }
 

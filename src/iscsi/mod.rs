@@ -10,6 +10,7 @@
 //! - `command.rs` one SCSI command from CDB to Data-In and status
 //! - `data_out.rs` a connection's writes collecting their Data-Out (R2Ts, order checks)
 //! - `connection.rs` one TCP connection's loop; `tmf.rs` task management
+//! - `latency.rs` the histogram of the server's read service times (logged at shutdown)
 //! - `prelogin.rs` the budget of connections not yet logged in (floods evict themselves)
 //! - `context.rs` what every connection shares: options, tables, open units, export changes
 //! - `server.rs`  listeners and graceful shutdown; `control.rs` the control socket through
@@ -24,6 +25,7 @@ pub mod control;
 mod data_out;
 pub mod digest;
 pub mod exports;
+pub mod latency;
 pub mod login;
 pub mod pdu;
 pub mod prelogin;

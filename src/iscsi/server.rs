@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use crate::store::Repository;
 
 pub use super::context::{ServerCtx, ServerOptions};
-use super::control;
 use super::exports::ExportSource;
+use super::{control, latency};
 
 /// How often the exports' stamp is checked for changes not announced on the control socket
 /// (made through the API, or by another node of a shared catalog).
@@ -115,6 +115,18 @@ pub async fn serve(
         chunks_loaded = loaded,
         mib_loaded = (loaded * crate::store::format::CHUNK as u64) >> 20,
         "image chunk cache"
+    );
+    // How long reads took, arrival to response queued (log2 buckets: a quantile is given as
+    // the upper bound of its bucket).
+    let lat = ctx.read_latency.snapshot();
+    tracing::info!(
+        reads = latency::total(&lat),
+        mean_us = ctx.read_latency.mean_us(),
+        p50_us_below = latency::quantile_bound_us(&lat, 0.50),
+        p99_us_below = latency::quantile_bound_us(&lat, 0.99),
+        p999_us_below = latency::quantile_bound_us(&lat, 0.999),
+        buckets = %latency::buckets_text(&lat),
+        "read latency"
     );
     Ok(())
 }
