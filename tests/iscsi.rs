@@ -756,6 +756,34 @@ fn session_reinstatement_replaces_the_old_connection() {
     settle(&mut bystander);
 }
 
+/// An initiator that takes its session over from a connection it has stopped reading (the
+/// OS's iscsid replacing the initramfs's connection) is not held up by it: the old
+/// connection's unread answers are dropped with its tasks, not waited for, and it closes.
+#[test]
+fn a_reinstating_login_does_not_wait_for_answers_the_old_connection_never_reads() {
+    let repo = Repo::new();
+    let iqn = repo.exported_volume("stuck", 64, &[CLIENT]);
+    // Default pings and socket timeouts (35 s): longer than the login's read timeout.
+    let srv = repo.serve(&[]);
+    let o = LoginOpts::new(CLIENT, &iqn);
+    let mut old = Raw::login(srv.addr, &o).unwrap();
+    settle(&mut old);
+    // 48 MiB of reads that are never read: far more than the sockets buffer.
+    for i in 0..48u32 {
+        let b = old.scsi_bhs(&read10(i * 2048, 2048), 1 << 20, true, false);
+        old.send(&b, &[]);
+    }
+    let mut new = Raw::login(srv.addr, &o).expect("the reinstating login was refused");
+    settle(&mut new);
+    let (st, _, _) = new.command(&write10(8, 1), 0, &[7u8; 512]);
+    assert_eq!(st, 0);
+    assert!(
+        wait_closed(&mut old, Duration::from_secs(20)),
+        "the old connection is still open"
+    );
+    assert!(srv.log().contains("session reinstated"), "{}", srv.log());
+}
+
 #[test]
 fn cmdsn_window_and_nop_pings() {
     let (_repo, srv, iqn) = raw_setup();

@@ -314,6 +314,7 @@ async fn full_feature<R, W>(
     // Set once the server is shutting down and has asked the initiator to log out.
     let mut logout_by: Option<Instant> = None;
     let mut revoked = false;
+    let mut reinstated = false;
     let batch_done = conn.batches.clone();
     let batch_done = &batch_done.1;
     let reason: &str = loop {
@@ -406,6 +407,7 @@ async fn full_feature<R, W>(
                     revoked = true;
                     break "access revoked (export removed or changed)";
                 }
+                reinstated = true;
                 break "session reinstated";
             }
             _ = shutdown.changed(), if logout_by.is_none() => {
@@ -445,6 +447,15 @@ async fn full_feature<R, W>(
         // of anything still queued and closes the socket; commands not yet answered are
         // aborted (what they still produce goes nowhere), gathered ones never run.
         let _ = cut_tx.send(Some(logout_request(Duration::ZERO).pdus.remove(0)));
+        conn.abort_everything();
+    } else if reinstated {
+        // A new login took the session over: its old tasks end without a word (RFC 7143
+        // §6.3.4, §6.3.5; the initiator issues them again on the new connection) and
+        // nothing more is written to the old one. The initiator may have stopped reading
+        // it without closing it; waiting to deliver the old responses there held the new
+        // login (which waits for this session to end) until the socket timed out, longer
+        // than the initiator's own login timeout.
+        let _ = cut_tx.send(None);
         conn.abort_everything();
     }
     // In-flight commands finish and their responses go out before the socket closes.

@@ -303,6 +303,99 @@ pub fn assert_os_ran_from_the_volume(boot: &Boot, server: &Server, initiator: &s
     );
 }
 
+/// What one session of an initiator carried, from strata's `session started` and `session
+/// ending` lines (matched by the connection's address).
+#[derive(Debug)]
+pub struct SessionIo {
+    pub peer: String,
+    pub commands: u64,
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+    pub reason: String,
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let key = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key.as_str()))
+}
+
+/// The sessions of `initiator` to a target (not discovery) that have ended, in the order
+/// they started.
+pub fn session_io(log: &str, initiator: &str) -> Vec<SessionIo> {
+    let who = format!("initiator={initiator}");
+    let mut started: Vec<String> = Vec::new();
+    let mut ended: Vec<SessionIo> = Vec::new();
+    for l in log.lines().filter(|l| l.contains(&who)) {
+        let Some(peer) = field(l, "peer") else {
+            continue;
+        };
+        if l.contains("session started") && !l.contains("(discovery)") {
+            started.push(peer.to_string());
+        } else if l.contains("session ending") && started.iter().any(|p| p == peer) {
+            let n = |k| field(l, k).and_then(|v| v.parse().ok()).unwrap_or(0);
+            ended.push(SessionIo {
+                peer: peer.to_string(),
+                commands: n("commands"),
+                read_bytes: n("read_bytes"),
+                written_bytes: n("written_bytes"),
+                reason: l.split("reason=").nth(1).unwrap_or_default().to_string(),
+            });
+        }
+    }
+    ended.sort_by_key(|s| started.iter().position(|p| *p == s.peer));
+    ended
+}
+
+/// Once the OS has taken over, its session carries the I/O: the firmware's session (the
+/// first) read the loader, kernel and initramfs and then stopped, and the OS's sessions
+/// that came after it carry the root's reads and its writes (the init writes and syncs a
+/// file; nothing before the OS writes). `log` is the whole log of a stopped server, so every
+/// session has its `session ending` line.
+pub fn assert_the_os_sessions_carried_the_io(log: &str, initiator: &str) {
+    let s = session_io(log, initiator);
+    assert!(
+        s.len() >= 2,
+        "strata's log shows {} ended session(s) of {initiator} with their I/O, not the firmware's and the OS's: {s:?}\n{}",
+        s.len(),
+        tail(log, 4000)
+    );
+    let info = std::fs::read_to_string(golden_image().with_file_name("info")).unwrap();
+    let loaded: u64 = ["kernel_bytes=", "initrd_bytes="]
+        .iter()
+        .filter_map(|k| info.lines().find_map(|l| l.strip_prefix(k)))
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum();
+    let (firmware, os) = (&s[0], &s[1..]);
+    assert!(
+        firmware.read_bytes >= loaded,
+        "the firmware's session read {} bytes, less than the kernel and initramfs ({loaded}): {s:?}",
+        firmware.read_bytes
+    );
+    assert_eq!(
+        firmware.written_bytes, 0,
+        "the firmware's session wrote: {s:?}"
+    );
+    let last = &os[os.len() - 1];
+    assert!(
+        last.commands > 0 && last.read_bytes > 0 && last.written_bytes > 0,
+        "the OS's last session carried no reads or no writes: {s:?}"
+    );
+    eprintln!(
+        "sessions of {initiator}: {}",
+        s.iter()
+            .map(|x| format!(
+                "{} commands, {} KiB read, {} KiB written ({})",
+                x.commands,
+                x.read_bytes >> 10,
+                x.written_bytes >> 10,
+                x.reason
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+}
+
 pub fn report_phases(test: &str, boot: &Boot) {
     let mut last = 0.0;
     let mut s = String::new();
@@ -329,7 +422,9 @@ pub fn boot_chain(test: &str, initiator: &str, chap: Option<&Chap>) {
     let (boot, server, target) = boot_once(&repo, &cfg);
     report_phases(test, &boot);
     assert_os_ran_from_the_volume(&boot, &server, initiator, &target);
+    let log = server.log_path();
     assert!(server.stop().success());
+    assert_the_os_sessions_carried_the_io(&std::fs::read_to_string(log).unwrap(), initiator);
     assert_boot_trace_recorded_and_replayed(&repo, &serve_logs(&repo));
 }
 
@@ -362,6 +457,10 @@ fn assert_boot_trace_recorded_and_replayed(repo: &Repo, first_log: &str) {
     let path = repo.root.join("images/os-gold").join(trace::TRACE_FILE);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let t = trace::BootTrace::decode(&bytes).unwrap();
+    // A real boot's trace, kept for tools/bench-iscsi's replay (--trace) when asked for.
+    if let Some(keep) = std::env::var_os("STRATA_KEEP_BOOT_TRACE") {
+        std::fs::write(&keep, &bytes).unwrap_or_else(|e| panic!("{keep:?}: {e}"));
+    }
     let info = std::fs::read_to_string(golden_image().with_file_name("info")).unwrap();
     let field = |k: &str| -> u64 {
         info.lines()
@@ -680,7 +779,9 @@ pub fn deploy_then_boot(test: &str, initiator: &str, chap: &Chap) {
     };
     assert_eq!(line("STRATA-HOSTNAME "), HOST, "the OS's hostname");
     assert_eq!(line("STRATA-DEPLOYED "), marker, "the deployed marker");
+    let log = server.log_path();
     assert!(server.stop().success());
+    assert_the_os_sessions_carried_the_io(&std::fs::read_to_string(log).unwrap(), initiator);
     // The personalization is the volume's alone.
     let gold = repo.ok(&["fs", "cat", "--image", "os-gold", "/dev/sda2:/etc/hostname"]);
     assert_eq!(gold.trim(), "strata-boot");
