@@ -665,3 +665,96 @@ fn a_captured_xfs_volume_stores_about_its_used_blocks_and_deploys_back_clean() {
     assert_eq!(read(&m, "etc/hostname"), "golden\n");
     assert!(!m.path("etc/old").exists() && !m.path("junk").exists());
 }
+
+/// The saved VM (src/fs/vm/snapshot.rs), in a cache of the test's own: the first job boots
+/// the VM once to save its state and then restores it, the second restores the state saved,
+/// and both edit their volumes correctly. A damaged state does not restore: it is removed,
+/// and that job boots the VM instead and is just as correct.
+#[test]
+fn jobs_restore_the_saved_vm_and_a_damaged_state_falls_back_to_a_boot() {
+    let r = Repo::new();
+    let a = xfs_image(&r.work, "root", &[]);
+    let (disk, parts) = gpt_disk(&r.work, &[(&a, 300)]);
+    r.ok(&["image", "import", disk.to_str().unwrap(), "--name", "gold"]);
+    let cache = r.path("vm-cache");
+    let job = |name: &str| -> String {
+        r.ok(&["volume", "create", name, "--from", "gold"]);
+        let script = r.path(&format!("{name}.fish"));
+        std::fs::write(
+            &script,
+            format!(
+                "mount /dev/sda1 /\nwrite /etc/hostname \"{name}\\n\"\nrm /etc/old\n\
+                 mkdir-p /etc/{name}.d\nupload -<<EOF /etc/{name}.d/conf\n{name} conf\nEOF\n\
+                 umount /\n"
+            ),
+        )
+        .unwrap();
+        let o = Command::new(common::BIN)
+            .arg("--repo")
+            .arg(&r.root)
+            .args(["shell", name, "-f", script.to_str().unwrap(), "--write"])
+            .env("STRATA_VM_CACHE", &cache)
+            .env("RUST_LOG", "strata::fs::vm=debug")
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "the {name} job: {log}");
+        let raw = r.path(&format!("{name}.raw"));
+        r.ok(&["volume", "export", name, raw.to_str().unwrap()]);
+        xfs_repair_clean(&part_file(&raw, &parts[0], &r.path(&format!("{name}.img"))));
+        let m = KernelMount::new(&raw, &parts[0], "xfs");
+        assert_eq!(read(&m, "etc/hostname"), format!("{name}\n"));
+        assert_eq!(
+            read(&m, &format!("etc/{name}.d/conf")),
+            format!("{name} conf\n")
+        );
+        assert!(!m.path("etc/old").exists(), "{name}: /etc/old removed");
+        assert_eq!(read(&m, "etc/motd"), "welcome\n");
+        log
+    };
+    let states = || -> Vec<PathBuf> {
+        std::fs::read_dir(&cache)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with("vmstate-")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    let first = job("one");
+    assert!(first.contains("saved the XFS/btrfs VM's state"), "{first}");
+    assert!(first.contains("VM restored in"), "{first}");
+    let saved = states();
+    assert_eq!(saved.len(), 1, "one saved state: {saved:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&saved[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o022, 0, "only its owner writes the state: {mode:o}");
+
+    let second = job("two");
+    assert!(
+        !second.contains("saved the XFS/btrfs VM's state"),
+        "{second}"
+    );
+    assert!(second.contains("VM restored in"), "{second}");
+    assert!(!second.contains("VM booted in"), "{second}");
+
+    // Damaged: cut in half.
+    let len = std::fs::metadata(&saved[0]).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&saved[0])
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let third = job("three");
+    assert!(third.contains("boots instead of restoring"), "{third}");
+    assert!(third.contains("VM booted in"), "{third}");
+    assert!(states().is_empty(), "the damaged state is removed");
+}

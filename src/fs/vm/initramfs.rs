@@ -283,7 +283,7 @@ fn stripped(exe: &Path, dir: &Path) -> FsResult<Vec<u8>> {
     bin
 }
 
-fn stamp(p: &Path) -> String {
+pub(super) fn stamp(p: &Path) -> String {
     match std::fs::metadata(p) {
         Ok(m) => {
             use std::os::unix::fs::MetadataExt;
@@ -299,7 +299,7 @@ fn stamp(p: &Path) -> String {
     }
 }
 
-fn cache_dir() -> PathBuf {
+pub(super) fn cache_dir() -> PathBuf {
     if let Ok(d) = std::env::var("STRATA_VM_CACHE") {
         return PathBuf::from(d);
     }

@@ -36,6 +36,7 @@ pub mod nbd;
 pub mod nbd_server;
 pub mod proto;
 pub mod qemu;
+pub mod snapshot;
 
 use std::sync::{Arc, Mutex};
 

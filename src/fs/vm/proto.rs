@@ -123,6 +123,17 @@ pub enum AgentRequest {
     },
     /// Powers the VM off (no reply is owed; the port closes).
     PowerOff,
+    /// The first request to an agent restored from a saved VM state (`snapshot.rs`), which
+    /// greeted another worker at the save: the host's wall clock (the guest's is the
+    /// save's), random bytes to mix into the guest's pool (every restore starts from the
+    /// same one), and the job's disks, by serial, which the guest probed at the save as
+    /// empty placeholders and probes again now. Replies `Done`.
+    Resume {
+        sec: i64,
+        nsec: u32,
+        seed: ByteBuf,
+        serials: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -42,7 +42,16 @@ pub struct Vm {
     dead: Option<String>,
     /// How long the boot took, to the agent's first frame.
     pub boot: Duration,
+    /// Filesystems mounted in the guest and not yet unmounted: with none, the guest holds
+    /// nothing that is not on its disks already, and it is killed without a power-off.
+    mounted: u32,
 }
+
+/// The start of the error of a restore whose saved state is at fault.
+pub(super) const BAD_STATE: &str = "the saved VM state did not resume";
+
+/// How long a restored agent may take to resume before the job boots a VM instead.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn vm_err(detail: impl Into<String>) -> FsError {
     FsError::new(libc::EIO, detail)
@@ -53,7 +62,7 @@ fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> FsError + '_ {
 }
 
 /// A private directory for the job's sockets and console log.
-fn job_dir() -> FsResult<PathBuf> {
+pub(super) fn job_dir() -> FsResult<PathBuf> {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let d = std::env::temp_dir().join(format!("strata-vm-{}-{n}", std::process::id()));
@@ -74,105 +83,244 @@ fn timeout() -> Duration {
     Duration::from_secs(s)
 }
 
-impl Vm {
-    /// Boots a VM with `disks` (virtio serial, device) attached and waits for its agent.
-    pub fn start(disks: Vec<(String, SharedDevice)>) -> FsResult<Vm> {
-        let (kernel, version) = super::initramfs::kernel()?;
-        let exe = std::env::current_exe().map_err(io_err("finding strata's binary"))?;
-        let initrd = super::initramfs::build(&kernel, &version, &exe)?;
-        let kernel = super::initramfs::bootable(&kernel, &version);
-        let dir = job_dir()?;
-        // The cache may sit under a home directory QEMU (as nobody) cannot enter.
-        let job_initrd = dir.join("initrd.cpio");
-        let job_kernel = dir.join("kernel");
-        for (from, to) in [(&initrd, &job_initrd), (&kernel, &job_kernel)] {
-            std::fs::hard_link(from, to)
-                .or_else(|_| std::fs::copy(from, to).map(drop))
-                .map_err(io_err("the kernel and initramfs"))?;
-        }
-        let nbd_path = dir.join("nbd.sock");
-        let agent_path = dir.join("agent.sock");
-        let perm = |p: &PathBuf| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777))
+/// How a VM starts.
+pub(super) enum Boot {
+    /// A full boot of the kernel with the job's disks (and only them) attached.
+    Cold,
+    /// A boot to be saved (`snapshot.rs`): every slot a placeholder, the filesystems'
+    /// modules preloaded, and a QMP monitor on this socket path.
+    Save(PathBuf),
+    /// A restore of the saved state read from this file, the job's disks in the first slots.
+    Restore(std::fs::File),
+}
+
+/// The kernel command line; a saved VM's has `strata.preload` (the agent loads every
+/// filesystem's modules before greeting).
+fn append(boot: &Boot) -> String {
+    let mut a = String::from(
+        "console=ttyS0 panic=-1 oops=panic loglevel=4 rdinit=/init tsc=reliable no_timer_check",
+    );
+    if !matches!(boot, Boot::Cold) {
+        a.push_str(" strata.preload");
+    }
+    a
+}
+
+/// What a saved VM state depends on besides the kernel, initramfs and QEMU binary: the
+/// machine and its devices (`snapshot.rs` keys its file by it).
+pub(super) fn machine_key() -> String {
+    format!(
+        "m={GUEST_MB} tb={TB_MB} slots={SLOTS} append={:?} serial-pci@{SERIAL_ADDR} blk@{FIRST_SLOT_ADDR}",
+        append(&Boot::Save(PathBuf::new()))
+    )
+}
+
+/// Disk slots of a saved VM: a job with more XFS/btrfs devices boots cold.
+pub const SLOTS: usize = 8;
+/// PCI addresses (slot numbers) fixed so that a restore's devices are the save's.
+const SERIAL_ADDR: u32 = 3;
+const FIRST_SLOT_ADDR: u32 = 4;
+
+/// The QEMU binary (`STRATA_VM_QEMU` or `qemu-system-x86_64` from `PATH`).
+pub(super) fn qemu_binary() -> std::ffi::OsString {
+    std::env::var_os("STRATA_VM_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into())
+}
+
+/// QEMU started, its agent socket not yet accepted.
+struct Spawned {
+    child: Child,
+    agent: UnixListener,
+    dir: PathBuf,
+    started: Instant,
+}
+
+/// Starts QEMU for `boot` with `disks` (virtio serial, device), serving them over NBD.
+fn spawn(boot: &Boot, disks: &[(String, SharedDevice)]) -> FsResult<Spawned> {
+    let (kernel, version) = super::initramfs::kernel()?;
+    let exe = std::env::current_exe().map_err(io_err("finding strata's binary"))?;
+    let initrd = super::initramfs::build(&kernel, &version, &exe)?;
+    let kernel = super::initramfs::bootable(&kernel, &version);
+    let dir = job_dir()?;
+    let fail = |e: FsError, dir: &PathBuf| {
+        let _ = std::fs::remove_dir_all(dir);
+        e
+    };
+    // The cache may sit under a home directory QEMU (as nobody) cannot enter.
+    let job_initrd = dir.join("initrd.cpio");
+    let job_kernel = dir.join("kernel");
+    for (from, to) in [(&initrd, &job_initrd), (&kernel, &job_kernel)] {
+        std::fs::hard_link(from, to)
+            .or_else(|_| std::fs::copy(from, to).map(drop))
+            .map_err(io_err("the kernel and initramfs"))
+            .map_err(|e| fail(e, &dir))?;
+    }
+    let nbd_path = dir.join("nbd.sock");
+    let agent_path = dir.join("agent.sock");
+    let nbd = listen(&nbd_path).map_err(|e| fail(e, &dir))?;
+    let agent = listen(&agent_path).map_err(|e| fail(e, &dir))?;
+    let mut cmd = Command::new(qemu_binary());
+    cmd.args(["-accel", &format!("tcg,tb-size={TB_MB}")])
+        .args(["-m", &GUEST_MB.to_string(), "-smp", "1"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-no-reboot",
+            "-nic",
+            "none",
+        ])
+        .args(["-display", "none", "-monitor", "none"])
+        .arg("-serial")
+        .arg(format!("file:{}", dir.join("console.log").display()))
+        .arg("-kernel")
+        .arg(&job_kernel)
+        .arg("-initrd")
+        .arg(&job_initrd)
+        .args(["-append", &append(boot)]);
+    let cold = matches!(boot, Boot::Cold);
+    if cold {
+        cmd.args(["-device", "virtio-serial-pci"]);
+    } else {
+        cmd.args(["-device", &format!("virtio-serial-pci,addr={SERIAL_ADDR}")]);
+    }
+    cmd.arg("-chardev")
+        .arg(format!("socket,id=agent,path={}", agent_path.display()))
+        .args(["-device", "virtserialport,chardev=agent,name=strata"]);
+    let mut exports = HashMap::new();
+    for (serial, dev) in disks {
+        exports.insert(serial.clone(), dev.clone());
+    }
+    let slots = if cold { disks.len() } else { SLOTS };
+    for i in 0..slots {
+        let (node, serial) = match disks.get(i) {
+            Some((serial, dev)) => {
+                cmd.arg("-blockdev").arg(format!(
+                    "driver=nbd,node-name={serial},server.type=unix,server.path={},export={serial}{}",
+                    nbd_path.display(),
+                    if dev.is_read_only() {
+                        ",read-only=on"
+                    } else {
+                        ""
+                    }
+                ));
+                (serial.clone(), serial.clone())
+            }
+            None => {
+                // An empty placeholder: the guest sees a disk of no sectors.
+                cmd.arg("-blockdev")
+                    .arg(format!("driver=null-co,node-name=slot{i},size=0"));
+                (format!("slot{i}"), format!("none{i}"))
+            }
         };
-        let nbd = UnixListener::bind(&nbd_path).map_err(io_err("the NBD socket"))?;
-        perm(&nbd_path).map_err(io_err("the NBD socket"))?;
-        let agent = UnixListener::bind(&agent_path).map_err(io_err("the agent socket"))?;
-        perm(&agent_path).map_err(io_err("the agent socket"))?;
-        let mut cmd = Command::new(
-            std::env::var_os("STRATA_VM_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into()),
-        );
-        cmd.args(["-accel", &format!("tcg,tb-size={TB_MB}")])
-            .args(["-m", &GUEST_MB.to_string(), "-smp", "1"])
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-no-reboot",
-                "-nic",
-                "none",
-            ])
-            .args(["-display", "none", "-monitor", "none"])
-            .arg("-serial")
-            .arg(format!("file:{}", dir.join("console.log").display()))
-            .arg("-kernel")
-            .arg(&job_kernel)
-            .arg("-initrd")
-            .arg(&job_initrd)
-            .args([
-                "-append",
-                "console=ttyS0 panic=-1 oops=panic loglevel=4 rdinit=/init tsc=reliable \
-                 no_timer_check",
-            ])
-            .args(["-device", "virtio-serial-pci"])
-            .arg("-chardev")
-            .arg(format!("socket,id=agent,path={}", agent_path.display()))
-            .args(["-device", "virtserialport,chardev=agent,name=strata"]);
-        let mut exports = HashMap::new();
-        for (serial, dev) in disks {
-            cmd.arg("-blockdev").arg(format!(
-                "driver=nbd,node-name={serial},server.type=unix,server.path={},export={serial}{}",
-                nbd_path.display(),
-                if dev.is_read_only() {
-                    ",read-only=on"
-                } else {
-                    ""
-                }
-            ));
-            cmd.arg("-device")
-                .arg(format!("virtio-blk-pci,drive={serial},serial={serial}"));
-            exports.insert(serial, dev);
+        let addr = if cold {
+            String::new()
+        } else {
+            format!(",addr={}", FIRST_SLOT_ADDR + i as u32)
+        };
+        cmd.arg("-device")
+            .arg(format!("virtio-blk-pci,drive={node},serial={serial}{addr}"));
+    }
+    if let Boot::Save(qmp) = boot {
+        cmd.arg("-chardev")
+            .arg(format!("socket,id=qmp,path={}", qmp.display()))
+            .args(["-mon", "chardev=qmp,mode=control"]);
+    }
+    let incoming = match boot {
+        Boot::Restore(f) => {
+            use std::os::fd::AsRawFd;
+            cmd.args(["-incoming", &format!("fd:{INCOMING_FD}")]);
+            Some(f.as_raw_fd())
         }
-        super::nbd_server::spawn(nbd, Arc::new(exports)).map_err(io_err("the NBD server"))?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // SAFETY: only async-signal-safe system calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                let mem = (GUEST_MB + TB_MB + 768) << 20;
-                let lim = libc::rlimit {
-                    rlim_cur: mem,
-                    rlim_max: mem,
-                };
-                libc::setrlimit(libc::RLIMIT_DATA, &lim);
-                if libc::geteuid() == 0 {
-                    libc::setgroups(0, std::ptr::null());
-                    libc::setgid(65534);
-                    libc::setuid(65534);
+        _ => None,
+    };
+    super::nbd_server::spawn(nbd, Arc::new(exports))
+        .map_err(io_err("the NBD server"))
+        .map_err(|e| fail(e, &dir))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe system calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mem = (GUEST_MB + TB_MB + 768) << 20;
+            let lim = libc::rlimit {
+                rlim_cur: mem,
+                rlim_max: mem,
+            };
+            libc::setrlimit(libc::RLIMIT_DATA, &lim);
+            if let Some(fd) = incoming {
+                // The saved state, opened read-only by this process: QEMU (as nobody)
+                // reads it through this descriptor and cannot write it.
+                if fd == INCOMING_FD {
+                    libc::fcntl(fd, libc::F_SETFD, 0);
+                } else if libc::dup2(fd, INCOMING_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
-                // After the uid change, which clears it.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let started = Instant::now();
-        let mut child = cmd.spawn().map_err(|e| {
+            }
+            if libc::geteuid() == 0 {
+                libc::setgroups(0, std::ptr::null());
+                libc::setgid(65534);
+                libc::setuid(65534);
+            }
+            // After the uid change, which clears it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let child = cmd.spawn().map_err(|e| {
+        fail(
             vm_err(format!(
-                "starting qemu-system-x86_64 for the XFS/btrfs VM: {e} (install qemu-system-x86: \
-                 tools/install-deps)"
-            ))
-        })?;
+                "starting qemu-system-x86_64 for the XFS/btrfs VM: {e} (install \
+                 qemu-system-x86: tools/install-deps)"
+            )),
+            &dir,
+        )
+    })?;
+    Ok(Spawned {
+        child,
+        agent,
+        dir,
+        started,
+    })
+}
+
+/// The descriptor a restored QEMU reads its saved state from.
+const INCOMING_FD: i32 = 3;
+
+/// A unix socket QEMU (maybe as nobody) may connect to.
+pub(super) fn listen(path: &std::path::Path) -> FsResult<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let l = UnixListener::bind(path).map_err(io_err("binding a socket"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
+        .map_err(io_err("a socket's mode"))?;
+    Ok(l)
+}
+
+impl Vm {
+    /// A VM with `disks` (virtio serial, device) attached, its agent ready: restored from
+    /// the saved state (`snapshot.rs`, made first if there is none), or, where that cannot
+    /// be, booted.
+    pub fn start(disks: Vec<(String, SharedDevice)>) -> FsResult<Vm> {
+        if disks.len() <= SLOTS && super::snapshot::enabled() {
+            match super::snapshot::restore(&disks) {
+                Ok(vm) => return Ok(vm),
+                Err(e) => tracing::warn!("the XFS/btrfs VM boots instead of restoring: {e}"),
+            }
+        }
+        Vm::boot(Boot::Cold, &disks)
+    }
+
+    /// Starts QEMU for `boot` and connects to its agent: greeted (a boot), or resumed with
+    /// the job's disks (a restore). `timeout` bounds the wait for the agent's first frame.
+    pub(super) fn boot(boot: Boot, disks: &[(String, SharedDevice)]) -> FsResult<Vm> {
+        let restore = matches!(boot, Boot::Restore(_));
+        let Spawned {
+            mut child,
+            agent,
+            dir,
+            started,
+        } = spawn(&boot, disks)?;
+        drop(boot);
         let timeout = timeout();
         let stream = match accept(&agent, &mut child, started + timeout) {
             Ok(s) => s,
@@ -184,6 +332,7 @@ impl Vm {
                 return Err(e.context(said));
             }
         };
+        let connected = started.elapsed();
         let from = BufReader::new(stream.try_clone().map_err(io_err("the agent socket"))?);
         let mut vm = Vm {
             child,
@@ -194,18 +343,64 @@ impl Vm {
             timeout,
             dead: None,
             boot: Duration::ZERO,
+            mounted: 0,
         };
-        match vm.recv("booting") {
-            Ok(AgentReply::Hello(h)) if h == HELLO => {}
-            Ok(other) => return Err(vm.kill(format!("the agent greeted with {other:?}"))),
-            Err(e) => return Err(e),
+        if restore {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let seed: [u8; 32] = rand::random();
+            // Twice: first the clock and randomness alone, which proves the saved state
+            // good (else it is discarded), then the disks,
+            // whose failure is the job's (a hostile image), not the saved state's.
+            let req = |serials: Vec<String>| AgentRequest::Resume {
+                sec: now.as_secs() as i64,
+                nsec: now.subsec_nanos(),
+                seed: serde_bytes::ByteBuf::from(seed.to_vec()),
+                serials,
+            };
+            // A restore that goes wrong is retried as a boot: it need not wait long.
+            vm.timeout = timeout.min(RESTORE_TIMEOUT);
+            match vm.call(&req(Vec::new())) {
+                Ok(AgentReply::Done) => {}
+                Ok(other) => {
+                    let e = vm.kill(format!("the agent resumed with {other:?}"));
+                    return Err(e.context(BAD_STATE));
+                }
+                Err(e) => return Err(e.context(BAD_STATE)),
+            }
+            let resumed = started.elapsed();
+            match vm.call(&req(disks.iter().map(|(s, _)| s.clone()).collect())) {
+                Ok(AgentReply::Done) => {}
+                Ok(other) => return Err(vm.kill(format!("the agent resumed with {other:?}"))),
+                Err(e) => return Err(e),
+            }
+            vm.timeout = timeout;
+            tracing::debug!(
+                "the XFS/btrfs VM's restore: QEMU connected at {:.3}s, the agent resumed at \
+                 {:.3}s, its {} disk(s) probed at {:.3}s",
+                connected.as_secs_f64(),
+                resumed.as_secs_f64(),
+                disks.len(),
+                started.elapsed().as_secs_f64()
+            );
+        } else {
+            match vm.recv("booting") {
+                Ok(AgentReply::Hello(h)) if h == HELLO => {}
+                Ok(other) => return Err(vm.kill(format!("the agent greeted with {other:?}"))),
+                Err(e) => return Err(e),
+            }
         }
         // Every connection is made and QEMU has the kernel, initramfs and console log open
         // by now: nothing in the directory is needed by name any more.
         vm.console = std::fs::File::open(vm.dir.join("console.log")).ok();
         let _ = std::fs::remove_dir_all(&vm.dir);
         vm.boot = started.elapsed();
-        tracing::debug!("the XFS/btrfs VM booted in {:.3}s", vm.boot.as_secs_f64());
+        tracing::debug!(
+            "the XFS/btrfs VM {} in {:.3}s",
+            if restore { "restored" } else { "booted" },
+            vm.boot.as_secs_f64()
+        );
         Ok(vm)
     }
 
@@ -226,7 +421,16 @@ impl Vm {
             .to_lowercase();
         match self.recv(&format!("answering {doing}"))? {
             AgentReply::Error(e) => Err(e),
-            r => Ok(r),
+            r => {
+                match (req, &r) {
+                    (AgentRequest::Mount { .. }, AgentReply::Mounted { .. }) => self.mounted += 1,
+                    (AgentRequest::Umount { .. }, AgentReply::Done) => {
+                        self.mounted = self.mounted.saturating_sub(1)
+                    }
+                    _ => {}
+                }
+                Ok(r)
+            }
         }
     }
 
@@ -260,8 +464,12 @@ impl Vm {
         vm_err(msg)
     }
 
-    /// Asks the guest to power off and waits for QEMU (killing it after a while).
+    /// Asks the guest to power off and waits for QEMU (killing it after a while); a guest
+    /// with nothing mounted is killed at once (every write it made is on its disks).
     pub fn shutdown(&mut self) {
+        if self.dead.is_none() && self.mounted == 0 {
+            self.dead = Some("stopped".into());
+        }
         if self.dead.is_none() {
             use std::io::Write;
             let _ =
