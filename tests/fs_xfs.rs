@@ -12,57 +12,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::disks::{self, KernelMount, Part};
+use common::disks::{
+    self, btrfs_check_clean, gpt_disk, part_file, sized, xfs_repair_clean, KernelMount, Part,
+};
 use common::{ok, tool, Repo};
 
 const HINT: &str = "tools/install-deps";
 
-const MIB: u64 = 1 << 20;
-
-/// Writes a GPT disk of `parts` (MiB each, from 1 MiB) with each image copied in.
-fn gpt_disk(work: &Path, images: &[(&Path, u64)]) -> (PathBuf, Vec<Part>) {
-    let disk = work.join("gold.raw");
-    let total: u64 = images.iter().map(|(_, m)| m).sum::<u64>() + 2;
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(total * MIB)
-        .unwrap();
-    let mut table = String::from("label: gpt\n");
-    let mut parts = Vec::new();
-    let mut at = 1;
-    for (_, mib) in images {
-        table.push_str(&format!("start={at}MiB,size={mib}MiB,type=L\n"));
-        parts.push(Part {
-            start: at * MIB,
-            len: mib * MIB,
-        });
-        at += mib;
-    }
-    let mut c = Command::new(tool("sfdisk", HINT));
-    c.arg("-q").arg(&disk).stdin(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), table.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
-    for ((img, _), p) in images.iter().zip(&parts) {
-        ok(Command::new("dd")
-            .arg(format!("if={}", img.display()))
-            .arg(format!("of={}", disk.display()))
-            .args([
-                "bs=1M",
-                &format!("seek={}", p.start / MIB),
-                "conv=notrunc,sparse",
-                "status=none",
-            ]));
-    }
-    (disk, parts)
-}
-
-fn sized(path: &Path, mib: u64) {
-    std::fs::File::create(path)
-        .unwrap()
-        .set_len(mib * MIB)
-        .unwrap();
-}
+use disks::MIB;
 
 /// An XFS image from mkfs.xfs's prototype file: /etc with hostname, motd and old.
 fn xfs_image(work: &Path, name: &str, extra: &[&str]) -> PathBuf {
@@ -110,51 +67,6 @@ fn btrfs_image(work: &Path) -> PathBuf {
         .arg(&root)
         .arg(&img));
     img
-}
-
-/// One partition of `disk` copied out, for the checkers that take no offset.
-fn part_file(disk: &Path, p: &Part, out: &Path) -> PathBuf {
-    ok(Command::new("dd")
-        .arg(format!("if={}", disk.display()))
-        .arg(format!("of={}", out.display()))
-        .args([
-            "bs=1M",
-            &format!("skip={}", p.start / MIB),
-            &format!("count={}", p.len / MIB),
-            "conv=sparse",
-            "status=none",
-        ]));
-    out.to_path_buf()
-}
-
-fn xfs_repair_clean(img: &Path) {
-    let o = Command::new(tool("xfs_repair", HINT))
-        .arg("-n")
-        .arg(img)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "xfs_repair -n {}: {}{}",
-        img.display(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn btrfs_check_clean(img: &Path) {
-    let o = Command::new(tool("btrfs", HINT))
-        .args(["check", "--readonly"])
-        .arg(img)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "btrfs check {}: {}{}",
-        img.display(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 fn read(m: &KernelMount, p: &str) -> String {

@@ -8,6 +8,17 @@
 //! and the `config` hives' presence for Windows; `boot.cfg` on a FAT bootbank for VMware
 //! ESXi, which libguestfs does not recognise (strata reports it so that ESXi plans can find
 //! their bootbanks; the plan engine keeps guestfish's silence where scripts expect it).
+//!
+//! btrfs as libguestfs sees it: each subvolume but the default is a candidate of its own
+//! (`btrfsvol:/dev/sda2/@/home`, from `Session::filesystems`), the device itself standing
+//! for the default subvolume. So a SLES root, whose default subvolume is snapper's
+//! `@/.snapshots/1/snapshot`, is reported as `/dev/sda2`, not by its subvolume's name
+//! (which never appears: the default is left out of the list), and its fstab's
+//! `subvol=/@/home` entries map to `btrfsvol:/dev/sda2//@/home`, the option's value pasted
+//! after a `/` as it is, leading slash and all (a double slash guestfish prints too, and
+//! accepts back in `mount`). Other snapshots of the root (`@/.snapshots/2/snapshot`) are
+//! roots too, and are dropped when they look like the device's own root (same type,
+//! distro, product and version), as libguestfs does since 1.56 (RHEL-93109).
 
 use serde::{Deserialize, Serialize};
 
@@ -46,12 +57,11 @@ impl Session {
         let filesystems = self.filesystems(false);
         let mut found = Vec::new();
         for f in &filesystems {
-            let Some(d) = &f.detected else { continue };
-            let Ok(dev) = self.layout().find(&f.device).cloned() else {
+            if f.detected.is_none() {
                 continue;
-            };
+            }
             // XFS and btrfs through the job's VM (booted for the first of them).
-            let Ok(fs) = self.open_adapter(&dev, &d.fs_type, true) else {
+            let Ok((_, _, fs)) = self.open_mountable(&f.device, true, "", None) else {
                 continue;
             };
             let mut t = MountTable::new();
@@ -65,8 +75,42 @@ impl Session {
                 found.push(os);
             }
         }
-        Ok(found)
+        Ok(drop_snapshot_roots(found))
     }
+}
+
+/// Leaves out the roots on a btrfs subvolume that look like the root on the whole device
+/// (its default subvolume): snapshots of it.
+fn drop_snapshot_roots(found: Vec<OsInfo>) -> Vec<OsInfo> {
+    let same = |a: &OsInfo, b: &OsInfo| {
+        (
+            &a.os_type,
+            &a.distro,
+            &a.product_name,
+            a.major_version,
+            a.minor_version,
+        ) == (
+            &b.os_type,
+            &b.distro,
+            &b.product_name,
+            b.major_version,
+            b.minor_version,
+        )
+    };
+    found
+        .iter()
+        .filter(|os| {
+            let Some(dev) = os.root.strip_prefix("btrfsvol:").and_then(|r| {
+                found
+                    .iter()
+                    .find(|p| r.starts_with(&format!("{}/", p.root)))
+            }) else {
+                return true;
+            };
+            !same(os, dev)
+        })
+        .cloned()
+        .collect()
 }
 
 fn read(t: &mut MountTable, path: &str) -> Option<String> {
@@ -237,6 +281,12 @@ fn linux(t: &mut MountTable, device: &str) -> OsInfo {
                 continue;
             }
             let (spec, point, kind) = (w[0], w[1], w[2]);
+            // A btrfs subvolume is kept as `SPEC SUBVOL` (fstab fields hold no spaces)
+            // until `map_fstab` names its device.
+            let subvol = (kind == "btrfs")
+                .then(|| w.get(3))
+                .flatten()
+                .and_then(|o| o.split(',').find_map(|o| o.strip_prefix("subvol=")));
             if !point.starts_with('/')
                 || matches!(
                     kind,
@@ -245,7 +295,11 @@ fn linux(t: &mut MountTable, device: &str) -> OsInfo {
             {
                 continue;
             }
-            os.mountpoints.push((point.to_string(), spec.to_string()));
+            let spec = match subvol {
+                Some(v) => format!("{spec} {v}"),
+                None => spec.to_string(),
+            };
+            os.mountpoints.push((point.to_string(), spec));
         }
     }
     os
@@ -287,6 +341,10 @@ fn map_fstab(
         if point == "/" {
             continue;
         }
+        let (spec, subvol) = match spec.split_once(' ') {
+            Some((s, v)) => (s, Some(v)),
+            None => (spec.as_str(), None),
+        };
         let by = |f: &&super::session::FsInfo, want: &dyn Fn(&Detected) -> bool| {
             f.detected.as_ref().is_some_and(want)
         };
@@ -307,6 +365,10 @@ fn map_fstab(
             None
         };
         if let Some(dev) = dev {
+            let dev = match subvol {
+                Some(v) => format!("btrfsvol:{dev}/{v}"),
+                None => dev,
+            };
             out.push((point.clone(), dev));
         }
     }
@@ -406,6 +468,63 @@ mod tests {
         );
         let mut t = guest(&[("/readme", "x")]);
         assert!(look(&mut t, "/dev/sda1").is_none());
+    }
+
+    #[test]
+    fn btrfs_fstab_subvolumes_map_to_btrfsvol_names_and_snapshot_roots_are_dropped() {
+        let mut t = guest(&[
+            ("/usr/bin/bash", ""),
+            ("/etc/os-release", "ID=\"sles\"\nVERSION_ID=\"15.5\"\n"),
+            (
+                "/etc/fstab",
+                "UUID=aaaa / btrfs defaults 0 0\nUUID=aaaa /home btrfs subvol=/@/home 0 0\n\
+                 UUID=aaaa /var btrfs noatime,subvol=@/var 0 0\n/dev/sda3 /data xfs subvol=x 0 0\n",
+            ),
+        ]);
+        let os = look(&mut t, "/dev/sda2").unwrap();
+        let fss = vec![super::super::session::FsInfo {
+            device: "/dev/sda2".into(),
+            size: 1,
+            detected: Some(super::super::detect::Detected {
+                fs_type: "btrfs".into(),
+                uuid: "AAAA".into(),
+                label: String::new(),
+            }),
+            usage: None,
+            error: None,
+        }];
+        assert_eq!(
+            map_fstab(&os.mountpoints, &fss, "/dev/sda2"),
+            [
+                ("/", "/dev/sda2"),
+                ("/home", "btrfsvol:/dev/sda2//@/home"),
+                ("/var", "btrfsvol:/dev/sda2/@/var"),
+                ("/data", "/dev/sda3"),
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        let root = |r: &str, minor| OsInfo {
+            root: r.into(),
+            distro: "sles".into(),
+            major_version: 15,
+            minor_version: minor,
+            ..OsInfo::default()
+        };
+        let kept = drop_snapshot_roots(vec![
+            root("/dev/sda2", 5),
+            root("btrfsvol:/dev/sda2/@/.snapshots/2/snapshot", 5),
+            root("btrfsvol:/dev/sda2/@/.snapshots/3/snapshot", 4),
+            root("btrfsvol:/dev/sda3/@", 5),
+        ]);
+        let names: Vec<&str> = kept.iter().map(|o| o.root.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "/dev/sda2",
+                "btrfsvol:/dev/sda2/@/.snapshots/3/snapshot",
+                "btrfsvol:/dev/sda3/@"
+            ]
+        );
     }
 
     #[test]

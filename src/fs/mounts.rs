@@ -148,7 +148,9 @@ impl MountTable {
     }
 
     /// Mounts `fs` (the filesystem of `device`) on `point`: `/` first, then directories
-    /// inside what is mounted. A device is mounted once; a directory carries one mount.
+    /// inside what is mounted. A device is mounted once, but for btrfs, whose subvolumes
+    /// are mounts of one device (the kernel in the VM shares the filesystem between them);
+    /// a directory carries one mount.
     pub fn mount(
         &mut self,
         fs: Box<dyn GuestFs>,
@@ -156,7 +158,8 @@ impl MountTable {
         point: &str,
         read_only: bool,
     ) -> FsResult<()> {
-        if let Some((_, m)) = self.live().find(|(_, m)| m.device == device) {
+        let shared = |m: &Mounted| m.fs.fs_type() == "btrfs" && fs.fs_type() == "btrfs";
+        if let Some((_, m)) = self.live().find(|(_, m)| m.device == device && !shared(m)) {
             return err(
                 libc::EBUSY,
                 format!("{device} is already mounted on {}", m.point),

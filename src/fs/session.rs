@@ -4,7 +4,14 @@
 //! a thin layer over it.
 //!
 //! A session opens filesystems with the C-library adapters, so it only ever lives inside a
-//! worker process (tests excepted). Nothing it does reaches the disk's store durably: the
+//! worker process (tests excepted).
+//!
+//! Mountables are named as guestfish names them: a device, or a btrfs subvolume as
+//! `btrfsvol:DEVICE/SUBVOLUME` (`btrfsvol:/dev/sda2/@/home`). As in libguestfs, a btrfs
+//! device lists as itself (its default subvolume, what a mount without `subvol=` shows)
+//! followed by each other subvolume as a `btrfsvol:` name, and the same btrfs device may
+//! be mounted several times (`mount-options subvol=@/home /dev/sda2 /home`): the guest
+//! kernel shares one filesystem between the mounts. Nothing it does reaches the disk's store durably: the
 //! owner flushes the disk after `unmount_all` when the whole job has succeeded.
 
 use serde::{Deserialize, Serialize};
@@ -148,10 +155,11 @@ impl Session {
                 usage: None,
                 error: None,
             };
+            let btrfs = info.detected.as_ref().is_some_and(|x| x.fs_type == "btrfs");
             if let Some(x) = &info.detected {
                 if usage || x.fs_type == "ntfs" {
                     let fs_type = x.fs_type.clone();
-                    match self.open_adapter(&d, &fs_type, true) {
+                    match self.open_adapter(&d, &fs_type, true, "") {
                         Ok(mut fs) => {
                             if usage {
                                 info.usage = fs.statvfs().ok();
@@ -169,17 +177,97 @@ impl Session {
                 }
             }
             info.error = error;
+            let subvolumes = if btrfs && info.error.is_none() {
+                match self.btrfs_subvolumes(&d) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        info.error = Some(e.to_string());
+                        Vec::new()
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            let vols: Vec<FsInfo> = subvolumes
+                .into_iter()
+                .map(|path| FsInfo {
+                    device: format!("btrfsvol:{}/{path}", d.name),
+                    ..info.clone()
+                })
+                .collect();
             out.push(info);
+            out.extend(vols);
         }
         out
     }
 
+    /// The subvolumes of the btrfs filesystem on `d` that guestfish lists as `btrfsvol:`
+    /// names: every one but the default (the device itself stands for that), by id.
+    fn btrfs_subvolumes(&mut self, d: &crate::disk::layout::NamedDevice) -> FsResult<Vec<String>> {
+        let (vm, serials) = self.vm()?;
+        let serial = serials.get(&d.name).ok_or_else(|| {
+            FsError::new(libc::EIO, format!("{}: not attached to the VM", d.name))
+        })?;
+        let fs = super::vm::VmFs::mount(vm, serial, "btrfs", d.device.len(), true, "")?;
+        let s = fs.subvolumes();
+        drop(fs);
+        let s = s?;
+        Ok(s.list
+            .into_iter()
+            .filter(|(id, _)| *id != s.default)
+            .map(|(_, p)| p)
+            .collect())
+    }
+
+    /// The device a mountable names, and the btrfs subvolume if it is a `btrfsvol:` name.
+    /// As libguestfs parses one, the device is the shortest prefix ending before a `/`
+    /// that names a device (`btrfsvol:/dev/vg/lv/@/home`: `/dev/vg/lv`, then `@/home`).
+    fn mountable(
+        &self,
+        name: &str,
+    ) -> FsResult<(crate::disk::layout::NamedDevice, Option<String>)> {
+        let Some(rest) = name.strip_prefix("btrfsvol:") else {
+            return Ok((self.find(name)?, None));
+        };
+        let bad = || FsError::new(libc::EINVAL, format!("{name}: expecting a btrfs volume"));
+        if !rest.starts_with("/dev/") {
+            return Err(bad());
+        }
+        for (i, _) in rest.match_indices('/').filter(|(i, _)| *i >= "/dev/".len()) {
+            if let Ok(d) = self.layout.find(&rest[..i]) {
+                let vol = &rest[i + 1..];
+                if vol.is_empty() {
+                    return Err(bad());
+                }
+                return Ok((d.clone(), Some(vol.to_string())));
+            }
+        }
+        Err(bad())
+    }
+
     /// Opens the filesystem on `device` (found by `detect`) and mounts it on `point`.
     pub fn mount(&mut self, device: &str, point: &str, read_only: bool) -> FsResult<()> {
-        let (name, read_only, fs) = self.open_fs(device, read_only)?;
+        self.mount_options("", None, device, point, read_only)
+    }
+
+    /// `mount` with mount options (guestfish's mount-options, mount-vfs): the VM's
+    /// filesystems get them as they are (with `subvol=` first for a `btrfsvol:` name), the
+    /// userspace adapters take none but `ro`. `vfs_type`, if given, must be what the device
+    /// holds (the ext2/3/4 names stand for each other, as the kernel's ext4 driver mounts
+    /// all three).
+    pub fn mount_options(
+        &mut self,
+        options: &str,
+        vfs_type: Option<&str>,
+        mountable: &str,
+        point: &str,
+        read_only: bool,
+    ) -> FsResult<()> {
+        let (name, read_only, fs) = self.open_mountable(mountable, read_only, options, vfs_type)?;
+        // The mount table names the device, as guestfish's `mounts` does for a subvolume.
         self.table
             .mount(fs, &name, point, read_only)
-            .map_err(|e| e.context(format!("mount {device} {point}")))
+            .map_err(|e| e.context(format!("mount {mountable} {point}")))
     }
 
     /// `used_blocks` of the filesystem on `device`, as byte ranges of that device.
@@ -197,27 +285,69 @@ impl Session {
         device: &str,
         read_only: bool,
     ) -> FsResult<(String, bool, Box<dyn super::GuestFs>)> {
-        let d = self.find(device)?;
+        self.open_mountable(device, read_only, "", None)
+    }
+
+    /// `open_fs` of a mountable (a device or a `btrfsvol:` name), with mount options.
+    pub(super) fn open_mountable(
+        &mut self,
+        mountable: &str,
+        read_only: bool,
+        options: &str,
+        vfs_type: Option<&str>,
+    ) -> FsResult<(String, bool, Box<dyn super::GuestFs>)> {
+        let (d, subvol) = self.mountable(mountable)?;
         let Some(x) = detect(d.device.as_ref())? else {
             return Err(FsError::new(
                 libc::EINVAL,
-                format!("{device}: no filesystem that strata recognises is on it"),
+                format!("{mountable}: no filesystem that strata recognises is on it"),
             ));
         };
+        let ext = |t: &str| matches!(t, "ext2" | "ext3" | "ext4");
+        if let Some(t) = vfs_type.filter(|t| !t.is_empty()) {
+            if t != x.fs_type && !(ext(t) && ext(&x.fs_type)) {
+                return Err(FsError::new(
+                    libc::EINVAL,
+                    format!("{mountable} holds {}, not {t}", x.fs_type),
+                ));
+            }
+        }
+        let mut opts: Vec<String> = Vec::new();
+        if let Some(v) = subvol {
+            if x.fs_type != "btrfs" {
+                return Err(FsError::new(
+                    libc::EINVAL,
+                    format!("{mountable}: {} holds {}, not btrfs", d.name, x.fs_type),
+                ));
+            }
+            opts.push(format!("subvol={v}"));
+        }
+        // `ro` and `rw` are the read-only flag, not data for the filesystem.
+        opts.extend(
+            options
+                .split(',')
+                .filter(|o| !o.is_empty() && *o != "ro" && *o != "rw")
+                .map(String::from),
+        );
         let read_only = read_only || d.device.is_read_only();
+        let opts = opts.join(",");
         let fs = self
-            .open_adapter(&d, &x.fs_type, read_only)
-            .map_err(|e| e.context(device))?;
+            .open_adapter(&d, &x.fs_type, read_only, &opts)
+            .map_err(|e| match opts.is_empty() {
+                true => e.context(mountable),
+                false => e.context(format!("{mountable} (options {opts})")),
+            })?;
         Ok((d.name, read_only, fs))
     }
 
-    /// The adapter for `fs_type` on `d`: a userspace library's, or a mount in the job's VM
-    /// for the filesystems only the kernel writes.
+    /// The adapter for `fs_type` on `d`: a userspace library's (which takes no `options`),
+    /// or a mount in the job's VM for the filesystems only the kernel writes.
     pub(super) fn open_adapter(
         &mut self,
         d: &crate::disk::layout::NamedDevice,
         fs_type: &str,
         read_only: bool,
+        options: &str,
     ) -> FsResult<Box<dyn super::GuestFs>> {
         if !super::vm::handles(fs_type) {
             return super::open(fs_type, d.device.clone(), super::OpenOptions { read_only });
@@ -238,6 +368,7 @@ impl Session {
             fs_type,
             d.device.len(),
             read_only,
+            options,
         )?))
     }
 

@@ -25,8 +25,8 @@ use crate::store::transfer::Progress;
 use crate::store::{ImageMeta, Repository, StoreError};
 
 /// Filesystem types whose used blocks strata can read (the adapters' `used_blocks`; XFS
-/// through GETFSMAP in the VM, src/fs/vm; btrfs would count whole, so it is not listed).
-pub const SHRINKABLE: &[&str] = &["ext2", "ext3", "ext4", "vfat", "ntfs", "xfs"];
+/// through GETFSMAP and btrfs through its extent and chunk trees, in the VM, src/fs/vm).
+pub const SHRINKABLE: &[&str] = &["ext2", "ext3", "ext4", "vfat", "ntfs", "xfs", "btrfs"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -138,7 +138,8 @@ pub fn keep_map(disk: &SharedDevice, worker: &mut Worker) -> Result<KeepMap, Cap
     let mut filesystems = Vec::new();
     for fs in list {
         let Some(d) = &fs.detected else { continue };
-        if !SHRINKABLE.contains(&d.fs_type.as_str()) {
+        // A btrfs subvolume is part of its device's filesystem, which is mapped whole.
+        if !SHRINKABLE.contains(&d.fs_type.as_str()) || fs.device.starts_with("btrfsvol:") {
             continue;
         }
         let Some(p) = place.get(&fs.device) else {

@@ -109,6 +109,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!("mount" [] ("mountable": Device, "mountpoint": Str); "mount a guest disk at a position in the filesystem"),
     spec!("mount-options" [] ("options": Str, "mountable": Device, "mountpoint": Str); "mount a guest disk with mount options"),
     spec!("mount-ro" [] ("mountable": Device, "mountpoint": Str); "mount a guest disk, read-only"),
+    spec!("mount-vfs" [] ("options": Str, "vfstype": Str, "mountable": Device, "mountpoint": Str); "mount a guest disk with mount options and vfstype"),
     spec!("mounts" [] (); "show mounted filesystems"),
     spec!("mv" [] ("src": Path, "dest": Path); "move a file"),
     spec!("pvs" [] (); "list the LVM physical volumes (PVs)"),

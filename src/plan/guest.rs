@@ -105,6 +105,27 @@ impl Guest {
         }
     }
 
+    /// `mount` with mount options and a filesystem type (`""` for any).
+    pub fn mount_options(
+        &mut self,
+        options: &str,
+        vfs_type: &str,
+        device: &str,
+        point: &str,
+        read_only: bool,
+    ) -> FsResult<()> {
+        match self.request(Request::MountOptions {
+            options: options.into(),
+            vfs_type: vfs_type.into(),
+            device: device.into(),
+            point: point.into(),
+            read_only,
+        })? {
+            Reply::Done => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
     pub fn umount(&mut self, target: &str) -> FsResult<()> {
         match self.request(Request::Umount {
             target: target.into(),

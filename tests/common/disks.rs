@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::ok;
+use super::{ok, tool};
 
 /// Where each partition of a fixture lies, in bytes.
 pub struct Part {
@@ -200,4 +200,100 @@ pub fn write_lvm_conf(conf: &Path, devices: &[&str]) {
         ),
     )
     .unwrap();
+}
+
+// ---- Fixtures for the VM-edited filesystems (XFS, btrfs): tests/fs_xfs.rs, fs_btrfs.rs.
+
+const HINT: &str = "tools/install-deps";
+
+pub const MIB: u64 = 1 << 20;
+
+/// Writes a GPT disk of `parts` (MiB each, from 1 MiB) with each image copied in.
+pub fn gpt_disk(work: &Path, images: &[(&Path, u64)]) -> (PathBuf, Vec<Part>) {
+    let disk = work.join("gold.raw");
+    let total: u64 = images.iter().map(|(_, m)| m).sum::<u64>() + 2;
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(total * MIB)
+        .unwrap();
+    let mut table = String::from("label: gpt\n");
+    let mut parts = Vec::new();
+    let mut at = 1;
+    for (_, mib) in images {
+        table.push_str(&format!("start={at}MiB,size={mib}MiB,type=L\n"));
+        parts.push(Part {
+            start: at * MIB,
+            len: mib * MIB,
+        });
+        at += mib;
+    }
+    let mut c = Command::new(tool("sfdisk", HINT));
+    c.arg("-q").arg(&disk).stdin(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), table.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    for ((img, _), p) in images.iter().zip(&parts) {
+        ok(Command::new("dd")
+            .arg(format!("if={}", img.display()))
+            .arg(format!("of={}", disk.display()))
+            .args([
+                "bs=1M",
+                &format!("seek={}", p.start / MIB),
+                "conv=notrunc,sparse",
+                "status=none",
+            ]));
+    }
+    (disk, parts)
+}
+
+pub fn sized(path: &Path, mib: u64) {
+    std::fs::File::create(path)
+        .unwrap()
+        .set_len(mib * MIB)
+        .unwrap();
+}
+
+/// One partition of `disk` copied out, for the checkers that take no offset.
+pub fn part_file(disk: &Path, p: &Part, out: &Path) -> PathBuf {
+    ok(Command::new("dd")
+        .arg(format!("if={}", disk.display()))
+        .arg(format!("of={}", out.display()))
+        .args([
+            "bs=1M",
+            &format!("skip={}", p.start / MIB),
+            &format!("count={}", p.len / MIB),
+            "conv=sparse",
+            "status=none",
+        ]));
+    out.to_path_buf()
+}
+
+pub fn xfs_repair_clean(img: &Path) {
+    let o = Command::new(tool("xfs_repair", HINT))
+        .arg("-n")
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "xfs_repair -n {}: {}{}",
+        img.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+pub fn btrfs_check_clean(img: &Path) {
+    let o = Command::new(tool("btrfs", HINT))
+        .args(["check", "--readonly"])
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "btrfs check {}: {}{}",
+        img.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -294,6 +294,8 @@ fn resume(sec: i64, nsec: u32, seed: &[u8], serials: &[String]) -> FsResult<()> 
 
 struct Mount {
     point: String,
+    /// The guest's block device (`/dev/vdX`) it was mounted from.
+    device: String,
     dev: u64,
     root: Ino,
     fds: HashMap<Ino, OwnedFd>,
@@ -556,9 +558,35 @@ impl Mount {
         Ok(())
     }
 
-    /// The device's used byte ranges from FS_IOC_GETFSMAP (XFS, ext4), or `None` where the
-    /// filesystem does not answer it (btrfs).
+    /// The root directory, opened (for ioctls and statfs).
+    fn root_dir(&self) -> FsResult<File> {
+        File::open(proc_path(self.fd(self.root)?)).map_err(|e| from_io(e, "opening the root"))
+    }
+
+    fn is_btrfs(&self) -> FsResult<bool> {
+        let root = self.root_dir()?;
+        // SAFETY: statfs is plain data, filled by the kernel.
+        let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+        check(unsafe { libc::fstatfs(root.as_raw_fd(), &mut s) }, "statfs")?;
+        Ok(s.f_type as i64 == super::btrfs::SUPER_MAGIC)
+    }
+
+    /// The device's used byte ranges: btrfs's from its trees (`btrfs.rs`), the others'
+    /// from GETFSMAP.
     fn used_blocks(&mut self) -> FsResult<Option<Vec<(u64, u64)>>> {
+        if !self.is_btrfs()? {
+            return self.fsmap();
+        }
+        let root = self.root_dir()?;
+        let mut dev = File::open(&self.device).map_err(|e| from_io(e, &self.device))?;
+        let len = std::io::Seek::seek(&mut dev, std::io::SeekFrom::End(0))
+            .map_err(|e| from_io(e, &self.device))?;
+        super::btrfs::used_blocks(&root, &dev, len).map_err(|e| FsError::new(libc::EIO, e))
+    }
+
+    /// The device's used byte ranges from FS_IOC_GETFSMAP (XFS, ext4), or `None` where the
+    /// filesystem does not answer it.
+    fn fsmap(&mut self) -> FsResult<Option<Vec<(u64, u64)>>> {
         const RECS: usize = 1024;
         const REC: usize = 64;
         const HEAD: usize = 64 + 2 * REC;
@@ -656,6 +684,7 @@ impl Agent {
                 serial,
                 fs_type,
                 read_only,
+                options,
             } => {
                 if matches!(fs_type.as_str(), "xfs" | "btrfs") {
                     load_modules(&fs_type)?;
@@ -667,7 +696,7 @@ impl Agent {
                 let point = format!("/mnt/{id}");
                 std::fs::create_dir_all(&point).map_err(|e| from_io(e, &point))?;
                 let flags = if read_only { libc::MS_RDONLY } else { 0 };
-                if let Err(mut e) = sys_mount(&dev, &point, &fs_type, flags, "") {
+                if let Err(mut e) = sys_mount(&dev, &point, &fs_type, flags, &options) {
                     let log = self.kernel_log();
                     if !log.is_empty() {
                         e.detail = format!("{} (the kernel said: {log})", e.detail);
@@ -684,6 +713,7 @@ impl Agent {
                 let st = fstat(root.as_raw_fd())?;
                 let mut m = Mount {
                     point,
+                    device: dev,
                     dev: st.st_dev,
                     root: st.st_ino,
                     fds: HashMap::new(),
@@ -871,6 +901,15 @@ impl Agent {
                 })
             }
             R::UsedBlocks { mount } => AgentReply::Ranges(self.mount(mount)?.used_blocks()?),
+            R::Subvolumes { mount } => {
+                let m = self.mount(mount)?;
+                if !m.is_btrfs()? {
+                    return Err(FsError::new(libc::EINVAL, "not a btrfs filesystem"));
+                }
+                let (default, list) = super::btrfs::subvolumes(&m.root_dir()?)
+                    .map_err(|e| FsError::new(libc::EIO, e))?;
+                AgentReply::Subvolumes(Subvolumes { default, list })
+            }
             R::Sync { mount } => {
                 let m = self.mount(mount)?;
                 let root = File::open(proc_path(m.fd(m.root)?)).map_err(|e| from_io(e, "sync"))?;

@@ -28,9 +28,11 @@
 //!
 //! `used_blocks`: XFS answers FS_IOC_GETFSMAP in the guest (from its free-space B+trees
 //! without rmapbt), so a capture keeps exactly the allocated ranges; btrfs does not answer
-//! it, and its whole device counts as used (conservative, correct, not minimal).
+//! it, and the agent reads its extent and chunk trees instead (`btrfs.rs`, which also lists
+//! its subvolumes).
 
 pub mod agent;
+pub mod btrfs;
 pub mod initramfs;
 pub mod nbd;
 pub mod nbd_server;
@@ -70,13 +72,15 @@ fn unexpected(r: AgentReply) -> FsError {
 }
 
 impl VmFs {
-    /// Mounts the disk with virtio serial `serial` (of `len` bytes) in `vm`.
+    /// Mounts the disk with virtio serial `serial` (of `len` bytes) in `vm`, `options`
+    /// given to the guest kernel as they are (`subvol=@/home`).
     pub fn mount(
         vm: SharedVm,
         serial: &str,
         fs_type: &str,
         len: u64,
         read_only: bool,
+        options: &str,
     ) -> FsResult<VmFs> {
         let fs_type: &'static str = match fs_type {
             "xfs" => "xfs",
@@ -95,6 +99,7 @@ impl VmFs {
                 serial: serial.into(),
                 fs_type: fs_type.into(),
                 read_only,
+                options: options.into(),
             })?;
         let AgentReply::Mounted { mount, root } = r else {
             return Err(unexpected(r));
@@ -133,6 +138,14 @@ impl VmFs {
     fn bytes(&self, req: AgentRequest) -> FsResult<Vec<u8>> {
         match self.call(req)? {
             AgentReply::Bytes(b) => Ok(b.into_vec()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// A btrfs filesystem's subvolumes and its default one.
+    pub fn subvolumes(&self) -> FsResult<proto::Subvolumes> {
+        match self.call(AgentRequest::Subvolumes { mount: self.mount })? {
+            AgentReply::Subvolumes(s) => Ok(s),
             r => Err(unexpected(r)),
         }
     }

@@ -17,12 +17,15 @@ pub const HELLO: &str = "strata-vm-agent 1";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentRequest {
-    /// Mounts the disk whose virtio serial is `serial` (`/dev/vdX` in the guest); replies
-    /// `Mounted`.
+    /// Mounts the disk whose virtio serial is `serial` (`/dev/vdX` in the guest), with
+    /// `options` as mount(2)'s data (`subvol=@/home`; empty for none); replies `Mounted`.
+    /// The same disk may be mounted more than once (btrfs subvolumes): the guest kernel
+    /// shares one superblock between the mounts.
     Mount {
         serial: String,
         fs_type: String,
         read_only: bool,
+        options: String,
     },
     /// Unmounts (after dropping every inode handle the agent holds on it).
     Umount {
@@ -114,11 +117,16 @@ pub enum AgentRequest {
     Statvfs {
         mount: u32,
     },
-    /// The device's used byte ranges as the filesystem reports them (XFS: GETFSMAP).
+    /// The device's used byte ranges as the filesystem reports them (XFS: GETFSMAP;
+    /// btrfs: its extent tree mapped through the chunk tree).
     UsedBlocks {
         mount: u32,
     },
     Sync {
+        mount: u32,
+    },
+    /// A btrfs filesystem's subvolumes and its default one; replies `Subvolumes`.
+    Subvolumes {
         mount: u32,
     },
     /// Powers the VM off (no reply is owed; the port closes).
@@ -150,8 +158,18 @@ pub enum AgentReply {
     StatVfs(StatVfs),
     /// `None`: the filesystem cannot say (every block counts as used).
     Ranges(Option<Vec<(u64, u64)>>),
+    Subvolumes(Subvolumes),
     Done,
     Error(FsError),
+}
+
+/// What `btrfs subvolume list` and `btrfs subvolume get-default` say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subvolumes {
+    /// The subvolume a mount without `subvol=` shows (5, the top level, unless set).
+    pub default: u64,
+    /// `(id, path from the top level)`, by id.
+    pub list: Vec<(u64, String)>,
 }
 
 #[cfg(test)]

@@ -174,6 +174,17 @@ fn handle(state: &mut Option<(SharedDevice, Session)>, req: Request) -> Response
             s.mount(&device, &point, read_only)?;
             Reply::Done
         }
+        Request::MountOptions {
+            options,
+            vfs_type,
+            device,
+            point,
+            read_only,
+        } => {
+            let t = Some(vfs_type.as_str()).filter(|t| !t.is_empty());
+            s.mount_options(&options, t, &device, &point, read_only)?;
+            Reply::Done
+        }
         Request::Umount { target } => {
             s.table.umount(&target)?;
             Reply::Done
@@ -194,7 +205,9 @@ fn handle(state: &mut Option<(SharedDevice, Session)>, req: Request) -> Response
     })
 }
 
-fn call(t: &mut crate::fs::mounts::MountTable, c: Call) -> Response {
+/// One path-level call on a mount table: what the worker does with `Request::Call` (public
+/// so that model tests put the same calls to the in-memory model).
+pub fn call(t: &mut crate::fs::mounts::MountTable, c: Call) -> FsResult<Reply> {
     Ok(match c {
         Call::Stat { path, follow } => Reply::Stat(t.stat_path(&path, follow)?),
         Call::Exists { path } => Reply::Bool(t.exists(&path)?),

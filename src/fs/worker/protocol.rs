@@ -207,6 +207,15 @@ pub enum Request {
     /// Unmount everything (the filesystems written back clean), then flush the disk: the
     /// one point where the job's changes become durable, atomically.
     Commit,
+    /// `Mount` with mount options and the filesystem type asked for (guestfish's
+    /// mount-options and mount-vfs; `vfs_type` empty for any).
+    MountOptions {
+        options: String,
+        vfs_type: String,
+        device: String,
+        point: String,
+        read_only: bool,
+    },
 }
 
 impl Request {
@@ -217,7 +226,9 @@ impl Request {
             Request::Open(o) => format!("opening {}", o.source.describe()),
             Request::Devices => "listing devices".into(),
             Request::Filesystems { .. } => "listing filesystems".into(),
-            Request::Mount { device, point, .. } => format!("mounting {device} on {point}"),
+            Request::Mount { device, point, .. } | Request::MountOptions { device, point, .. } => {
+                format!("mounting {device} on {point}")
+            }
             Request::Umount { target } => format!("unmounting {target}"),
             Request::UmountAll => "unmounting everything".into(),
             Request::Mounts => "listing mounts".into(),

@@ -54,15 +54,19 @@ pub(super) fn run(it: &mut Interp, name: &str, a: &Args) -> CmdResult<Option<Vec
             let fss = pv_scan(g)?;
             format::lines(fss.iter().map(String::as_str))
         }
-        "mount" | "mount-ro" | "mount-options" => {
-            let (opts, dev, point) = if name == "mount-options" {
-                (a.str(0), a.str(1), a.str(2))
-            } else {
-                ("", a.str(0), a.str(1))
+        "mount" | "mount-ro" | "mount-options" | "mount-vfs" => {
+            let (opts, vfs, dev, point) = match name {
+                "mount-options" => (a.str(0), "", a.str(1), a.str(2)),
+                "mount-vfs" => (a.str(0), a.str(1), a.str(2), a.str(3)),
+                _ => ("", "", a.str(0), a.str(1)),
             };
             let ro = name == "mount-ro" || opts.split(',').any(|o| o == "ro");
-            g.mount(dev, point, ro)
-                .map_err(|e| CmdError(format!("{}: {e}", name.replace('-', "_"))))?;
+            let r = if opts.is_empty() && vfs.is_empty() {
+                g.mount(dev, point, ro)
+            } else {
+                g.mount_options(opts, vfs, dev, point, ro)
+            };
+            r.map_err(|e| CmdError(format!("{}: {e}", name.replace('-', "_"))))?;
             Vec::new()
         }
         "umount" => {
