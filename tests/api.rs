@@ -675,7 +675,7 @@ fn golden_images_os_volumes_and_tasks_come_from_the_catalog() {
     );
     let one = api.get(&s, g["uri"].as_str().unwrap());
     assert_eq!(one.json()["description"], "RHEL 8");
-    // A JSON POST asks for a capture, which the API does not do yet; an image an OS
+    // A JSON POST asks for a capture, and needs the volume and the plan; an image an OS
     // volume uses cannot be deleted.
     let msg = api
         .send(&s, "POST", "/rest/golden-images", &json!({"name": "x"}))
@@ -945,4 +945,263 @@ fn user_commands_list_and_remove_users_and_never_show_passwords() {
     let api = Api::start(repo, &[]);
     api.login("operator", "another secret").error(401);
     api.session();
+}
+
+impl Api {
+    /// Starts long work with `method path body`; waits for its task, which must complete;
+    /// returns the task.
+    fn task_ok(&self, s: &str, method: &str, path: &str, body: &Value) -> Value {
+        let r = self.send(s, method, path, body);
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        assert!(r
+            .header("location")
+            .is_some_and(|l| l.starts_with("/rest/tasks/")));
+        let t = self.wait_task(s, r.json()["uri"].as_str().unwrap());
+        assert_eq!(t["taskState"], "Completed", "{t}\n{}", self.log());
+        t
+    }
+
+    /// One of HPE's bundles uploaded and extracted (forceImport).
+    fn extract_hpe(&self, s: &str, name: &str) {
+        let bundle = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/hpe-artifacts")
+            .join(name);
+        let r = self.upload(s, "/rest/artifact-bundles", &bundle);
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        let t = self.wait_task(s, r.json()["uri"].as_str().unwrap());
+        assert_eq!(t["taskState"], "Completed", "{t}");
+        let ab = t["associatedResource"]["resourceUri"].as_str().unwrap();
+        let r = self.call(
+            "PUT",
+            &format!("{ab}?extract=true&forceImport=true"),
+            &[("auth", s), ("Content-Type", "text/plain;charset=UTF-8")],
+            None,
+        );
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        let t = self.wait_task(s, r.json()["uri"].as_str().unwrap());
+        assert_eq!(t["taskState"], "Completed", "{t}");
+    }
+
+    fn member_named(&self, s: &str, collection: &str, name: &str) -> Value {
+        let all = self.get(s, collection).json();
+        all["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("no {name:?} in {collection}: {all}"))
+            .clone()
+    }
+}
+
+#[test]
+fn a_backup_is_made_downloaded_uploaded_and_restored_through_curl() {
+    let api = Api::start(repo_with_user(), &[]);
+    let s = api.session();
+    let group = json!({"deploymentGroupURI": "/rest/deployment-groups/local"});
+    let ps = api
+        .send(
+            &s,
+            "POST",
+            "/rest/plan-scripts",
+            &script("kept", "echo kept\r\n"),
+        )
+        .json();
+
+    let t = api.task_ok(&s, "POST", "/rest/artifact-bundles/backups", &group);
+    let uri = t["associatedResource"]["resourceUri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(uri.starts_with("/rest/artifact-bundles/backups/"), "{t}");
+    let list = api.get(&s, "/rest/artifact-bundles/backups").json();
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(list["members"][0]["uri"], json!(uri));
+    assert_eq!(api.get(&s, &uri).json()["uri"], json!(uri));
+    // Backups are not artifact bundles.
+    assert_eq!(api.get(&s, "/rest/artifact-bundles").json()["total"], 0);
+    let id = uri.rsplit('/').next().unwrap();
+    let down = api.get(&s, &format!("/rest/artifact-bundles/backups/archive/{id}"));
+    assert_eq!(down.status, 200);
+    let zip = api.work.join("backup.zip");
+    std::fs::write(&zip, &down.body).unwrap();
+    let names: Vec<String> = zip::ZipArchive::new(std::io::Cursor::new(&down.body))
+        .unwrap()
+        .file_names()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        names.iter().any(|n| n.ends_with("_planscript.json")),
+        "{names:?}"
+    );
+
+    // After the backup: the script gone, another made.
+    assert_eq!(api.delete(&s, ps["uri"].as_str().unwrap()).status, 204);
+    api.send(&s, "POST", "/rest/plan-scripts", &script("later", "echo"));
+    // Another appliance's group is refused.
+    let msg = api
+        .send(
+            &s,
+            "POST",
+            "/rest/artifact-bundles/backups",
+            &json!({"deploymentGroupURI": "/rest/deployment-groups/elsewhere"}),
+        )
+        .error(404);
+    assert!(msg.contains("elsewhere"), "{msg}");
+
+    // The downloaded backup uploaded (it replaces the appliance's), then restored.
+    let r = api.upload(
+        &s,
+        "/rest/artifact-bundles/backups/archive?deploymentGrpUri=/rest/deployment-groups/local",
+        &zip,
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let t = api.wait_task(&s, r.json()["uri"].as_str().unwrap());
+    assert_eq!(t["taskState"], "Completed", "{t}");
+    let up = t["associatedResource"]["resourceUri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(up, uri);
+    let list = api.get(&s, "/rest/artifact-bundles/backups").json();
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(api.get(&s, &uri).status, 404);
+    api.task_ok(&s, "PUT", &up, &group);
+    let back = api.get(&s, ps["uri"].as_str().unwrap());
+    assert_eq!(back.status, 200, "{}", String::from_utf8_lossy(&back.body));
+    assert_eq!(back.json()["content"], "echo kept\r\n");
+    let all = api.get(&s, "/rest/plan-scripts").json();
+    assert_eq!(
+        all["total"], 1,
+        "the restore kept a script made after the backup: {all}"
+    );
+}
+
+#[test]
+fn an_os_volume_is_captured_and_its_storage_log_and_forced_delete_answer() {
+    let api = Api::start(repo_with_user(), &[]);
+    let s = api.session();
+    api.extract_hpe(&s, "HPE-Support-Artifacts-2017-11-29-v4.0.zip");
+    api.extract_hpe(&s, "HPE-Foundation-Artifacts-2018-09-11-v4.0.zip");
+    let dp = api.member_named(
+        &s,
+        "/rest/deployment-plans",
+        "HPE - Support 1.0 - simple deployment test-2017-11-29",
+    );
+    let initiator = "iqn.2026-12.test:server-2";
+    let t = api.task_ok(
+        &s,
+        "POST",
+        "/rest/os-volumes",
+        &json!({"deploymentPlanURI": dp["uri"], "name": "web-02", "initiatorIqn": initiator}),
+    );
+    let vol = t["associatedResource"]["resourceUri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let st = api.get(&s, &format!("{vol}/storage")).json();
+    assert_eq!(st["storeVolume"], "web-02", "{st}");
+    assert_eq!(st["present"], true, "{st}");
+    assert_eq!(st["initiators"], json!([initiator]), "{st}");
+    let log = api.get(&s, "/rest/os-volumes/archive/web-02");
+    assert_eq!(log.status, 200);
+    let log = log.json();
+    assert_eq!(log["osVolume"]["uri"], json!(vol));
+    assert_eq!(log["deployments"][0]["result"], "succeeded", "{log}");
+    assert_eq!(api.get(&s, "/rest/os-volumes/archive/nope").status, 404);
+
+    // Captured through Foundation's capture build plan, as HPE's SDK asks for it.
+    let capture = api.member_named(
+        &s,
+        "/rest/build-plans",
+        "HPE - Foundation 1.0 - capture OS Volume as is-2017-03-24",
+    );
+    let t = api.task_ok(
+        &s,
+        "POST",
+        "/rest/golden-images",
+        &json!({"type": "GoldenImage", "name": "captured", "description": "from web-02",
+                "imageCapture": "true", "osVolumeURI": vol, "buildPlanURI": capture["uri"]}),
+    );
+    let gi_uri = t["associatedResource"]["resourceUri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gi = api.get(&s, &gi_uri).json();
+    assert_eq!(
+        (&gi["name"], &gi["imageCapture"]),
+        (&json!("captured"), &json!(true))
+    );
+    assert_eq!(gi["osVolumeURI"], json!(vol));
+    assert_eq!(gi["size"], st["size"]);
+    let id = gi_uri.rsplit('/').next().unwrap();
+    let arch = api.get(&s, &format!("/rest/golden-images/archive/{id}"));
+    assert_eq!(arch.status, 200);
+    let rec = arch.json();
+    assert_eq!(
+        (&rec["kind"], &rec["result"]),
+        (&json!("capture"), &json!("succeeded"))
+    );
+    let down = api.get(&s, &format!("/rest/golden-images/download/{id}"));
+    assert_eq!(down.status, 200);
+    assert_eq!(
+        only_member(&down.body).len() as u64,
+        st["size"].as_u64().unwrap()
+    );
+    // An uploaded image has no capture log; a deploy plan captures nothing.
+    let other = api.member_named(
+        &s,
+        "/rest/golden-images",
+        "HPE - Support 1.0 - UEFI Test Image - 2017-03-24",
+    );
+    let oid = other["uri"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        api.get(&s, &format!("/rest/golden-images/archive/{oid}"))
+            .status,
+        404
+    );
+    let deploy_plan = api.member_named(
+        &s,
+        "/rest/build-plans",
+        "HPE - Foundation 1.0 - deploy Golden Image as is - 2017-07-19",
+    );
+    let r = api.send(
+        &s,
+        "POST",
+        "/rest/golden-images",
+        &json!({"name": "not a capture", "osVolumeURI": vol, "buildPlanURI": deploy_plan["uri"]}),
+    );
+    let t = api.wait_task(&s, r.json()["uri"].as_str().unwrap());
+    assert_eq!(t["taskState"], "Error", "{t}");
+    assert!(
+        t["taskErrors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("capture"),
+        "{t}"
+    );
+    let msg = api
+        .send(&s, "POST", "/rest/golden-images", &json!({"name": "x"}))
+        .error(400);
+    assert!(msg.contains("osVolumeURI"), "{msg}");
+
+    // The deployment plan web-02 came from: 409 naming it, then forced (as HPE's SDKs
+    // send it): gone, and the volume no longer names it.
+    let msg = api.delete(&s, dp["uri"].as_str().unwrap()).error(409);
+    assert!(msg.contains("web-02"), "{msg}");
+    let r = api.delete(&s, &format!("{}?force=True", dp["uri"].as_str().unwrap()));
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(api.get(&s, dp["uri"].as_str().unwrap()).status, 404);
+    assert!(api.get(&s, &vol).json()["deploymentPlanUri"].is_null());
+    // Its golden image stays in use by the volume, force or not.
+    let gold = dp["goldenImageURI"].as_str().unwrap();
+    let msg = api.delete(&s, &format!("{gold}?force=true")).error(409);
+    assert!(msg.contains("web-02"), "{msg}");
 }

@@ -154,6 +154,7 @@ fn every_hpe_bundle_uploads_and_extracts() {
         let payloads = b.payloads().len();
         drop(b);
         let up = upload_bundle(
+            &a.catalog,
             &a.repo,
             &format!("{name}.zip"),
             fs::File::open(fixture(name)).unwrap(),
@@ -186,6 +187,7 @@ fn every_hpe_bundle_uploads_and_extracts() {
 fn extracting_again_is_refused_without_force_and_replaces_with_it() {
     let a = app();
     let up = upload_bundle(
+        &a.catalog,
         &a.repo,
         "s.zip",
         fs::File::open(fixture(SUPPORT)).unwrap(),
@@ -228,7 +230,7 @@ fn a_tampered_bundle_is_refused_with_the_reason_and_leaves_nothing() {
         w.write_all(&v).unwrap();
     }
     let tampered = w.finish().unwrap().into_inner();
-    let e = upload_bundle(&a.repo, "t.zip", &tampered[..], &no_progress).unwrap_err();
+    let e = upload_bundle(&a.catalog, &a.repo, "t.zip", &tampered[..], &no_progress).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains(&changed) && msg.contains("checksum"), "{msg}");
     assert!(a.tmp_is_empty());
@@ -241,6 +243,7 @@ fn a_tampered_bundle_is_refused_with_the_reason_and_leaves_nothing() {
 fn a_deployment_through_the_catalog_records_the_volume_and_exports_it() {
     let a = app();
     let up = upload_bundle(
+        &a.catalog,
         &a.repo,
         "s.zip",
         fs::File::open(fixture(SUPPORT)).unwrap(),
@@ -325,4 +328,200 @@ fn recovery_removes_images_no_row_names_and_fails_running_tasks() {
     let mut out = Vec::new();
     download_golden_image(&a.catalog, &a.repo, "kept", &mut out, &no_progress).unwrap();
     assert_eq!(unzip_one(&out), d);
+}
+
+/// Support's bundle uploaded and extracted: every kind of artifact and one golden image
+/// with its disk.
+fn with_support(a: &App) {
+    let up = upload_bundle(
+        &a.catalog,
+        &a.repo,
+        "s.zip",
+        fs::File::open(fixture(SUPPORT)).unwrap(),
+        &no_progress,
+    )
+    .unwrap();
+    extract_bundle(
+        &a.catalog,
+        &a.repo,
+        up["id"].as_str().unwrap(),
+        false,
+        &no_progress,
+    )
+    .unwrap();
+}
+
+const GROUP: &str = "/rest/deployment-groups/local";
+const SUPPORT_IMAGE: &str = "HPE - Support 1.0 - UEFI Test Image - 2017-03-24";
+
+#[test]
+fn a_backup_holds_every_artifact_and_disk_and_restores_them_all_or_nothing() {
+    use strata::appliance::backups::{backup_file, create_backup, list_backups, restore_backup};
+    let a = app();
+    with_support(&a);
+    let before = a.counts();
+    let mut disk_before = Vec::new();
+    download_golden_image(
+        &a.catalog,
+        &a.repo,
+        SUPPORT_IMAGE,
+        &mut disk_before,
+        &no_progress,
+    )
+    .unwrap();
+    let plans = a
+        .catalog
+        .list_artifacts(ArtifactKind::DeploymentPlan, &Default::default())
+        .unwrap()
+        .members;
+    let backup = create_backup(&a.catalog, &a.repo, GROUP, &no_progress).unwrap();
+    assert_eq!(backup["deploymentGroupURI"], GROUP);
+    let (_, zip) = backup_file(&a.catalog, &a.repo, backup["uri"].as_str().unwrap()).unwrap();
+    let b = Bundle::open(&zip).unwrap();
+    let held = [
+        b.artifacts().plan_scripts.len(),
+        b.artifacts().build_plans.len(),
+        b.artifacts().deployment_plans.len(),
+        b.artifacts().golden_images.len(),
+    ];
+    assert_eq!(held, before, "the backup holds every artifact");
+    assert_eq!(b.payloads().len(), 1, "and the golden image's disk");
+    drop(b);
+
+    // After the backup: the deployment plans and the image deleted (its disk with it), a
+    // new script made.
+    for p in &plans {
+        a.catalog
+            .delete_artifact(ArtifactKind::DeploymentPlan, p["uri"].as_str().unwrap())
+            .unwrap();
+    }
+    strata::appliance::golden_images::delete_golden_image(&a.catalog, &a.repo, SUPPORT_IMAGE)
+        .unwrap();
+    assert!(a.repo.list_images().unwrap().is_empty());
+    a.catalog
+        .create_artifact(
+            ArtifactKind::PlanScript,
+            serde_json::json!({"name": "made later", "planType": "deploy", "content": "echo"}),
+        )
+        .unwrap();
+
+    // A restore an OS volume blocks changes nothing: the new image it uses is not in the
+    // backup. The backup's disk imported on the way goes again.
+    let d = disk();
+    upload_golden_image(&a.catalog, &a.repo, "in use", "", &d[..], &no_progress).unwrap();
+    a.catalog
+        .create_os_volume(strata::catalog::volumes::NewOsVolume {
+            name: "server-1",
+            store_volume: "server-1",
+            golden_image: Some("in use"),
+            ..Default::default()
+        })
+        .unwrap();
+    let counts = a.counts();
+    let e = restore_backup(
+        &a.catalog,
+        &a.repo,
+        backup["id"].as_str().unwrap(),
+        &no_progress,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("server-1"), "{e}");
+    assert_eq!(a.counts(), counts);
+    assert_eq!(a.repo.list_images().unwrap().len(), 1);
+    assert!(a
+        .catalog
+        .get_artifact(ArtifactKind::PlanScript, "made later")
+        .is_ok());
+
+    // Without the volume the restore goes through: exactly the backup's artifacts, with
+    // their ids, and the disk byte for byte; the image no row names is gone.
+    a.catalog.delete_os_volume("server-1").unwrap();
+    let r = restore_backup(
+        &a.catalog,
+        &a.repo,
+        backup["id"].as_str().unwrap(),
+        &no_progress,
+    )
+    .unwrap();
+    assert_eq!(r.artifacts, before);
+    assert_eq!(a.counts(), before);
+    assert!(a
+        .catalog
+        .get_artifact(ArtifactKind::PlanScript, "made later")
+        .is_err());
+    for p in &plans {
+        let back = a
+            .catalog
+            .get_artifact(ArtifactKind::DeploymentPlan, p["id"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(back["name"], p["name"]);
+        assert_eq!(back["goldenImageURI"], p["goldenImageURI"]);
+    }
+    let mut disk_after = Vec::new();
+    download_golden_image(
+        &a.catalog,
+        &a.repo,
+        SUPPORT_IMAGE,
+        &mut disk_after,
+        &no_progress,
+    )
+    .unwrap();
+    assert!(
+        unzip_one(&disk_after) == unzip_one(&disk_before),
+        "the disk differs"
+    );
+    assert_eq!(a.repo.list_images().unwrap().len(), 1);
+    assert!(a.tmp_is_empty());
+
+    // A second backup replaces the first, file and row.
+    let again = create_backup(&a.catalog, &a.repo, GROUP, &no_progress).unwrap();
+    let page = list_backups(&a.catalog, &Default::default()).unwrap();
+    assert_eq!(page.total, 1);
+    assert_eq!(page.members[0]["id"], again["id"]);
+    assert!(!zip.exists(), "the first backup's zip is still there");
+}
+
+#[test]
+fn bundles_are_rows_and_recovery_adopts_old_descriptions_and_drops_orphan_zips() {
+    use strata::appliance::bundles::{bundle_file, delete_bundle, list_bundles};
+    let a = app();
+    let up = upload_bundle(
+        &a.catalog,
+        &a.repo,
+        "s.zip",
+        fs::File::open(fixture(SUPPORT)).unwrap(),
+        &no_progress,
+    )
+    .unwrap();
+    let id = up["id"].as_str().unwrap().to_owned();
+    let (_, zip) = bundle_file(&a.catalog, &a.repo, &id).unwrap();
+    let dir = zip.parent().unwrap().to_owned();
+    // Nothing but the zip beside the row.
+    let files: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files, vec![zip.clone()]);
+    // An older repository's layout: a description file and no row; and a zip no row or
+    // description names (a crash before its row).
+    let old_id = "00000000-0000-4000-8000-00000000000b";
+    fs::copy(&zip, dir.join(format!("{old_id}.zip"))).unwrap();
+    let mut old = up.clone();
+    old["id"] = old_id.into();
+    old["uri"] = format!("/rest/artifact-bundles/{old_id}").into();
+    old["name"] = "from before rows".into();
+    fs::write(dir.join(format!("{old_id}.json")), old.to_string()).unwrap();
+    let orphan = dir.join("00000000-0000-4000-8000-00000000000c.zip");
+    fs::copy(&zip, &orphan).unwrap();
+    let r = recover(&a.catalog, &a.repo).unwrap();
+    assert_eq!(r.orphan_bundles, vec![orphan.display().to_string()]);
+    assert!(!orphan.exists());
+    assert!(!dir.join(format!("{old_id}.json")).exists());
+    let page = list_bundles(&a.catalog, &Default::default()).unwrap();
+    assert_eq!(page.total, 2);
+    assert!(bundle_file(&a.catalog, &a.repo, "from before rows").is_ok());
+    delete_bundle(&a.catalog, &a.repo, &id).unwrap();
+    assert!(!zip.exists());
+    assert!(bundle_file(&a.catalog, &a.repo, &id).is_err());
 }

@@ -45,7 +45,9 @@ pub fn routes(kind: ArtifactKind, writable: bool) -> Router<AppState> {
                     update(kind, st, v, id, body)
                 },
             )
-            .delete(move |st: State<AppState>, id: Path<String>| delete(kind, st, id));
+            .delete(move |st: State<AppState>, id: Path<String>, q: RawQuery| {
+                delete(kind, st, id, q)
+            });
     }
     let mut r = Router::new().route(b, coll).route(&one, item);
     let users =
@@ -137,15 +139,30 @@ async fn update(
     Ok(Json(present(kind, v, done)))
 }
 
+/// `DELETE {uri}` (`?force=true`, as HPE's SDKs send `force=True`): refused with 409 naming
+/// the users while anything uses the artifact. Force matters for a deployment plan only:
+/// OS volumes deployed from it do not keep it (they keep running, their
+/// `deploymentPlanUri` cleared, their deployment records kept), as Image Streamer deletes a
+/// plan its server profiles still name when forced. A script, build plan or golden image
+/// another artifact or an OS volume needs is never deleted, force or not.
 async fn delete(
     kind: ArtifactKind,
     State(st): State<AppState>,
     Path(id): Path<String>,
+    RawQuery(q): RawQuery,
 ) -> Result<StatusCode, ApiError> {
+    let force = super::golden_images::query_param(q.as_deref(), "force")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let cat = st.catalog.clone();
     let what = id.clone();
-    blocking(move || Ok(cat.delete_artifact(kind, &id)?)).await?;
-    tracing::info!(kind = kind.what(), id = %what, "deleted");
+    let detached = blocking(move || Ok(cat.delete_artifact_forced(kind, &id, force)?)).await?;
+    tracing::info!(
+        kind = kind.what(),
+        id = %what,
+        force,
+        detached = detached.len(),
+        "deleted"
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -22,16 +22,10 @@ use super::list::ListParams;
 use super::stream::{self, UploadJob};
 use super::{blocking, AppState};
 use crate::appliance::bundles as ab;
-use crate::appliance::golden_images::download_golden_image;
-use crate::appliance::spool::Scratch;
-use crate::appliance::{no_progress, ApplianceError};
-use crate::catalog::{AssociatedResource, Catalog, Page};
-use crate::plan::artifacts::ArtifactKind;
-use crate::plan::bundle::{Bundle, Manifest, Payload, PayloadSource};
-use crate::store::Repository;
+use crate::catalog::{AssociatedResource, Page};
 
 const BASE: &str = "/rest/artifact-bundles";
-const GROUPS: &str = "/rest/deployment-groups";
+pub(super) const GROUPS: &str = "/rest/deployment-groups";
 
 /// The id of the one deployment group: this appliance.
 pub const LOCAL_GROUP: &str = "local";
@@ -53,31 +47,10 @@ pub fn routes() -> Router<AppState> {
         .route(&format!("{GROUPS}/{{id}}"), get(get_group))
 }
 
-/// Every bundle's description, as `appliance::bundles` keeps them.
-fn all_bundles(repo: &crate::store::Repository) -> Result<Vec<Value>, ApiError> {
-    let dir = repo.root().join(ab::BUNDLES_DIR);
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return Ok(out);
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.extension().is_some_and(|x| x == "json") {
-            if let Some(id) = p.file_stem().and_then(|s| s.to_str()) {
-                match ab::get_bundle(repo, id) {
-                    Ok(b) => out.push(b),
-                    Err(e) => tracing::warn!(bundle = %id, "skipping a bundle: {e}"),
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
 async fn list(State(st): State<AppState>, q: RawQuery) -> Result<Json<Value>, ApiError> {
     let params = ListParams::from_raw(q)?;
-    let (repo, query) = (st.repo.clone(), params.query.clone());
-    let page = blocking(move || Ok(query.apply(all_bundles(&repo)?))).await?;
+    let (cat, query) = (st.catalog.clone(), params.query.clone());
+    let page = blocking(move || Ok(ab::list_bundles(&cat, &query)?)).await?;
     Ok(Json(params.respond(
         BASE,
         "ArtifactsBundleCollection",
@@ -90,14 +63,14 @@ async fn get_one(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let repo = st.repo.clone();
+    let cat = st.catalog.clone();
     Ok(Json(
-        blocking(move || Ok(ab::get_bundle(&repo, &id)?)).await?,
+        blocking(move || Ok(ab::get_bundle(&cat, &id)?)).await?,
     ))
 }
 
 /// `POST /rest/artifact-bundles`: a multipart upload of a bundle (a task). A JSON body asks
-/// for a bundle made from selected artifacts.
+/// for a bundle made from selected artifacts (a task too).
 async fn create(
     State(st): State<AppState>,
     Extension(who): Extension<SessionUser>,
@@ -125,116 +98,18 @@ async fn create(
             "Create",
             "artifact-bundles",
             res,
-            Box::new(move |progress| make_bundle(&cat, &repo, &body, progress)),
+            Box::new(move |progress| ab::create_bundle(&cat, &repo, &body, progress)),
         )
         .await;
     }
     let form = Multipart::from_request(req, &st)
         .await
         .map_err(|e| ApiError::bad_request("INVALID_UPLOAD", e.body_text()))?;
-    let repo = st.repo.clone();
-    let job: UploadJob =
-        Box::new(move |input, progress| ab::upload_bundle(&repo, "bundle.zip", input, progress));
+    let (cat, repo) = (st.catalog.clone(), st.repo.clone());
+    let job: UploadJob = Box::new(move |input, progress| {
+        ab::upload_bundle(&cat, &repo, "bundle.zip", input, progress)
+    });
     stream::upload_task(&st, &who.user, "Add", "artifact-bundles", form, job).await
-}
-
-/// The artifacts a create request selects: `planScripts`, `buildPlans`, `deploymentPlans`,
-/// `goldenImages`, each `[{resourceUri, readOnly}]`, as catalog ids per kind.
-fn selected(cat: &Catalog, body: &Value) -> Result<Vec<(ArtifactKind, String)>, ApplianceError> {
-    let mut out = Vec::new();
-    for (field, kind) in [
-        ("planScripts", ArtifactKind::PlanScript),
-        ("buildPlans", ArtifactKind::BuildPlan),
-        ("deploymentPlans", ArtifactKind::DeploymentPlan),
-        ("goldenImages", ArtifactKind::GoldenImage),
-    ] {
-        for item in body[field]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            let uri = item["resourceUri"]
-                .as_str()
-                .or_else(|| item["uri"].as_str())
-                .ok_or_else(|| {
-                    ApplianceError::Invalid(format!("each entry of {field} needs a resourceUri"))
-                })?;
-            // The id is the URI's last segment (a build plan's JSON calls it `buildPlanid`).
-            let a = cat.get_artifact(kind, uri)?;
-            let id = a["uri"].as_str().and_then(|u| u.rsplit('/').next());
-            out.push((kind, id.unwrap_or_default().to_owned()));
-        }
-    }
-    if out.is_empty() {
-        return Err(ApplianceError::Invalid(
-            "the bundle selects no artifacts (planScripts, buildPlans, deploymentPlans, \
-             goldenImages)"
-                .into(),
-        ));
-    }
-    Ok(out)
-}
-
-/// Makes a bundle in HPE's layout from the selected artifacts (golden images with their
-/// disks, each a zip of one raw disk) and takes it in as an upload would be, so it is
-/// verified like any other. Composed of the appliance's and plan's own steps until
-/// `appliance::bundles` has a job for it.
-fn make_bundle(
-    cat: &Catalog,
-    repo: &Repository,
-    body: &Value,
-    progress: crate::appliance::Progress,
-) -> Result<Value, ApplianceError> {
-    let name = body["name"].as_str().unwrap_or_default().trim().to_owned();
-    let picked = selected(cat, body)?;
-    let has = |k: ArtifactKind, id: &str| picked.iter().any(|(pk, pid)| *pk == k && pid == id);
-    let mut set = cat.artifact_set()?;
-    set.plan_scripts
-        .retain(|a| has(ArtifactKind::PlanScript, &a.id));
-    set.build_plans
-        .retain(|a| has(ArtifactKind::BuildPlan, &a.id));
-    set.deployment_plans
-        .retain(|a| has(ArtifactKind::DeploymentPlan, &a.id));
-    set.golden_images
-        .retain(|a| has(ArtifactKind::GoldenImage, &a.id));
-    let scratch = Scratch::new(repo, "bundle-create")?;
-    let mut payloads = Vec::new();
-    for (n, g) in set.golden_images.iter().enumerate() {
-        if cat.golden_image_store_name(&g.id)?.is_none() {
-            continue;
-        }
-        progress(
-            crate::appliance::percent(n as u64, set.golden_images.len() as u64, 0, 60),
-            "packing the golden images",
-        );
-        let p = scratch.path().join(format!("{}.zip", g.id));
-        let f = std::fs::File::create(&p).map_err(|e| ApplianceError::Io {
-            action: "creating",
-            path: p.clone(),
-            source: e,
-        })?;
-        download_golden_image(cat, repo, &g.id, std::io::BufWriter::new(f), &no_progress)?;
-        payloads.push(Payload {
-            golden_image: g.name.clone(),
-            source: PayloadSource::File(p),
-        });
-    }
-    let mut manifest = Manifest::default();
-    manifest.set("Artifact Name", &name);
-    manifest.set(
-        "description",
-        body["description"].as_str().unwrap_or_default(),
-    );
-    let zip = scratch.path().join("bundle.zip");
-    progress(60, "writing the bundle");
-    Bundle::write(&zip, &set, &manifest, &payloads)?;
-    let f = std::fs::File::open(&zip).map_err(|e| ApplianceError::Io {
-        action: "opening",
-        path: zip.clone(),
-        source: e,
-    })?;
-    let sub = |p: u8, what: &str| progress(60 + p * 4 / 10, what);
-    ab::upload_bundle(repo, &format!("{name}.zip"), f, &sub)
 }
 
 /// `PUT /rest/artifact-bundles/{id}`: with `extract=true`, extracts it (a task; the body,
@@ -250,13 +125,13 @@ async fn put_one(
         |n: &str| query_param(q.as_deref(), n).is_some_and(|v| v.eq_ignore_ascii_case("true"));
     if !flag("extract") {
         let super::body::JsonBody(body) = super::body::JsonBody::from_request(req, &st).await?;
-        let repo = st.repo.clone();
-        let done = blocking(move || rename(&repo, &id, &body)).await?;
+        let cat = st.catalog.clone();
+        let done = blocking(move || Ok(ab::update_bundle(&cat, &id, &body)?)).await?;
         return Ok(Json(done).into_response());
     }
     let force = flag("forceImport");
-    let (repo, key) = (st.repo.clone(), id.clone());
-    let bundle = blocking(move || Ok(ab::get_bundle(&repo, &key)?)).await?;
+    let (cat, key) = (st.catalog.clone(), id.clone());
+    let bundle = blocking(move || Ok(ab::get_bundle(&cat, &key)?)).await?;
     let res = AssociatedResource {
         resource_name: bundle["name"].as_str().unwrap_or_default().into(),
         resource_uri: bundle["uri"].as_str().unwrap_or_default().into(),
@@ -285,46 +160,12 @@ async fn put_one(
     .await
 }
 
-/// A bundle's `name` and `description` changed (the zip is not: what it holds is fixed).
-/// Bundles have no catalog rows yet, so this rewrites the description file
-/// `appliance::bundles` keeps beside the zip, atomically (a new file renamed over it).
-fn rename(repo: &Repository, id: &str, body: &Value) -> Result<Value, ApiError> {
-    let mut b = ab::get_bundle(repo, id)?;
-    for f in ["name", "description"] {
-        match body.get(f) {
-            None | Some(Value::Null) => {}
-            Some(Value::String(v)) if f == "name" && v.trim().is_empty() => {
-                return Err(ApiError::bad_request(
-                    "INVALID_BUNDLE_REQUEST",
-                    "an artifact bundle's name cannot be empty",
-                ))
-            }
-            Some(Value::String(v)) => b[f] = Value::String(v.clone()),
-            Some(other) => {
-                return Err(ApiError::bad_request(
-                    "INVALID_BUNDLE_REQUEST",
-                    format!("{f} must be a string, not {other}"),
-                ))
-            }
-        }
-    }
-    b["modified"] = Value::String(crate::catalog::now_timestamp());
-    b["eTag"] = Value::String(crate::catalog::new_id());
-    let path = ab::bundle_file(repo, id)?.with_extension("json");
-    let tmp = path.with_extension("json.new");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&b).unwrap_or_default())
-        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| ApiError::internal(format!("writing {}: {e}", path.display())))?;
-    Ok(b)
-}
-
 async fn delete(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let repo = st.repo.clone();
-    blocking(move || Ok(ab::delete_bundle(&repo, &id)?)).await?;
+    let (cat, repo) = (st.catalog.clone(), st.repo.clone());
+    blocking(move || Ok(ab::delete_bundle(&cat, &repo, &id)?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -333,16 +174,14 @@ async fn download(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let repo = st.repo.clone();
-    let (path, name) = blocking(move || {
-        let b = ab::get_bundle(&repo, &id)?;
-        Ok((
-            ab::bundle_file(&repo, &id)?,
-            b["name"].as_str().unwrap_or(&id).to_owned(),
-        ))
-    })
-    .await?;
-    Ok(stream::download(&format!("{name}.zip"), move |w| {
+    let (cat, repo) = (st.catalog.clone(), st.repo.clone());
+    let (b, path) = blocking(move || Ok(ab::bundle_file(&cat, &repo, &id)?)).await?;
+    Ok(send_file(b["name"].as_str().unwrap_or("bundle"), path))
+}
+
+/// 200 with the file at `path` streamed as `{name}.zip`.
+pub(super) fn send_file(name: &str, path: std::path::PathBuf) -> Response {
+    stream::download(&format!("{name}.zip"), move |w| {
         let mut f = std::fs::File::open(&path).map_err(|e| {
             crate::appliance::ApplianceError::Download(format!("{}: {e}", path.display()))
         })?;
@@ -350,7 +189,20 @@ async fn download(
             .map(|_| ())
             .map_err(|e| crate::appliance::ApplianceError::Download(e.to_string()))
     })
-    .into_response())
+    .into_response()
+}
+
+/// Checks that `uri` (a `deploymentGroupURI` given, if any) names the one group; returns
+/// the group's URI.
+pub(super) fn check_group(uri: Option<&str>) -> Result<String, ApiError> {
+    let own = format!("{GROUPS}/{LOCAL_GROUP}");
+    match uri.map(str::trim).filter(|u| !u.is_empty()) {
+        None => Ok(own),
+        Some(u) if u == own || u == LOCAL_GROUP => Ok(own),
+        Some(u) => Err(ApiError::not_found(format!(
+            "no deployment group {u:?}: strata has one, {own}"
+        ))),
+    }
 }
 
 /// The one deployment group.

@@ -1,7 +1,25 @@
 //! `/rest/golden-images` beyond reading (which `artifacts.rs` serves): the multipart upload
 //! of a zipped or raw image (name and description in the query string, as HPE's SDK sends
-//! them) run as a task, `/download/{id}` streamed as a zip of one raw disk, update (name,
-//! description) and delete. The work is `appliance::golden_images`'.
+//! them) run as a task, a capture from an OS volume (a JSON body, a task),
+//! `/download/{id}` streamed as a zip of one raw disk, `/archive/{id}` the capture's log,
+//! update (name, description) and delete. The work is `appliance::golden_images`'.
+//!
+//! A capture, as HPE's SDK's `golden_images.create` sends it:
+//!
+//! ```text
+//! POST /rest/golden-images
+//! {"type": "GoldenImage", "name": "rhel-gold", "description": "...",
+//!  "imageCapture": "true",
+//!  "osVolumeURI": "/rest/os-volumes/ID",          (or the volume's id or name)
+//!  "buildPlanURI": "/rest/build-plans/ID",        (a capture build plan; or buildPlanUri)
+//!  "customAttributes": [{"name": "...", "value": "..."}]}   (optional)
+//! ```
+//!
+//! answers 202 with a task whose resource is the new golden image once it completes.
+//!
+//! `DELETE ?force=true` (HPE's SDKs send `force=True`): accepted; a golden image is never
+//! deleted while a deployment plan or an OS volume uses it, force or not (every OS volume
+//! made from it reads its blocks), so force changes nothing here.
 
 use axum::extract::{FromRequest, Multipart, Path, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
@@ -33,6 +51,7 @@ pub fn routes() -> Router<AppState> {
             axum::routing::put(update).delete(delete),
         )
         .route(&format!("{BASE}/download/{{id}}"), get(download))
+        .route(&format!("{BASE}/archive/{{id}}"), get(archive))
 }
 
 /// Whether a request carries a multipart body.
@@ -63,12 +82,8 @@ async fn create(
     req: Request,
 ) -> Result<Response, ApiError> {
     if !is_multipart(&req) {
-        let _ = JsonBody::from_request(req, &st).await?;
-        return Err(ApiError::bad_request(
-            "CAPTURE_NOT_SUPPORTED",
-            "capturing a golden image from an OS volume is not supported through the API yet",
-        )
-        .recommend("Capture with `strata capture`, or upload the image as multipart/form-data."));
+        let JsonBody(body) = JsonBody::from_request(req, &st).await?;
+        return capture(st, who, body).await;
     }
     let form = Multipart::from_request(req, &st)
         .await
@@ -80,6 +95,97 @@ async fn create(
         gi::upload_golden_image(&cat, &repo, &name, &description, input, progress)
     });
     stream::upload_task(&st, &who.user, "Add", "golden-images", form, job).await
+}
+
+/// A capture request's body (Image Streamer's field names; `buildPlanUri` and
+/// `osVolumeUri` accepted too).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CaptureBody {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(rename = "osVolumeURI", alias = "osVolumeUri")]
+    os_volume_uri: String,
+    #[serde(rename = "buildPlanURI", alias = "buildPlanUri")]
+    build_plan_uri: String,
+    #[serde(default)]
+    custom_attributes: Option<Value>,
+}
+
+/// `POST /rest/golden-images` with JSON: a capture (a task).
+async fn capture(st: AppState, who: SessionUser, body: Value) -> Result<Response, ApiError> {
+    let b: CaptureBody = serde_json::from_value(body).map_err(|e| {
+        ApiError::bad_request(
+            "INVALID_CAPTURE_REQUEST",
+            format!("the capture request: {e}"),
+        )
+        .recommend(
+            "Send {name, description, osVolumeURI, buildPlanURI} to capture an OS volume, \
+                 or upload an image as multipart/form-data.",
+        )
+    })?;
+    let values = super::volumes::values_of(b.custom_attributes)?;
+    // What can be refused at once is, before the task.
+    let (cat, vol, plan) = (
+        st.catalog.clone(),
+        b.os_volume_uri.clone(),
+        b.build_plan_uri.clone(),
+    );
+    blocking(move || {
+        cat.get_os_volume(&vol)?;
+        cat.get_artifact(ArtifactKind::BuildPlan, &plan)?;
+        Ok(())
+    })
+    .await?;
+    let req = gi::CaptureRequest {
+        name: b.name.clone(),
+        description: b.description.unwrap_or_default(),
+        os_volume: b.os_volume_uri,
+        build_plan: b.build_plan_uri,
+        values,
+        ..gi::CaptureRequest::default()
+    };
+    let res = crate::catalog::AssociatedResource {
+        resource_name: b.name,
+        resource_category: "golden-images".into(),
+        association_type: "MANAGED_BY".into(),
+        ..Default::default()
+    };
+    let (cat, repo) = (st.catalog.clone(), st.repo.clone());
+    stream::job_task(
+        &st,
+        &who.user,
+        "Capture",
+        "golden-images",
+        res,
+        Box::new(move |progress| gi::capture_golden_image(&cat, &repo, req, progress)),
+    )
+    .await
+}
+
+/// `GET /rest/golden-images/archive/{id}`: the log of the capture that made the image
+/// (the capture's record, JSON), 404 for an image not captured here.
+async fn archive(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let (cat, repo, key) = (st.catalog.clone(), st.repo.clone(), id.clone());
+    let log = blocking(move || match gi::capture_log(&cat, &repo, &key) {
+        Ok(l) => Ok(l),
+        Err(crate::appliance::ApplianceError::Invalid(m)) => Err(ApiError::not_found(m)),
+        Err(e) => Err(e.into()),
+    })
+    .await?;
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{id}-capture.json\""),
+            ),
+        ],
+        log,
+    )
+        .into_response())
 }
 
 /// `PUT /rest/golden-images/{id}`: name and description (the disk does not change).

@@ -11,6 +11,8 @@
 //! - `golden_images.rs` golden images uploaded (multipart, a task), downloaded, deleted
 //! - `bundles.rs`   artifact bundles (upload, extract, download, delete) and the
 //!   deployment groups
+//! - `backups.rs`   the backup bundle (`/rest/artifact-bundles/backups…`): made, uploaded,
+//!   downloaded, restored
 //! - `volumes.rs`   OS volumes, and deploying one (`POST /rest/os-volumes`, strata's own)
 //! - `tasks.rs`     `/rest/tasks/{id}` and the 202 answer for long work
 //! - `stream.rs`    request and response bodies streamed to and from the appliance's jobs
@@ -23,6 +25,7 @@
 
 pub mod artifacts;
 pub mod auth;
+pub mod backups;
 pub mod body;
 pub mod bundles;
 pub mod error;
@@ -89,6 +92,8 @@ pub enum ServeApiError {
     Listen(std::io::Error),
     #[error("API catalog: {0}")]
     Catalog(#[from] crate::catalog::CatalogError),
+    #[error("API start-up recovery: {0}")]
+    Recover(#[from] crate::appliance::ApplianceError),
 }
 
 /// Runs catalog work off the async threads (SQLite and argon2 block).
@@ -116,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         .merge(artifacts::routes(ArtifactKind::GoldenImage, false))
         .merge(golden_images::routes())
         .merge(bundles::routes())
+        .merge(backups::routes())
         .merge(volumes::routes())
         .merge(tasks::routes())
         .fallback(|uri: axum::http::Uri| async move {
@@ -144,8 +150,8 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Starts serving on `listener` (already bound, so a taken port fails before anything
-    /// starts). Must run inside a tokio runtime. Tasks a previous run left unfinished are
-    /// marked failed first.
+    /// starts). Must run inside a tokio runtime. First `appliance::recover`: tasks a
+    /// previous run left unfinished are marked failed, its leftovers removed.
     pub fn start(
         catalog: Catalog,
         repo: Arc<Repository>,
@@ -153,13 +159,9 @@ impl ApiServer {
         opts: ApiOptions,
     ) -> Result<ApiServer, ServeApiError> {
         let cfg = tls::server_config(&opts.tls)?;
-        let n = catalog.fail_unfinished_tasks("strata stopped before the task finished")?;
-        if n > 0 {
-            tracing::warn!(
-                tasks = n,
-                "tasks left running by the last run marked failed"
-            );
-        }
+        // Tasks a crash left running marked failed, leftovers without rows removed, bundle
+        // descriptions of older repositories made rows.
+        crate::appliance::recover(&catalog, &repo)?;
         listener
             .set_nonblocking(true)
             .map_err(ServeApiError::Listen)?;

@@ -1,4 +1,5 @@
-//! `/rest/os-volumes`: the OS volumes the catalog records, listed and read, and deployed.
+//! `/rest/os-volumes`: the OS volumes the catalog records, listed and read, their storage
+//! (`/{id}/storage`) and deployment log (`/archive/{name}`), and deployed.
 //!
 //! Deploying is strata's own endpoint (Image Streamer deploys only for OneView's server
 //! profiles, with no public call for it):
@@ -19,7 +20,7 @@
 //! pipeline `strata deploy` runs (`plan::deploy`), on the catalog's artifacts.
 
 use axum::extract::{Path, RawQuery, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::Value;
@@ -30,7 +31,9 @@ use super::error::ApiError;
 use super::list::ListParams;
 use super::stream;
 use super::{blocking, AppState};
-use crate::appliance::deploy::{deploy_os_volume, DeployRequest};
+use crate::appliance::deploy::{
+    deploy_os_volume, deployment_log, os_volume_storage, DeployRequest,
+};
 use crate::catalog::volumes::TYPE_OS_VOLUME;
 use crate::catalog::AssociatedResource;
 use crate::plan::attrs::DeploymentValues;
@@ -41,6 +44,51 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route(BASE, get(list).post(deploy))
         .route(&format!("{BASE}/{{id}}"), get(get_one))
+        .route(&format!("{BASE}/{{id}}/storage"), get(storage))
+        .route(&format!("{BASE}/archive/{{name}}"), get(archive))
+}
+
+/// `GET /rest/os-volumes/{id}/storage`: where the volume's blocks are and how it is
+/// exported (`appliance::deploy::os_volume_storage`).
+async fn storage(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (cat, repo) = (st.catalog.clone(), st.repo.clone());
+    Ok(Json(
+        blocking(move || Ok(os_volume_storage(&cat, &repo, &id)?)).await?,
+    ))
+}
+
+/// `GET /rest/os-volumes/archive/{name}`: the volume's deployment log, a JSON document
+/// (`{osVolume, deployments}`) sent as a file, as HPE's SDK's `download_archive` saves it.
+/// Image Streamer sent an archive of its deployment logs; strata's log is the records its
+/// deployments wrote.
+async fn archive(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let (cat, key) = (st.catalog.clone(), name.clone());
+    let log = blocking(move || Ok(deployment_log(&cat, &key)?)).await?;
+    let bytes = serde_json::to_vec_pretty(&log).unwrap_or_default();
+    Ok((
+        axum::http::StatusCode::OK,
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/json".to_owned(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"{}-deployment.json\"",
+                    name.replace('"', "")
+                ),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 async fn list(State(st): State<AppState>, q: RawQuery) -> Result<Json<Value>, ApiError> {
@@ -77,7 +125,7 @@ struct DeployBody {
 }
 
 /// `customAttributes` as `[{name, value}]` (Image Streamer's form) or `{NAME: VALUE}`.
-fn values_of(attrs: Option<Value>) -> Result<DeploymentValues, ApiError> {
+pub(super) fn values_of(attrs: Option<Value>) -> Result<DeploymentValues, ApiError> {
     let obj = match attrs {
         None | Some(Value::Null) => return Ok(DeploymentValues::default()),
         Some(Value::Array(list)) => {

@@ -1,11 +1,14 @@
-//! Artifact bundles taken in and extracted into the catalog and the store.
+//! Artifact bundles: taken in (uploaded, or made from selected artifacts), listed, renamed,
+//! downloaded, deleted, and extracted into the catalog and the store.
 //!
-//! An upload is spooled into the repository's `tmp/`, opened with `plan::bundle::Bundle`
-//! (which verifies every checksum and refuses unsafe names, duplicates, zip bombs, naming
-//! the reason) and only then moved to `bundles/<id>.zip`, with its description beside it
-//! in `bundles/<id>.json` (written last, by rename: a zip without one is a crash's leftover
-//! that `recover` removes). Catalog rows for bundles (a migration and `catalog/bundles.rs`)
-//! are still to come; the description file stands in for them.
+//! A bundle is a catalog row (`catalog::bundles`, the JSON the API serves) and a zip,
+//! `bundles/<id>.zip` in the repository. An upload is spooled into the repository's `tmp/`,
+//! opened with `plan::bundle::Bundle` (which verifies every checksum and refuses unsafe
+//! names, duplicates, zip bombs, naming the reason) and only then moved to
+//! `bundles/<id>.zip`; the row is written last, so a zip no row names is a crash's leftover
+//! that `recover` removes. A delete removes the row first, then the file. Repositories from
+//! before bundle rows kept a `bundles/<id>.json` description beside each zip: `recover`
+//! turns those into rows.
 //!
 //! Extraction is all or nothing: every change (a row created, a row replaced, a store
 //! image imported) is logged and undone, newest first, when a later step fails.
@@ -26,52 +29,116 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use super::error::{io_err, ApplianceError, Result};
-use super::golden_images::store_name;
+use super::golden_images::{download_golden_image, store_name};
 use super::spool::{spool, Scratch};
-use super::{percent, Progress};
-use crate::catalog::{new_id, now_timestamp, Catalog, CatalogError};
-use crate::plan::artifacts::{Artifact, ArtifactKind};
-use crate::plan::bundle::Bundle;
+use super::{no_progress, percent, Progress};
+use crate::catalog::bundles::ARTIFACT_BUNDLES_URI;
+use crate::catalog::{new_id, now_timestamp, Catalog, CatalogError, ListQuery, Page};
+use crate::plan::artifacts::{Artifact, ArtifactKind, ArtifactSet};
+use crate::plan::bundle::{Bundle, Manifest, Payload, PayloadSource};
 use crate::store::Repository;
 
 pub const BUNDLES_DIR: &str = "bundles";
-pub const ARTIFACT_BUNDLES_URI: &str = "/rest/artifact-bundles/";
 
 fn dir(repo: &Repository) -> PathBuf {
     repo.root().join(BUNDLES_DIR)
 }
 
-fn id_of(key: &str) -> &str {
-    key.strip_prefix(ARTIFACT_BUNDLES_URI).unwrap_or(key)
-}
-
-/// The zip file of bundle `key` (id or URI), for a download.
-pub fn bundle_file(repo: &Repository, key: &str) -> Result<PathBuf> {
-    let id = id_of(key);
+/// Where the zip of the bundle (or backup) with row id `id` is kept.
+pub(crate) fn zip_path(repo: &Repository, id: &str) -> Result<PathBuf> {
     crate::store::names::validate(id)?;
-    let p = dir(repo).join(format!("{id}.zip"));
-    if !p.is_file() || !dir(repo).join(format!("{id}.json")).is_file() {
-        return Err(CatalogError::NotFound {
-            what: "artifact bundle",
-            key: key.into(),
-        }
-        .into());
+    Ok(dir(repo).join(format!("{id}.zip")))
+}
+
+pub fn list_bundles(catalog: &Catalog, q: &ListQuery) -> Result<Page> {
+    Ok(catalog.list_bundles(false, q)?)
+}
+
+/// The bundle `key` (id, URI or name).
+pub fn get_bundle(catalog: &Catalog, key: &str) -> Result<Value> {
+    Ok(catalog.get_bundle(key, false)?)
+}
+
+/// A bundle's `name` and `description` changed (the zip is not: what it holds is fixed).
+pub fn update_bundle(catalog: &Catalog, key: &str, changes: &Value) -> Result<Value> {
+    Ok(catalog.update_bundle(key, changes)?)
+}
+
+/// The zip of bundle `key` (id, URI or name), for a download, with the bundle's JSON.
+pub fn bundle_file(catalog: &Catalog, repo: &Repository, key: &str) -> Result<(Value, PathBuf)> {
+    let b = catalog.get_bundle(key, false)?;
+    file_of(repo, b)
+}
+
+pub(crate) fn file_of(repo: &Repository, b: Value) -> Result<(Value, PathBuf)> {
+    let p = zip_path(repo, b["id"].as_str().unwrap_or_default())?;
+    if !p.is_file() {
+        return Err(ApplianceError::Invalid(format!(
+            "the zip of {:?} is missing from the repository ({})",
+            b["name"].as_str().unwrap_or_default(),
+            p.display()
+        )));
     }
-    Ok(p)
+    Ok((b, p))
 }
 
-/// The description of bundle `key` (id or URI).
-pub fn get_bundle(repo: &Repository, key: &str) -> Result<Value> {
-    let zip = bundle_file(repo, key)?;
-    let p = zip.with_extension("json");
-    let text = fs::read(&p).map_err(io_err("reading", &p))?;
-    serde_json::from_slice(&text)
-        .map_err(|e| ApplianceError::Invalid(format!("{}: {e}", p.display())))
+/// The JSON of a bundle just verified: what it holds, its size, the catalog's fields.
+pub(crate) fn describe(b: &Bundle, id: &str, uri: &str, name: &str, size: u64) -> Value {
+    let a = b.artifacts();
+    let list = |v: Vec<(String, String)>| -> Vec<Value> {
+        v.into_iter()
+            .map(|(n, u)| json!({"name": n, "uri": u}))
+            .collect()
+    };
+    let now = now_timestamp();
+    json!({
+        "type": "ArtifactsBundle",
+        "category": "artifact-bundles",
+        "id": id,
+        "name": name,
+        "uri": uri,
+        "description": b.manifest().get("description").unwrap_or_default(),
+        "size": size,
+        "planScripts": list(a.plan_scripts.iter().map(|x| (x.name.clone(), format!("/rest/plan-scripts/{}", x.id))).collect()),
+        "buildPlans": list(a.build_plans.iter().map(|x| (x.name.clone(), format!("/rest/build-plans/{}", x.id))).collect()),
+        "deploymentPlans": list(a.deployment_plans.iter().map(|x| (x.name.clone(), format!("/rest/deployment-plans/{}", x.id))).collect()),
+        "goldenImages": list(a.golden_images.iter().map(|x| (x.name.clone(), format!("/rest/golden-images/{}", x.id))).collect()),
+        "status": "OK",
+        "state": "",
+        "created": now,
+        "modified": now,
+        "eTag": new_id(),
+    })
 }
 
-/// Takes in an uploaded bundle: spooled, verified, kept under `bundles/`. Returns its JSON.
-/// A refused bundle leaves nothing. Long for a large bundle: run it as a task.
+/// A verified bundle (or backup) at `spooled` kept: moved to `bundles/<id>.zip`, then its
+/// row written by `record`; if the row is refused, the file goes again.
+pub(crate) fn keep(
+    repo: &Repository,
+    spooled: &Path,
+    body: Value,
+    record: impl FnOnce(Value) -> std::result::Result<Value, CatalogError>,
+) -> Result<Value> {
+    let zip = zip_path(repo, body["id"].as_str().unwrap_or_default())?;
+    let d = dir(repo);
+    fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
+    fs::File::open(spooled)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("syncing", spooled))?;
+    fs::rename(spooled, &zip).map_err(io_err("keeping", &zip))?;
+    match record(body) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let _ = fs::remove_file(&zip);
+            Err(e.into())
+        }
+    }
+}
+
+/// Takes in an uploaded bundle: spooled, verified, kept under `bundles/`, recorded. Returns
+/// its JSON. A refused bundle leaves nothing. Long for a large bundle: run it as a task.
 pub fn upload_bundle(
+    catalog: &Catalog,
     repo: &Repository,
     file_name: &str,
     mut input: impl Read,
@@ -90,70 +157,199 @@ pub fn upload_bundle(
         .artifact_name()
         .map(str::to_owned)
         .unwrap_or_else(|| file_name.trim_end_matches(".zip").to_owned());
-    let a = b.artifacts();
-    let list = |v: Vec<(String, String)>| -> Vec<Value> {
-        v.into_iter()
-            .map(|(n, u)| json!({"name": n, "uri": u}))
-            .collect()
-    };
-    let now = now_timestamp();
-    let body = json!({
-        "type": "ArtifactsBundle",
-        "category": "artifact-bundles",
-        "id": id,
-        "name": name,
-        "uri": format!("{ARTIFACT_BUNDLES_URI}{id}"),
-        "description": b.manifest().get("description").unwrap_or_default(),
-        "size": up.len,
-        "planScripts": list(a.plan_scripts.iter().map(|x| (x.name.clone(), format!("/rest/plan-scripts/{}", x.id))).collect()),
-        "buildPlans": list(a.build_plans.iter().map(|x| (x.name.clone(), format!("/rest/build-plans/{}", x.id))).collect()),
-        "deploymentPlans": list(a.deployment_plans.iter().map(|x| (x.name.clone(), format!("/rest/deployment-plans/{}", x.id))).collect()),
-        "goldenImages": list(a.golden_images.iter().map(|x| (x.name.clone(), format!("/rest/golden-images/{}", x.id))).collect()),
-        "status": "OK",
-        "state": "",
-        "created": now,
-        "modified": now,
-        "eTag": new_id(),
-    });
+    let body = describe(
+        &b,
+        &id,
+        &format!("{ARTIFACT_BUNDLES_URI}{id}"),
+        &name,
+        up.len,
+    );
     drop(b);
-    let d = dir(repo);
-    fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
-    let zip = d.join(format!("{id}.zip"));
-    fs::rename(&up.path, &zip).map_err(io_err("keeping", &zip))?;
-    let tmp = scratch.path().join("bundle.json");
-    let write = fs::write(&tmp, serde_json::to_vec_pretty(&body).unwrap_or_default())
-        .and_then(|()| fs::File::open(&tmp)?.sync_all())
-        .and_then(|()| fs::rename(&tmp, zip.with_extension("json")));
-    if let Err(e) = write {
-        let _ = fs::remove_file(&zip);
-        return Err(io_err("writing", zip.with_extension("json"))(e));
-    }
+    let v = keep(repo, &up.path, body, |b| catalog.add_bundle(b))?;
     progress(100, "uploaded");
-    Ok(body)
+    Ok(v)
 }
 
-/// Deletes bundle `key`: its description first, then its zip.
-pub fn delete_bundle(repo: &Repository, key: &str) -> Result<()> {
-    let zip = bundle_file(repo, key)?;
-    let j = zip.with_extension("json");
-    fs::remove_file(&j).map_err(io_err("removing", &j))?;
-    fs::remove_file(&zip).map_err(io_err("removing", &zip))?;
+/// The artifacts a create request selects: `planScripts`, `buildPlans`, `deploymentPlans`,
+/// `goldenImages`, each `[{resourceUri, readOnly}]` (a URI, id or name), as catalog ids.
+fn selected(catalog: &Catalog, body: &Value) -> Result<Vec<(ArtifactKind, String)>> {
+    let mut out = Vec::new();
+    for (field, kind) in [
+        ("planScripts", ArtifactKind::PlanScript),
+        ("buildPlans", ArtifactKind::BuildPlan),
+        ("deploymentPlans", ArtifactKind::DeploymentPlan),
+        ("goldenImages", ArtifactKind::GoldenImage),
+    ] {
+        for item in body[field]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let uri = item["resourceUri"]
+                .as_str()
+                .or_else(|| item["uri"].as_str())
+                .ok_or_else(|| {
+                    ApplianceError::Invalid(format!("each entry of {field} needs a resourceUri"))
+                })?;
+            // The id is the URI's last segment (a build plan's JSON calls it `buildPlanid`).
+            let a = catalog.get_artifact(kind, uri)?;
+            let id = a["uri"].as_str().and_then(|u| u.rsplit('/').next());
+            out.push((kind, id.unwrap_or_default().to_owned()));
+        }
+    }
+    if out.is_empty() {
+        return Err(ApplianceError::Invalid(
+            "the bundle selects no artifacts (planScripts, buildPlans, deploymentPlans, \
+             goldenImages)"
+                .into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Writes `set` as a bundle in HPE's layout at `dest`, golden images with their disks
+/// (each a zip of one raw disk, made in `scratch`). Progress within `[0, 60]`.
+pub(crate) fn write_set(
+    catalog: &Catalog,
+    repo: &Repository,
+    set: &ArtifactSet,
+    manifest: &Manifest,
+    scratch: &Path,
+    dest: &Path,
+    progress: Progress,
+) -> Result<()> {
+    let mut payloads = Vec::new();
+    for (n, g) in set.golden_images.iter().enumerate() {
+        if catalog.golden_image_store_name(&g.id)?.is_none() {
+            continue;
+        }
+        progress(
+            percent(n as u64, set.golden_images.len() as u64, 0, 60),
+            "packing the golden images",
+        );
+        let p = scratch.join(format!("{}.zip", g.id));
+        let f = fs::File::create(&p).map_err(io_err("creating", &p))?;
+        download_golden_image(
+            catalog,
+            repo,
+            &g.id,
+            std::io::BufWriter::new(f),
+            &no_progress,
+        )?;
+        payloads.push(Payload {
+            golden_image: g.name.clone(),
+            source: PayloadSource::File(p),
+        });
+    }
+    progress(60, "writing the bundle");
+    Bundle::write(dest, set, manifest, &payloads)?;
     Ok(())
 }
 
-/// Bundle zips without a description (a crash between the two), removed.
-pub(crate) fn remove_orphan_files(_catalog: &Catalog, repo: &Repository) -> Result<Vec<String>> {
+/// Makes a bundle in HPE's layout from the artifacts `body` selects (`name`,
+/// `description`, `planScripts`, `buildPlans`, `deploymentPlans`, `goldenImages`; golden
+/// images with their disks) and takes it in as an upload is, so it is verified like any
+/// other. Long (disks are packed): run it as a task.
+pub fn create_bundle(
+    catalog: &Catalog,
+    repo: &Repository,
+    body: &Value,
+    progress: Progress,
+) -> Result<Value> {
+    let name = body["name"].as_str().unwrap_or_default().trim().to_owned();
+    if name.is_empty() {
+        return Err(ApplianceError::Invalid(
+            "an artifact bundle needs a name".into(),
+        ));
+    }
+    let picked = selected(catalog, body)?;
+    let has = |k: ArtifactKind, id: &str| picked.iter().any(|(pk, pid)| *pk == k && pid == id);
+    let mut set = catalog.artifact_set()?;
+    set.plan_scripts
+        .retain(|a| has(ArtifactKind::PlanScript, &a.id));
+    set.build_plans
+        .retain(|a| has(ArtifactKind::BuildPlan, &a.id));
+    set.deployment_plans
+        .retain(|a| has(ArtifactKind::DeploymentPlan, &a.id));
+    set.golden_images
+        .retain(|a| has(ArtifactKind::GoldenImage, &a.id));
+    let scratch = Scratch::new(repo, "bundle-create")?;
+    let mut manifest = Manifest::default();
+    manifest.set("Artifact Name", &name);
+    manifest.set(
+        "description",
+        body["description"].as_str().unwrap_or_default(),
+    );
+    let zip = scratch.path().join("bundle.zip");
+    write_set(
+        catalog,
+        repo,
+        &set,
+        &manifest,
+        scratch.path(),
+        &zip,
+        progress,
+    )?;
+    let f = fs::File::open(&zip).map_err(io_err("opening", &zip))?;
+    let sub = |p: u8, what: &str| progress(60 + p * 4 / 10, what);
+    upload_bundle(catalog, repo, &format!("{name}.zip"), f, &sub)
+}
+
+/// Deletes bundle `key`: its row first, then its zip.
+pub fn delete_bundle(catalog: &Catalog, repo: &Repository, key: &str) -> Result<()> {
+    let id = catalog.delete_bundle(key, false)?;
+    remove_file_of(repo, &id);
+    Ok(())
+}
+
+pub(crate) fn remove_file_of(repo: &Repository, id: &str) {
+    if let Ok(p) = zip_path(repo, id) {
+        if let Err(e) = fs::remove_file(&p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("removing {}: {e}", p.display());
+            }
+        }
+    }
+}
+
+/// At start: description files of repositories from before bundle rows become rows (and
+/// go), and bundle zips no row names (a crash between the file and its row) are removed.
+/// Returns the files removed.
+pub(crate) fn reconcile_files(catalog: &Catalog, repo: &Repository) -> Result<Vec<String>> {
     let d = dir(repo);
     let mut out = Vec::new();
     let Ok(rd) = fs::read_dir(&d) else {
         return Ok(out);
     };
+    let mut known = catalog.bundle_ids()?;
+    let mut zips = Vec::new();
     for e in rd.flatten() {
         let p = e.path();
-        if p.extension().is_some_and(|x| x == "zip")
-            && !p.with_extension("json").exists()
-            && fs::remove_file(&p).is_ok()
-        {
+        let Some(stem) = p.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        match p.extension().and_then(|x| x.to_str()) {
+            Some("json") => {
+                let legacy = fs::read(&p)
+                    .ok()
+                    .and_then(|t| serde_json::from_slice::<Value>(&t).ok());
+                match legacy {
+                    Some(v) if v["id"] == stem.as_str() && p.with_extension("zip").is_file() => {
+                        if !known.contains(&stem) {
+                            catalog.add_bundle(v)?;
+                            known.push(stem.clone());
+                        }
+                        let _ = fs::remove_file(&p);
+                    }
+                    _ => tracing::warn!("leaving {}: not a bundle description", p.display()),
+                }
+            }
+            Some("zip") => zips.push((stem, p)),
+            _ => {}
+        }
+    }
+    for (id, p) in zips {
+        if !known.contains(&id) && fs::remove_file(&p).is_ok() {
             out.push(p.display().to_string());
         }
     }
@@ -184,7 +380,7 @@ pub fn extract_bundle(
     force_import: bool,
     progress: Progress,
 ) -> Result<Extracted> {
-    let zip = bundle_file(repo, key)?;
+    let (_, zip) = bundle_file(catalog, repo, key)?;
     extract_bundle_file(catalog, repo, &zip, force_import, progress)
 }
 
@@ -303,7 +499,7 @@ pub fn extract_bundle_file(
     Ok(out)
 }
 
-fn name_of(a: &Artifact) -> String {
+pub(crate) fn name_of(a: &Artifact) -> String {
     match a {
         Artifact::PlanScript(x) => x.name.clone(),
         Artifact::BuildPlan(x) => x.name.clone(),

@@ -161,6 +161,42 @@ pub fn deploy_os_volume(
     })
 }
 
+/// An OS volume's storage, as `/rest/os-volumes/{id}/storage` shows it: the store volume
+/// holding its blocks (its size, the golden image it is a copy-on-write clone of) and its
+/// iSCSI export (target IQN and the initiators allowed), if it is exported.
+pub fn os_volume_storage(catalog: &Catalog, repo: &Repository, key: &str) -> Result<Value> {
+    let vol = catalog.get_os_volume(key)?;
+    let store = catalog.os_volume_store_name(key)?;
+    let meta = repo.volume_meta(&store).ok();
+    let export = exports::load(repo.root())?
+        .into_iter()
+        .find(|e| e.volume == store);
+    Ok(serde_json::json!({
+        "type": "OSVolumeStorage",
+        "osVolumeURI": vol["uri"],
+        "name": vol["name"],
+        "storeVolume": store,
+        "present": meta.is_some(),
+        "size": meta.as_ref().map(|m| m.size),
+        "storeImage": meta.as_ref().and_then(|m| m.image.clone()),
+        "goldenImageUri": vol["goldenImageUri"],
+        "targetIqn": export.as_ref().map(|e| e.iqn.clone()),
+        "initiators": export.map(|e| e.initiators).unwrap_or_default(),
+    }))
+}
+
+/// The deployment log of OS volume `key` (name, id or URI), as `/rest/os-volumes/archive/
+/// {name}` serves it: the volume and every deployment record it has (each the steps,
+/// their output with secret values masked, timings and result), oldest first, as JSON.
+pub fn deployment_log(catalog: &Catalog, key: &str) -> Result<Value> {
+    let vol = catalog.get_os_volume(key)?;
+    let records = catalog.deployment_records(key)?;
+    Ok(serde_json::json!({
+        "osVolume": vol,
+        "deployments": records,
+    }))
+}
+
 /// Deletes an OS volume: its export (if any), its row, then its store volume.
 pub fn delete_os_volume(catalog: &Catalog, repo: &Repository, key: &str) -> Result<()> {
     let store = catalog.os_volume_store_name(key)?;

@@ -162,6 +162,166 @@ pub fn download_golden_image(
     Ok(len)
 }
 
+/// What to capture, as Image Streamer's `POST /rest/golden-images` asks for it.
+#[derive(Clone, Default)]
+pub struct CaptureRequest {
+    /// The new golden image's name.
+    pub name: String,
+    pub description: String,
+    /// The OS volume: name, id or `/rest/os-volumes/<id>`.
+    pub os_volume: String,
+    /// The capture build plan: name, id or `/rest/build-plans/<id>`.
+    pub build_plan: String,
+    pub values: crate::plan::attrs::DeploymentValues,
+    pub worker: crate::fs::worker::client::WorkerOptions,
+    pub sandbox: crate::plan::sandbox::SandboxOptions,
+}
+
+/// Captures an OS volume as a new golden image through a capture build plan of the
+/// catalog: the pipeline `strata capture` runs (`plan::capture::capture_with_plan`; the
+/// volume is never written), the image stored as `gi-<id>` with the capture's record (its
+/// log) beside it, the row written last. Returns the golden image's JSON. On failure
+/// nothing is left. Long: run it as a task.
+pub fn capture_golden_image(
+    catalog: &Catalog,
+    repo: &Repository,
+    req: CaptureRequest,
+    progress: Progress,
+) -> Result<Value> {
+    use crate::plan::attrs::Builtins;
+    use crate::plan::deploy::{resolve_plan_attributes, RunOptions};
+    use crate::plan::record::{Record, Recorder};
+
+    let name = req.name.trim().to_owned();
+    if name.is_empty() {
+        return Err(ApplianceError::Invalid(
+            "a golden image needs a name".into(),
+        ));
+    }
+    check_name_free(catalog, &name)?;
+    progress(0, "resolving the OS volume and the build plan");
+    let vol = catalog.get_os_volume(&req.os_volume)?;
+    let store_volume = catalog.os_volume_store_name(&req.os_volume)?;
+    let bp = catalog.get_artifact(ArtifactKind::BuildPlan, &req.build_plan)?;
+    let bp_id = bp["buildPlanid"].as_str().unwrap_or_default().to_owned();
+    let set = catalog.artifact_set()?;
+    let plan_art = set.build_plan(&bp_id).ok_or_else(|| {
+        ApplianceError::Invalid(format!(
+            "build plan {:?} is not in the catalog",
+            req.build_plan
+        ))
+    })?;
+    if plan_art.plan_type != "capture" {
+        return Err(ApplianceError::Invalid(format!(
+            "build plan {:?} is a {:?} build plan, not a capture one (oeBuildPlanType \
+             \"capture\"): a golden image is captured through a capture build plan",
+            plan_art.name, plan_art.plan_type
+        )));
+    }
+    let plan = set
+        .resolve_build_plan(plan_art)
+        .map_err(|e| ApplianceError::Invalid(e.to_string()))?;
+    let values = resolve_plan_attributes(&plan, None, &req.values, &Builtins::default())
+        .map_err(|e| ApplianceError::Invalid(e.to_string()))?;
+    let id = new_id();
+    let store_as = store_name(&id);
+    let mask_values = values.clone();
+    let vol_name = vol["name"].as_str().unwrap_or_default().to_owned();
+    let mut rec = Recorder::new(
+        Record {
+            kind: "capture".into(),
+            volume: vol_name.clone(),
+            build_plan: Some(plan_art.name.clone()),
+            image: Some(name.clone()),
+            attributes: values.listing(),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            ..Record::default()
+        },
+        Box::new(move |s: &str| mask_values.mask(s)),
+        false,
+    );
+    let run = RunOptions {
+        worker: req.worker,
+        sandbox: req.sandbox,
+    };
+    progress(5, "capturing the OS volume");
+    let t0 = std::time::Instant::now();
+    let store_progress = |d: u64, t: u64| progress(percent(d, t, 10, 95), "storing the image");
+    let report = crate::plan::capture::capture_with_plan(
+        repo,
+        &store_volume,
+        &store_as,
+        &plan,
+        &values,
+        &run,
+        &mut rec,
+        &store_progress,
+    )
+    .map_err(|e| {
+        ApplianceError::Invalid(format!(
+            "capture of OS volume {vol_name:?} failed; no golden image was made and the \
+             volume is unchanged: {}",
+            values.mask(&e.to_string())
+        ))
+    })?;
+    rec.record.timings_ms.total = t0.elapsed().as_millis() as u64;
+    rec.record.result = "succeeded".into();
+    let log = repo
+        .root()
+        .join("images")
+        .join(&store_as)
+        .join(crate::plan::capture::RECORD_FILE);
+    if let Err(e) = rec.write_to(&log) {
+        tracing::warn!(path = %log.display(), "could not write the capture record: {e}");
+    }
+    progress(96, "recording the golden image");
+    let body = json!({
+        "id": id,
+        "name": name,
+        "description": req.description,
+        "size": report.image.virtual_size,
+        "imageCapture": true,
+        "osVolumeURI": vol["uri"],
+        "osVolumeName": vol_name,
+        "buildPlanUri": bp["uri"],
+        "buildPlanName": plan_art.name,
+    });
+    match catalog.create_golden_image(body, &store_as) {
+        Ok(v) => {
+            progress(100, "captured");
+            Ok(v)
+        }
+        Err(e) => {
+            if let Err(e2) = repo.remove_image(&store_as) {
+                tracing::warn!("removing image {store_as:?} after a refused capture: {e2}");
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// The log of the capture that made golden image `key` (its record, JSON), if it was
+/// captured here.
+pub fn capture_log(catalog: &Catalog, repo: &Repository, key: &str) -> Result<Vec<u8>> {
+    let store = catalog.golden_image_store_name(key)?;
+    let missing = || {
+        ApplianceError::Invalid(format!(
+            "golden image {key:?} was not captured on this appliance: it has no capture log"
+        ))
+    };
+    let store = store.ok_or_else(missing)?;
+    crate::store::names::validate(&store)?;
+    let p = repo
+        .root()
+        .join("images")
+        .join(&store)
+        .join(crate::plan::capture::RECORD_FILE);
+    std::fs::read(&p).map_err(|_| missing())
+}
+
 /// Deletes the golden image `key`: its row (refused while a deployment plan or an OS
 /// volume uses it), then its store image. A crash in between leaves an image no row
 /// names, which [`super::recover`] removes.

@@ -13,12 +13,16 @@
 //!   and out (a zip of one raw disk, streamed)
 //! - `deploy.rs`        an OS volume deployed from the catalog's deployment plan, recorded,
 //!   and exported over iSCSI to its server
-//! - `bundles.rs`       artifact bundles taken in (spooled, verified) and extracted into the
-//!   catalog and the store, all or nothing
+//! - `bundles.rs`       artifact bundles (rows and zips) taken in (spooled, verified) or
+//!   made from selected artifacts, renamed, deleted, and extracted into the catalog and the
+//!   store, all or nothing
+//! - `backups.rs`       the one backup bundle: made from every artifact, uploaded,
+//!   downloaded, restored in one catalog transaction
 //! - `recover.rs`       what a start does after a crash
 //!
 //! Layering: store, plan <- catalog <- appliance <- api <- cli; nothing below imports this.
 
+pub mod backups;
 pub mod bundles;
 pub mod deploy;
 pub mod error;

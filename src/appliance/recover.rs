@@ -3,7 +3,7 @@
 //! empties. Left to do here: tasks that were running are marked failed
 //! (`Catalog::fail_unfinished_tasks`), and store images the appliance made (`gi-<id>`) whose
 //! catalog row was never written (the row is written last) are removed, as are bundle files
-//! no bundle row names. Store volumes are left alone: the CLI makes volumes without rows.
+//! no bundle row names (bundle descriptions of older repositories become rows first). Store volumes are left alone: the CLI makes volumes without rows.
 
 use super::error::Result;
 use super::golden_images::STORE_PREFIX;
@@ -40,7 +40,7 @@ pub fn recover(catalog: &Catalog, repo: &Repository) -> Result<Recovered> {
             Err(e) => tracing::warn!("keeping unrecorded image {:?}: {e}", img.name),
         }
     }
-    r.orphan_bundles = super::bundles::remove_orphan_files(catalog, repo)?;
+    r.orphan_bundles = super::bundles::reconcile_files(catalog, repo)?;
     if r != Recovered::default() {
         tracing::info!(
             "recovered: {} task(s) failed, {} unrecorded image(s) and {} bundle file(s) removed",

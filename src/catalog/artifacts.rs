@@ -95,6 +95,23 @@ impl Catalog {
         self.backend().delete_artifact(kind, &r.id)
     }
 
+    /// Deletes an artifact; with `force`, a deployment plan is deleted although OS volumes
+    /// were deployed from it (their reference to it is cleared; returns them). Anything else
+    /// in use is refused as [`Catalog::delete_artifact`] refuses it.
+    pub fn delete_artifact_forced(
+        &self,
+        kind: ArtifactKind,
+        key: &str,
+        force: bool,
+    ) -> Result<Vec<UsedBy>> {
+        if !force || kind != ArtifactKind::DeploymentPlan {
+            self.delete_artifact(kind, key)?;
+            return Ok(Vec::new());
+        }
+        let r = self.record(kind, key)?;
+        self.backend().delete_deployment_plan_detaching(&r.id)
+    }
+
     /// What uses the artifact `key`.
     pub fn used_by(&self, kind: ArtifactKind, key: &str) -> Result<Vec<UsedBy>> {
         let r = self.record(kind, key)?;
@@ -322,10 +339,36 @@ impl Catalog {
     }
 }
 
+/// The links of `artifact` whose references resolve in `set` (a restore's whole set).
+pub(super) fn links_in(artifact: &Artifact, set: &ArtifactSet) -> Links {
+    let mut l = Links::default();
+    match artifact {
+        Artifact::BuildPlan(bp) => {
+            for step in bp.steps() {
+                if let Some(s) = set.step_script(step) {
+                    if !l.plan_scripts.contains(&s.id) {
+                        l.plan_scripts.push(s.id.clone());
+                    }
+                }
+            }
+        }
+        Artifact::DeploymentPlan(dp) => {
+            l.build_plan = set.build_plan_of(dp).ok().map(|b| b.id.clone());
+            l.golden_image = set.golden_image_of(dp).ok().flatten().map(|g| g.id.clone());
+        }
+        Artifact::PlanScript(_) | Artifact::GoldenImage(_) => {}
+    }
+    l
+}
+
 /// References rewritten as the catalog's URIs (`/rest/plan-scripts/<id>`, ...), so that
 /// a renamed artifact stays referenced; a step's `planScriptName` is set to its script's
 /// name. A golden image the catalog does not hold (only the store) keeps its name.
-fn canonical_references(mut body: Value, artifact: &Artifact, set: &ArtifactSet) -> Value {
+pub(super) fn canonical_references(
+    mut body: Value,
+    artifact: &Artifact,
+    set: &ArtifactSet,
+) -> Value {
     match artifact {
         Artifact::BuildPlan(bp) => {
             for (i, step) in bp.steps().iter().enumerate() {
@@ -551,6 +594,41 @@ mod tests {
             .delete_artifact(ArtifactKind::GoldenImage, "gi")
             .unwrap_err();
         assert!(e.to_string().contains("deployment plan \"dp\""), "{e}");
+    }
+
+    #[test]
+    fn a_forced_delete_of_a_deployment_plan_detaches_its_os_volumes_only() {
+        let c = cat();
+        c.create_artifact(ArtifactKind::PlanScript, script("s1", "deploy"))
+            .unwrap();
+        c.create_artifact(ArtifactKind::BuildPlan, plan("bp", &["s1"]))
+            .unwrap();
+        c.create_artifact(ArtifactKind::DeploymentPlan, dplan("dp", "bp"))
+            .unwrap();
+        c.create_os_volume(crate::catalog::volumes::NewOsVolume {
+            name: "vol",
+            store_volume: "vol",
+            deployment_plan: Some("dp"),
+            ..Default::default()
+        })
+        .unwrap();
+        let e = c
+            .delete_artifact_forced(ArtifactKind::DeploymentPlan, "dp", false)
+            .unwrap_err();
+        assert!(e.to_string().contains("OS volume \"vol\""), "{e}");
+        // Force does not break a build plan's script.
+        assert!(c
+            .delete_artifact_forced(ArtifactKind::PlanScript, "s1", true)
+            .is_err());
+        let gone = c
+            .delete_artifact_forced(ArtifactKind::DeploymentPlan, "dp", true)
+            .unwrap();
+        assert_eq!(gone.len(), 1);
+        assert!(c.get_artifact(ArtifactKind::DeploymentPlan, "dp").is_err());
+        let v = c.get_os_volume("vol").unwrap();
+        assert!(v["deploymentPlanUri"].is_null(), "{v}");
+        // Nothing names the build plan now.
+        c.delete_artifact(ArtifactKind::BuildPlan, "bp").unwrap();
     }
 
     #[test]

@@ -85,6 +85,23 @@ pub struct TaskRow {
     pub body: Value,
 }
 
+/// An artifact bundle (or the backup bundle) as stored: its JSON (the API's shape); the
+/// zip is a file of the repository (`appliance::bundles`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BundleRow {
+    pub record: Record,
+    /// The appliance's backup bundle rather than an artifact bundle.
+    pub backup: bool,
+}
+
+/// One artifact as a restore writes it: kind, record and links.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArtifactRow {
+    pub kind: ArtifactKind,
+    pub record: Record,
+    pub links: Links,
+}
+
 /// Storage of one catalog backend. Every method is one atomic operation.
 pub trait Backend: Send + Sync {
     /// Adds an artifact; `Conflict` when its id or name is taken, `Missing` when a link
@@ -147,4 +164,28 @@ pub trait Backend: Send + Sync {
     fn delete_export(&self, node: &str, volume: &str) -> Result<bool>;
     /// A counter every change of any node's exports moves.
     fn exports_stamp(&self) -> Result<u64>;
+    // ---- Artifact bundles, backups and restore (bundles.rs, backup.rs) ----------------
+    // A block of its own so that another backend adds these together.
+
+    /// Adds a bundle row; `Conflict` when its id is taken.
+    fn insert_bundle(&self, b: &BundleRow) -> Result<()>;
+    /// Replaces a bundle's JSON (same id); `NotFound` when absent.
+    fn update_bundle(&self, b: &BundleRow) -> Result<()>;
+    fn get_bundle(&self, id: &str) -> Result<Option<BundleRow>>;
+    /// The artifact bundles (`backups` false) or the backups (true), by name.
+    fn list_bundles(&self, backups: bool) -> Result<Vec<BundleRow>>;
+    /// False when there was none.
+    fn delete_bundle(&self, id: &str) -> Result<bool>;
+    /// Stores `b` as the one backup: inserted, and every other backup row deleted, in one
+    /// transaction. Returns the ids of the rows it replaced (their files go next).
+    fn replace_backup(&self, b: &BundleRow) -> Result<Vec<String>>;
+    /// Replaces every artifact of the catalog with `rows`, in one transaction: artifacts
+    /// not in `rows` are deleted (`InUse` naming the OS volumes that still use one, and
+    /// then nothing changes), the others inserted or replaced with their links. Returns
+    /// the store images of the golden-image rows it deleted.
+    fn replace_artifacts(&self, rows: &[ArtifactRow]) -> Result<Vec<String>>;
+    /// Deletes deployment plan `id` and clears the reference of every OS volume deployed
+    /// from it (column and `deploymentPlanUri`), in one transaction; returns those volumes.
+    /// `NotFound` when absent.
+    fn delete_deployment_plan_detaching(&self, id: &str) -> Result<Vec<UsedBy>>;
 }

@@ -15,6 +15,8 @@
 //! - `volumes.rs`   OS volumes and their deployment records
 //! - `exports.rs`   iSCSI exports, each node's own (taken over from `exports.json`), and
 //!   the [`crate::iscsi::exports::ExportSource`] the target reads them through
+//! - `bundles.rs`   artifact bundles and the backup bundle (rows; the zips are files)
+//! - `restore.rs`   a backup's artifacts replacing the catalog's, in one transaction
 //!
 //! Callers (the CLI, the REST API) hold a [`Catalog`] and never see the backend: a
 //! PostgreSQL backend is one more implementation of [`backend::Backend`] and one more arm
@@ -24,8 +26,10 @@
 pub mod artifacts;
 pub mod backend;
 pub mod exports;
+pub mod bundles;
 pub mod migrate;
 pub mod query;
+pub mod restore;
 pub mod sqlite;
 pub mod tasks;
 pub mod users;

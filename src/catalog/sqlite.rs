@@ -10,7 +10,8 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use serde_json::Value;
 
 use super::backend::{
-    Backend, Links, OsVolumeRow, Record, Result, SessionRow, TaskRow, UsedBy, User,
+    ArtifactRow, Backend, BundleRow, Links, OsVolumeRow, Record, Result, SessionRow, TaskRow,
+    UsedBy, User,
 };
 use super::{migrate, CatalogError};
 use crate::plan::artifacts::{ArtifactKind, BUILD_PLANS_URI, DEPLOYMENT_PLANS_URI};
@@ -771,5 +772,242 @@ impl Backend for Sqlite {
             )
             .map_err(|e| self.err(e))?;
         Ok(v as u64)
+    }
+
+    // ---- Artifact bundles, backups and restore ---------------------------------------
+
+    fn insert_bundle(&self, b: &BundleRow) -> Result<()> {
+        self.conn
+            .lock()
+            .execute(
+                "INSERT INTO artifact_bundles (id, name, backup, body) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    b.record.id,
+                    b.record.name,
+                    b.backup,
+                    b.record.body.to_string()
+                ],
+            )
+            .map_err(|e| self.insert_err("artifact bundle", &b.record, e))?;
+        Ok(())
+    }
+
+    fn update_bundle(&self, b: &BundleRow) -> Result<()> {
+        let n = self
+            .conn
+            .lock()
+            .execute(
+                "UPDATE artifact_bundles SET name = ?2, body = ?3 WHERE id = ?1",
+                params![b.record.id, b.record.name, b.record.body.to_string()],
+            )
+            .map_err(|e| self.err(e))?;
+        if n == 0 {
+            return Err(CatalogError::NotFound {
+                what: "artifact bundle",
+                key: b.record.id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn get_bundle(&self, id: &str) -> Result<Option<BundleRow>> {
+        let row: Option<(String, String, bool, String)> = self
+            .conn
+            .lock()
+            .query_row(
+                "SELECT id, name, backup, body FROM artifact_bundles WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        row.map(|(id, name, backup, body)| {
+            Ok(BundleRow {
+                record: self.record((id, name, body))?,
+                backup,
+            })
+        })
+        .transpose()
+    }
+
+    fn list_bundles(&self, backups: bool) -> Result<Vec<BundleRow>> {
+        let conn = self.conn.lock();
+        let mut st = conn
+            .prepare(
+                "SELECT id, name, body FROM artifact_bundles WHERE backup = ?1 ORDER BY name, id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([backups], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(BundleRow {
+                record: self.record(r.map_err(|e| self.err(e))?)?,
+                backup: backups,
+            });
+        }
+        Ok(out)
+    }
+
+    fn delete_bundle(&self, id: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .lock()
+            .execute("DELETE FROM artifact_bundles WHERE id = ?1", [id])
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    fn replace_backup(&self, b: &BundleRow) -> Result<Vec<String>> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let old: Vec<String> = {
+            let mut st = tx
+                .prepare("SELECT id FROM artifact_bundles WHERE backup = 1 AND id <> ?1")
+                .map_err(|e| self.err(e))?;
+            let rows = st
+                .query_map([&b.record.id], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(|e| self.err(e))?
+        };
+        tx.execute("DELETE FROM artifact_bundles WHERE backup = 1", [])
+            .map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT INTO artifact_bundles (id, name, backup, body) VALUES (?1, ?2, 1, ?3)",
+            params![b.record.id, b.record.name, b.record.body.to_string()],
+        )
+        .map_err(|e| self.insert_err("backup", &b.record, e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(old)
+    }
+
+    fn replace_artifacts(&self, rows: &[ArtifactRow]) -> Result<Vec<String>> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let db = |e| self.err(e);
+        let ids_of = |kind: ArtifactKind| -> Result<Vec<String>> {
+            let mut st = tx
+                .prepare(&format!("SELECT id FROM {}", table(kind)))
+                .map_err(db)?;
+            let r = st
+                .query_map([], |r| r.get(0))
+                .map_err(db)?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(db)?;
+            Ok(r)
+        };
+        let kept =
+            |kind: ArtifactKind, id: &str| rows.iter().any(|r| r.kind == kind && r.record.id == id);
+        // What goes, and whether an OS volume still needs it (checked before any change).
+        let mut gone: Vec<(ArtifactKind, String)> = Vec::new();
+        for kind in ArtifactKind::ALL {
+            for id in ids_of(kind)? {
+                if !kept(kind, &id) {
+                    gone.push((kind, id));
+                }
+            }
+        }
+        for (kind, id) in &gone {
+            let users: Vec<UsedBy> = self
+                .users_in(&tx, *kind, id)?
+                .into_iter()
+                .filter(|u| u.what == "OS volume")
+                .collect();
+            if !users.is_empty() {
+                return Err(CatalogError::InUse {
+                    what: kind.what(),
+                    id: id.clone(),
+                    users,
+                });
+            }
+        }
+        let mut freed = Vec::new();
+        tx.execute_batch(
+            "DELETE FROM build_plan_steps; \
+             UPDATE deployment_plans SET build_plan_id = NULL, golden_image_id = NULL;",
+        )
+        .map_err(db)?;
+        for kind in [
+            ArtifactKind::DeploymentPlan,
+            ArtifactKind::BuildPlan,
+            ArtifactKind::PlanScript,
+            ArtifactKind::GoldenImage,
+        ] {
+            for (k, id) in gone.iter().filter(|(k, _)| *k == kind) {
+                if *k == ArtifactKind::GoldenImage {
+                    let s: Option<String> = tx
+                        .query_row(
+                            "SELECT store_image FROM golden_images WHERE id = ?1",
+                            [id],
+                            |r| r.get(0),
+                        )
+                        .map_err(db)?;
+                    freed.extend(s);
+                }
+                tx.execute(&format!("DELETE FROM {} WHERE id = ?1", table(*k)), [id])
+                    .map_err(db)?;
+            }
+            // Names of the rows that stay are freed for the moment, so that names may move
+            // between them (a name is unique; an id never starts with U+0001).
+            tx.execute(
+                &format!("UPDATE {} SET name = char(1) || id", table(kind)),
+                [],
+            )
+            .map_err(db)?;
+        }
+        for kind in [
+            ArtifactKind::PlanScript,
+            ArtifactKind::GoldenImage,
+            ArtifactKind::BuildPlan,
+            ArtifactKind::DeploymentPlan,
+        ] {
+            for r in rows.iter().filter(|r| r.kind == kind) {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO {} (id, name, body) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT(id) DO UPDATE SET name = excluded.name, body = excluded.body",
+                        table(kind)
+                    ),
+                    params![r.record.id, r.record.name, r.record.body.to_string()],
+                )
+                .map_err(|e| self.insert_err(kind.what(), &r.record, e))?;
+                self.write_links(&tx, kind, &r.record.id, &r.links)
+                    .map_err(|e| self.insert_err(kind.what(), &r.record, e))?;
+            }
+        }
+        tx.commit().map_err(db)?;
+        // A store image still named by a row that stays is not freed.
+        let still: Vec<&str> = rows
+            .iter()
+            .filter_map(|r| r.links.store_image.as_deref())
+            .collect();
+        freed.retain(|s| !still.contains(&s.as_str()));
+        Ok(freed)
+    }
+
+    fn delete_deployment_plan_detaching(&self, id: &str) -> Result<Vec<UsedBy>> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let users = self.users_in(&tx, ArtifactKind::DeploymentPlan, id)?;
+        tx.execute(
+            "UPDATE os_volumes SET deployment_plan_id = NULL, \
+             body = json_set(body, '$.deploymentPlanUri', json('null')) \
+             WHERE deployment_plan_id = ?1",
+            [id],
+        )
+        .map_err(|e| self.err(e))?;
+        let n = tx
+            .execute("DELETE FROM deployment_plans WHERE id = ?1", [id])
+            .map_err(|e| self.err(e))?;
+        if n == 0 {
+            return Err(CatalogError::NotFound {
+                what: ArtifactKind::DeploymentPlan.what(),
+                key: id.into(),
+            });
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(users)
     }
 }

@@ -21,7 +21,7 @@ use super::size::human;
 use super::CliResult;
 
 /// The capture's record, beside the new image's own files.
-pub const RECORD_FILE: &str = "capture.json";
+pub use strata::plan::capture::RECORD_FILE;
 
 #[derive(Args)]
 pub struct CaptureArgs {
@@ -141,16 +141,9 @@ pub fn run(repo: &Repository, a: CaptureArgs) -> CliResult {
     };
     let bar = Bar::new("storing the image");
     let progress = |d: u64, t: u64| bar.update(d, t);
-    let generalize = |source: &strata::fs::worker::protocol::Source| {
-        let guest = deploy::run_build_plan(source.clone(), &plan, &values, &run, &mut rec)?;
-        let t = Instant::now();
-        let r = guest.commit().map_err(|e| {
-            deploy::DeployError::Failed(values.mask(&format!("saving the generalized copy: {e}")))
-        });
-        rec.record.timings_ms.commit = t.elapsed().as_millis() as u64;
-        r
-    };
-    let result = capture::capture(repo, &a.volume, &a.name, &run.worker, generalize, &progress);
+    let result = capture::capture_with_plan(
+        repo, &a.volume, &a.name, &plan, &values, &run, &mut rec, &progress,
+    );
     bar.finish();
     let report = match result {
         Ok(r) => r,

@@ -255,6 +255,38 @@ where
     })
 }
 
+/// The capture's record, beside the new image's own files (`images/<image>/`).
+pub const RECORD_FILE: &str = "capture.json";
+
+/// Captures `volume` as image `image` generalized by the capture build plan `plan` (its
+/// scripts run with `values` against the snapshot's overlay, in one worker, then committed),
+/// the steps being logged into `rec`. What `strata capture` and the appliance's capture
+/// (the REST API's) both run; the caller checks the plan's type and writes the record.
+#[allow(clippy::too_many_arguments)]
+pub fn capture_with_plan(
+    repo: &Repository,
+    volume: &str,
+    image: &str,
+    plan: &super::artifacts::ResolvedBuildPlan,
+    values: &super::attrs::Values,
+    run: &super::deploy::RunOptions,
+    rec: &mut super::record::Recorder,
+    progress: Progress,
+) -> Result<CaptureReport, CaptureError> {
+    let generalize = |source: &Source| {
+        let guest = super::deploy::run_build_plan(source.clone(), plan, values, run, rec)?;
+        let t = std::time::Instant::now();
+        let r = guest.commit().map_err(|e| {
+            super::deploy::DeployError::Failed(
+                values.mask(&format!("saving the generalized copy: {e}")),
+            )
+        });
+        rec.record.timings_ms.commit = t.elapsed().as_millis() as u64;
+        r
+    };
+    capture(repo, volume, image, &run.worker, generalize, progress)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
