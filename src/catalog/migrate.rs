@@ -104,7 +104,6 @@ pub const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     );
     CREATE INDEX artifact_bundles_backup ON artifact_bundles(backup, name);
->>>>>>> appliance, api: backups and restore as Image Streamer's /rest/artifact-bundles/backups (one backup of every artifact with the golden images' disks; restore in one catalog transaction, refused naming the OS volumes that need an artifact it lacks); bundles are catalog rows (migration 2, older description files adopted by recover, which serve now runs) and the API's bundle handling is appliance::bundles'; capture through POST /rest/golden-images (plan::capture::capture_with_plan, shared with strata capture) as a task, /golden-images/archive/{id}, /os-volumes/{id}/storage and /archive/{name}; ?force=true deletes a deployment plan OS volumes came from; tests: sdk.rs runs all 24 driver cases
     "#,
 ];
 
@@ -204,7 +203,6 @@ mod tests {
             "users",
             "sessions",
             "tasks",
-<<<<<<< HEAD
             "exports",
             "counters",
             "artifact_bundles",
