@@ -90,6 +90,10 @@ impl Api {
     }
 
     fn start_shared(repo: std::sync::Arc<Repo>, extra: &[&str]) -> Api {
+        Api::start_with_env(repo, extra, &[])
+    }
+
+    fn start_with_env(repo: std::sync::Arc<Repo>, extra: &[&str], env: &[(&str, &str)]) -> Api {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = repo.path(&format!("serve-{n}.log"));
@@ -99,6 +103,7 @@ impl Api {
             .args(["serve", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -216,6 +221,12 @@ impl Api {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`, and the exit reaped.
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// SIGTERM, then a bounded wait for the exit status.
@@ -1204,4 +1215,610 @@ fn an_os_volume_is_captured_and_its_storage_log_and_forced_delete_answer() {
     let gold = dp["goldenImageURI"].as_str().unwrap();
     let msg = api.delete(&s, &format!("{gold}?force=true")).error(409);
     assert!(msg.contains("web-02"), "{msg}");
+/// Polls `cond` until it holds (two minutes at most): the test waits for a state the
+/// server reaches, never for a length of time.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The names in `dir` (none when it does not exist).
+fn names_in(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = rd
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every file under `dir`, recursively, with its size.
+fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else if let Ok(m) = p.metadata() {
+            out.push((p, m.len()));
+        }
+    }
+    out
+}
+
+/// The first id-shaped word (a UUID) of the log line holding `marker`.
+fn id_in_log(log: &str, marker: &str) -> Option<String> {
+    let line = log.lines().find(|l| l.contains(marker))?;
+    let b = line.as_bytes();
+    (0..b.len().saturating_sub(35)).find_map(|i| {
+        let w = &b[i..i + 36];
+        let shaped = w.iter().enumerate().all(|(j, c)| match j {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        });
+        shaped.then(|| String::from_utf8_lossy(w).into_owned())
+    })
+}
+
+impl Api {
+    /// The number of members a collection lists.
+    fn total(&self, s: &str, path: &str) -> u64 {
+        let r = self.get(s, path);
+        assert_eq!(
+            r.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        r.json()["total"].as_u64().unwrap()
+    }
+
+    /// A task a crash interrupted, as the restarted server shows it: failed, with a reason.
+    fn assert_interrupted(&self, s: &str, task: &str) {
+        let t = self.get(s, task).json();
+        assert_eq!(t["taskState"], "Error", "{t}");
+        let msg = t["taskErrors"][0]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("stopped"), "{t}");
+    }
+}
+
+/// Nothing half-made in the repository: no staged file, no journal, and the store holds
+/// exactly `images` images and `volumes` volumes.
+fn assert_store(repo: &Repo, images: usize, volumes: usize) {
+    assert!(
+        repo.staging_is_empty(),
+        "{:?}",
+        names_in(&repo.root.join("tmp"))
+    );
+    assert_eq!(names_in(&repo.root.join("journal")), Vec::<String>::new());
+    let imgs = names_in(&repo.root.join("images"));
+    assert_eq!(imgs.len(), images, "store images: {imgs:?}");
+    let vols = names_in(&repo.root.join("volumes"));
+    assert_eq!(vols.len(), volumes, "store volumes: {vols:?}");
+}
+
+/// `kill -9` with the upload's body half sent (the spool file growing, the client still
+/// sending): the restart fails the task, lists no image, and the store keeps nothing of it.
+#[test]
+fn kill_9_mid_upload_leaves_no_image_and_fails_its_task() {
+    let repo = std::sync::Arc::new(repo_with_user());
+    let api = Api::start_shared(repo.clone(), &[]);
+    let s = api.session();
+    let chunk: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8 | 1)
+        .collect();
+    // The multipart body written by hand into curl's stdin (`-T -` streams it, chunked),
+    // so the test decides when the body stops.
+    let mut curl = Command::new("curl")
+        .args(["-sS", "-k", "--max-time", "120", "-X", "POST", "-T", "-"])
+        .args(["-o", "/dev/null", "-H", "Expect:"])
+        .arg("-H")
+        .arg(format!("auth: {s}"))
+        .args(["-H", "Content-Type: multipart/form-data; boundary=b0undary"])
+        .arg(api.url("/rest/golden-images?name=crash"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut body = curl.stdin.take().unwrap();
+    body.write_all(
+        b"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.raw\"\r\n\
+          Content-Type: application/octet-stream\r\n\r\n",
+    )
+    .unwrap();
+    for _ in 0..3 {
+        body.write_all(&chunk).unwrap();
+    }
+    body.flush().unwrap();
+    let tmp = repo.root.join("tmp");
+    wait_until("the upload's spool file to fill", || {
+        files_under(&tmp).iter().any(|(_, n)| *n >= 4 << 20)
+    });
+    let task = id_in_log(&api.log(), "upload started").expect("the upload's task in the log");
+    api.kill9();
+    drop(body);
+    let _ = curl.kill();
+    let _ = curl.wait();
+
+    let api = Api::start_shared(repo.clone(), &[]);
+    let s = api.session();
+    api.assert_interrupted(&s, &format!("/rest/tasks/{task}"));
+    assert_eq!(api.total(&s, "/rest/golden-images"), 0);
+    assert_store(&repo, 0, 0);
+    // The same upload again succeeds.
+    let raw = repo.path("d.raw");
+    std::fs::write(&raw, [&chunk[..], &chunk[..]].concat()).unwrap();
+    let r = api.upload(&s, "/rest/golden-images?name=crash", &raw);
+    let t = api.wait_task(&s, r.json()["uri"].as_str().unwrap());
+    assert_eq!(t["taskState"], "Completed", "{t}");
+    assert_eq!(api.total(&s, "/rest/golden-images"), 1);
+    assert_store(&repo, 1, 0);
+}
+
+/// `kill -9` mid-extraction (the golden image's disk imported, the plan scripts' rows
+/// written, the image's row not yet) and mid-deploy (the volume made, its row not yet):
+/// each restart undoes the job whole and fails its task; the same request then succeeds.
+#[test]
+fn kill_9_mid_extraction_and_mid_deploy_leaves_nothing_half_made() {
+    let bundle = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hpe-artifacts/HPE-Support-Artifacts-2017-11-29-v4.0.zip");
+    let plan = "HPE - Support 1.0 - simple deployment test-2017-11-29";
+    let repo = std::sync::Arc::new(repo_with_user());
+    let pause = |at: &'static str| [("STRATA_PAUSE_AT", at)];
+    let collections = [
+        "/rest/plan-scripts",
+        "/rest/build-plans",
+        "/rest/deployment-plans",
+        "/rest/golden-images",
+    ];
+
+    let api = Api::start_with_env(repo.clone(), &[], &pause("extract-rows"));
+    let s = api.session();
+    let r = api.upload(&s, "/rest/artifact-bundles", &bundle);
+    let t = api.wait_task(&s, r.json()["uri"].as_str().unwrap());
+    assert_eq!(t["taskState"], "Completed", "{t}");
+    let ab = t["associatedResource"]["resourceUri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let extract = |api: &Api, s: &str| {
+        let r = api.call(
+            "PUT",
+            &format!("{ab}?extract=true&forceImport=true"),
+            &[("auth", s), ("Content-Type", "text/plain;charset=UTF-8")],
+            None,
+        );
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["uri"].as_str().unwrap().to_owned()
+    };
+    let task = extract(&api, &s);
+    let tmp = repo.root.join("tmp");
+    let paused = |at: &str| {
+        names_in(&tmp)
+            .iter()
+            .any(|n| n.ends_with(&format!("-paused-{at}")))
+    };
+    wait_until("the extraction to reach its golden image's row", || {
+        paused("extract-rows")
+    });
+    assert_eq!(api.get(&s, &task).json()["taskState"], "Running");
+    assert!(
+        api.total(&s, "/rest/plan-scripts") > 0,
+        "the kill must land with rows written"
+    );
+    api.kill9();
+
+    let api = Api::start_shared(repo.clone(), &[]);
+    let s = api.session();
+    api.assert_interrupted(&s, &task);
+    for c in collections {
+        assert_eq!(api.total(&s, c), 0, "{c} after an interrupted extraction");
+    }
+    assert_store(&repo, 0, 0);
+    let t = api.wait_task(&s, &extract(&api, &s));
+    assert_eq!(t["taskState"], "Completed", "{t}");
+    for c in collections {
+        assert!(api.total(&s, c) > 0, "{c} after the extraction");
+    }
+    assert_store(&repo, 1, 0);
+    let dp = api.get(&s, "/rest/deployment-plans").json()["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == plan)
+        .expect("the plan extracted")["uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    drop(api);
+
+    let api = Api::start_with_env(repo.clone(), &[], &pause("deploy-row"));
+    let s = api.session();
+    let body = json!({
+        "deploymentPlanURI": dp, "name": "web-01",
+        "initiatorIqn": "iqn.2026-12.test:server-1",
+        "customAttributes": [{"name": "ExampleString", "value": "crash"}],
+    });
+    let r = api.send(&s, "POST", "/rest/os-volumes", &body);
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let task = r.json()["uri"].as_str().unwrap().to_owned();
+    wait_until("the deploy to reach its row", || paused("deploy-row"));
+    assert_eq!(api.get(&s, &task).json()["taskState"], "Running");
+    assert_eq!(names_in(&repo.root.join("volumes")), vec!["web-01"]);
+    api.kill9();
+
+    let api = Api::start_shared(repo.clone(), &[]);
+    let s = api.session();
+    api.assert_interrupted(&s, &task);
+    assert_eq!(api.total(&s, "/rest/os-volumes"), 0);
+    assert_store(&repo, 1, 0);
+    let exports = std::fs::read_to_string(repo.root.join("exports.json")).unwrap_or_default();
+    assert!(!exports.contains("web-01"), "{exports}");
+    let r = api.send(&s, "POST", "/rest/os-volumes", &body);
+    let t = api.wait_task(&s, r.json()["uri"].as_str().unwrap());
+    assert_eq!(t["taskState"], "Completed", "{t}\n{}", api.log());
+    assert_eq!(api.total(&s, "/rest/os-volumes"), 1);
+    assert_store(&repo, 1, 1);
+    assert!(std::fs::read_to_string(repo.root.join("exports.json"))
+        .unwrap()
+        .contains("web-01"));
+}
+
+impl Api {
+    /// curl uploading `file` as multipart with session `s`, `Expect: 100-continue` sent
+    /// or not: its exit status, the HTTP status and the body it read.
+    fn upload_expect(
+        &self,
+        s: &str,
+        path: &str,
+        file: &Path,
+        expect: bool,
+    ) -> (bool, u16, Vec<u8>) {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out = self.work.join(format!("upload-expect-{n}.body"));
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-k", "--max-time", "120", "-o"])
+            .arg(&out)
+            .args(["-w", "%{http_code}", "-H"])
+            .arg(format!("auth: {s}"))
+            .arg("-H")
+            .arg(if expect {
+                "Expect: 100-continue"
+            } else {
+                "Expect:"
+            })
+            .arg("-F")
+            .arg(format!("file=@{}", file.display()))
+            .arg(self.url(path));
+        let o = c.output().expect("curl runs");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0),
+            std::fs::read(&out).unwrap_or_default(),
+        )
+    }
+}
+
+/// An upload on a session that is not valid (none, bogus, logged out) gets its 401 in
+/// Image Streamer's shape, whether the client waits for `100 Continue` (curl) or sends the
+/// whole body before reading the answer (HPE's SDKs): never a broken pipe. Nothing is kept.
+#[test]
+fn an_upload_refused_by_the_session_gate_gets_its_401() {
+    let repo = repo_with_user();
+    let big = repo.path("big.raw");
+    let data: Vec<u8> = (0..48u32 << 20).map(|i| (i % 251) as u8 | 1).collect();
+    std::fs::write(&big, &data).unwrap();
+    let api = Api::start(repo, &[]);
+    let ended = api.session();
+    assert_eq!(api.delete(&ended, "/rest/login-sessions").status, 204);
+    for (what, s) in [
+        ("bogus", "0123456789abcdef"),
+        ("logged out", ended.as_str()),
+    ] {
+        for expect in [false, true] {
+            for path in ["/rest/golden-images?name=refused", "/rest/artifact-bundles"] {
+                let (ok, code, body) = api.upload_expect(s, path, &big, expect);
+                assert!(
+                    ok && code == 401,
+                    "{what} session, expect {expect}, {path}: curl ok {ok}, status {code}"
+                );
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(v["errorCode"], "AUTHORIZATION", "{v}");
+            }
+        }
+    }
+    // As HPE's SDKs send (Python's http.client): the whole body, then the answer read.
+    let sdk = r#"
+import http.client, ssl, sys
+host, port = sys.argv[1].rsplit(":", 1)
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+c = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=120)
+head = b'--XX\r\nContent-Disposition: form-data; name="file"; filename="d.raw"\r\n\r\n'
+body = head + open(sys.argv[3], "rb").read() + b"\r\n--XX--\r\n"
+h = {"Content-Type": "multipart/form-data; boundary=XX"}
+if sys.argv[2]:
+    h["auth"] = sys.argv[2]
+c.request("POST", "/rest/golden-images?name=refused", body=body, headers=h)
+r = c.getresponse()
+print(r.status)
+sys.stdout.write(r.read().decode())
+"#;
+    for (what, s) in [
+        ("none", ""),
+        ("bogus", "0123456789abcdef"),
+        ("logged out", &ended),
+    ] {
+        let o = Command::new("python3")
+            .arg("-c")
+            .arg(sdk)
+            .arg(api.api.to_string())
+            .arg(s)
+            .arg(&big)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && out.starts_with("401\n") && out.contains("AUTHORIZATION"),
+            "{what} session, body sent whole: {out} {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // No auth header at all, the body sent whole.
+    let o = Command::new("curl")
+        .args([
+            "-sS",
+            "-k",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Expect:",
+        ])
+        .arg("-F")
+        .arg(format!("file=@{}", big.display()))
+        .arg(api.url("/rest/golden-images?name=refused"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "401");
+    let s = api.session();
+    assert_eq!(api.total(&s, "/rest/golden-images"), 0);
+    assert_eq!(api.get(&s, "/rest/artifact-bundles").json()["total"], 0);
+    assert!(api._repo.staging_is_empty());
+}
+
+/// A tampered bundle uploaded through the API is refused by its task, with the reason, and
+/// leaves nothing: no bundle listed, no file kept, no artifact, nothing staged.
+#[test]
+fn tampered_bundles_are_refused_through_the_api_with_the_reason_and_leave_nothing() {
+    use common::zips::{entries, make_zip, patch_declared_size, rename_entry};
+    let fixture = |n: &str| {
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/hpe-artifacts")
+                .join(format!("{n}.zip")),
+        )
+        .unwrap()
+    };
+    let base = entries(&fixture("HPE-Foundation-Artifacts-2018-09-11-v4.0"));
+    let script = base
+        .iter()
+        .find(|(n, _)| n.ends_with("_planscript.json"))
+        .unwrap()
+        .0
+        .clone();
+    let mut cases: Vec<(&str, Vec<u8>, String)> = Vec::new();
+    // A checksum that does not match: one byte of a plan script changed.
+    let mut files = base.clone();
+    let f = files.iter_mut().find(|(n, _)| *n == script).unwrap();
+    let at = f.1.iter().position(|&b| b == b'"').unwrap();
+    f.1.insert(at, b' ');
+    cases.push(("checksum", make_zip(&files), "checksum mismatch".into()));
+    // Zip slip: a member named with a path.
+    for bad in ["../evil_planscript.json", "/etc/cron.d/evil"] {
+        let mut files = base.clone();
+        files.push((bad.into(), b"{}".to_vec()));
+        cases.push(("zip slip", make_zip(&files), format!("{bad:?} refused")));
+    }
+    // The same name twice.
+    let mut files = base.clone();
+    files.push(("MANIFEST.MX".into(), b"Artifact Name:evil".to_vec()));
+    let mut z = make_zip(&files);
+    rename_entry(&mut z, "MANIFEST.MX", "MANIFEST.MF");
+    cases.push((
+        "duplicate",
+        z,
+        "\"MANIFEST.MF\" appears more than once".into(),
+    ));
+    // A member that unpacks to more than it declares (64 MiB of spaces declared as 1000
+    // bytes), and the same declared honestly: over the limit for a JSON artifact.
+    let mut files = base.clone();
+    let f = files.iter_mut().find(|(n, _)| *n == script).unwrap();
+    f.1.extend(std::iter::repeat_n(b' ', 64 << 20));
+    let mut bomb = make_zip(&files);
+    patch_declared_size(&mut bomb, &script, 1000);
+    cases.push(("zip bomb", bomb, "zip bomb".into()));
+    let mut large = make_zip(&files);
+    patch_declared_size(&mut large, &script, (64 << 20) + 4000);
+    cases.push(("too large", large, "bytes allowed".into()));
+
+    let repo = repo_with_user();
+    let api = Api::start(repo, &[]);
+    let s = api.session();
+    for (i, (what, zip, reason)) in cases.iter().enumerate() {
+        let p = api.work.join(format!("tampered-{i}.zip"));
+        std::fs::write(&p, zip).unwrap();
+        let r = api.upload(&s, "/rest/artifact-bundles", &p);
+        assert_eq!(
+            r.status,
+            202,
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let t = api.wait_task(&s, r.json()["uri"].as_str().unwrap());
+        assert_eq!(t["taskState"], "Error", "{what}: {t}");
+        let msg = t["taskErrors"][0]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(reason.as_str()),
+            "{what}: {reason:?} not in {msg:?}"
+        );
+        assert_eq!(api.total(&s, "/rest/artifact-bundles"), 0, "{what}");
+        assert_eq!(
+            names_in(&api._repo.root.join("bundles")),
+            Vec::<String>::new(),
+            "{what}"
+        );
+        assert!(api._repo.staging_is_empty(), "{what}");
+    }
+    for c in [
+        "/rest/plan-scripts",
+        "/rest/build-plans",
+        "/rest/deployment-plans",
+        "/rest/golden-images",
+    ] {
+        assert_eq!(api.total(&s, c), 0, "{c}");
+    }
+    // The untampered bundle goes in.
+    let p = api.work.join("good.zip");
+    std::fs::write(&p, make_zip(&base)).unwrap();
+    let r = api.upload(&s, "/rest/artifact-bundles", &p);
+    let t = api.wait_task(&s, r.json()["uri"].as_str().unwrap());
+    assert_eq!(t["taskState"], "Completed", "{t}");
+}
+
+/// Passwords appear in no response and no log line (debug level): not after a failed login,
+/// a malformed login, nor `strata user add`; the catalog keeps only a hash.
+#[test]
+fn passwords_are_never_returned_or_logged() {
+    let repo = Repo::new();
+    let secret = "s3cret-Never-Shown";
+    let mut c = Command::new(BIN)
+        .arg("--repo")
+        .arg(&repo.root)
+        .args(["user", "add", "op", "--password-stdin"])
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(c.stdin.take().unwrap(), "{secret}").unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success());
+    let said = [o.stdout, o.stderr].concat();
+    assert!(!String::from_utf8_lossy(&said).contains(secret));
+    for f in files_under(&repo.root) {
+        let b = std::fs::read(&f.0).unwrap();
+        assert!(
+            !b.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{} holds the password",
+            f.0.display()
+        );
+    }
+    let api = Api::start(repo, &[]);
+    let mut replies = Vec::new();
+    for body in [
+        json!({"userName": "op", "password": format!("{secret}x")}),
+        json!({"userName": "nobody", "password": secret}),
+        json!({"userName": ["op"], "password": secret}),
+        json!({"password": secret}),
+        json!({"userName": "op", "password": secret, "authLoginDomain": 7, "loginMsgAck": "x"}),
+    ] {
+        let b = body.to_string();
+        replies.push(api.call("POST", "/rest/login-sessions", &[], Some(b.as_bytes())));
+    }
+    let b = format!("{{\"userName\": \"op\", \"password\": \"{secret}\"");
+    replies.push(api.call("POST", "/rest/login-sessions", &[], Some(b.as_bytes())));
+    let ok = api.login("op", secret);
+    assert_eq!(ok.status, 200);
+    replies.push(ok);
+    for r in &replies {
+        let text = format!("{}{}", r.headers, String::from_utf8_lossy(&r.body));
+        assert!(!text.contains(secret), "{text}");
+    }
+    let log = api.log();
+    assert!(log.contains("login refused"), "{log}");
+    assert!(!log.contains(secret), "{log}");
+}
+
+/// One user's session is theirs alone: another user can neither read it nor end it, by
+/// any path or parameter, and logging out ends only the caller's own.
+#[test]
+fn a_user_cannot_read_or_end_another_users_session() {
+    let repo = repo_with_user();
+    repo.add_user("other", "other's password");
+    let api = Api::start(repo, &[]);
+    let mine = api.session();
+    let theirs = {
+        let r = api.login("other", "other's password");
+        r.json()["sessionID"].as_str().unwrap().to_owned()
+    };
+    let with = |m: &str, p: &str, body: Option<&str>| {
+        api.call(
+            m,
+            p,
+            &[("auth", &theirs), ("X-API-Version", "800")],
+            body.map(str::as_bytes),
+        )
+    };
+    let named = format!("{{\"sessionID\": \"{mine}\"}}");
+    // Paths naming the session are 404 (their message names the path, as it was sent);
+    // nothing else shows it.
+    for (m, p, body) in [
+        ("GET", "/rest/login-sessions".to_owned(), None),
+        ("GET", format!("/rest/login-sessions/{mine}"), None),
+        ("GET", format!("/rest/sessions/{mine}"), None),
+        ("DELETE", format!("/rest/login-sessions/{mine}"), None),
+        (
+            "PUT",
+            format!("/rest/login-sessions?sessionID={mine}"),
+            Some(named.as_str()),
+        ),
+        (
+            "POST",
+            "/rest/login-sessions".to_owned(),
+            Some(named.as_str()),
+        ),
+    ] {
+        let r = with(m, &p, body);
+        let text = format!("{}{}", r.headers, String::from_utf8_lossy(&r.body));
+        let shown = text.replace(p.split('?').next().unwrap(), "");
+        assert!(!shown.contains(&mine), "{m} {p} showed the session: {text}");
+        if p.split('?').next().unwrap().contains(&mine) {
+            assert!(r.status == 404 || r.status == 405, "{m} {p}: {text}");
+        }
+        assert_eq!(
+            api.get(&mine, "/rest/plan-scripts").status,
+            200,
+            "{m} {p} ended another user's session"
+        );
+    }
+    // Refreshing with another session's id in the body refreshes the caller's own.
+    let r = with("PUT", "/rest/login-sessions", Some(named.as_str()));
+    assert_eq!(r.json()["sessionID"], theirs.as_str());
+    // Logging out, another session's id in the query and the body, ends the caller's only.
+    let r = with(
+        "DELETE",
+        &format!("/rest/login-sessions?sessionID={mine}"),
+        Some(named.as_str()),
+    );
+    assert_eq!(r.status, 204);
+    api.get(&theirs, "/rest/plan-scripts").error(401);
+    assert_eq!(api.get(&mine, "/rest/plan-scripts").status, 200);
 }

@@ -6,12 +6,22 @@
 //! answer without a live session; everything else, unknown paths included, answers 401 in
 //! Image Streamer's error shape. Passwords are never logged: the login body is read into a
 //! struct whose Debug hides it, and nothing else sees it.
+//!
+//! A refused request's body is read and dropped before the 401 goes out (up to
+//! [`DRAIN_LIMIT`] bytes, with [`DRAIN_IDLE`] between chunks at most), and the connection is
+//! closed after it: a client that sends a whole upload before reading the answer (HPE's
+//! SDKs) then reads the 401, where closing on a half-read body would have broken its send
+//! (a broken pipe or a reset, the 401 lost). A client that asked `Expect: 100-continue`
+//! (curl) is answered at once: it has sent nothing yet and sends nothing more.
+
+use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -65,14 +75,50 @@ fn token(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The most of a refused request's body read (and dropped) before its 401 goes out.
+pub const DRAIN_LIMIT: u64 = 16 << 30;
+/// The longest wait for the next chunk of a refused request's body.
+pub const DRAIN_IDLE: Duration = Duration::from_secs(10);
+
+/// Answers a request the gate refuses: its body drained first (bounded), then `error`,
+/// with `Connection: close`.
+async fn refuse(req: Request, error: ApiError) -> Response {
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if !expects_continue {
+        let mut body = req.into_body().into_data_stream();
+        let mut read = 0u64;
+        while read <= DRAIN_LIMIT {
+            match tokio::time::timeout(DRAIN_IDLE, body.next()).await {
+                Ok(Some(Ok(b))) => read += b.len() as u64,
+                // The end, a broken body, or a client gone quiet: answer now.
+                _ => break,
+            }
+        }
+        if read > 0 {
+            tracing::debug!(bytes = read, "a refused request's body drained");
+        }
+    }
+    let mut r = error.into_response();
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// The gate: a live session or 401 (public endpoints pass).
 pub async fn require_session(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     if is_public(req.method(), req.uri().path()) {
         return next.run(req).await;
     }
     let Some(t) = token(req.headers()) else {
-        return ApiError::unauthorized("no session: the request has no auth header")
-            .into_response();
+        return refuse(
+            req,
+            ApiError::unauthorized("no session: the request has no auth header"),
+        )
+        .await;
     };
     let (cat, idle, t2) = (st.catalog.clone(), st.session_idle, t.clone());
     match blocking(move || Ok(cat.session(&t2, idle)?)).await {
@@ -83,9 +129,14 @@ pub async fn require_session(State(st): State<AppState>, mut req: Request, next:
             });
             next.run(req).await
         }
-        Ok(None) => ApiError::unauthorized("the session is not valid: expired, ended or unknown")
-            .into_response(),
-        Err(e) => e.into_response(),
+        Ok(None) => {
+            refuse(
+                req,
+                ApiError::unauthorized("the session is not valid: expired, ended or unknown"),
+            )
+            .await
+        }
+        Err(e) => refuse(req, e).await,
     }
 }
 

@@ -59,6 +59,14 @@ pub struct AppState {
     pub session_idle: Duration,
     /// The largest JSON body accepted, in bytes.
     pub body_limit: usize,
+    /// Slots for tasks' jobs without an upload (deploys, bundle extraction): that many run
+    /// at once, the others wait.
+    pub jobs: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many jobs run at once: two per CPU (a deploy waits on its fs worker and the disk).
+pub fn job_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
 /// How the API serves.
@@ -92,7 +100,7 @@ pub enum ServeApiError {
     Listen(std::io::Error),
     #[error("API catalog: {0}")]
     Catalog(#[from] crate::catalog::CatalogError),
-    #[error("API start-up recovery: {0}")]
+    #[error("API start, recovering from the last run: {0}")]
     Recover(#[from] crate::appliance::ApplianceError),
 }
 
@@ -150,8 +158,8 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Starts serving on `listener` (already bound, so a taken port fails before anything
-    /// starts). Must run inside a tokio runtime. First `appliance::recover`: tasks a
-    /// previous run left unfinished are marked failed, its leftovers removed.
+    /// starts). Must run inside a tokio runtime. What a previous run left unfinished is
+    /// recovered first (`appliance::recover`: jobs undone, their tasks marked failed).
     pub fn start(
         catalog: Catalog,
         repo: Arc<Repository>,
@@ -159,9 +167,14 @@ impl ApiServer {
         opts: ApiOptions,
     ) -> Result<ApiServer, ServeApiError> {
         let cfg = tls::server_config(&opts.tls)?;
-        // Tasks a crash left running marked failed, leftovers without rows removed, bundle
-        // descriptions of older repositories made rows.
-        crate::appliance::recover(&catalog, &repo)?;
+        // What a crash left: interrupted jobs undone, their tasks failed, orphans removed.
+        let r = crate::appliance::recover(&catalog, &repo)?;
+        if r.failed_tasks > 0 {
+            tracing::warn!(
+                tasks = r.failed_tasks,
+                "tasks left running by the last run marked failed"
+            );
+        }
         listener
             .set_nonblocking(true)
             .map_err(ServeApiError::Listen)?;
@@ -171,6 +184,7 @@ impl ApiServer {
             repo,
             session_idle: opts.session_idle,
             body_limit: opts.body_limit,
+            jobs: Arc::new(tokio::sync::Semaphore::new(job_slots())),
         };
         let app = router(state);
         let handle = axum_server::Handle::new();

@@ -171,7 +171,8 @@ pub type Job =
     Box<dyn FnOnce(crate::appliance::Progress) -> Result<serde_json::Value, ApplianceError> + Send>;
 
 /// Runs `job` on a blocking thread as task `task_name` of `owner` on `resource` (which the
-/// resource `job` returns replaces), answering 202 at once.
+/// resource `job` returns replaces), answering 202 at once. Jobs run [`AppState::jobs`] at
+/// a time; the others wait, their task saying so.
 pub async fn job_task(
     st: &AppState,
     owner: &str,
@@ -183,12 +184,32 @@ pub async fn job_task(
     let (cat, owner2, name2) = (st.catalog.clone(), owner.to_owned(), task_name.to_owned());
     let task = blocking(move || Ok(cat.create_task(&name2, &owner2, resource)?)).await?;
     let (cat, id) = (st.catalog.clone(), task.id().to_owned());
-    tokio::task::spawn_blocking(move || {
-        let progress = |p: u8, what: &str| {
-            let _ = cat.task_progress(&id, p, what);
+    let slots = st.jobs.clone();
+    tokio::spawn(async move {
+        // Queued until a slot is free: a thousand deploys at once run a few at a time.
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let (c, i) = (cat.clone(), id.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    c.task_progress(&i, 0, "queued: waiting for a free job slot")
+                })
+                .await;
+                match slots.acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                }
+            }
         };
-        let r = job(&progress);
-        finish(&cat, &id, category, r.map_err(ApiError::from));
+        let _ = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let progress = |p: u8, what: &str| {
+                let _ = cat.task_progress(&id, p, what);
+            };
+            let r = job(&progress);
+            finish(&cat, &id, category, r.map_err(ApiError::from));
+        })
+        .await;
     });
     Ok(tasks::accepted(&task))
 }

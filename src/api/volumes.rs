@@ -32,7 +32,7 @@ use super::list::ListParams;
 use super::stream;
 use super::{blocking, AppState};
 use crate::appliance::deploy::{
-    deploy_os_volume, deployment_log, os_volume_storage, DeployRequest,
+    deploy_os_volume, deployment_log, os_volume_storage, DeployRequest, DEPLOY_TASK,
 };
 use crate::catalog::volumes::TYPE_OS_VOLUME;
 use crate::catalog::AssociatedResource;
@@ -181,7 +181,7 @@ async fn deploy(
     stream::job_task(
         &st,
         &who.user,
-        "Deploy",
+        DEPLOY_TASK,
         "os-volumes",
         res,
         Box::new(move |progress| Ok(deploy_os_volume(&cat, &repo, req, progress)?.os_volume)),

@@ -11,7 +11,8 @@
 //! turns those into rows.
 //!
 //! Extraction is all or nothing: every change (a row created, a row replaced, a store
-//! image imported) is logged and undone, newest first, when a later step fails.
+//! image imported) is journalled before it is made (`journal.rs`) and undone, newest
+//! first, when a later step fails, or by `recover` when a crash interrupted it.
 //!
 //! `forceImport`: Image Streamer's extract replaces artifacts of the same name on the
 //! appliance when it is set, and refuses the bundle when it is not. Here, with it, plan
@@ -30,6 +31,7 @@ use serde_json::{json, Value};
 
 use super::error::{io_err, ApplianceError, Result};
 use super::golden_images::{download_golden_image, store_name};
+use super::journal::{Journal, Undo};
 use super::spool::{spool, Scratch};
 use super::{no_progress, percent, Progress};
 use crate::catalog::bundles::ARTIFACT_BUNDLES_URI;
@@ -365,12 +367,6 @@ pub struct Extracted {
     pub kept: Vec<String>,
 }
 
-enum Undo {
-    Delete(ArtifactKind, String),
-    Restore(ArtifactKind, String, Value),
-    RemoveImage(String),
-}
-
 /// Extracts bundle `key` (id or URI of an uploaded bundle) into the catalog and the store.
 /// Long (golden-image disks are imported): run it as a task.
 pub fn extract_bundle(
@@ -429,7 +425,9 @@ pub fn extract_bundle_file(
             .unwrap_or_default();
         repoint.insert(bid.clone(), cid.to_owned());
     }
-    let mut undo: Vec<Undo> = Vec::new();
+    // Each change is journalled before it is made: undone in process on failure, and by
+    // `recover` after a crash.
+    let mut undo = Journal::create(repo, "extract")?;
     let mut out = Extracted::default();
     let total = arts.len() as u64;
     let result = (|| -> Result<()> {
@@ -449,16 +447,18 @@ pub fn extract_bundle_file(
                     let id = a.id().to_owned();
                     let v = if b.has_payload(&id) {
                         let s = store_name(&id);
+                        undo.push(Undo::RemoveImage { name: s.clone() })?;
                         b.import_golden_image(repo, &id, &s, &|_, _| {})?;
-                        undo.push(Undo::RemoveImage(s.clone()));
                         if let Value::Object(m) = &mut body {
                             m.insert("importedFromBundle".into(), Value::Bool(true));
                         }
+                        undo.push(Undo::delete(kind, &id))?;
+                        super::pause_point(repo, "extract-rows");
                         catalog.create_golden_image(body, &s)?
                     } else {
+                        undo.push(Undo::delete(kind, &id))?;
                         catalog.create_artifact(kind, body)?
                     };
-                    undo.push(Undo::Delete(kind, id));
                     out.created.push(v);
                 }
                 (_, Some(old)) => {
@@ -466,13 +466,13 @@ pub fn extract_bundle_file(
                     if let Value::Object(m) = &mut body {
                         m.insert(kind.id_field().into(), Value::String(cid.clone()));
                     }
+                    undo.push(Undo::restore(kind, &cid, old.clone()))?;
                     let v = catalog.update_artifact(kind, &cid, body)?;
-                    undo.push(Undo::Restore(kind, cid, old.clone()));
                     out.replaced.push(v);
                 }
                 (_, None) => {
+                    undo.push(Undo::delete(kind, a.id()))?;
                     let v = catalog.create_artifact(kind, body)?;
-                    undo.push(Undo::Delete(kind, a.id().to_owned()));
                     out.created.push(v);
                 }
             }
@@ -480,21 +480,10 @@ pub fn extract_bundle_file(
         Ok(())
     })();
     if let Err(e) = result {
-        for u in undo.into_iter().rev() {
-            let r: Result<()> = match u {
-                Undo::Delete(k, id) => catalog.delete_artifact(k, &id).map_err(Into::into),
-                Undo::Restore(k, id, body) => catalog
-                    .update_artifact(k, &id, body)
-                    .map(|_| ())
-                    .map_err(Into::into),
-                Undo::RemoveImage(s) => repo.remove_image(&s).map_err(Into::into),
-            };
-            if let Err(e2) = r {
-                tracing::warn!("undoing a failed bundle extraction: {e2}");
-            }
-        }
+        undo.undo(catalog, repo);
         return Err(e);
     }
+    undo.close();
     progress(100, "extracted");
     Ok(out)
 }

@@ -6,8 +6,10 @@
 //! initiator (the catalog's exports, which a running target polls).
 //!
 //! Order, for crash consistency: store volume (published last by the pipeline), catalog
-//! row, export. A failure after the volume exists removes it again; a crash between the
-//! volume and its row leaves a store volume no row names, which `recover` removes.
+//! row, export. A failure after the volume exists removes it again. A crash anywhere leaves
+//! the deploy's task unfinished, naming the volume ([`DEPLOY_TASK`]); `recover` then
+//! removes whatever of it exists (export, row, store volume). So that the store volume of
+//! that name is surely the deploy's own, a name the store already has is refused up front.
 
 use serde_json::Value;
 
@@ -22,6 +24,10 @@ use crate::plan::attrs::{Builtins, DeploymentValues};
 use crate::plan::deploy::{self, DeployError, DeployOptions};
 use crate::plan::sandbox::SandboxOptions;
 use crate::store::Repository;
+
+/// The name of a deploy's task, whose associated resource names the OS volume; `recover`
+/// undoes the deploys of the ones a crash left running.
+pub const DEPLOY_TASK: &str = "Deploy";
 
 /// What to deploy.
 #[derive(Clone, Default)]
@@ -67,6 +73,13 @@ pub fn deploy_os_volume(
             req.volume
         )));
     }
+    if repo.volume_meta(&req.volume).is_ok() {
+        return Err(ApplianceError::Invalid(format!(
+            "the store has a volume named {:?} already (made outside the catalog, by the \
+             CLI?): choose another name, or remove it with `strata volume rm`",
+            req.volume
+        )));
+    }
     progress(0, "resolving the deployment plan");
     let plan = catalog.get_artifact(ArtifactKind::DeploymentPlan, &req.deployment_plan)?;
     let plan_id = plan["id"].as_str().unwrap_or_default().to_owned();
@@ -109,6 +122,7 @@ pub fn deploy_os_volume(
     )
     .map_err(|f| ApplianceError::Deploy(f.error.to_string()))?;
     progress(95, "recording the OS volume");
+    super::pause_point(repo, "deploy-row");
     let record = serde_json::to_value(&d.record)
         .map_err(|e| ApplianceError::Invalid(format!("the deployment record: {e}")))?;
     let undo = |why: &dyn std::fmt::Display| {

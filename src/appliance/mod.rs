@@ -18,6 +18,7 @@
 //!   store, all or nothing
 //! - `backups.rs`       the one backup bundle: made from every artifact, uploaded,
 //!   downloaded, restored in one catalog transaction
+//! - `journal.rs`       undo journals: multi-step jobs all or nothing across a crash
 //! - `recover.rs`       what a start does after a crash
 //!
 //! Layering: store, plan <- catalog <- appliance <- api <- cli; nothing below imports this.
@@ -27,6 +28,7 @@ pub mod bundles;
 pub mod deploy;
 pub mod error;
 pub mod golden_images;
+pub mod journal;
 pub mod recover;
 pub mod spool;
 
@@ -39,6 +41,32 @@ pub type Progress<'a> = &'a (dyn Fn(u8, &str) + Sync);
 
 /// A progress callback that ignores everything.
 pub fn no_progress(_: u8, _: &str) {}
+
+/// The environment variable naming the [`pause_point`]s a job stops at (comma-separated).
+pub const PAUSE_ENV: &str = "STRATA_PAUSE_AT";
+
+/// A hook for the crash tests (`kill -9` mid-job, deterministically): when
+/// `STRATA_PAUSE_AT` names `point`, the job makes the directory `tmp/<pid>-paused-<point>`
+/// in the repository (named like a staging directory, so the next start removes it) and
+/// waits there for good. Unset (always, outside tests), it does nothing.
+pub(crate) fn pause_point(repo: &crate::store::Repository, point: &str) {
+    let Ok(v) = std::env::var(PAUSE_ENV) else {
+        return;
+    };
+    if v.split(',').any(|p| p.trim() == point) {
+        let f = repo
+            .root()
+            .join("tmp")
+            .join(format!("{}-paused-{point}", std::process::id()));
+        tracing::warn!(point, "pausing the job here for good ({PAUSE_ENV})");
+        if let Err(e) = std::fs::create_dir_all(&f) {
+            tracing::warn!("{}: {e}", f.display());
+        }
+        loop {
+            std::thread::park();
+        }
+    }
+}
 
 /// `done` of `total` as a percent within `[from, to]` (one phase of a job).
 pub(crate) fn percent(done: u64, total: u64, from: u8, to: u8) -> u8 {

@@ -1,13 +1,22 @@
 //! What the appliance does when it starts, after a crash or a `kill -9` mid-job. Staged
 //! files need nothing: they live in the repository's `tmp/`, which `Repository::open`
-//! empties. Left to do here: tasks that were running are marked failed
-//! (`Catalog::fail_unfinished_tasks`), and store images the appliance made (`gi-<id>`) whose
-//! catalog row was never written (the row is written last) are removed, as are bundle files
-//! no bundle row names (bundle descriptions of older repositories become rows first). Store volumes are left alone: the CLI makes volumes without rows.
+//! empties. Left to do here, in this order:
+//! - journals of interrupted multi-step jobs (a bundle's extraction) are undone
+//!   (`journal.rs`);
+//! - a deploy that was running is undone whole: its task names the OS volume, so its export,
+//!   its row and its store volume go (the deploy refuses a name the store already has, so
+//!   the volume is the task's own); store volumes no task names are left alone (the CLI
+//!   makes volumes without rows);
+//! - tasks that were running are marked failed (`Catalog::fail_unfinished_tasks`);
+//! - store images the appliance made (`gi-<id>`) whose catalog row was never written (the
+//!   row is written last) are removed, as are bundle files no bundle row names
+//!   (bundle descriptions of older repositories become rows first).
 
+use super::deploy::DEPLOY_TASK;
 use super::error::Result;
 use super::golden_images::STORE_PREFIX;
 use crate::catalog::Catalog;
+use crate::iscsi::exports;
 use crate::plan::artifacts::ArtifactKind;
 use crate::store::Repository;
 
@@ -15,6 +24,10 @@ use crate::store::Repository;
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Recovered {
     pub failed_tasks: usize,
+    /// Journals of interrupted jobs undone.
+    pub undone_jobs: usize,
+    /// OS volumes of interrupted deploys removed.
+    pub undone_deploys: Vec<String>,
     /// Store images removed because no golden image row names them.
     pub orphan_images: Vec<String>,
     /// Bundle files removed because no bundle row names them.
@@ -24,10 +37,19 @@ pub struct Recovered {
 /// Run once at start, before taking requests.
 pub fn recover(catalog: &Catalog, repo: &Repository) -> Result<Recovered> {
     let mut r = Recovered {
-        failed_tasks: catalog
-            .fail_unfinished_tasks("the appliance stopped while this task was running")?,
+        undone_jobs: super::journal::replay_all(catalog, repo)?,
         ..Recovered::default()
     };
+    for t in catalog.unfinished_tasks()? {
+        let res = &t.associated_resource;
+        if t.name == DEPLOY_TASK && res.resource_category == "os-volumes" {
+            if undo_deploy(catalog, repo, &res.resource_name)? {
+                r.undone_deploys.push(res.resource_name.clone());
+            }
+        }
+    }
+    r.failed_tasks =
+        catalog.fail_unfinished_tasks("the appliance stopped while this task was running")?;
     for img in repo.list_images()? {
         let Some(id) = img.name.strip_prefix(STORE_PREFIX) else {
             continue;
@@ -43,11 +65,41 @@ pub fn recover(catalog: &Catalog, repo: &Repository) -> Result<Recovered> {
     r.orphan_bundles = super::bundles::reconcile_files(catalog, repo)?;
     if r != Recovered::default() {
         tracing::info!(
-            "recovered: {} task(s) failed, {} unrecorded image(s) and {} bundle file(s) removed",
+            "recovered: {} task(s) failed, {} job(s) and {} deploy(s) undone, {} unrecorded \
+             image(s) and {} bundle file(s) removed",
             r.failed_tasks,
+            r.undone_jobs,
+            r.undone_deploys.len(),
             r.orphan_images.len(),
             r.orphan_bundles.len()
         );
     }
     Ok(r)
+}
+
+/// Undoes what an interrupted deploy of OS volume `name` made: its export, its row, its
+/// store volume, whichever exist. Whether anything was there.
+fn undo_deploy(catalog: &Catalog, repo: &Repository, name: &str) -> Result<bool> {
+    if crate::store::names::validate(name).is_err() {
+        return Ok(false);
+    }
+    let row = catalog.get_os_volume(name).is_ok();
+    let store = match catalog.os_volume_store_name(name) {
+        Ok(s) => s,
+        Err(_) => name.to_owned(),
+    };
+    let mut found = row;
+    match exports::remove(repo.root(), &store) {
+        Ok(()) => found = true,
+        Err(exports::ExportError::NotExported(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if row {
+        catalog.delete_os_volume(name)?;
+    }
+    if repo.volume_meta(&store).is_ok() {
+        repo.remove_volume(&store)?;
+        found = true;
+    }
+    Ok(found)
 }

@@ -173,6 +173,17 @@ impl Catalog {
         })
     }
 
+    /// The tasks not finished (at startup, before they are failed: what they were doing).
+    pub fn unfinished_tasks(&self) -> Result<Vec<Task>> {
+        let mut out = Vec::new();
+        for row in self.backend().list_tasks()? {
+            if row.state == "Running" || row.state == "New" {
+                out.push(self.get_task(&row.id)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Marks every task not finished as failed (at startup: their process is gone).
     pub fn fail_unfinished_tasks(&self, reason: &str) -> Result<usize> {
         let mut n = 0;

@@ -8,6 +8,7 @@
 pub mod disks;
 pub mod golden_images;
 pub mod hpe;
+pub mod zips;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
