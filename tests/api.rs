@@ -4,7 +4,7 @@
 //! every endpoint refused without a session; plan-script CRUD byte for byte; references
 //! (409 naming the user); 400s with their reasons; list paging, filter and sort; version
 //! type names; golden images, OS volumes and tasks from the catalog; plain HTTP refused;
-//! SIGTERM stopping iSCSI and HTTPS together.
+//! SIGTERM stopping iSCSI and HTTPS together; two nodes sharing one PostgreSQL catalog.
 
 mod common;
 
@@ -1821,4 +1821,130 @@ fn a_user_cannot_read_or_end_another_users_session() {
     assert_eq!(r.status, 204);
     api.get(&theirs, "/rest/plan-scripts").error(401);
     assert_eq!(api.get(&mine, "/rest/plan-scripts").status, 200);
+/// `strata user add` into the catalog at `catalog`.
+fn add_user_in(repo: &Repo, catalog: &str, name: &str, password: &str) {
+    let mut c = Command::new(BIN)
+        .arg("--repo")
+        .arg(&repo.root)
+        .args([
+            "--catalog",
+            catalog,
+            "user",
+            "add",
+            name,
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(c.stdin.take().unwrap(), "{password}").unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "user add: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn two_nodes_on_one_postgres_catalog_see_each_others_artifacts() {
+    use common::pg_server::PgServer;
+    let pg = match PgServer::start() {
+        Ok(s) => s,
+        Err(why) if PgServer::binaries().is_none() => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        Err(e) => panic!("starting PostgreSQL: {e}"),
+    };
+    let url = pg.new_database().unwrap();
+    let (ra, rb) = (Repo::new(), Repo::new());
+    let (root_a, root_b) = (ra.root.clone(), rb.root.clone());
+    add_user_in(&ra, &url, USER, PASSWORD);
+    let disk: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let raw = ra.path("disk.raw");
+    std::fs::write(&raw, &disk).unwrap();
+    // One node told by --catalog, the other by STRATA_CATALOG.
+    let a = Api::start(ra, &["--catalog", &url]);
+    let b = Api::start_with_env(
+        std::sync::Arc::new(rb),
+        &[],
+        &[("STRATA_CATALOG", url.as_str())],
+    );
+    // The user was added once, to the shared catalog; a session from one node is valid
+    // on the other.
+    let sa = a.session();
+    let sb = b.session();
+    assert_eq!(b.get(&sa, "/rest/plan-scripts").status, 200);
+
+    // Made through A, listed and read through B.
+    let r = a.send(
+        &sa,
+        "POST",
+        "/rest/plan-scripts",
+        &script("on-a", "echo a\n"),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let ps = r.json();
+    let ps_uri = ps["uri"].as_str().unwrap();
+    assert_eq!(b.get(&sb, ps_uri).json(), ps);
+    let listed = b
+        .get(&sb, "/rest/plan-scripts?filter=%22name%3D%27ON-A%27%22")
+        .json();
+    assert_eq!(listed["total"], 1, "{listed}");
+    assert_eq!(listed["members"][0]["uri"], ps_uri);
+
+    // B uses it; A may not delete it (409, naming B's build plan).
+    let r = b.send(
+        &sb,
+        "POST",
+        "/rest/build-plans",
+        &build_plan("on-b", ps_uri),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let bp_uri = r.json()["uri"].as_str().unwrap().to_owned();
+    let msg = a.delete(&sa, ps_uri).error(409);
+    assert!(msg.contains("on-b"), "{msg}");
+    assert_eq!(a.get(&sa, &bp_uri).status, 200);
+    // Names are unique across the nodes.
+    b.send(&sb, "POST", "/rest/plan-scripts", &script("on-a", "x"))
+        .error(409);
+
+    // A golden image uploaded to A: B lists it and reads its task, but its disk is in
+    // A's store, so B's download is refused saying so, and A's works.
+    let r = a.upload(&sa, "/rest/golden-images?name=gold&description=d", &raw);
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let task_uri = r.json()["uri"].as_str().unwrap().to_owned();
+    let t = a.wait_task(&sa, &task_uri);
+    assert_eq!(t["taskState"], "Completed", "{t}");
+    assert_eq!(b.get(&sb, &task_uri).json()["taskState"], "Completed");
+    let gi_uri = t["associatedResource"]["resourceUri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(b.get(&sb, "/rest/golden-images").json()["total"], 1);
+    assert_eq!(b.get(&sb, &gi_uri).json()["name"], "gold");
+    let id = gi_uri.rsplit('/').next().unwrap();
+    let msg = b
+        .get(&sb, &format!("/rest/golden-images/download/{id}"))
+        .error(409);
+    assert!(msg.contains("another strata node"), "{msg}");
+    let down = a.get(&sa, &format!("/rest/golden-images/download/{id}"));
+    assert!(only_member(&down.body) == disk, "A's download differs");
+
+    // Neither node made a catalog of its own; the CLI sees the shared one.
+    for root in [&root_a, &root_b] {
+        assert!(!root.join("catalog.db").exists(), "{}", root.display());
+    }
+    let o = Command::new(BIN)
+        .arg("--repo")
+        .arg(&root_b)
+        .args(["user", "ls"])
+        .env("STRATA_CATALOG", &url)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains(USER), "{o:?}");
+    assert!(a.stop().success() && b.stop().success());
 }

@@ -106,6 +106,7 @@ impl From<CatalogError> for ApiError {
             CatalogError::Invalid(_) => ApiError::bad_request("INVALID_RESOURCE", msg)
                 .recommend("Correct the request body and send it again."),
             CatalogError::Database { .. }
+            | CatalogError::Postgres { .. }
             | CatalogError::TooNew { .. }
             | CatalogError::Corrupt { .. }
             | CatalogError::Hash(_) => ApiError::internal(msg),
@@ -118,6 +119,10 @@ impl From<ApplianceError> for ApiError {
         match e {
             ApplianceError::Catalog(c) => c.into(),
             ApplianceError::Invalid(m) => ApiError::bad_request("INVALID_REQUEST", m),
+            ApplianceError::Elsewhere(m) => {
+                ApiError::new(StatusCode::CONFLICT, "GOLDEN_IMAGE_ON_ANOTHER_NODE", m)
+                    .recommend("Use the golden image on the strata node that holds its disk.")
+            }
             ApplianceError::Bundle(b) => ApiError::bad_request("INVALID_BUNDLE", b.to_string()),
             ApplianceError::Upload(_) => ApiError::bad_request("INVALID_UPLOAD", e.to_string()),
             other => ApiError::internal(other.to_string()),

@@ -218,14 +218,15 @@ async fn download(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (cat, key) = (st.catalog.clone(), id.clone());
+    let (cat, key, repo) = (st.catalog.clone(), id.clone(), st.repo.clone());
     let name = blocking(move || {
         let g = cat.get_artifact(KIND, &key)?;
-        if cat.golden_image_store_name(&key)?.is_none() {
+        let Some(store) = cat.golden_image_store_name(&key)? else {
             return Err(ApiError::not_found(format!(
                 "golden image {key:?} has no disk in the store (its description only)"
             )));
-        }
+        };
+        gi::disk_is_here(&repo, &key, &store)?;
         Ok(g["name"].as_str().unwrap_or(&key).to_owned())
     })
     .await?;

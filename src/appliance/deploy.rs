@@ -92,7 +92,10 @@ pub fn deploy_os_volume(
     let image_for =
         |gi: &str, _: crate::store::transfer::Progress| -> Result<String, DeployError> {
             match catalog.golden_image_store_name(gi) {
-                Ok(Some(s)) => Ok(s),
+                Ok(Some(s)) => match super::golden_images::disk_is_here(repo, gi, &s) {
+                    Ok(()) => Ok(s),
+                    Err(e) => Err(DeployError::Artifacts(e.to_string())),
+                },
                 Ok(None) => Err(DeployError::Artifacts(format!(
                     "golden image {gi:?} has no disk in the store: upload it first"
                 ))),

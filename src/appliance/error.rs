@@ -23,6 +23,9 @@ pub enum ApplianceError {
     Download(String),
     #[error("{0}")]
     Invalid(String),
+    /// A golden image whose disk is in another node's store (a shared catalog).
+    #[error("{0}")]
+    Elsewhere(String),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error(transparent)]

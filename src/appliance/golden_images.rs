@@ -22,7 +22,7 @@ use super::{percent, Progress};
 use crate::catalog::{new_id, Catalog, CatalogError};
 use crate::plan::artifacts::ArtifactKind;
 use crate::plan::bundle;
-use crate::store::{Repository, SourceFormat};
+use crate::store::{Repository, SourceFormat, StoreError};
 
 /// Prefix of the store's image names of golden images made by the appliance.
 pub const STORE_PREFIX: &str = "gi-";
@@ -30,6 +30,24 @@ pub const STORE_PREFIX: &str = "gi-";
 /// The store's image name for the golden image with catalog id `id`.
 pub fn store_name(id: &str) -> String {
     format!("{STORE_PREFIX}{id}")
+}
+
+/// Checks that golden image `key`'s disk, the store's image `store`, is in this node's
+/// repository. With a catalog several nodes share, every node sees every golden image, but
+/// its disk stays in the store of the node it was uploaded to: using it elsewhere fails
+/// with [`ApplianceError::Elsewhere`], saying so.
+pub fn disk_is_here(repo: &Repository, key: &str, store: &str) -> Result<()> {
+    match repo.image_meta(store) {
+        Ok(_) => Ok(()),
+        Err(StoreError::NotFound { .. }) => Err(ApplianceError::Elsewhere(format!(
+            "golden image {key:?} is in the catalog, but its disk (store image {store:?}) is \
+             not in this node's repository {}: it is on another strata node sharing the \
+             catalog. Deploy or download it on that node, or bring it here in an artifact \
+             bundle",
+            repo.root().display()
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether `magic` (a file's first bytes) starts a zip archive (a local header, or the
@@ -132,6 +150,7 @@ pub fn download_golden_image(
             "golden image {key:?} has no disk in the store (its description only)"
         ))
     })?;
+    disk_is_here(repo, key, &store)?;
     let img = repo.open_image(&store)?;
     let len = img.len();
     let cs = img.chunk_size() as u64;

@@ -413,10 +413,6 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn cat() -> Catalog {
-        Catalog::memory().unwrap()
-    }
-
     fn script(name: &str, kind: &str) -> Value {
         json!({"type": "PlanScript", "name": name, "planType": kind,
                "content": "echo \"hi\"\r\n\ttab é\n", "description": "d", "hpProvided": "false"})
@@ -440,8 +436,7 @@ mod tests {
                "goldenImageURI": "", "customAttributes": []})
     }
 
-    #[test]
-    fn create_fills_in_the_catalogs_fields_and_keeps_the_content() {
+    fn create_fills_in_the_catalogs_fields_and_keeps_the_content(cat: &dyn Fn() -> Catalog) {
         let c = cat();
         let s = c
             .create_artifact(ArtifactKind::PlanScript, script("s1", "deploy"))
@@ -462,8 +457,7 @@ mod tests {
         );
     }
 
-    #[test]
-    fn bad_artifacts_are_refused_with_the_reason() {
+    fn bad_artifacts_are_refused_with_the_reason(cat: &dyn Fn() -> Catalog) {
         let c = cat();
         let mut s = script("s1", "deploy");
         s["colour"] = json!("red");
@@ -499,8 +493,7 @@ mod tests {
             .is_empty());
     }
 
-    #[test]
-    fn names_and_ids_are_unique() {
+    fn names_and_ids_are_unique(cat: &dyn Fn() -> Catalog) {
         let c = cat();
         c.create_artifact(ArtifactKind::PlanScript, script("s1", "deploy"))
             .unwrap();
@@ -517,8 +510,7 @@ mod tests {
         assert!(e.to_string().contains("fixed-id"), "{e}");
     }
 
-    #[test]
-    fn a_used_artifact_cannot_be_deleted_and_the_error_names_its_users() {
+    fn a_used_artifact_cannot_be_deleted_and_the_error_names_its_users(cat: &dyn Fn() -> Catalog) {
         let c = cat();
         let s = c
             .create_artifact(ArtifactKind::PlanScript, script("s1", "deploy"))
@@ -570,8 +562,7 @@ mod tests {
         assert!(matches!(e, CatalogError::NotFound { .. }), "{e}");
     }
 
-    #[test]
-    fn a_golden_image_used_by_a_deployment_plan_cannot_be_deleted() {
+    fn a_golden_image_used_by_a_deployment_plan_cannot_be_deleted(cat: &dyn Fn() -> Catalog) {
         let c = cat();
         let g = c
             .create_golden_image(
@@ -596,8 +587,7 @@ mod tests {
         assert!(e.to_string().contains("deployment plan \"dp\""), "{e}");
     }
 
-    #[test]
-    fn a_forced_delete_of_a_deployment_plan_detaches_its_os_volumes_only() {
+    fn a_forced_delete_of_a_deployment_plan_detaches_its_os_volumes_only(cat: &dyn Fn() -> Catalog) {
         let c = cat();
         c.create_artifact(ArtifactKind::PlanScript, script("s1", "deploy"))
             .unwrap();
@@ -631,8 +621,7 @@ mod tests {
         c.delete_artifact(ArtifactKind::BuildPlan, "bp").unwrap();
     }
 
-    #[test]
-    fn update_keeps_id_and_created_and_refuses_breaking_a_user() {
+    fn update_keeps_id_and_created_and_refuses_breaking_a_user(cat: &dyn Fn() -> Catalog) {
         let c = cat();
         let s = c
             .create_artifact(ArtifactKind::PlanScript, script("s1", "deploy"))
@@ -667,8 +656,7 @@ mod tests {
         assert!(matches!(e, CatalogError::NotFound { .. }), "{e}");
     }
 
-    #[test]
-    fn every_hpe_bundle_loads_into_the_catalog_and_lists_back() {
+    fn every_hpe_bundle_loads_into_the_catalog_and_lists_back(cat: &dyn Fn() -> Catalog) {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hpe-artifacts");
         let mut seen = 0;
         for e in std::fs::read_dir(dir).unwrap() {
@@ -715,4 +703,15 @@ mod tests {
         }
         assert!(seen >= 25, "only {seen} scripts");
     }
+
+    crate::catalog::testing::conformance!(
+        create_fills_in_the_catalogs_fields_and_keeps_the_content,
+        bad_artifacts_are_refused_with_the_reason,
+        names_and_ids_are_unique,
+        a_used_artifact_cannot_be_deleted_and_the_error_names_its_users,
+        a_golden_image_used_by_a_deployment_plan_cannot_be_deleted,
+        update_keeps_id_and_created_and_refuses_breaking_a_user,
+        every_hpe_bundle_loads_into_the_catalog_and_lists_back,
+        a_forced_delete_of_a_deployment_plan_detaches_its_os_volumes_only,
+    );
 }

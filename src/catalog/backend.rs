@@ -1,5 +1,5 @@
-//! What a catalog backend stores: the records and the one trait each backend (SQLite now,
-//! PostgreSQL later) implements. The trait holds storage only — single statements and the
+//! What a catalog backend stores: the records and the one trait each backend (SQLite,
+//! PostgreSQL) implements. The trait holds storage only — single statements and the
 //! transactions that must be atomic (a delete that checks its users first) — while
 //! validation, ids, timestamps and the JSON shapes live in the backend-neutral code of
 //! `artifacts.rs`, `users.rs`, `tasks.rs` and `volumes.rs`, so a new backend only stores.

@@ -4,7 +4,9 @@
 //! applies the ones it lacks, each in its own transaction with the version bump, so a crash
 //! mid-migration leaves the previous version intact. A catalog written by a newer strata
 //! (a version past the end of the list) is refused rather than guessed at. Migrations are
-//! only ever appended: an entry, once released, never changes.
+//! only ever appended: an entry, once released, never changes. `pg_migrate.rs` holds the
+//! same list for PostgreSQL: a migration appended here is appended there too, with the
+//! same meaning (a test checks that both lists are as long).
 
 use rusqlite::{Connection, OptionalExtension};
 

@@ -7,6 +7,8 @@
 //! - `backend.rs`   the storage trait a backend implements, and the rows it stores
 //! - `sqlite.rs`    the embedded SQLite backend (`catalog.db` in the repository directory)
 //! - `migrate.rs`   the SQLite schema as ordered migrations (`schema_version`)
+//! - `postgres.rs`  the PostgreSQL backend, one catalog several strata nodes share
+//! - `pg_migrate.rs` the PostgreSQL schema: the same migrations (versions, meaning)
 //! - `artifacts.rs` artifacts: create, update, get, list, delete, used-by (validated by
 //!   `plan::artifacts`, references resolved and stored as rows)
 //! - `query.rs`     list queries: `start`, `count`, `filter`, `sort` (pure)
@@ -18,16 +20,30 @@
 //! - `bundles.rs`   artifact bundles and the backup bundle (rows; the zips are files)
 //! - `restore.rs`   a backup's artifacts replacing the catalog's, in one transaction
 //!
-//! Callers (the CLI, the REST API) hold a [`Catalog`] and never see the backend: a
-//! PostgreSQL backend is one more implementation of [`backend::Backend`] and one more arm
-//! in [`Catalog::open`]. The catalog's JSON shapes are Image Streamer's (HPE's field names,
-//! `uri`, `eTag`, `created`, `modified`), so the API returns them as they are.
+//! Callers (the CLI, the REST API) hold a [`Catalog`] and never see the backend: where it
+//! is is a [`Location`] (`--catalog URL` / `STRATA_CATALOG`, SQLite in the repository when
+//! absent), opened by [`Catalog::open_at`]. The catalog's JSON shapes are Image
+//! Streamer's (HPE's field names, `uri`, `eTag`, `created`, `modified`), so the API
+//! returns them as they are.
+//!
+//! Several nodes on one PostgreSQL catalog share every row: artifacts, OS volumes, users
+//! and sessions (a login on one node is valid on the others), tasks. The blocks do not
+//! move: a golden image's disk stays in the store of the node it was uploaded to (its row
+//! names the store's image, `gi-<id>`). Another node lists it, reads it, renames it and
+//! may use it in a deployment plan, but deploying from it, downloading it or packing it
+//! into a bundle there fails with an error saying its disk is on another node (do that on
+//! the node holding it, or carry the image over in an artifact bundle). Deleting it from
+//! another node deletes the row; the node holding the disk removes the disk, which no row
+//! names any more, when it next starts (`appliance::recover`). OS volumes are likewise
+//! served by the node that deployed them.
 
 pub mod artifacts;
 pub mod backend;
 pub mod exports;
 pub mod bundles;
 pub mod migrate;
+pub mod pg_migrate;
+pub mod postgres;
 pub mod query;
 pub mod restore;
 pub mod sqlite;
@@ -52,6 +68,14 @@ pub enum CatalogError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    /// `url`: the server's URL without its password.
+    #[error("catalog {url}: {source}")]
+    Postgres {
+        url: String,
+        source: ::postgres::Error,
+    },
+    /// `path`: the catalog's file, or a PostgreSQL catalog's URL without its password
+    /// (here and in `Corrupt`).
     #[error(
         "catalog {} has schema version {found}, newer than this strata knows ({supported}): \
          run a strata at least as new as the one that wrote it",
@@ -118,7 +142,51 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
+/// Where a catalog is: the SQLite file in a repository, or a PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// `catalog.db` in the repository directory (the default).
+    Repository,
+    /// A `postgres://` or `postgresql://` URL.
+    Postgres(String),
+}
+
+impl Location {
+    /// `--catalog`'s value: absent or empty for the repository's own SQLite catalog, else
+    /// a PostgreSQL URL.
+    pub fn parse(s: Option<&str>) -> Result<Location, CatalogError> {
+        match s.map(str::trim).filter(|s| !s.is_empty()) {
+            None => Ok(Location::Repository),
+            Some(u) if postgres::is_url(u) => Ok(Location::Postgres(u.to_owned())),
+            Some(other) => Err(CatalogError::Invalid(format!(
+                "--catalog {other:?}: expected a postgres:// or postgresql:// URL (leave it \
+                 out for the SQLite catalog in the repository)"
+            ))),
+        }
+    }
+}
+
 impl Catalog {
+    /// Opens the catalog at `location`; `repo_dir` is the repository's directory, where
+    /// the SQLite catalog lives.
+    pub fn open_at(location: &Location, repo_dir: &Path) -> Result<Catalog, CatalogError> {
+        match location {
+            Location::Repository => Catalog::open(repo_dir),
+            Location::Postgres(url) => {
+                let c = Catalog::open_postgres(url)?.for_node(&exports::node_id(repo_dir)?);
+                c.take_over_exports_file(repo_dir)?;
+                Ok(c)
+            }
+        }
+    }
+
+    /// Connects to the PostgreSQL catalog at `url` (migrated when older).
+    pub fn open_postgres(url: &str) -> Result<Catalog, CatalogError> {
+        Ok(Catalog::with_backend(Arc::new(postgres::Postgres::open(
+            url,
+        )?)))
+    }
+
     /// Opens the embedded catalog of the repository at `repo_dir` (created on first use,
     /// migrated when older; an earlier strata's `exports.json` taken over).
     pub fn open(repo_dir: &Path) -> Result<Catalog, CatalogError> {
@@ -179,8 +247,25 @@ pub fn new_id() -> String {
 }
 
 #[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_location_is_the_repository_or_a_postgres_url() {
+        assert_eq!(Location::parse(None).unwrap(), Location::Repository);
+        assert_eq!(Location::parse(Some(" ")).unwrap(), Location::Repository);
+        for u in ["postgres://s@h/db", "postgresql://s@h/db"] {
+            assert_eq!(
+                Location::parse(Some(u)).unwrap(),
+                Location::Postgres(u.into())
+            );
+        }
+        let e = Location::parse(Some("mysql://x")).unwrap_err();
+        assert!(e.to_string().contains("postgres://"), "{e}");
+    }
 
     #[test]
     fn timestamps_have_image_streamers_shape() {

@@ -232,9 +232,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_task_runs_reports_progress_and_completes() {
-        let c = Catalog::memory().unwrap();
+    fn a_task_runs_reports_progress_and_completes(cat: &dyn Fn() -> Catalog) {
+        let c = cat();
         let t = c.create_task("Upload", "admin", res()).unwrap();
         assert_eq!(t.task_state, TaskState::Running);
         let got = c.get_task(&t.uri).unwrap();
@@ -267,9 +266,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_restart_fails_the_tasks_left_running() {
-        let c = Catalog::memory().unwrap();
+    fn a_restart_fails_the_tasks_left_running(cat: &dyn Fn() -> Catalog) {
+        let c = cat();
         let a = c.create_task("Deploy", "admin", res()).unwrap();
         let b = c.create_task("Deploy", "admin", res()).unwrap();
         c.finish_task(b.id(), Ok(())).unwrap();
@@ -283,4 +281,9 @@ mod tests {
             Err(CatalogError::NotFound { .. })
         ));
     }
+
+    crate::catalog::testing::conformance!(
+        a_task_runs_reports_progress_and_completes,
+        a_restart_fails_the_tasks_left_running,
+    );
 }

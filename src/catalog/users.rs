@@ -166,9 +166,8 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
-    #[test]
-    fn login_takes_the_right_password_only() {
-        let c = Catalog::memory().unwrap();
+    fn login_takes_the_right_password_only(cat: &dyn Fn() -> Catalog) {
+        let c = cat();
         c.add_user("admin", "s3cret pass").unwrap();
         assert!(c.login("admin", "wrong", HOUR).unwrap().is_none());
         assert!(c.login("nobody", "s3cret pass", HOUR).unwrap().is_none());
@@ -201,9 +200,8 @@ mod tests {
         assert_eq!(th, hash_token(&t));
     }
 
-    #[test]
-    fn logout_and_expiry_end_a_session() {
-        let c = Catalog::memory().unwrap();
+    fn logout_and_expiry_end_a_session(cat: &dyn Fn() -> Catalog) {
+        let c = cat();
         c.add_user("u", "pw").unwrap();
         let t = c.login("u", "pw", HOUR).unwrap().unwrap();
         assert!(c.logout(&t).unwrap());
@@ -227,9 +225,8 @@ mod tests {
         assert!(s.expires >= now_ms() + 3599 * 1000 && s.expires < later);
     }
 
-    #[test]
-    fn removing_a_user_ends_its_sessions_and_names_are_checked() {
-        let c = Catalog::memory().unwrap();
+    fn removing_a_user_ends_its_sessions_and_names_are_checked(cat: &dyn Fn() -> Catalog) {
+        let c = cat();
         c.add_user("u", "pw").unwrap();
         let t = c.login("u", "pw", HOUR).unwrap().unwrap();
         assert!(matches!(
@@ -246,4 +243,10 @@ mod tests {
         assert!(c.add_user("ok", "").is_err());
         assert!(c.users().unwrap().is_empty());
     }
+
+    crate::catalog::testing::conformance!(
+        login_takes_the_right_password_only,
+        logout_and_expiry_end_a_session,
+        removing_a_user_ends_its_sessions_and_names_are_checked,
+    );
 }

@@ -130,9 +130,8 @@ impl Catalog {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_volume_keeps_its_image_and_records() {
-        let c = Catalog::memory().unwrap();
+    fn a_volume_keeps_its_image_and_records(cat: &dyn Fn() -> Catalog) {
+        let c = cat();
         c.create_golden_image(json!({"name": "gi"}), "store-gi")
             .unwrap();
         let v = c
@@ -172,4 +171,6 @@ mod tests {
             })
             .is_err());
     }
+
+    crate::catalog::testing::conformance!(a_volume_keeps_its_image_and_records,);
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use strata::api::{ApiOptions, ApiServer, TlsSource};
-use strata::catalog::Catalog;
+use strata::catalog::{Catalog, Location};
 use strata::iscsi::control;
 use strata::iscsi::exports::{self, Chap, Export};
 use strata::iscsi::prelogin::PreLoginLimits;
@@ -138,7 +138,7 @@ pub struct UnexportArgs {
     pub wait: u64,
 }
 
-pub fn serve(repo: Arc<Repository>, a: ServeArgs) -> CliResult {
+pub fn serve(repo: Arc<Repository>, catalog: &Location, a: ServeArgs) -> CliResult {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all().thread_name("strata-iscsi");
     if let Some(t) = a.threads {
@@ -170,7 +170,7 @@ pub fn serve(repo: Arc<Repository>, a: ServeArgs) -> CliResult {
     // The catalog (which holds the exports; an earlier strata's exports.json is taken over
     // here) and the API's listener first: a catalog this strata cannot read or a taken port
     // stops the start before anything serves.
-    let catalog = Catalog::open(repo.root())?;
+    let catalog = Catalog::open_at(catalog, repo.root())?;
     let export_source = catalog.export_source();
     let api = match a.api {
         None => None,

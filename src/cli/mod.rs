@@ -37,6 +37,11 @@ pub struct Cli {
         default_value = "/var/lib/strata"
     )]
     pub repo: PathBuf,
+    /// The catalog (artifacts, OS volumes, users, tasks) of `serve --api` and `user`: a
+    /// postgres:// or postgresql:// URL for a PostgreSQL catalog that several strata nodes
+    /// share (password in the URL or PGPASSWORD); by default catalog.db in the repository.
+    #[arg(long, global = true, env = "STRATA_CATALOG", value_name = "URL")]
+    pub catalog: Option<String>,
     /// Memory for the image-chunk cache shared by all volumes, in MiB (0 disables).
     #[arg(long, global = true, default_value_t = 256)]
     pub cache_mb: u64,
@@ -169,6 +174,7 @@ pub fn run(cli: Cli) -> CliResult {
         }
         _ => {}
     }
+    let catalog = || strata::catalog::Location::parse(cli.catalog.as_deref());
     let repo = open_repo(&cli)?;
     match cli.command {
         Command::Image(c) => image::run(&repo, c),
@@ -185,14 +191,14 @@ pub fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Bench(c) => bench::run(&repo, c),
-        Command::Serve(a) => iscsi::serve(repo, a),
+        Command::Serve(a) => iscsi::serve(repo, &catalog()?, a),
         Command::Export(a) => iscsi::export(&repo, a),
         Command::Unexport(a) => iscsi::unexport(&repo, a),
         Command::Debug(c) => debug::run(&repo, c),
         Command::Deploy(a) => plan::deploy(&repo, a),
         Command::Shell(a) => plan::shell(&repo, a),
         Command::Capture(a) => capture::run(&repo, a),
-        Command::User(c) => user::run(repo.root(), c),
+        Command::User(c) => user::run(repo.root(), &catalog()?, c),
         Command::Fs(_) | Command::FsWorker | Command::Script(_) => {
             unreachable!("dispatched above")
         }

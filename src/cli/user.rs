@@ -5,7 +5,7 @@
 use std::io::Read;
 
 use clap::Subcommand;
-use strata::catalog::Catalog;
+use strata::catalog::{Catalog, Location};
 
 use super::{print_table, CliResult};
 
@@ -24,8 +24,8 @@ pub enum UserCmd {
     Rm { name: String },
 }
 
-pub fn run(repo: &std::path::Path, cmd: UserCmd) -> CliResult {
-    let cat = Catalog::open(repo)?;
+pub fn run(repo: &std::path::Path, catalog: &Location, cmd: UserCmd) -> CliResult {
+    let cat = Catalog::open_at(catalog, repo)?;
     match cmd {
         UserCmd::Add { name, .. } => {
             let mut pw = String::new();

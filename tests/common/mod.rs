@@ -9,6 +9,7 @@ pub mod disks;
 pub mod golden_images;
 pub mod hpe;
 pub mod zips;
+pub mod pg_server;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
