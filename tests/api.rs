@@ -1215,6 +1215,8 @@ fn an_os_volume_is_captured_and_its_storage_log_and_forced_delete_answer() {
     let gold = dp["goldenImageURI"].as_str().unwrap();
     let msg = api.delete(&s, &format!("{gold}?force=true")).error(409);
     assert!(msg.contains("web-02"), "{msg}");
+}
+
 /// Polls `cond` until it holds (two minutes at most): the test waits for a state the
 /// server reaches, never for a length of time.
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -1821,6 +1823,8 @@ fn a_user_cannot_read_or_end_another_users_session() {
     assert_eq!(r.status, 204);
     api.get(&theirs, "/rest/plan-scripts").error(401);
     assert_eq!(api.get(&mine, "/rest/plan-scripts").status, 200);
+}
+
 /// `strata user add` into the catalog at `catalog`.
 fn add_user_in(repo: &Repo, catalog: &str, name: &str, password: &str) {
     let mut c = Command::new(BIN)

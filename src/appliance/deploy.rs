@@ -185,9 +185,7 @@ pub fn os_volume_storage(catalog: &Catalog, repo: &Repository, key: &str) -> Res
     let vol = catalog.get_os_volume(key)?;
     let store = catalog.os_volume_store_name(key)?;
     let meta = repo.volume_meta(&store).ok();
-    let export = exports::load(repo.root())?
-        .into_iter()
-        .find(|e| e.volume == store);
+    let export = catalog.exports()?.into_iter().find(|e| e.volume == store);
     Ok(serde_json::json!({
         "type": "OSVolumeStorage",
         "osVolumeURI": vol["uri"],

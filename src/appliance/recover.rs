@@ -15,8 +15,7 @@
 use super::deploy::DEPLOY_TASK;
 use super::error::Result;
 use super::golden_images::STORE_PREFIX;
-use crate::catalog::Catalog;
-use crate::iscsi::exports;
+use crate::catalog::{Catalog, CatalogError};
 use crate::plan::artifacts::ArtifactKind;
 use crate::store::Repository;
 
@@ -89,9 +88,9 @@ fn undo_deploy(catalog: &Catalog, repo: &Repository, name: &str) -> Result<bool>
         Err(_) => name.to_owned(),
     };
     let mut found = row;
-    match exports::remove(repo.root(), &store) {
+    match catalog.remove_export(&store) {
         Ok(()) => found = true,
-        Err(exports::ExportError::NotExported(_)) => {}
+        Err(CatalogError::NotExported(_)) => {}
         Err(e) => return Err(e.into()),
     }
     if row {

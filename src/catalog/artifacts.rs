@@ -587,7 +587,9 @@ mod tests {
         assert!(e.to_string().contains("deployment plan \"dp\""), "{e}");
     }
 
-    fn a_forced_delete_of_a_deployment_plan_detaches_its_os_volumes_only(cat: &dyn Fn() -> Catalog) {
+    fn a_forced_delete_of_a_deployment_plan_detaches_its_os_volumes_only(
+        cat: &dyn Fn() -> Catalog,
+    ) {
         let c = cat();
         c.create_artifact(ArtifactKind::PlanScript, script("s1", "deploy"))
             .unwrap();

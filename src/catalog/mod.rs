@@ -39,8 +39,8 @@
 
 pub mod artifacts;
 pub mod backend;
-pub mod exports;
 pub mod bundles;
+pub mod exports;
 pub mod migrate;
 pub mod pg_migrate;
 pub mod postgres;

@@ -86,6 +86,32 @@ pub const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     );
     "#,
+    // 2: iSCSI exports, per node, and the counter every change of them moves.
+    r#"
+    CREATE TABLE exports (
+        node TEXT NOT NULL,
+        volume TEXT NOT NULL,
+        iqn TEXT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (node, volume)
+    );
+    CREATE UNIQUE INDEX exports_target ON exports(node, lower(iqn));
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value BIGINT NOT NULL
+    );
+    INSERT INTO counters (name, value) VALUES ('exports', 0);
+    "#,
+    // 3: artifact bundles and the backup bundle.
+    r#"
+    CREATE TABLE artifact_bundles (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        backup BOOLEAN NOT NULL DEFAULT FALSE,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX artifact_bundles_backup ON artifact_bundles(backup, name);
+    "#,
 ];
 
 /// The advisory lock key migrations hold (`strata` in ASCII).

@@ -26,7 +26,8 @@ use postgres::{Client, GenericClient, NoTls};
 use serde_json::Value;
 
 use super::backend::{
-    Backend, Links, OsVolumeRow, Record, Result, SessionRow, TaskRow, UsedBy, User,
+    ArtifactRow, Backend, BundleRow, Links, OsVolumeRow, Record, Result, SessionRow, TaskRow,
+    UsedBy, User,
 };
 use super::pg_migrate::{self, MigrateError};
 use super::CatalogError;
@@ -386,6 +387,26 @@ fn volume_row(location: &str, r: &postgres::Row) -> std::result::Result<OsVolume
         deployment_plan: r.get(4),
         golden_image: r.get(5),
     })
+}
+
+fn bundle_row(location: &str, r: &postgres::Row) -> std::result::Result<BundleRow, Fail> {
+    Ok(BundleRow {
+        record: Record {
+            id: r.get(0),
+            name: r.get(1),
+            body: body(location, r.get(2))?,
+        },
+        backup: r.get(3),
+    })
+}
+
+/// Moves the exports' counter, in the transaction that changed them.
+fn bump_exports(tx: &mut impl GenericClient) -> std::result::Result<(), postgres::Error> {
+    tx.execute(
+        "UPDATE counters SET value = value + 1 WHERE name = 'exports'",
+        &[],
+    )?;
+    Ok(())
 }
 
 fn task_row(location: &str, r: &postgres::Row) -> std::result::Result<TaskRow, Fail> {
@@ -864,6 +885,292 @@ impl Backend for Postgres {
                 .iter()
                 .map(|r| task_row(&loc, r))
                 .collect()
+        })
+    }
+
+    // ---- iSCSI exports ------------------------------------------------------------------
+
+    fn list_exports(&self, node: &str) -> Result<Vec<Value>> {
+        let (node, loc) = (node.to_owned(), self.loc());
+        self.pool.run(move |c| {
+            c.query(
+                "SELECT body FROM exports WHERE node = $1 ORDER BY volume COLLATE \"C\"",
+                &[&node],
+            )?
+            .iter()
+            .map(|r| body(&loc, r.get(0)))
+            .collect()
+        })
+    }
+
+    fn put_export(&self, node: &str, volume: &str, iqn: &str, body: &Value) -> Result<()> {
+        let (node, volume, iqn, body) = (
+            node.to_owned(),
+            volume.to_owned(),
+            iqn.to_owned(),
+            body.to_string(),
+        );
+        self.pool.run(move |c| {
+            let mut tx = c.transaction()?;
+            let holder = tx.query_opt(
+                "SELECT volume FROM exports \
+                 WHERE node = $1 AND lower(iqn) = lower($2) AND volume <> $3",
+                &[&node, &iqn, &volume],
+            )?;
+            if let Some(r) = holder {
+                let other: String = r.get(0);
+                return Err(Fail::Catalog(CatalogError::Conflict {
+                    what: "export",
+                    detail: format!("target name {iqn} is already used by volume {other:?}"),
+                }));
+            }
+            tx.execute(
+                "INSERT INTO exports (node, volume, iqn, body) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (node, volume) DO UPDATE SET iqn = EXCLUDED.iqn, body = EXCLUDED.body",
+                &[&node, &volume, &iqn, &body],
+            )?;
+            bump_exports(&mut tx)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn delete_export(&self, node: &str, volume: &str) -> Result<bool> {
+        let (node, volume) = (node.to_owned(), volume.to_owned());
+        self.pool.run(move |c| {
+            let mut tx = c.transaction()?;
+            let n = tx.execute(
+                "DELETE FROM exports WHERE node = $1 AND volume = $2",
+                &[&node, &volume],
+            )?;
+            bump_exports(&mut tx)?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
+    }
+
+    fn exports_stamp(&self) -> Result<u64> {
+        self.pool.run(move |c| {
+            let v: i64 = c
+                .query_one("SELECT value FROM counters WHERE name = 'exports'", &[])?
+                .get(0);
+            Ok(v as u64)
+        })
+    }
+
+    // ---- Artifact bundles, backups and restore ---------------------------------------
+
+    fn insert_bundle(&self, b: &BundleRow) -> Result<()> {
+        let b = b.clone();
+        self.pool.run(move |c| {
+            c.execute(
+                "INSERT INTO artifact_bundles (id, name, backup, body) VALUES ($1, $2, $3, $4)",
+                &[
+                    &b.record.id,
+                    &b.record.name,
+                    &b.backup,
+                    &b.record.body.to_string(),
+                ],
+            )
+            .map_err(|e| unique_or(e, "artifact bundle", &b.record))?;
+            Ok(())
+        })
+    }
+
+    fn update_bundle(&self, b: &BundleRow) -> Result<()> {
+        let b = b.clone();
+        self.pool.run(move |c| {
+            let n = c.execute(
+                "UPDATE artifact_bundles SET name = $2, body = $3 WHERE id = $1",
+                &[&b.record.id, &b.record.name, &b.record.body.to_string()],
+            )?;
+            if n == 0 {
+                return Err(Fail::Catalog(CatalogError::NotFound {
+                    what: "artifact bundle",
+                    key: b.record.id.clone(),
+                }));
+            }
+            Ok(())
+        })
+    }
+
+    fn get_bundle(&self, id: &str) -> Result<Option<BundleRow>> {
+        let (id, loc) = (id.to_owned(), self.loc());
+        self.pool.run(move |c| {
+            c.query_opt(
+                "SELECT id, name, body, backup FROM artifact_bundles WHERE id = $1",
+                &[&id],
+            )?
+            .map(|r| bundle_row(&loc, &r))
+            .transpose()
+        })
+    }
+
+    fn list_bundles(&self, backups: bool) -> Result<Vec<BundleRow>> {
+        let loc = self.loc();
+        self.pool.run(move |c| {
+            c.query(
+                "SELECT id, name, body, backup FROM artifact_bundles WHERE backup = $1 \
+                 ORDER BY name COLLATE \"C\", id COLLATE \"C\"",
+                &[&backups],
+            )?
+            .iter()
+            .map(|r| bundle_row(&loc, r))
+            .collect()
+        })
+    }
+
+    fn delete_bundle(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.pool
+            .run(move |c| Ok(c.execute("DELETE FROM artifact_bundles WHERE id = $1", &[&id])? > 0))
+    }
+
+    fn replace_backup(&self, b: &BundleRow) -> Result<Vec<String>> {
+        let b = b.clone();
+        self.pool.run(move |c| {
+            let mut tx = c.transaction()?;
+            let old: Vec<String> = tx
+                .query(
+                    "SELECT id FROM artifact_bundles WHERE backup AND id <> $1",
+                    &[&b.record.id],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            tx.execute("DELETE FROM artifact_bundles WHERE backup", &[])?;
+            tx.execute(
+                "INSERT INTO artifact_bundles (id, name, backup, body) VALUES ($1, $2, TRUE, $3)",
+                &[&b.record.id, &b.record.name, &b.record.body.to_string()],
+            )
+            .map_err(|e| unique_or(e, "backup", &b.record))?;
+            tx.commit()?;
+            Ok(old)
+        })
+    }
+
+    fn replace_artifacts(&self, rows: &[ArtifactRow]) -> Result<Vec<String>> {
+        let rows = rows.to_vec();
+        self.pool.run(move |c| {
+            let mut tx = c.transaction()?;
+            let kept = |kind: ArtifactKind, id: &str| {
+                rows.iter().any(|r| r.kind == kind && r.record.id == id)
+            };
+            // What goes, and whether an OS volume still needs it (checked before any change).
+            let mut gone: Vec<(ArtifactKind, String)> = Vec::new();
+            for kind in ArtifactKind::ALL {
+                for r in tx.query(&*format!("SELECT id FROM {}", table(kind)), &[])? {
+                    let id: String = r.get(0);
+                    if !kept(kind, &id) {
+                        gone.push((kind, id));
+                    }
+                }
+            }
+            for (kind, id) in &gone {
+                let users: Vec<UsedBy> = users_in(&mut tx, *kind, id)?
+                    .into_iter()
+                    .filter(|u| u.what == "OS volume")
+                    .collect();
+                if !users.is_empty() {
+                    return Err(Fail::Catalog(CatalogError::InUse {
+                        what: kind.what(),
+                        id: id.clone(),
+                        users,
+                    }));
+                }
+            }
+            let mut freed = Vec::new();
+            tx.batch_execute(
+                "DELETE FROM build_plan_steps; \
+                 UPDATE deployment_plans SET build_plan_id = NULL, golden_image_id = NULL;",
+            )?;
+            for kind in [
+                ArtifactKind::DeploymentPlan,
+                ArtifactKind::BuildPlan,
+                ArtifactKind::PlanScript,
+                ArtifactKind::GoldenImage,
+            ] {
+                for (k, id) in gone.iter().filter(|(k, _)| *k == kind) {
+                    if *k == ArtifactKind::GoldenImage {
+                        if let Some(r) = tx.query_opt(
+                            "SELECT store_image FROM golden_images WHERE id = $1",
+                            &[id],
+                        )? {
+                            freed.extend(r.get::<_, Option<String>>(0));
+                        }
+                    }
+                    tx.execute(&*format!("DELETE FROM {} WHERE id = $1", table(*k)), &[id])?;
+                }
+                // The names of the rows that stay are freed for the moment, so that names
+                // may move between them (a name is unique; an id never starts with U+0001).
+                tx.execute(
+                    &*format!("UPDATE {} SET name = chr(1) || id", table(kind)),
+                    &[],
+                )?;
+            }
+            for kind in [
+                ArtifactKind::PlanScript,
+                ArtifactKind::GoldenImage,
+                ArtifactKind::BuildPlan,
+                ArtifactKind::DeploymentPlan,
+            ] {
+                for r in rows.iter().filter(|r| r.kind == kind) {
+                    tx.execute(
+                        &*format!(
+                            "INSERT INTO {} (id, name, body) VALUES ($1, $2, $3) \
+                             ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, \
+                             body = EXCLUDED.body",
+                            table(kind)
+                        ),
+                        &[&r.record.id, &r.record.name, &r.record.body.to_string()],
+                    )
+                    .map_err(|e| unique_or(e, kind.what(), &r.record))?;
+                    write_links(&mut tx, kind, &r.record.id, &r.links)
+                        .map_err(|e| unique_or(e, kind.what(), &r.record))?;
+                }
+            }
+            tx.commit()?;
+            // A store image still named by a row that stays is not freed.
+            let still: Vec<&str> = rows
+                .iter()
+                .filter_map(|r| r.links.store_image.as_deref())
+                .collect();
+            freed.retain(|s| !still.contains(&s.as_str()));
+            Ok(freed)
+        })
+    }
+
+    fn delete_deployment_plan_detaching(&self, id: &str) -> Result<Vec<UsedBy>> {
+        let (id, loc) = (id.to_owned(), self.loc());
+        self.pool.run(move |c| {
+            let mut tx = c.transaction()?;
+            let users = users_in(&mut tx, ArtifactKind::DeploymentPlan, &id)?;
+            // The body's reference is cleared here rather than in SQL, so that the body
+            // keeps its text as stored apart from that one field.
+            let vols = tx.query(
+                "SELECT id, body FROM os_volumes WHERE deployment_plan_id = $1 FOR UPDATE",
+                &[&id],
+            )?;
+            for r in vols {
+                let vid: String = r.get(0);
+                let mut b = body(&loc, r.get(1))?;
+                if let Some(o) = b.as_object_mut() {
+                    o.insert("deploymentPlanUri".into(), Value::Null);
+                }
+                tx.execute(
+                    "UPDATE os_volumes SET deployment_plan_id = NULL, body = $2 WHERE id = $1",
+                    &[&vid, &b.to_string()],
+                )?;
+            }
+            let n = tx.execute("DELETE FROM deployment_plans WHERE id = $1", &[&id])?;
+            if n == 0 {
+                return Err(Fail::Catalog(CatalogError::NotFound {
+                    what: ArtifactKind::DeploymentPlan.what(),
+                    key: id.clone(),
+                }));
+            }
+            tx.commit()?;
+            Ok(users)
         })
     }
 }

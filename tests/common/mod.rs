@@ -8,8 +8,8 @@
 pub mod disks;
 pub mod golden_images;
 pub mod hpe;
-pub mod zips;
 pub mod pg_server;
+pub mod zips;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
