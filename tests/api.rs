@@ -1463,16 +1463,16 @@ fn kill_9_mid_extraction_and_mid_deploy_leaves_nothing_half_made() {
     api.assert_interrupted(&s, &task);
     assert_eq!(api.total(&s, "/rest/os-volumes"), 0);
     assert_store(&repo, 1, 0);
-    let exports = std::fs::read_to_string(repo.root.join("exports.json")).unwrap_or_default();
+    // The exports are the catalog's (`strata export ls` reads them there).
+    let exports = repo.ok(&["export", "ls"]);
     assert!(!exports.contains("web-01"), "{exports}");
     let r = api.send(&s, "POST", "/rest/os-volumes", &body);
     let t = api.wait_task(&s, r.json()["uri"].as_str().unwrap());
     assert_eq!(t["taskState"], "Completed", "{t}\n{}", api.log());
     assert_eq!(api.total(&s, "/rest/os-volumes"), 1);
     assert_store(&repo, 1, 1);
-    assert!(std::fs::read_to_string(repo.root.join("exports.json"))
-        .unwrap()
-        .contains("web-01"));
+    let exports = repo.ok(&["export", "ls"]);
+    assert!(exports.contains("web-01"), "{exports}");
 }
 
 impl Api {

@@ -122,16 +122,30 @@ impl Catalog {
     }
 
     /// The session of this token if it is live, its expiry moved to `idle` from now.
+    ///
+    /// Moving the expiry is a write, and every API request checks its session: a client
+    /// making many requests would write the catalog at each. So the expiry is moved only
+    /// when it has fallen behind `now + idle` by more than [`touch_slack`] (1/64 of the
+    /// idle time, a minute at most); a session may thus end that much before a full idle
+    /// time after its last use, never later.
     pub fn session(&self, token: &str, idle: Duration) -> Result<Option<Session>> {
         let now = now_ms();
-        let row = self.backend().touch_session(
-            &hash_token(token),
-            now,
-            Some(now.saturating_add(millis(idle))),
-        )?;
-        Ok(row.map(|r| Session {
-            user: r.user,
-            expires: r.expires,
+        let hash = hash_token(token);
+        let Some(row) = self.backend().touch_session(&hash, now, None)? else {
+            return Ok(None);
+        };
+        let wanted = now.saturating_add(millis(idle));
+        let row = if row.expires < wanted.saturating_sub(millis(touch_slack(idle))) {
+            match self.backend().touch_session(&hash, now, Some(wanted))? {
+                Some(r) => r,
+                None => return Ok(None),
+            }
+        } else {
+            row
+        };
+        Ok(Some(Session {
+            user: row.user,
+            expires: row.expires,
         }))
     }
 
@@ -142,6 +156,12 @@ impl Catalog {
         let gone = self.backend().delete_session(&h)?;
         Ok(live && gone)
     }
+}
+
+/// How far a session's expiry may fall behind before a use moves it (see
+/// [`Catalog::session`]).
+fn touch_slack(idle: Duration) -> Duration {
+    (idle / 64).min(Duration::from_secs(60))
 }
 
 /// Now in Unix milliseconds (sessions' clock).
@@ -175,6 +195,25 @@ mod tests {
         assert_eq!(t.len(), 64);
         assert_eq!(c.session(&t, HOUR).unwrap().unwrap().user, "admin");
         assert!(c.session("not-a-token", HOUR).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_use_moves_the_expiry_only_once_it_has_fallen_behind_by_the_slack() {
+        let c = Catalog::memory().unwrap();
+        c.add_user("u", "pw").unwrap();
+        let t = c.login("u", "pw", HOUR).unwrap().unwrap();
+        let first = c.session(&t, HOUR).unwrap().unwrap().expires;
+        // A longer idle time is more than the slack behind: moved.
+        let moved = c.session(&t, 2 * HOUR).unwrap().unwrap().expires;
+        assert!(moved >= first + 3600 * 1000 - 1000, "{first} {moved}");
+        // Used again a millisecond later: within the slack, not written.
+        let at = now_ms();
+        while now_ms() == at {
+            std::hint::spin_loop();
+        }
+        assert_eq!(c.session(&t, 2 * HOUR).unwrap().unwrap().expires, moved);
+        assert_eq!(touch_slack(2 * HOUR), Duration::from_secs(60));
+        assert_eq!(touch_slack(Duration::from_secs(64)), Duration::from_secs(1));
     }
 
     #[test]
