@@ -391,7 +391,7 @@ impl Session {
                 disks.push((serial, d.device.clone()));
             }
         }
-        let vm = std::sync::Arc::new(std::sync::Mutex::new(super::vm::Vm::start(disks)?));
+        let vm = std::sync::Arc::new(std::sync::Mutex::new(super::vm::snapshot::start(disks)?));
         self.vm = Some((vm.clone(), serials.clone()));
         Ok((vm, serials))
     }

@@ -297,19 +297,6 @@ pub(super) fn listen(path: &std::path::Path) -> FsResult<UnixListener> {
 }
 
 impl Vm {
-    /// A VM with `disks` (virtio serial, device) attached, its agent ready: restored from
-    /// the saved state (`snapshot.rs`, made first if there is none), or, where that cannot
-    /// be, booted.
-    pub fn start(disks: Vec<(String, SharedDevice)>) -> FsResult<Vm> {
-        if disks.len() <= SLOTS && super::snapshot::enabled() {
-            match super::snapshot::restore(&disks) {
-                Ok(vm) => return Ok(vm),
-                Err(e) => tracing::warn!("the XFS/btrfs VM boots instead of restoring: {e}"),
-            }
-        }
-        Vm::boot(Boot::Cold, &disks)
-    }
-
     /// Starts QEMU for `boot` and connects to its agent: greeted (a boot), or resumed with
     /// the job's disks (a restore). `timeout` bounds the wait for the agent's first frame.
     pub(super) fn boot(boot: Boot, disks: &[(String, SharedDevice)]) -> FsResult<Vm> {

@@ -28,6 +28,18 @@ use crate::fs::types::*;
 use crate::store::device::SharedDevice;
 
 /// `STRATA_VM_SNAPSHOT=0` turns the saved VM off (every job boots).
+
+/// A VM with `disks` (virtio serial, device) attached, its agent ready: restored from the
+/// saved state (made first if there is none), or, where that cannot be, booted.
+pub fn start(disks: Vec<(String, SharedDevice)>) -> FsResult<Vm> {
+    if disks.len() <= qemu::SLOTS && enabled() {
+        match restore(&disks) {
+            Ok(vm) => return Ok(vm),
+            Err(e) => tracing::warn!("the XFS/btrfs VM boots instead of restoring: {e}"),
+        }
+    }
+    Vm::boot(Boot::Cold, &disks)
+}
 pub fn enabled() -> bool {
     std::env::var("STRATA_VM_SNAPSHOT").map_or(true, |v| v != "0")
 }
