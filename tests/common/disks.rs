@@ -297,3 +297,174 @@ pub fn btrfs_check_clean(img: &Path) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// An XFS image from mkfs.xfs's prototype file: /etc with hostname, motd and old.
+pub fn xfs_image(work: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let files = work.join(format!("{name}-files"));
+    std::fs::create_dir_all(&files).unwrap();
+    for (f, text) in [
+        ("hostname", "golden\n"),
+        ("motd", "welcome\n"),
+        ("old", "x\n"),
+    ] {
+        std::fs::write(files.join(f), text).unwrap();
+    }
+    let proto = work.join(format!("{name}.proto"));
+    let f = |n: &str| files.join(n).display().to_string();
+    std::fs::write(
+        &proto,
+        format!(
+            "/dev/null\n0 0\nd--755 0 0\netc d--755 0 0\nhostname ---644 0 0 {}\nmotd ---644 0 0 {}\n\
+             old ---644 0 0 {}\n$\n$\n",
+            f("hostname"),
+            f("motd"),
+            f("old")
+        ),
+    )
+    .unwrap();
+    let img = work.join(format!("{name}.img"));
+    sized(&img, 300);
+    ok(Command::new(tool("mkfs.xfs", HINT))
+        .args(["-q", "-f", "-L", name])
+        .args(extra)
+        .arg("-p")
+        .arg(&proto)
+        .arg(&img));
+    img
+}
+
+/// Runs the lvm tools on `disk`'s partition `pv` through a loop device, with a private
+/// configuration (no device-mapper here: nothing is activated).
+pub struct Lvm {
+    pub conf: PathBuf,
+    pub lo: Loop,
+}
+
+impl Lvm {
+    pub fn new(work: &Path, disk: &Path, pv: &Part) -> Lvm {
+        let conf = work.join("lvm-conf");
+        let lo = Loop::new(disk, pv, false);
+        write_lvm_conf(&conf, &[&lo.0]);
+        Lvm { conf, lo }
+    }
+
+    pub fn run(&self, args: &[&str]) -> String {
+        ok(Command::new(tool("lvm", HINT))
+            .args(args)
+            .env("LVM_SYSTEM_DIR", &self.conf)
+            .env("LVM_SUPPRESS_FD_WARNINGS", "1"))
+    }
+
+    /// Where linear LV `vg/lv` lies on the disk.
+    pub fn at(&self, pv: &Part, vg: &str, lv: &str) -> Part {
+        let q = |args: &[&str]| {
+            let mut all = vec![args[0], "--units", "b", "--nosuffix", "--noheadings"];
+            all.extend_from_slice(&args[1..]);
+            self.run(&all).trim().to_string()
+        };
+        let extent: u64 = q(&["vgs", "-o", "vg_extent_size", vg]).parse().unwrap();
+        let pe_start: u64 = q(&["pvs", "-o", "pe_start", &self.lo.0]).parse().unwrap();
+        let seg = q(&[
+            "lvs",
+            "--driverloaded",
+            "n",
+            "--separator",
+            "|",
+            "-o",
+            "seg_size,seg_pe_ranges",
+            &format!("{vg}/{lv}"),
+        ]);
+        let (size, ranges) = seg.split_once('|').unwrap();
+        let first: u64 = ranges
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .split('-')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        Part {
+            start: pv.start + pe_start + first * extent,
+            len: size.parse().unwrap(),
+        }
+    }
+}
+
+/// A RHEL-like golden image: GPT with a FAT32 ESP (sda1), /boot on XFS (sda2), and an LVM
+/// PV (sda3) holding VG `rhel` with LV `root` (XFS) and LV `swap`. Returns the disk, its
+/// partitions and the root LV's place.
+pub fn rhel_disk(work: &Path) -> (PathBuf, Vec<Part>, Part) {
+    let esp = work.join("esp.img");
+    sized(&esp, 64);
+    ok(Command::new(tool("mkfs.vfat", HINT))
+        .args(["-F", "32", "-n", "ESP"])
+        .arg(&esp));
+    let boot = xfs_image(work, "boot", &[]);
+    let pv = work.join("pv.img");
+    sized(&pv, 340);
+    let (disk, parts) = gpt_disk(work, &[(&esp, 64), (&boot, 300), (&pv, 340)]);
+    let lvm = Lvm::new(work, &disk, &parts[2]);
+    lvm.run(&[
+        "pvcreate",
+        "-q",
+        "--norestorefile",
+        "--dataalignment",
+        "1m",
+        &lvm.lo.0,
+    ]);
+    lvm.run(&["vgcreate", "-q", "-s", "4m", "rhel", &lvm.lo.0]);
+    for (lv, size) in [("root", "312M"), ("swap", "16M")] {
+        lvm.run(&[
+            "lvcreate",
+            "--driverloaded",
+            "n",
+            "-an",
+            "-Zn",
+            "-q",
+            "-L",
+            size,
+            "-n",
+            lv,
+            "rhel",
+        ]);
+    }
+    let root = lvm.at(&parts[2], "rhel", "root");
+    drop(lvm);
+    let files = work.join("rhel-files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("hostname"), "gold-rhel\n").unwrap();
+    std::fs::write(
+        files.join("os-release"),
+        "NAME=\"Red Hat Enterprise Linux\"\nID=\"rhel\"\nVERSION_ID=\"9.4\"\n",
+    )
+    .unwrap();
+    let proto = work.join("rhel.proto");
+    std::fs::write(
+        &proto,
+        format!(
+            "/dev/null\n0 0\nd--755 0 0\netc d--755 0 0\nhostname ---644 0 0 {}\n\
+             os-release ---644 0 0 {}\nsysconfig d--755 0 0\n$\n$\nboot d--555 0 0\n$\nusr d--755 0 0\n$\n$\n",
+            files.join("hostname").display(),
+            files.join("os-release").display()
+        ),
+    )
+    .unwrap();
+    let img = work.join("rhel-root.img");
+    sized(&img, root.len / MIB);
+    ok(Command::new("mkfs.xfs")
+        .args(["-q", "-f", "-L", "root", "-p"])
+        .arg(&proto)
+        .arg(&img));
+    ok(Command::new("dd")
+        .arg(format!("if={}", img.display()))
+        .arg(format!("of={}", disk.display()))
+        .args([
+            "bs=1M",
+            &format!("seek={}", root.start / MIB),
+            "conv=notrunc,sparse",
+            "status=none",
+        ]));
+    assert_eq!(root.start % MIB, 0);
+    (disk, parts, root)
+}
