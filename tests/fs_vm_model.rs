@@ -481,8 +481,8 @@ fn q(s: &str) -> String {
 
 /// Content for `write`: (the quoted argument, the bytes it means). Text mostly, with
 /// newlines, quotes, control characters and non-ASCII characters (raw, or as `\xHH` per
-/// UTF-8 byte); from empty to past btrfs's inline-extent limit. Valid UTF-8 only: the
-/// interpreter takes arguments as UTF-8 (a lone `\xd8` arrives as U+FFFD).
+/// UTF-8 byte), and bytes that are not UTF-8 (a lone `\xd8`); from empty to past btrfs's
+/// inline-extent limit.
 fn content(r: &mut Rng) -> (String, Vec<u8>) {
     let len = match r.below(20) {
         0 => 0,
@@ -495,6 +495,12 @@ fn content(r: &mut Rng) -> (String, Vec<u8>) {
     let mut arg = String::from("\"");
     let mut data = Vec::new();
     for _ in 0..len {
+        if r.below(40) == 0 {
+            let b = 0x80 + r.below(0x80) as u8;
+            data.push(b);
+            arg.push_str(&format!("\\x{b:02x}"));
+            continue;
+        }
         let c = match r.below(20) {
             0..=13 => *r.pick(TEXT) as char,
             14 | 15 => '\n',

@@ -295,16 +295,22 @@ impl<'a> Interp<'a> {
     fn command(&mut self, spec: &'static Spec, args: &[Arg]) -> CmdResult {
         // A heredoc's content is kept beside the words; a file-in argument given as a
         // local path is read by the command itself (upload creates its guest file first).
+        // The words are checked and split as text; `Args::bytes` hands commands the bytes
+        // as written, since `\xHH` escapes may make a word that is not UTF-8 (guestfish
+        // passes C strings, so `write /f "\xd8"` writes the byte 0xd8).
         let mut inputs: Vec<Option<Vec<u8>>> = Vec::new();
+        let mut raw = Vec::new();
         let mut words = Vec::new();
         for a in args {
             match a {
                 Arg::Heredoc { content, .. } => {
                     inputs.push(Some(content.clone()));
+                    raw.push(Vec::new());
                     words.push(String::new());
                 }
                 Arg::Word(w) => {
                     inputs.push(None);
+                    raw.push(w.clone());
                     words.push(String::from_utf8_lossy(w).into_owned());
                 }
             }
@@ -315,6 +321,7 @@ impl<'a> Interp<'a> {
             pos,
             opts,
             inputs,
+            raw,
         };
         for (i, (_, kind)) in spec.args.iter().enumerate() {
             if *kind == Kind::Path && !a.pos[i].starts_with('/') {
@@ -340,9 +347,15 @@ impl<'a> Interp<'a> {
         }
         match name {
             "echo" => {
-                let mut s = a.pos.join(" ");
-                s.push('\n');
-                Ok(s.into_bytes())
+                let mut s = Vec::new();
+                for i in 0..a.pos.len() {
+                    if i > 0 {
+                        s.push(b' ');
+                    }
+                    s.extend_from_slice(a.bytes(i));
+                }
+                s.push(b'\n');
+                Ok(s)
             }
             "help" => Ok(help(a.pos.first().copied())?.into_bytes()),
             "version" => Ok(super::format::version().into_bytes()),
@@ -359,33 +372,30 @@ impl<'a> Interp<'a> {
     /// `glob CMD ARGS…`: each argument with wildcards becomes the guest paths it matches
     /// (a pattern matching nothing stays as written), and CMD runs once per combination.
     fn glob(&mut self, a: &Args) -> CmdResult {
-        let mut choices: Vec<Vec<String>> = Vec::new();
-        for w in &a.pos[1..] {
-            if w.bytes().any(|c| matches!(c, b'*' | b'?' | b'[')) && w.starts_with('/') {
-                let found = if w.starts_with("/dev/") {
-                    let mut names: Vec<String> = self
+        let mut choices: Vec<Vec<Vec<u8>>> = Vec::new();
+        for k in 1..a.pos.len() {
+            let w = a.bytes(k);
+            if w.iter().any(|c| matches!(c, b'*' | b'?' | b'[')) && w.starts_with(b"/") {
+                let found = if w.starts_with(b"/dev/") {
+                    let mut names: Vec<Vec<u8>> = self
                         .guest
                         .devices()?
                         .into_iter()
-                        .map(|d| d.name)
-                        .filter(|n| crate::fs::ops::fnmatch(w.as_bytes(), n.as_bytes()))
+                        .map(|d| d.name.into_bytes())
+                        .filter(|n| crate::fs::ops::fnmatch(w, n))
                         .collect();
                     names.sort();
                     names
                 } else {
-                    self.guest
-                        .glob(w.as_bytes())?
-                        .into_iter()
-                        .map(|p| String::from_utf8_lossy(&p).into_owned())
-                        .collect()
+                    self.guest.glob(w)?
                 };
                 choices.push(if found.is_empty() {
-                    vec![w.to_string()]
+                    vec![w.to_vec()]
                 } else {
                     found
                 });
             } else {
-                choices.push(vec![w.to_string()]);
+                choices.push(vec![w.to_vec()]);
             }
         }
         let Some(spec) = commands::find(a.pos[0]) else {
@@ -400,7 +410,7 @@ impl<'a> Interp<'a> {
             let args: Vec<Arg> = choices
                 .iter()
                 .zip(&idx)
-                .map(|(c, &i)| Arg::Word(c[i].as_bytes().to_vec()))
+                .map(|(c, &i)| Arg::Word(c[i].clone()))
                 .collect();
             match self.command(spec, &args) {
                 Ok(o) => out.extend(o),
@@ -477,6 +487,8 @@ pub struct Args<'s> {
     pub opts: Vec<(&'static str, &'s str)>,
     /// Heredoc contents, by argument index.
     inputs: Vec<Option<Vec<u8>>>,
+    /// Every argument's bytes as written, by argument index.
+    raw: Vec<Vec<u8>>,
 }
 
 impl Args<'_> {
@@ -484,8 +496,11 @@ impl Args<'_> {
         self.pos[i]
     }
 
+    /// Positional argument `i` as its bytes: not UTF-8 where an escape made it so.
+    /// (`Spec::split` keeps the positional arguments first, in order, so the index is the
+    /// argument's.)
     pub fn bytes(&self, i: usize) -> &[u8] {
-        self.pos[i].as_bytes()
+        &self.raw[i]
     }
 
     /// A C-style integer argument.

@@ -275,3 +275,16 @@ fn quit_ends_the_script_early() {
     assert_eq!(r.unwrap(), Ended::Quit);
     assert_eq!(k.out, b"a\n");
 }
+
+#[test]
+fn escapes_that_are_not_utf8_reach_the_file_and_echo_as_bytes() {
+    // guestfish hands commands C strings: `\xd8` is the byte 0xd8, not U+FFFD.
+    let mut f = Fixture::new();
+    let (r, k) = f.run(
+        "mount /dev/sda /\nwrite /f \"a\\xd8\\xff\"\nwrite-append /f \"\\xc3\"\necho \"\\xfe\" x\n",
+    );
+    r.unwrap_or_else(|e| panic!("{e}\nstderr: {}", String::from_utf8_lossy(&k.err)));
+    assert_eq!(k.out, b"\xfe x\n");
+    let data = f.guest.read_file(b"/f", 1 << 20).unwrap();
+    assert_eq!(data, b"a\xd8\xff\xc3");
+}
