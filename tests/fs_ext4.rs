@@ -754,6 +754,9 @@ fn a_journal_that_needs_recovery_is_refused_read_write_but_reads() {
     let mut b = [0u8; 4];
     fs.read(f, 0, &mut b).unwrap();
     assert_eq!(&b, b"data");
+    // The bitmaps may miss blocks the journal allocates: a capture must keep it whole.
+    let err = fs.used_blocks().unwrap_err();
+    assert!(err.detail.contains("journal needs recovery"), "{err}");
 }
 
 #[test]

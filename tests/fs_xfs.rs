@@ -2,7 +2,8 @@
 //! (`strata shell VOL -f SCRIPT --write`) edits filesystems made by mkfs.xfs (defaults:
 //! v5, CRCs, reflink; and reflink=0) and mkfs.btrfs, inside Debian's kernel under QEMU; then
 //! `xfs_repair -n` and `btrfs check --readonly` must find them clean, and the host kernel's
-//! read-only loop mount (the oracle) must read back what the script wrote.
+//! read-only loop mount (the oracle) must read back what the script wrote. An ext4 whose
+//! journal needs replaying goes through the same VM.
 //!
 //! Needs root (loop mounts), xfsprogs, btrfs-progs, qemu-system-x86 and a Debian kernel in
 //! /boot (tools/install-deps).
@@ -612,4 +613,82 @@ fn jobs_restore_the_saved_vm_and_a_damaged_state_falls_back_to_a_boot() {
     assert!(third.contains("boots instead of restoring"), "{third}");
     assert!(third.contains("VM booted in"), "{third}");
     assert!(states().is_empty(), "the damaged state is removed");
+}
+
+/// An ext4 copied while mounted read-write, as a crashed server or a volume taken live
+/// leaves it: its superblock says the journal needs recovery, which libext2fs cannot
+/// replay. A writing script mounts it in the VM, whose kernel replays the journal; what
+/// the mount had committed is there, the script's edit lands, e2fsck finds it clean.
+#[test]
+fn an_ext4_whose_journal_needs_replay_is_written_through_the_vm() {
+    let r = Repo::new();
+    let img = r.path("ext4.img");
+    sized(&img, 64);
+    ok(Command::new(tool("mkfs.ext4", HINT))
+        .args(["-q", "-F", "-L", "live"])
+        .arg(&img));
+    let whole = disks::Part {
+        start: 0,
+        len: 64 * MIB,
+    };
+    let crashed = r.path("crashed.img");
+    {
+        let lo = disks::Loop::new(&img, &whole, false);
+        let dir = tempfile::tempdir().unwrap();
+        ok(Command::new("mount").arg(&lo.0).arg(dir.path()));
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/before"), "committed\n").unwrap();
+        ok(Command::new("sync")
+            .arg("-f")
+            .arg(dir.path().join("etc/before")));
+        std::fs::copy(&img, &crashed).unwrap();
+        ok(Command::new("umount").arg(dir.path()));
+    }
+    let features = ok(Command::new(tool("dumpe2fs", HINT)).arg("-h").arg(&crashed));
+    assert!(
+        features.contains("needs_recovery"),
+        "the copy of a mounted ext4 needs recovery: {features}"
+    );
+
+    let (disk, parts) = gpt_disk(&r.work, &[(&crashed, 64)]);
+    r.ok(&["image", "import", disk.to_str().unwrap(), "--name", "live"]);
+    r.ok(&["volume", "create", "web", "--from", "live"]);
+    let script = r.path("edit.fish");
+    std::fs::write(
+        &script,
+        "mount /dev/sda1 /\n\
+         cat /etc/before\n\
+         write /etc/after \"edited\\n\"\n\
+         umount-all\n\
+         mount /dev/sda1 /\n\
+         cat /etc/after\n",
+    )
+    .unwrap();
+    let out = r.ok(&["shell", "web", "-f", script.to_str().unwrap(), "--write"]);
+    // (guestfish's cat ends what it prints with a newline of its own.)
+    assert_eq!(out, "committed\n\nedited\n\n");
+
+    let raw = r.path("web.raw");
+    r.ok(&["volume", "export", "web", raw.to_str().unwrap()]);
+    let (clean, o) = disks::e2fsck(&raw, &parts[0]);
+    assert!(clean, "e2fsck: {o}");
+    let part = part_file(&raw, &parts[0], &r.path("web-p1.img"));
+    let features = ok(Command::new(tool("dumpe2fs", HINT)).arg("-h").arg(&part));
+    assert!(
+        !features.contains("needs_recovery"),
+        "the kernel replayed the journal and unmounted cleanly: {features}"
+    );
+    let m = KernelMount::new(&raw, &parts[0], "ext4");
+    assert_eq!(read(&m, "etc/before"), "committed\n");
+    assert_eq!(read(&m, "etc/after"), "edited\n");
+    drop(m);
+
+    // The golden image itself still needs its recovery: only the volume was written.
+    let gold = r.path("live-after.raw");
+    r.ok(&["image", "export", "live", gold.to_str().unwrap()]);
+    let gold_part = part_file(&gold, &parts[0], &r.path("gold-p1.img"));
+    let features = ok(Command::new(tool("dumpe2fs", HINT))
+        .arg("-h")
+        .arg(&gold_part));
+    assert!(features.contains("needs_recovery"), "{features}");
 }

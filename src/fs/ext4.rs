@@ -364,6 +364,26 @@ fn feature_names(bits: u32, table: &[(u32, &'static str)]) -> Vec<String> {
         .collect()
 }
 
+/// Whether the ext2/3/4 filesystem on `dev` is one that only the kernel can make writable:
+/// cleanly marked, but with a journal to replay (needs_recovery: the server crashed or the
+/// volume was taken while mounted) or orphan inodes to clean up, which the kernel does at
+/// mount as the server's own would at boot. libext2fs can do neither, so this adapter
+/// refuses to write it (`SuperCheck::refusal`) and the fs session mounts it in the job's VM
+/// instead (`fs::vm`). Marked with errors or as not cleanly unmounted, it stays refused:
+/// the kernel mounts such a filesystem without repairing it.
+pub fn kernel_recovers(dev: &dyn BlockDevice) -> FsResult<bool> {
+    let c = SuperCheck::read(dev)?;
+    let pending = c.incompat & INCOMPAT_RECOVER != 0
+        || c.last_orphan != 0
+        || c.ro_compat & RO_COMPAT_ORPHAN_PRESENT != 0;
+    let state = u32::from(c.state);
+    Ok(pending
+        && state & STATE_VALID != 0
+        && state & STATE_ERROR == 0
+        && c.incompat & !LIB_INCOMPAT == 0
+        && c.incompat & INCOMPAT_JOURNAL_DEV == 0)
+}
+
 /// The fields of the on-disk superblock (byte 1024) the open checks need, read before
 /// libext2fs sees the image so that a refusal can name the reason.
 #[derive(Debug, Clone, Copy)]
@@ -1946,6 +1966,15 @@ impl GuestFs for Ext4 {
     }
 
     fn used_blocks(&mut self) -> FsResult<Vec<(u64, u64)>> {
+        // Blocks that transactions in the journal allocate are not yet in the bitmaps: a
+        // capture that kept only the bitmaps' blocks would lose them when the deployed
+        // volume's kernel replays the journal. The caller keeps the filesystem whole.
+        if self.sb.incompat & INCOMPAT_RECOVER != 0 {
+            return Err(FsError::new(
+                libc::EUCLEAN,
+                "its journal needs recovery, so the block bitmaps may not show every                  block in use",
+            ));
+        }
         let mut runs: Vec<(u64, u64)> = Vec::new();
         // SAFETY: `runs` outlives the call; the callback only pushes into it.
         let code = unsafe {

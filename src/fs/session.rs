@@ -56,7 +56,7 @@ pub struct Session {
     layout: Layout,
     pub table: MountTable,
     /// The VM that mounts XFS and btrfs (`fs::vm`), booted the first time one is opened,
-    /// and the virtio serial it gave each device.
+    /// and the virtio serial it gave each device (`in_vm` says which devices it has).
     vm: Option<(
         super::vm::SharedVm,
         std::collections::HashMap<String, String>,
@@ -349,9 +349,19 @@ impl Session {
         read_only: bool,
         options: &str,
     ) -> FsResult<Box<dyn super::GuestFs>> {
-        if !super::vm::handles(fs_type) {
+        let ext = matches!(fs_type, "ext2" | "ext3" | "ext4");
+        let in_vm = super::vm::handles(fs_type)
+            || (ext
+                && self
+                    .vm
+                    .as_ref()
+                    .is_some_and(|(_, s)| s.contains_key(&d.name)))
+            || (ext && !read_only && Self::ext_for_the_kernel(d));
+        if !in_vm {
             return super::open(fs_type, d.device.clone(), super::OpenOptions { read_only });
         }
+        // The kernel's ext4 mounts ext2 and ext3 as well.
+        let fs_type = if ext { "ext4" } else { fs_type };
         let (vm, serials) = self.vm()?;
         let serial = serials.get(&d.name).ok_or_else(|| {
             FsError::new(
@@ -372,7 +382,17 @@ impl Session {
         )?))
     }
 
-    /// The job's VM, booted with every device whose filesystem it handles.
+    /// Whether `d` holds an ext2/3/4 filesystem that the job's VM must write: one whose
+    /// journal needs replaying or whose orphans need cleaning up (`ext4::kernel_recovers`).
+    /// Once the VM has such a device, every later mount of it in the job goes there too
+    /// (`open_adapter`), so that the guest's view and libext2fs's never mix.
+    /// (A superblock that cannot be read is the userspace adapter's to report.)
+    fn ext_for_the_kernel(d: &crate::disk::layout::NamedDevice) -> bool {
+        !d.device.is_read_only() && super::ext4::kernel_recovers(d.device.as_ref()).unwrap_or(false)
+    }
+
+    /// The job's VM, booted with every device whose filesystem it handles (XFS, btrfs, and
+    /// ext2/3/4 left for the kernel to recover).
     fn vm(
         &mut self,
     ) -> FsResult<(
@@ -385,7 +405,11 @@ impl Session {
         let mut disks = Vec::new();
         let mut serials = std::collections::HashMap::new();
         for d in self.layout.devices() {
-            if detect(d.device.as_ref())?.is_some_and(|x| super::vm::handles(&x.fs_type)) {
+            let Some(x) = detect(d.device.as_ref())? else {
+                continue;
+            };
+            let ext = matches!(x.fs_type.as_str(), "ext2" | "ext3" | "ext4");
+            if super::vm::handles(&x.fs_type) || (ext && Self::ext_for_the_kernel(&d)) {
                 let serial = format!("d{}", disks.len());
                 serials.insert(d.name.clone(), serial.clone());
                 disks.push((serial, d.device.clone()));

@@ -157,6 +157,7 @@ fn setup() -> FsResult<()> {
     if cmdline.split_whitespace().any(|w| w == "strata.preload") {
         load_modules("xfs")?;
         load_modules("btrfs")?;
+        load_modules("ext4")?;
     }
     Ok(())
 }
@@ -686,7 +687,7 @@ impl Agent {
                 read_only,
                 options,
             } => {
-                if matches!(fs_type.as_str(), "xfs" | "btrfs") {
+                if matches!(fs_type.as_str(), "xfs" | "btrfs" | "ext4") {
                     load_modules(&fs_type)?;
                 }
                 self.kernel_log();

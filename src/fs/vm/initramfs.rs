@@ -1,6 +1,6 @@
 //! The VM's initramfs: strata's own binary as `/init` (it runs the agent when started as
 //! pid 1), the shared libraries it links, and the kernel modules the agent loads (virtio,
-//! XFS, btrfs and what they need). Built at run time from the host's Debian kernel and
+//! XFS, btrfs, ext4 and what they need). Built at run time from the host's Debian kernel and
 //! cached, keyed by the kernel and the binary, so that a new build or a kernel upgrade makes
 //! a new one.
 //!
@@ -23,6 +23,8 @@ pub const MODULES: &[(&str, &[&str])] = &[
     ("base", &["virtio_pci", "virtio_blk", "virtio_console"]),
     ("xfs", &["crc32c_generic", "xfs"]),
     ("btrfs", &["crc32c_generic", "btrfs"]),
+    // ext4 with a journal to replay (`fs::ext4::kernel_recovers`).
+    ("ext4", &["crc32c_generic", "ext4"]),
 ];
 
 /// A newc ("070701") cpio archive written into memory.

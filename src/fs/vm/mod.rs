@@ -25,6 +25,10 @@
 //!   mounted; it carries every XFS/btrfs device of the disk, so a script mounts several
 //!   and nests them without another boot.
 //! - `VmFs` (here) is the `GuestFs` adapter: each call is one round trip to the agent.
+//! - ext2/3/4 normally goes to libext2fs, but one whose journal needs replaying (or whose
+//!   orphans need cleaning up) is written here, by the kernel's ext4, which replays it at
+//!   mount as the server would at boot (`fs::ext4::kernel_recovers`, chosen in
+//!   `fs::session`).
 //!
 //! `used_blocks`: XFS answers FS_IOC_GETFSMAP in the guest (from its free-space B+trees
 //! without rmapbt), so a capture keeps exactly the allocated ranges; btrfs does not answer
@@ -50,7 +54,8 @@ use proto::{AgentReply, AgentRequest};
 
 pub use qemu::Vm;
 
-/// The filesystem types this adapter handles.
+/// The filesystem types this adapter always handles (ext4 only when the kernel must
+/// recover it, which `fs::session` decides).
 pub fn handles(fs_type: &str) -> bool {
     matches!(fs_type, "xfs" | "btrfs")
 }
@@ -85,6 +90,8 @@ impl VmFs {
         let fs_type: &'static str = match fs_type {
             "xfs" => "xfs",
             "btrfs" => "btrfs",
+            // Only one whose journal the kernel must replay (`fs::session`).
+            "ext4" => "ext4",
             other => {
                 return Err(FsError::new(
                     libc::ENODEV,
