@@ -116,6 +116,87 @@ fn a_golden_image_uploaded_as_zip_or_raw_downloads_byte_identical() {
     assert!(a.tmp_is_empty());
 }
 
+/// A reader giving `data` a few odd-sized bytes at a time, then failing if `fail_at` is
+/// reached (an HTTP body arrives in frames, and may break off). Halfway, it notes what
+/// the repository's `tmp/` holds (each entry's name and the bytes of the files in it).
+struct Trickle {
+    data: Vec<u8>,
+    pos: usize,
+    fail_at: Option<usize>,
+    tmp: PathBuf,
+    halfway: Vec<(String, u64)>,
+}
+
+impl Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.fail_at.is_some_and(|f| self.pos >= f) {
+            return Err(std::io::Error::other("the client went away"));
+        }
+        if self.pos >= self.data.len() / 2 && self.halfway.is_empty() {
+            for e in fs::read_dir(&self.tmp).unwrap() {
+                let e = e.unwrap();
+                let bytes = fs::read_dir(e.path())
+                    .unwrap()
+                    .map(|f| f.unwrap().metadata().unwrap().len())
+                    .sum();
+                self.halfway
+                    .push((e.file_name().to_string_lossy().into_owned(), bytes));
+            }
+        }
+        let n = buf
+            .len()
+            .min(self.data.len() - self.pos)
+            .min(4093 + self.pos % 7);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_raw_upload_is_stored_as_it_arrives_and_one_that_breaks_off_leaves_nothing() {
+    let a = app();
+    let mut d = disk();
+    // More than the image writer's 1 MiB buffer before halfway, and data after it too.
+    d[1 << 20..5 << 19].fill(0x11);
+    d[4 << 20..(4 << 20) + 1000].fill(0x33);
+    let trickle = |fail_at| Trickle {
+        data: d.clone(),
+        pos: 0,
+        fail_at,
+        tmp: a.repo.root().join("tmp"),
+        halfway: Vec::new(),
+    };
+    let mut t = trickle(None);
+    let r = upload_golden_image(&a.catalog, &a.repo, "trickled", "", &mut t, &no_progress);
+    let r = r.unwrap();
+    assert_eq!(r["size"], d.len() as u64);
+    // Halfway through the body, the image being staged already held the first half's
+    // data, and nothing was spooled.
+    assert_eq!(t.halfway.len(), 1, "{:?}", t.halfway);
+    let (name, bytes) = &t.halfway[0];
+    assert!(name.ends_with("-image"), "{name}");
+    assert!(*bytes >= 1 << 20, "{bytes} bytes stored halfway");
+    let mut out = Vec::new();
+    download_golden_image(&a.catalog, &a.repo, "trickled", &mut out, &no_progress).unwrap();
+    assert_eq!(unzip_one(&out), d);
+    assert!(a.tmp_is_empty());
+    let meta = &a.repo.list_images().unwrap()[0];
+    assert!(
+        meta.stored_bytes < 3 << 20,
+        "the holes were stored: {meta:?}"
+    );
+
+    let mut t = trickle(Some(3 << 20));
+    let e = upload_golden_image(&a.catalog, &a.repo, "cut", "", &mut t, &no_progress);
+    let e = e.unwrap_err().to_string();
+    assert!(e.contains("reading the upload"), "{e}");
+    assert!(e.contains("the client went away"), "{e}");
+    assert_eq!(a.count(ArtifactKind::GoldenImage), 1);
+    assert_eq!(a.repo.list_images().unwrap().len(), 1);
+    assert!(a.tmp_is_empty());
+}
+
 #[test]
 fn a_failed_upload_leaves_no_row_and_no_image() {
     let a = app();

@@ -1,9 +1,10 @@
 //! Golden images in and out of the appliance, as Image Streamer's upload and download do
 //! them.
 //!
-//! In: the upload is spooled into the repository's `tmp/` (sparse); a zip (HPE's form: one
-//! raw disk inside) is imported by `plan::bundle::import_payload`, anything else by the
-//! store's importer (raw, or qcow2 and the other formats `qemu-img` converts). The store's
+//! In: a raw disk is stored as it arrives (`Repository::import_raw_stream`); a zip (HPE's
+//! form: one raw disk inside) or a qcow2 (or another format `qemu-img` converts) is first
+//! spooled into the repository's `tmp/` (sparse), then imported by
+//! `plan::bundle::import_payload` or the store's importer. The store's
 //! image is named after the new catalog id (`gi-<id>`), so names never collide; the catalog
 //! row is written last, and if it is refused the image goes again. Out: a zip of one raw
 //! disk, written with the zip crate's streaming writer (so the output need not seek: an
@@ -22,7 +23,7 @@ use super::{percent, Progress};
 use crate::catalog::{new_id, Catalog, CatalogError};
 use crate::plan::artifacts::ArtifactKind;
 use crate::plan::bundle;
-use crate::store::{Repository, SourceFormat, StoreError};
+use crate::store::{transfer, Repository, SourceFormat, StoreError};
 
 /// Prefix of the store's image names of golden images made by the appliance.
 pub const STORE_PREFIX: &str = "gi-";
@@ -54,6 +55,37 @@ pub fn disk_is_here(repo: &Repository, key: &str, store: &str) -> Result<()> {
 /// end record of an empty one).
 pub fn is_zip(magic: &[u8]) -> bool {
     magic.starts_with(b"PK\x03\x04") || magic.starts_with(b"PK\x05\x06")
+}
+
+/// Reads up to `buf.len()` bytes (fewer only at the input's end).
+fn read_head(input: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ApplianceError::Upload(e)),
+        }
+    }
+    Ok(n)
+}
+
+/// A reader that keeps its first error, so that a failed import can say whether the
+/// upload broke off (the client's fault) or the store failed.
+struct Watched<'a> {
+    inner: &'a mut dyn Read,
+    failed: Option<std::io::Error>,
+}
+
+impl Read for Watched<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            if e.kind() != std::io::ErrorKind::Interrupted && self.failed.is_none() {
+                self.failed = Some(std::io::Error::new(e.kind(), e.to_string()));
+            }
+        })
+    }
 }
 
 /// Fails with a conflict when the catalog already has a golden image called `name`.
@@ -90,26 +122,45 @@ pub fn upload_golden_image(
         ));
     }
     check_name_free(catalog, name)?;
-    let scratch = Scratch::new(repo, "upload")?;
     progress(0, "receiving the image");
-    let up = spool(&mut input, scratch.path(), "upload", &|n| {
-        progress(0, &format!("received {} MiB", n >> 20))
-    })?;
-    if up.len == 0 {
+    let mut head = [0u8; 8];
+    let n = read_head(&mut input, &mut head)?;
+    if n == 0 {
         return Err(ApplianceError::Invalid(
             "the upload is empty: expected a zip holding one raw disk, or a disk image".into(),
         ));
     }
+    let mut input = (&head[..n]).chain(input);
     let id = new_id();
     let store_as = store_name(&id);
-    let import_progress = |d: u64, t: u64| progress(percent(d, t, 5, 95), "importing the disk");
-    let meta = if is_zip(&up.magic) {
-        bundle::import_payload(repo, up.file, name, &store_as, &import_progress)?
+    let meta = if is_zip(&head[..n]) || transfer::foreign_format(&head[..n]).is_some() {
+        // A zip's directory is at its end and qemu-img converts from a file: spooled.
+        let scratch = Scratch::new(repo, "upload")?;
+        let up = spool(&mut input, scratch.path(), "upload", &|n| {
+            progress(0, &format!("received {} MiB", n >> 20))
+        })?;
+        let import_progress = |d: u64, t: u64| progress(percent(d, t, 5, 95), "importing the disk");
+        if is_zip(&up.magic) {
+            bundle::import_payload(repo, up.file, name, &store_as, &import_progress)?
+        } else {
+            drop(up.file);
+            repo.import_image(&store_as, &up.path, SourceFormat::Auto, &import_progress)?
+        }
     } else {
-        drop(up.file);
-        repo.import_image(&store_as, &up.path, SourceFormat::Auto, &import_progress)?
+        // A raw disk is stored as it arrives (its size is known only at the end).
+        let mut watched = Watched {
+            inner: &mut input,
+            failed: None,
+        };
+        let r = repo.import_raw_stream(&store_as, &mut watched, "the upload", &|n| {
+            progress(0, &format!("received and stored {} MiB", n >> 20))
+        });
+        match (r, watched.failed) {
+            (Ok(meta), _) => meta,
+            (Err(_), Some(e)) => return Err(ApplianceError::Upload(e)),
+            (Err(e), None) => return Err(e.into()),
+        }
     };
-    drop(scratch);
     progress(96, "recording the golden image");
     let body = json!({
         "id": id,

@@ -483,6 +483,40 @@ impl Repository {
         self.add_staged_image(stage, meta)
     }
 
+    /// Imports the raw disk read from `input` to its end as golden image `name`, stored as
+    /// it arrives: for an upload, whose length is known only at its end and which is never
+    /// spooled. `source` names the input in errors and in the image's record;
+    /// `progress(bytes so far)`. Staged like any import: a failure (the input's too) leaves
+    /// nothing behind.
+    pub fn import_raw_stream(
+        &self,
+        name: &str,
+        input: &mut dyn std::io::Read,
+        source: &str,
+        progress: &dyn Fn(u64),
+    ) -> Result<ImageMeta> {
+        names::validate(name)?;
+        if self.image_dir(name).exists() {
+            return Err(StoreError::Exists {
+                kind: "image",
+                name: name.into(),
+            });
+        }
+        let stage = self.stage("image")?;
+        let mut w = ImageWriter::create(&stage.path, 0, CHUNK)?;
+        let len = transfer::copy_stream_into(input, source, &mut w, CHUNK, progress)?;
+        let stored_bytes = w.finish()?;
+        let meta = ImageMeta {
+            name: name.into(),
+            virtual_size: len,
+            stored_bytes,
+            chunk_size: CHUNK as u64,
+            created: now(),
+            source: source.to_string(),
+        };
+        self.add_staged_image(stage, meta)
+    }
+
     /// Writes `meta` into the staged image directory and renames it into place under the
     /// repository lock: the image appears whole or not at all.
     fn add_staged_image(&self, mut stage: Stage, meta: ImageMeta) -> Result<ImageMeta> {

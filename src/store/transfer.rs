@@ -56,6 +56,14 @@ const FOREIGN_MAGICS: &[(&[u8], &str)] = &[
     (b"conectix", "vpc"),
 ];
 
+/// The disk format other than raw whose magic `head` (a file's first bytes) starts with.
+pub fn foreign_format(head: &[u8]) -> Option<&'static str> {
+    FOREIGN_MAGICS
+        .iter()
+        .find(|(m, _)| head.starts_with(m))
+        .map(|(_, name)| *name)
+}
+
 /// What an import will read: a raw file, or a file qemu-img must convert first.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Detected {
@@ -67,10 +75,7 @@ pub fn detect(path: &Path, format: SourceFormat) -> Result<Detected> {
     let mut f = open_source(path)?;
     let mut magic = [0u8; 8];
     let n = read_up_to(&mut f, &mut magic).map_err(|e| StoreError::io("reading", path, e))?;
-    let found = FOREIGN_MAGICS
-        .iter()
-        .find(|(m, _)| n >= m.len() && magic.starts_with(m))
-        .map(|(_, name)| *name);
+    let found = foreign_format(&magic[..n]);
     match (format, found) {
         (SourceFormat::Raw, _) => Ok(Detected::Raw),
         (SourceFormat::Qcow2, Some("qcow2")) | (SourceFormat::Auto, Some("qcow2")) => {
@@ -488,19 +493,24 @@ pub fn raw_size(path: &Path) -> Result<u64> {
     } else {
         device_size(&f).map_err(|e| StoreError::io("reading size of", path, e))?
     };
+    check_raw_len(len, &path.display().to_string())?;
+    Ok(len)
+}
+
+/// Refuses a raw disk of `len` bytes that is empty or not whole 512-byte sectors; `what`
+/// names it.
+fn check_raw_len(len: u64, what: &str) -> Result<()> {
     if len == 0 {
         return Err(StoreError::InvalidInput(format!(
-            "{} is empty: not a disk image",
-            path.display()
+            "{what} is empty: not a disk image"
         )));
     }
     if len % 512 != 0 {
         return Err(StoreError::InvalidInput(format!(
-            "{} is {len} bytes, not a whole number of 512-byte sectors: truncated, or not a raw disk image",
-            path.display()
+            "{what} is {len} bytes, not a whole number of 512-byte sectors: truncated, or not a raw disk image"
         )));
     }
-    Ok(len)
+    Ok(())
 }
 
 fn device_size(f: &File) -> io::Result<u64> {
@@ -566,6 +576,51 @@ pub fn copy_raw_into(
     }
     progress(len, len);
     Ok(())
+}
+
+/// Copies a raw disk read from `input` to its end into `w`, growing it as bytes arrive, and
+/// skipping zero chunks; returns the disk's length (whole sectors, as a raw file's must
+/// be). `source` names the input in errors;
+/// `progress(bytes so far)` after each MiB. Refuses a stream that grows past
+/// `MAX_DISK_SIZE` as soon as it does.
+pub fn copy_stream_into(
+    input: &mut dyn Read,
+    source: &str,
+    w: &mut ImageWriter,
+    chunk: usize,
+    progress: &dyn Fn(u64),
+) -> Result<u64> {
+    const READ: usize = 1 << 20;
+    let mut buf = vec![0u8; READ.max(chunk)];
+    let mut pos = 0u64;
+    loop {
+        // Whole buffers, so that chunks stay aligned whatever sizes the input reads in.
+        let mut n = 0;
+        while n < buf.len() {
+            match input.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StoreError::io("reading", source, e)),
+            }
+        }
+        if n == 0 {
+            check_raw_len(pos, source)?;
+            return Ok(pos);
+        }
+        check_disk_size(pos + n as u64, source)?;
+        w.grow_to(pos + n as u64);
+        let cs = chunk as u64;
+        for (i, c) in buf[..n].chunks(chunk).enumerate() {
+            w.put(pos / cs + i as u64, c)?;
+        }
+        pos += n as u64;
+        progress(pos);
+        if n < buf.len() {
+            check_raw_len(pos, source)?;
+            return Ok(pos);
+        }
+    }
 }
 
 /// Writes a sparse raw file of `len` bytes to `dest`, filled by `read(buf, offset)`, skipping
