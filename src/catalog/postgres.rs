@@ -413,7 +413,8 @@ fn task_row(location: &str, r: &postgres::Row) -> std::result::Result<TaskRow, F
     Ok(TaskRow {
         id: r.get(0),
         state: r.get(1),
-        body: body(location, r.get(2))?,
+        node: r.get(2),
+        body: body(location, r.get(3))?,
     })
 }
 
@@ -845,8 +846,8 @@ impl Backend for Postgres {
         let t = t.clone();
         self.pool.run(move |c| {
             c.execute(
-                "INSERT INTO tasks (id, state, body) VALUES ($1, $2, $3)",
-                &[&t.id, &t.state, &t.body.to_string()],
+                "INSERT INTO tasks (id, state, body, node) VALUES ($1, $2, $3, $4)",
+                &[&t.id, &t.state, &t.body.to_string(), &t.node],
             )?;
             Ok(())
         })
@@ -872,16 +873,19 @@ impl Backend for Postgres {
     fn get_task(&self, id: &str) -> Result<Option<TaskRow>> {
         let (id, loc) = (id.to_owned(), self.loc());
         self.pool.run(move |c| {
-            c.query_opt("SELECT id, state, body FROM tasks WHERE id = $1", &[&id])?
-                .map(|r| task_row(&loc, &r))
-                .transpose()
+            c.query_opt(
+                "SELECT id, state, node, body FROM tasks WHERE id = $1",
+                &[&id],
+            )?
+            .map(|r| task_row(&loc, &r))
+            .transpose()
         })
     }
 
     fn list_tasks(&self) -> Result<Vec<TaskRow>> {
         let loc = self.loc();
         self.pool.run(move |c| {
-            c.query("SELECT id, state, body FROM tasks ORDER BY seq", &[])?
+            c.query("SELECT id, state, node, body FROM tasks ORDER BY seq", &[])?
                 .iter()
                 .map(|r| task_row(&loc, r))
                 .collect()
@@ -1336,6 +1340,54 @@ mod tests {
             .map(|t| t.id)
             .collect();
         assert_eq!(all, vec![t1.id().to_owned(), t2.id().to_owned()]);
+    }
+
+    #[test]
+    fn a_nodes_restart_fails_its_own_tasks_and_not_another_live_nodes() {
+        let Some(s) = server() else { return };
+        let url = s.new_database().unwrap();
+        let res = crate::catalog::AssociatedResource::default();
+        let a = Catalog::open_postgres(&url).unwrap().for_node("node-a");
+        let running = a.create_task("Deploy", "u", res.clone()).unwrap();
+        // Node B starts (its own connections) while A runs its task.
+        let b = Catalog::open_postgres(&url).unwrap().for_node("node-b");
+        assert!(b.unfinished_tasks().unwrap().is_empty());
+        assert_eq!(b.fail_unfinished_tasks("b restarted").unwrap(), 0);
+        let t = b.get_task(running.id()).unwrap();
+        assert_eq!(t.task_state, crate::catalog::TaskState::Running);
+        a.task_progress(running.id(), 40, "going").unwrap();
+        // A dies and starts again: its task is failed.
+        drop(a);
+        let a = Catalog::open_postgres(&url).unwrap().for_node("node-a");
+        assert_eq!(a.unfinished_tasks().unwrap().len(), 1);
+        assert_eq!(a.fail_unfinished_tasks("a restarted").unwrap(), 1);
+        let t = b.get_task(running.id()).unwrap();
+        assert_eq!(t.task_state, crate::catalog::TaskState::Error);
+        assert_eq!(t.task_errors[0].message, "a restarted");
+    }
+
+    #[test]
+    fn a_task_stored_before_tasks_had_a_node_is_failed_by_a_restart() {
+        let Some(s) = server() else { return };
+        let url = s.new_database().unwrap();
+        let mut c = Client::connect(&url, NoTls).unwrap();
+        assert!(pg_migrate::migrate_with(&mut c, "t", &pg_migrate::MIGRATIONS[..3]).is_ok());
+        let (id, body) = crate::catalog::testing::running_task_json();
+        c.execute(
+            "INSERT INTO tasks (id, state, body) VALUES ($1, 'Running', $2)",
+            &[&id, &body],
+        )
+        .unwrap();
+        let cat = Catalog::open_postgres(&url).unwrap().for_node("node-a");
+        assert_eq!(cat.backend().get_task(&id).unwrap().unwrap().node, None);
+        assert_eq!(cat.fail_unfinished_tasks("restarted").unwrap(), 1);
+        let t = cat.get_task(&id).unwrap();
+        assert_eq!(t.task_state, crate::catalog::TaskState::Error);
+        let t = cat
+            .create_task("Deploy", "u", crate::catalog::AssociatedResource::default())
+            .unwrap();
+        let row = cat.backend().get_task(t.id()).unwrap().unwrap();
+        assert_eq!(row.node.as_deref(), Some("node-a"));
     }
 
     #[test]
