@@ -10,7 +10,9 @@
 //! clash on either is `Conflict`), a change and its links are one transaction, a session
 //! is checked and extended in one statement, and lists sort by byte order (`COLLATE "C"`,
 //! SQLite's order) whatever the database's locale. Sequence numbers (tasks, deployment
-//! records) are identity columns, so two nodes never draw the same one.
+//! records) are identity columns, so two nodes never draw the same one. The two writes
+//! that read a whole table first, a restore and storing the backup, lock their tables so
+//! that nodes take turns, as SQLite's one writer does.
 //!
 //! The `postgres` crate's client drives its connection with a runtime of its own and so
 //! cannot be used from a thread that runs async tasks (the API's, iSCSI's). Each
@@ -1034,6 +1036,9 @@ impl Backend for Postgres {
         let b = b.clone();
         self.pool.run(move |c| {
             let mut tx = c.transaction()?;
+            // Two nodes storing a backup at once take turns: otherwise neither sees the
+            // other's uncommitted row, neither deletes it, and two backups remain.
+            tx.batch_execute("LOCK TABLE artifact_bundles IN SHARE ROW EXCLUSIVE MODE")?;
             let old: Vec<String> = tx
                 .query(
                     "SELECT id FROM artifact_bundles WHERE backup AND id <> $1",
@@ -1057,6 +1062,14 @@ impl Backend for Postgres {
         let rows = rows.to_vec();
         self.pool.run(move |c| {
             let mut tx = c.transaction()?;
+            // Other nodes' writes to the artifacts wait for the restore (reads do not), and
+            // the restore starts after the ones already under way: an artifact committed
+            // while it ran would be missing from what goes, yet get the placeholder name
+            // below for good. Referencing tables come first, the order writers lock them.
+            tx.batch_execute(
+                "LOCK TABLE deployment_plans, build_plans, build_plan_steps, plan_scripts, \
+                 golden_images IN EXCLUSIVE MODE",
+            )?;
             let kept = |kind: ArtifactKind, id: &str| {
                 rows.iter().any(|r| r.kind == kind && r.record.id == id)
             };
@@ -1388,6 +1401,96 @@ mod tests {
             .unwrap();
         let row = cat.backend().get_task(t.id()).unwrap().unwrap();
         assert_eq!(row.node.as_deref(), Some("node-a"));
+    }
+
+    /// Waits until a session of database `db` waits on a lock, or `done()`.
+    fn until_one_waits_on_a_lock(db: &str, url: &str, done: impl Fn() -> bool) {
+        let mut watch = Client::connect(url, NoTls).unwrap();
+        while !done() {
+            let waiting = watch
+                .query(
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                     AND datname = $1",
+                    &[&db],
+                )
+                .unwrap();
+            if !waiting.is_empty() {
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_restore_replaces_the_artifacts_another_node_commits_while_it_runs() {
+        let Some(s) = server() else { return };
+        let url = s.new_database().unwrap();
+        let db = url.rsplit('/').next().unwrap().to_owned();
+        let cat = Catalog::open_postgres(&url).unwrap();
+        cat.create_artifact(ArtifactKind::PlanScript, script("kept"))
+            .unwrap();
+        let backup = cat.artifact_set().unwrap();
+        cat.create_artifact(ArtifactKind::PlanScript, script("gone"))
+            .unwrap();
+        // Another node, mid-transaction: it edits a script the restore deletes, and adds
+        // one the restore has not seen.
+        let mut other = Client::connect(&url, NoTls).unwrap();
+        let mut tx = other.transaction().unwrap();
+        tx.batch_execute(
+            "UPDATE plan_scripts SET body = body WHERE name = 'gone'; \
+             INSERT INTO plan_scripts (id, name, body) VALUES ('late-id', 'late', '{}')",
+        )
+        .unwrap();
+        let restoring = {
+            let cat = cat.clone();
+            std::thread::spawn(move || {
+                cat.restore_artifacts(&backup, &std::collections::HashMap::new())
+            })
+        };
+        until_one_waits_on_a_lock(&db, &url, || restoring.is_finished());
+        tx.commit().unwrap();
+        let r = restoring.join().unwrap().unwrap();
+        assert_eq!(r.artifacts, [1, 0, 0, 0]);
+        let names: Vec<String> = cat
+            .backend()
+            .list_artifacts(ArtifactKind::PlanScript)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, vec!["kept".to_string()]);
+    }
+
+    #[test]
+    fn two_nodes_storing_a_backup_at_once_leave_one() {
+        let Some(s) = server() else { return };
+        let url = s.new_database().unwrap();
+        let db = url.rsplit('/').next().unwrap().to_owned();
+        let cat = Catalog::open_postgres(&url).unwrap();
+        // Another node's backup, stored but not yet committed.
+        let mut other = Client::connect(&url, NoTls).unwrap();
+        let mut tx = other.transaction().unwrap();
+        tx.batch_execute(
+            "DELETE FROM artifact_bundles WHERE backup; \
+             INSERT INTO artifact_bundles (id, name, backup, body) \
+             VALUES ('k1', 'one', TRUE, '{\"id\": \"k1\", \"name\": \"one\"}')",
+        )
+        .unwrap();
+        let storing = {
+            let cat = cat.clone();
+            std::thread::spawn(move || cat.replace_backup(json!({"id": "k2", "name": "two"})))
+        };
+        until_one_waits_on_a_lock(&db, &url, || storing.is_finished());
+        tx.commit().unwrap();
+        assert_eq!(storing.join().unwrap().unwrap(), vec!["k1".to_string()]);
+        let ids: Vec<String> = cat
+            .backend()
+            .list_bundles(true)
+            .unwrap()
+            .into_iter()
+            .map(|b| b.record.id)
+            .collect();
+        assert_eq!(ids, vec!["k2".to_string()]);
     }
 
     #[test]
