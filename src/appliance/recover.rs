@@ -3,11 +3,12 @@
 //! empties. Left to do here, in this order:
 //! - journals of interrupted multi-step jobs (a bundle's extraction) are undone
 //!   (`journal.rs`);
-//! - a deploy that was running is undone whole: its task names the OS volume, so its export,
-//!   its row and its store volume go (the deploy refuses a name the store already has, so
-//!   the volume is the task's own); store volumes no task names are left alone (the CLI
-//!   makes volumes without rows);
-//! - tasks that were running are marked failed (`Catalog::fail_unfinished_tasks`);
+//! - a deploy this node was running is undone whole: its task names the OS volume, so its
+//!   export, its row and its store volume go (the deploy refuses a name the store already
+//!   has, so the volume is the task's own); store volumes no task names are left alone
+//!   (the CLI makes volumes without rows);
+//! - this node's tasks that were running are marked failed
+//!   (`Catalog::fail_unfinished_tasks`; on a shared catalog another node's are its own);
 //! - store images the appliance made (`gi-<id>`) whose catalog row was never written (the
 //!   row is written last) are removed, as are bundle files no bundle row names
 //!   (bundle descriptions of older repositories become rows first).

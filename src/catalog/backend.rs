@@ -77,11 +77,15 @@ pub struct OsVolumeRow {
     pub golden_image: Option<String>,
 }
 
-/// A task as stored: its JSON (the API's shape) and its state, for the restart sweep.
+/// A task as stored: its JSON (the API's shape), its state and its node, for the restart
+/// sweep.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskRow {
     pub id: String,
     pub state: String,
+    /// The node whose process runs the task; None for tasks stored before tasks had one
+    /// (migration 4). Written by `insert_task` only: an update keeps it.
+    pub node: Option<String>,
     pub body: Value,
 }
 
@@ -150,6 +154,7 @@ pub trait Backend: Send + Sync {
     fn purge_sessions(&self, now: i64) -> Result<usize>;
 
     fn insert_task(&self, t: &TaskRow) -> Result<()>;
+    /// Replaces a task's state and JSON (its node stays); `NotFound` when absent.
     fn update_task(&self, t: &TaskRow) -> Result<()>;
     fn get_task(&self, id: &str) -> Result<Option<TaskRow>>;
     fn list_tasks(&self) -> Result<Vec<TaskRow>>;

@@ -145,9 +145,22 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn bundles_are_found_by_id_uri_and_name_and_renamed() {
-        let c = Catalog::memory().unwrap();
+    fn names(c: &Catalog, backup: bool) -> Vec<(String, String)> {
+        let page = c.list_bundles(backup, &ListQuery::default()).unwrap();
+        assert_eq!(page.total, page.members.len());
+        page.members
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap().into(),
+                    m["id"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    }
+
+    fn bundles_are_found_by_id_uri_and_name_and_renamed(cat: &dyn Fn() -> Catalog) {
+        let c = cat();
         let b = c
             .add_bundle(json!({"id": "b1", "name": "one", "uri": "/rest/artifact-bundles/b1"}))
             .unwrap();
@@ -176,9 +189,88 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn there_is_one_backup_at_a_time() {
-        let c = Catalog::memory().unwrap();
+    /// What is stored comes back as it was: the whole JSON, the backup mark, the order of a
+    /// list (by name, then id, in byte order), and each error kind.
+    fn bundle_rows_round_trip(cat: &dyn Fn() -> Catalog) {
+        let c = cat();
+        let body = json!({
+            "id": "b-2", "name": "Zürich ☃", "uri": "/rest/artifact-bundles/b-2",
+            "description": "quotes \" and \\ and\nnewline", "size": 12345678901_u64,
+            "planScripts": [{"resourceUri": "/rest/plan-scripts/s", "readOnly": false}],
+            "buildPlans": [], "deploymentPlans": null, "goldenImages": [{"nested": {"x": 1.5}}],
+            "created": "2026-12-02T04:13:52.123Z", "eTag": "e1"
+        });
+        assert_eq!(c.add_bundle(body.clone()).unwrap(), body);
+        assert_eq!(c.get_bundle("b-2", false).unwrap(), body);
+        let row = c.backend().get_bundle("b-2").unwrap().unwrap();
+        assert_eq!(
+            (row.record.name.as_str(), row.backup, &row.record.body),
+            ("Zürich ☃", false, &body)
+        );
+        for (id, name) in [("b-3", "a"), ("b-1", "a"), ("b-0", "Z"), ("b-4", "_")] {
+            c.add_bundle(json!({"id": id, "name": name})).unwrap();
+        }
+        let want = [
+            ("Z", "b-0"),
+            ("Zürich ☃", "b-2"),
+            ("_", "b-4"),
+            ("a", "b-1"),
+            ("a", "b-3"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(n, i)| (n.to_string(), i.to_string()))
+            .collect();
+        assert_eq!(names(&c, false), want);
+        // Ids are unique, names are not.
+        let e = c
+            .add_bundle(json!({"id": "b-1", "name": "other"}))
+            .unwrap_err();
+        assert!(matches!(e, CatalogError::Conflict { .. }), "{e}");
+        assert!(e.to_string().contains("b-1"), "{e}");
+        assert!(c.add_bundle(json!({"name": "no id"})).is_err());
+        assert!(c.add_bundle(json!({"id": "x", "name": " "})).is_err());
+        // An update changes name and description only, and moves eTag and modified.
+        let u = c
+            .update_bundle("b-2", &json!({"name": "renamed", "size": 1}))
+            .unwrap();
+        assert_eq!(
+            (u["name"].as_str(), &u["size"]),
+            (Some("renamed"), &body["size"])
+        );
+        assert_ne!(u["eTag"], body["eTag"]);
+        assert_eq!(u["planScripts"], body["planScripts"]);
+        assert_eq!(c.get_bundle("renamed", false).unwrap(), u);
+        assert_eq!(
+            c.backend().get_bundle("b-2").unwrap().unwrap().record.name,
+            "renamed"
+        );
+        let ghost = super::row(json!({"id": "ghost", "name": "g"}), false).unwrap();
+        let e = c.backend().update_bundle(&ghost).unwrap_err();
+        assert!(matches!(e, CatalogError::NotFound { .. }), "{e}");
+        // Bundles and backups are apart: neither lists, finds or deletes the other.
+        c.replace_backup(json!({"id": "k1", "name": "a"})).unwrap();
+        assert_eq!(names(&c, true), vec![("a".to_string(), "k1".to_string())]);
+        assert_eq!(names(&c, false).len(), 5);
+        assert!(c.get_bundle("k1", false).is_err());
+        assert!(c.delete_bundle("k1", false).is_err());
+        assert!(c.update_bundle("k1", &json!({"name": "b"})).is_err());
+        assert_eq!(c.get_bundle("a", true).unwrap()["id"], "k1");
+        // A delete by name takes the first of that name; a second delete finds nothing.
+        assert_eq!(c.delete_bundle("a", false).unwrap(), "b-1");
+        assert!(!c.backend().delete_bundle("b-1").unwrap());
+        assert!(matches!(
+            c.delete_bundle("b-1", false).unwrap_err(),
+            CatalogError::NotFound { .. }
+        ));
+        assert_eq!(c.delete_bundle("k1", true).unwrap(), "k1");
+        let mut ids = c.bundle_ids().unwrap();
+        ids.sort();
+        assert_eq!(ids, vec!["b-0", "b-2", "b-3", "b-4"]);
+    }
+
+    fn there_is_one_backup_at_a_time(cat: &dyn Fn() -> Catalog) {
+        let c = cat();
         assert!(c
             .replace_backup(json!({"id": "k1", "name": "b"}))
             .unwrap()
@@ -195,5 +287,39 @@ mod tests {
             0
         );
         assert_eq!(c.bundle_ids().unwrap(), vec!["k2".to_string()]);
+        // The same backup again replaces itself and nothing else.
+        let again = json!({"id": "k2", "name": "b", "description": "again"});
+        assert!(c.replace_backup(again.clone()).unwrap().is_empty());
+        assert_eq!(c.get_bundle("k2", true).unwrap(), again);
     }
+
+    /// A backup whose id an artifact bundle has is refused, and the previous backup stays
+    /// (the delete of the old and the insert of the new are one transaction).
+    fn a_refused_backup_leaves_the_previous_one(cat: &dyn Fn() -> Catalog) {
+        let c = cat();
+        c.add_bundle(json!({"id": "b1", "name": "bundle"})).unwrap();
+        c.replace_backup(json!({"id": "k1", "name": "backup"}))
+            .unwrap();
+        let e = c
+            .replace_backup(json!({"id": "b1", "name": "backup"}))
+            .unwrap_err();
+        assert!(matches!(e, CatalogError::Conflict { .. }), "{e}");
+        assert_eq!(
+            names(&c, true),
+            vec![("backup".to_string(), "k1".to_string())]
+        );
+        assert_eq!(
+            names(&c, false),
+            vec![("bundle".to_string(), "b1".to_string())]
+        );
+        assert!(!c.backend().get_bundle("b1").unwrap().unwrap().backup);
+        assert!(c.backend().get_bundle("k1").unwrap().unwrap().backup);
+    }
+
+    crate::catalog::testing::conformance!(
+        bundles_are_found_by_id_uri_and_name_and_renamed,
+        bundle_rows_round_trip,
+        there_is_one_backup_at_a_time,
+        a_refused_backup_leaves_the_previous_one,
+    );
 }

@@ -107,6 +107,12 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX artifact_bundles_backup ON artifact_bundles(backup, name);
     "#,
+    // 4: a task's node (the one whose process runs it), so that a node's restart fails
+    // only its own unfinished tasks. Rows made before have none (NULL): which node ran
+    // them is not known, and a restart sweeps them as its own (`tasks.rs`).
+    r#"
+    ALTER TABLE tasks ADD COLUMN node TEXT;
+    "#,
 ];
 
 /// The version this strata writes.

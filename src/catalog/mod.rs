@@ -27,9 +27,10 @@
 //! returns them as they are.
 //!
 //! Several nodes on one PostgreSQL catalog share every row: artifacts, OS volumes, users
-//! and sessions (a login on one node is valid on the others), tasks. The blocks do not
-//! move: a golden image's disk stays in the store of the node it was uploaded to (its row
-//! names the store's image, `gi-<id>`). Another node lists it, reads it, renames it and
+//! and sessions (a login on one node is valid on the others), tasks (each made by one
+//! node, which alone fails it when it restarts with the task unfinished). The blocks do
+//! not move: a golden image's disk stays in the store of the node it was uploaded to (its
+//! row names the store's image, `gi-<id>`). Another node lists it, reads it, renames it and
 //! may use it in a deployment plan, but deploying from it, downloading it or packing it
 //! into a bundle there fails with an error saying its disk is on another node (do that on
 //! the node holding it, or carry the image over in an artifact bundle). Deleting it from

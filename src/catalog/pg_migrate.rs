@@ -112,6 +112,10 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX artifact_bundles_backup ON artifact_bundles(backup, name);
     "#,
+    // 4: a task's node; NULL for the rows made before.
+    r#"
+    ALTER TABLE tasks ADD COLUMN node TEXT;
+    "#,
 ];
 
 /// The advisory lock key migrations hold (`strata` in ASCII).

@@ -10,7 +10,9 @@
 //! clash on either is `Conflict`), a change and its links are one transaction, a session
 //! is checked and extended in one statement, and lists sort by byte order (`COLLATE "C"`,
 //! SQLite's order) whatever the database's locale. Sequence numbers (tasks, deployment
-//! records) are identity columns, so two nodes never draw the same one.
+//! records) are identity columns, so two nodes never draw the same one. The two writes
+//! that read a whole table first, a restore and storing the backup, lock their tables so
+//! that nodes take turns, as SQLite's one writer does.
 //!
 //! The `postgres` crate's client drives its connection with a runtime of its own and so
 //! cannot be used from a thread that runs async tasks (the API's, iSCSI's). Each
@@ -413,7 +415,8 @@ fn task_row(location: &str, r: &postgres::Row) -> std::result::Result<TaskRow, F
     Ok(TaskRow {
         id: r.get(0),
         state: r.get(1),
-        body: body(location, r.get(2))?,
+        node: r.get(2),
+        body: body(location, r.get(3))?,
     })
 }
 
@@ -845,8 +848,8 @@ impl Backend for Postgres {
         let t = t.clone();
         self.pool.run(move |c| {
             c.execute(
-                "INSERT INTO tasks (id, state, body) VALUES ($1, $2, $3)",
-                &[&t.id, &t.state, &t.body.to_string()],
+                "INSERT INTO tasks (id, state, body, node) VALUES ($1, $2, $3, $4)",
+                &[&t.id, &t.state, &t.body.to_string(), &t.node],
             )?;
             Ok(())
         })
@@ -872,16 +875,19 @@ impl Backend for Postgres {
     fn get_task(&self, id: &str) -> Result<Option<TaskRow>> {
         let (id, loc) = (id.to_owned(), self.loc());
         self.pool.run(move |c| {
-            c.query_opt("SELECT id, state, body FROM tasks WHERE id = $1", &[&id])?
-                .map(|r| task_row(&loc, &r))
-                .transpose()
+            c.query_opt(
+                "SELECT id, state, node, body FROM tasks WHERE id = $1",
+                &[&id],
+            )?
+            .map(|r| task_row(&loc, &r))
+            .transpose()
         })
     }
 
     fn list_tasks(&self) -> Result<Vec<TaskRow>> {
         let loc = self.loc();
         self.pool.run(move |c| {
-            c.query("SELECT id, state, body FROM tasks ORDER BY seq", &[])?
+            c.query("SELECT id, state, node, body FROM tasks ORDER BY seq", &[])?
                 .iter()
                 .map(|r| task_row(&loc, r))
                 .collect()
@@ -1030,6 +1036,9 @@ impl Backend for Postgres {
         let b = b.clone();
         self.pool.run(move |c| {
             let mut tx = c.transaction()?;
+            // Two nodes storing a backup at once take turns: otherwise neither sees the
+            // other's uncommitted row, neither deletes it, and two backups remain.
+            tx.batch_execute("LOCK TABLE artifact_bundles IN SHARE ROW EXCLUSIVE MODE")?;
             let old: Vec<String> = tx
                 .query(
                     "SELECT id FROM artifact_bundles WHERE backup AND id <> $1",
@@ -1053,6 +1062,14 @@ impl Backend for Postgres {
         let rows = rows.to_vec();
         self.pool.run(move |c| {
             let mut tx = c.transaction()?;
+            // Other nodes' writes to the artifacts wait for the restore (reads do not), and
+            // the restore starts after the ones already under way: an artifact committed
+            // while it ran would be missing from what goes, yet get the placeholder name
+            // below for good. Referencing tables come first, the order writers lock them.
+            tx.batch_execute(
+                "LOCK TABLE deployment_plans, build_plans, build_plan_steps, plan_scripts, \
+                 golden_images IN EXCLUSIVE MODE",
+            )?;
             let kept = |kind: ArtifactKind, id: &str| {
                 rows.iter().any(|r| r.kind == kind && r.record.id == id)
             };
@@ -1336,6 +1353,144 @@ mod tests {
             .map(|t| t.id)
             .collect();
         assert_eq!(all, vec![t1.id().to_owned(), t2.id().to_owned()]);
+    }
+
+    #[test]
+    fn a_nodes_restart_fails_its_own_tasks_and_not_another_live_nodes() {
+        let Some(s) = server() else { return };
+        let url = s.new_database().unwrap();
+        let res = crate::catalog::AssociatedResource::default();
+        let a = Catalog::open_postgres(&url).unwrap().for_node("node-a");
+        let running = a.create_task("Deploy", "u", res.clone()).unwrap();
+        // Node B starts (its own connections) while A runs its task.
+        let b = Catalog::open_postgres(&url).unwrap().for_node("node-b");
+        assert!(b.unfinished_tasks().unwrap().is_empty());
+        assert_eq!(b.fail_unfinished_tasks("b restarted").unwrap(), 0);
+        let t = b.get_task(running.id()).unwrap();
+        assert_eq!(t.task_state, crate::catalog::TaskState::Running);
+        a.task_progress(running.id(), 40, "going").unwrap();
+        // A dies and starts again: its task is failed.
+        drop(a);
+        let a = Catalog::open_postgres(&url).unwrap().for_node("node-a");
+        assert_eq!(a.unfinished_tasks().unwrap().len(), 1);
+        assert_eq!(a.fail_unfinished_tasks("a restarted").unwrap(), 1);
+        let t = b.get_task(running.id()).unwrap();
+        assert_eq!(t.task_state, crate::catalog::TaskState::Error);
+        assert_eq!(t.task_errors[0].message, "a restarted");
+    }
+
+    #[test]
+    fn a_task_stored_before_tasks_had_a_node_is_failed_by_a_restart() {
+        let Some(s) = server() else { return };
+        let url = s.new_database().unwrap();
+        let mut c = Client::connect(&url, NoTls).unwrap();
+        assert!(pg_migrate::migrate_with(&mut c, "t", &pg_migrate::MIGRATIONS[..3]).is_ok());
+        let (id, body) = crate::catalog::testing::running_task_json();
+        c.execute(
+            "INSERT INTO tasks (id, state, body) VALUES ($1, 'Running', $2)",
+            &[&id, &body],
+        )
+        .unwrap();
+        let cat = Catalog::open_postgres(&url).unwrap().for_node("node-a");
+        assert_eq!(cat.backend().get_task(&id).unwrap().unwrap().node, None);
+        assert_eq!(cat.fail_unfinished_tasks("restarted").unwrap(), 1);
+        let t = cat.get_task(&id).unwrap();
+        assert_eq!(t.task_state, crate::catalog::TaskState::Error);
+        let t = cat
+            .create_task("Deploy", "u", crate::catalog::AssociatedResource::default())
+            .unwrap();
+        let row = cat.backend().get_task(t.id()).unwrap().unwrap();
+        assert_eq!(row.node.as_deref(), Some("node-a"));
+    }
+
+    /// Waits until a session of database `db` waits on a lock, or `done()`.
+    fn until_one_waits_on_a_lock(db: &str, url: &str, done: impl Fn() -> bool) {
+        let mut watch = Client::connect(url, NoTls).unwrap();
+        while !done() {
+            let waiting = watch
+                .query(
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                     AND datname = $1",
+                    &[&db],
+                )
+                .unwrap();
+            if !waiting.is_empty() {
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_restore_replaces_the_artifacts_another_node_commits_while_it_runs() {
+        let Some(s) = server() else { return };
+        let url = s.new_database().unwrap();
+        let db = url.rsplit('/').next().unwrap().to_owned();
+        let cat = Catalog::open_postgres(&url).unwrap();
+        cat.create_artifact(ArtifactKind::PlanScript, script("kept"))
+            .unwrap();
+        let backup = cat.artifact_set().unwrap();
+        cat.create_artifact(ArtifactKind::PlanScript, script("gone"))
+            .unwrap();
+        // Another node, mid-transaction: it edits a script the restore deletes, and adds
+        // one the restore has not seen.
+        let mut other = Client::connect(&url, NoTls).unwrap();
+        let mut tx = other.transaction().unwrap();
+        tx.batch_execute(
+            "UPDATE plan_scripts SET body = body WHERE name = 'gone'; \
+             INSERT INTO plan_scripts (id, name, body) VALUES ('late-id', 'late', '{}')",
+        )
+        .unwrap();
+        let restoring = {
+            let cat = cat.clone();
+            std::thread::spawn(move || {
+                cat.restore_artifacts(&backup, &std::collections::HashMap::new())
+            })
+        };
+        until_one_waits_on_a_lock(&db, &url, || restoring.is_finished());
+        tx.commit().unwrap();
+        let r = restoring.join().unwrap().unwrap();
+        assert_eq!(r.artifacts, [1, 0, 0, 0]);
+        let names: Vec<String> = cat
+            .backend()
+            .list_artifacts(ArtifactKind::PlanScript)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, vec!["kept".to_string()]);
+    }
+
+    #[test]
+    fn two_nodes_storing_a_backup_at_once_leave_one() {
+        let Some(s) = server() else { return };
+        let url = s.new_database().unwrap();
+        let db = url.rsplit('/').next().unwrap().to_owned();
+        let cat = Catalog::open_postgres(&url).unwrap();
+        // Another node's backup, stored but not yet committed.
+        let mut other = Client::connect(&url, NoTls).unwrap();
+        let mut tx = other.transaction().unwrap();
+        tx.batch_execute(
+            "DELETE FROM artifact_bundles WHERE backup; \
+             INSERT INTO artifact_bundles (id, name, backup, body) \
+             VALUES ('k1', 'one', TRUE, '{\"id\": \"k1\", \"name\": \"one\"}')",
+        )
+        .unwrap();
+        let storing = {
+            let cat = cat.clone();
+            std::thread::spawn(move || cat.replace_backup(json!({"id": "k2", "name": "two"})))
+        };
+        until_one_waits_on_a_lock(&db, &url, || storing.is_finished());
+        tx.commit().unwrap();
+        assert_eq!(storing.join().unwrap().unwrap(), vec!["k1".to_string()]);
+        let ids: Vec<String> = cat
+            .backend()
+            .list_bundles(true)
+            .unwrap()
+            .into_iter()
+            .map(|b| b.record.id)
+            .collect();
+        assert_eq!(ids, vec!["k2".to_string()]);
     }
 
     #[test]

@@ -118,9 +118,18 @@ mod tests {
                "buildStep": [{"serialNumber": "1", "planScriptUri": script, "parameters": null}]})
     }
 
-    #[test]
-    fn a_restore_replaces_every_artifact_keeping_ids() {
-        let c = Catalog::memory().unwrap();
+    fn dplan(name: &str, bp: &str, gi: &Value) -> Value {
+        json!({"type": "OEDeploymentPlan", "name": name, "oeBuildPlanURI": bp,
+               "goldenImageURI": gi["uri"], "customAttributes": []})
+    }
+
+    /// An artifact's id, from its URI (a build plan's field is `buildPlanid`).
+    fn id(v: &Value) -> &str {
+        v["uri"].as_str().unwrap().rsplit('/').next().unwrap()
+    }
+
+    fn a_restore_replaces_every_artifact_keeping_ids(cat: &dyn Fn() -> Catalog) {
+        let c = cat();
         let s1 = c
             .create_artifact(ArtifactKind::PlanScript, script("s1"))
             .unwrap();
@@ -154,9 +163,120 @@ mod tests {
         assert!(c.delete_artifact(ArtifactKind::PlanScript, "s1").is_err());
     }
 
-    #[test]
-    fn a_restore_that_would_orphan_an_os_volume_changes_nothing() {
-        let c = Catalog::memory().unwrap();
+    /// Every kind at once: what the backup holds comes back with its ids, names (two
+    /// swapped since), links and store images; everything made since is gone, its store
+    /// images freed; an OS volume on a kept golden image keeps its reference.
+    fn a_restore_of_every_kind_is_wholesale_and_keeps_references(cat: &dyn Fn() -> Catalog) {
+        let c = cat();
+        let sa = c
+            .create_artifact(ArtifactKind::PlanScript, script("a"))
+            .unwrap();
+        let sb = c
+            .create_artifact(ArtifactKind::PlanScript, script("b"))
+            .unwrap();
+        let mut p = plan("bp", "a");
+        p["buildStep"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"serialNumber": "2", "planScriptUri": "b", "parameters": null}));
+        let bp = c.create_artifact(ArtifactKind::BuildPlan, p).unwrap();
+        let gi = c
+            .create_golden_image(json!({"name": "gi", "description": "d"}), "store-gi")
+            .unwrap();
+        let dp = c
+            .create_artifact(ArtifactKind::DeploymentPlan, dplan("dp", "bp", &gi))
+            .unwrap();
+        c.create_os_volume(NewOsVolume {
+            name: "vol",
+            store_volume: "vol",
+            golden_image: Some("gi"),
+            ..NewOsVolume::default()
+        })
+        .unwrap();
+        let backup = c.artifact_set().unwrap();
+        let stores = HashMap::from([(id(&gi).to_owned(), "store-gi".to_owned())]);
+
+        // After the backup: the deployment plan deleted, the scripts' names swapped, a new
+        // golden image and a new deployment plan on it, a new script.
+        c.delete_artifact(ArtifactKind::DeploymentPlan, "dp")
+            .unwrap();
+        for (key, name) in [("a", "tmp"), ("b", "a"), ("tmp", "b")] {
+            let mut v = c.get_artifact(ArtifactKind::PlanScript, key).unwrap();
+            v["name"] = json!(name);
+            c.update_artifact(ArtifactKind::PlanScript, key, v).unwrap();
+        }
+        let gi2 = c
+            .create_golden_image(json!({"name": "gi2", "description": ""}), "store-gi2")
+            .unwrap();
+        c.create_artifact(ArtifactKind::DeploymentPlan, dplan("dp2", "bp", &gi2))
+            .unwrap();
+        c.create_artifact(ArtifactKind::PlanScript, script("later"))
+            .unwrap();
+
+        let r = c.restore_artifacts(&backup, &stores).unwrap();
+        assert_eq!(r.artifacts, [2, 1, 1, 1]);
+        assert_eq!(r.freed_images, vec!["store-gi2".to_string()]);
+        let names = |kind| -> Vec<(String, String)> {
+            let page = c.list_artifacts(kind, &crate::catalog::ListQuery::default());
+            page.unwrap()
+                .members
+                .iter()
+                .map(|m| (id(m).to_owned(), m["name"].as_str().unwrap().to_owned()))
+                .collect()
+        };
+        let pair = |v: &Value, n: &str| (id(v).to_owned(), n.to_owned());
+        assert_eq!(
+            names(ArtifactKind::PlanScript),
+            vec![pair(&sa, "a"), pair(&sb, "b")]
+        );
+        assert_eq!(names(ArtifactKind::BuildPlan), vec![pair(&bp, "bp")]);
+        assert_eq!(names(ArtifactKind::DeploymentPlan), vec![pair(&dp, "dp")]);
+        assert_eq!(names(ArtifactKind::GoldenImage), vec![pair(&gi, "gi")]);
+        let dp_back = c
+            .get_artifact(ArtifactKind::DeploymentPlan, id(&dp))
+            .unwrap();
+        assert_eq!(
+            (&dp_back["oeBuildPlanURI"], &dp_back["goldenImageURI"]),
+            (&bp["uri"], &gi["uri"])
+        );
+        assert_eq!(dp_back["created"], dp["created"]);
+        assert_ne!(dp_back["eTag"], dp["eTag"]);
+        let a_back = c.get_artifact(ArtifactKind::PlanScript, "a").unwrap();
+        assert_eq!(a_back["content"], sa["content"]);
+        assert_eq!(
+            c.golden_image_store_name("gi").unwrap().as_deref(),
+            Some("store-gi")
+        );
+        // The references are rows again, as the backup had them.
+        let used = |kind, key| -> Vec<String> {
+            let u = c.used_by(kind, key).unwrap();
+            u.into_iter()
+                .map(|u| format!("{} {}", u.what, u.name))
+                .collect()
+        };
+        assert_eq!(used(ArtifactKind::PlanScript, "a"), vec!["build plan bp"]);
+        assert_eq!(used(ArtifactKind::PlanScript, "b"), vec!["build plan bp"]);
+        assert_eq!(
+            used(ArtifactKind::BuildPlan, "bp"),
+            vec!["deployment plan dp"]
+        );
+        assert_eq!(
+            used(ArtifactKind::GoldenImage, "gi"),
+            vec!["deployment plan dp", "OS volume vol"]
+        );
+        let e = c
+            .delete_artifact(ArtifactKind::BuildPlan, "bp")
+            .unwrap_err();
+        assert!(e.to_string().contains("deployment plan \"dp\""), "{e}");
+        assert_eq!(c.get_os_volume("vol").unwrap()["name"], "vol");
+        // Restoring the same backup again changes nothing and frees nothing.
+        let r = c.restore_artifacts(&backup, &stores).unwrap();
+        assert_eq!((r.artifacts, r.freed_images.len()), ([2, 1, 1, 1], 0));
+        assert_eq!(names(ArtifactKind::PlanScript).len(), 2);
+    }
+
+    fn a_restore_that_would_orphan_an_os_volume_changes_nothing(cat: &dyn Fn() -> Catalog) {
+        let c = cat();
         let empty = c.artifact_set().unwrap();
         c.create_golden_image(json!({"name": "gi"}), "store-gi")
             .unwrap();
@@ -181,4 +301,10 @@ mod tests {
         assert_eq!(r.freed_images, vec!["store-gi".to_string()]);
         assert_eq!(r.artifacts, [0; 4]);
     }
+
+    crate::catalog::testing::conformance!(
+        a_restore_replaces_every_artifact_keeping_ids,
+        a_restore_of_every_kind_is_wholesale_and_keeps_references,
+        a_restore_that_would_orphan_an_os_volume_changes_nothing,
+    );
 }

@@ -632,9 +632,9 @@ impl Backend for Sqlite {
         self.conn
             .lock()
             .execute(
-                "INSERT INTO tasks (id, state, seq, body) VALUES (?1, ?2, \
-                 (SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks), ?3)",
-                params![t.id, t.state, t.body.to_string()],
+                "INSERT INTO tasks (id, state, seq, body, node) VALUES (?1, ?2, \
+                 (SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks), ?3, ?4)",
+                params![t.id, t.state, t.body.to_string(), t.node],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -659,20 +659,21 @@ impl Backend for Sqlite {
     }
 
     fn get_task(&self, id: &str) -> Result<Option<TaskRow>> {
-        let row: Option<(String, String, String)> = self
+        let row: Option<(String, String, Option<String>, String)> = self
             .conn
             .lock()
             .query_row(
-                "SELECT id, state, body FROM tasks WHERE id = ?1",
+                "SELECT id, state, node, body FROM tasks WHERE id = ?1",
                 [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        row.map(|(id, state, body)| {
+        row.map(|(id, state, node, body)| {
             Ok(TaskRow {
                 id,
                 state,
+                node,
                 body: self.body(body)?,
             })
         })
@@ -682,23 +683,25 @@ impl Backend for Sqlite {
     fn list_tasks(&self) -> Result<Vec<TaskRow>> {
         let conn = self.conn.lock();
         let mut st = conn
-            .prepare("SELECT id, state, body FROM tasks ORDER BY seq")
+            .prepare("SELECT id, state, node, body FROM tasks ORDER BY seq")
             .map_err(|e| self.err(e))?;
         let rows = st
             .query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, String>(3)?,
                 ))
             })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for r in rows {
-            let (id, state, body) = r.map_err(|e| self.err(e))?;
+            let (id, state, node, body) = r.map_err(|e| self.err(e))?;
             out.push(TaskRow {
                 id,
                 state,
+                node,
                 body: self.body(body)?,
             });
         }

@@ -6,6 +6,12 @@
 //! through progress updates and ends `Completed` or `Error`; a restart marks the ones
 //! left running as `Error` ([`Catalog::fail_unfinished_tasks`]), so none stays running
 //! forever after a crash.
+//!
+//! A task belongs to the node that created it (its process does the work), and a node's
+//! restart sweeps only its own: on a shared PostgreSQL catalog another node's running
+//! task is alive. Tasks stored before tasks had a node (migration 4) have none; a
+//! restart sweeps them too, as before, since leaving them running forever is what the
+//! sweep is for (only a node still running an older strata could be running one).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -87,10 +93,12 @@ impl Task {
         self.uri.strip_prefix(TASKS_URI).unwrap_or(&self.uri)
     }
 
-    fn row(&self) -> TaskRow {
+    /// Its row, run by `node` (which an update leaves as it is).
+    fn row(&self, node: Option<&str>) -> TaskRow {
         TaskRow {
             id: self.id().into(),
             state: self.task_state.as_str().into(),
+            node: node.map(Into::into),
             body: serde_json::to_value(self).unwrap_or(Value::Null),
         }
     }
@@ -120,7 +128,7 @@ impl Catalog {
             modified: now,
             e_tag: new_id(),
         };
-        self.backend().insert_task(&t.row())?;
+        self.backend().insert_task(&t.row(Some(self.node())))?;
         Ok(t)
     }
 
@@ -173,37 +181,43 @@ impl Catalog {
         })
     }
 
-    /// The tasks not finished (at startup, before they are failed: what they were doing).
+    /// This node's tasks not finished (at startup, before they are failed: what they were
+    /// doing). Another node's are not listed: that node runs them.
     pub fn unfinished_tasks(&self) -> Result<Vec<Task>> {
         let mut out = Vec::new();
-        for row in self.backend().list_tasks()? {
-            if row.state == "Running" || row.state == "New" {
-                out.push(self.get_task(&row.id)?);
-            }
+        for row in self.own_unfinished_tasks()? {
+            out.push(self.get_task(&row.id)?);
         }
         Ok(out)
     }
 
-    /// Marks every task not finished as failed (at startup: their process is gone).
+    /// Marks this node's tasks not finished as failed (at startup: their process is gone).
     pub fn fail_unfinished_tasks(&self, reason: &str) -> Result<usize> {
         let mut n = 0;
-        for row in self.backend().list_tasks()? {
-            if row.state == "Running" || row.state == "New" {
-                let id = row.id.clone();
-                self.finish_task(
-                    &id,
-                    Err(vec![TaskError {
-                        error_code: "TASK_INTERRUPTED".into(),
-                        message: reason.into(),
-                        details: String::new(),
-                        recommended_actions: vec!["Run the operation again.".into()],
-                        error_source: None,
-                    }]),
-                )?;
-                n += 1;
-            }
+        for row in self.own_unfinished_tasks()? {
+            self.finish_task(
+                &row.id,
+                Err(vec![TaskError {
+                    error_code: "TASK_INTERRUPTED".into(),
+                    message: reason.into(),
+                    details: String::new(),
+                    recommended_actions: vec!["Run the operation again.".into()],
+                    error_source: None,
+                }]),
+            )?;
+            n += 1;
         }
         Ok(n)
+    }
+
+    /// The rows of the unfinished tasks this node created, and of those with no node.
+    fn own_unfinished_tasks(&self) -> Result<Vec<TaskRow>> {
+        let mut rows = self.backend().list_tasks()?;
+        rows.retain(|r| {
+            (r.state == "Running" || r.state == "New")
+                && r.node.as_deref().is_none_or(|n| n == self.node())
+        });
+        Ok(rows)
     }
 
     fn change_task(&self, id: &str, f: impl FnOnce(&mut Task)) -> Result<Task> {
@@ -214,7 +228,7 @@ impl Catalog {
         f(&mut t);
         t.modified = now_timestamp();
         t.e_tag = new_id();
-        self.backend().update_task(&t.row())?;
+        self.backend().update_task(&t.row(None))?;
         Ok(t)
     }
 }
@@ -282,8 +296,59 @@ mod tests {
         ));
     }
 
+    /// Two nodes on one catalog: a node's restart fails its own unfinished tasks, not the
+    /// other's (which that node is still running).
+    fn a_restart_fails_only_its_own_nodes_tasks(cat: &dyn Fn() -> Catalog) {
+        let c = cat();
+        let (a, b) = (c.for_node("node-a"), c.for_node("node-b"));
+        let ta = a.create_task("Deploy", "admin", res()).unwrap();
+        let tb = b.create_task("Deploy", "admin", res()).unwrap();
+        let ids = |c: &Catalog| -> Vec<String> {
+            let t = c.unfinished_tasks().unwrap();
+            t.iter().map(|t| t.id().to_owned()).collect()
+        };
+        assert_eq!(ids(&b), vec![tb.id().to_owned()]);
+        assert_eq!(b.fail_unfinished_tasks("b restarted").unwrap(), 1);
+        assert_eq!(a.get_task(ta.id()).unwrap().task_state, TaskState::Running);
+        assert_eq!(a.get_task(tb.id()).unwrap().task_state, TaskState::Error);
+        // A's task goes on; A's own restart fails it.
+        a.task_progress(ta.id(), 50, "half").unwrap();
+        assert_eq!(ids(&a), vec![ta.id().to_owned()]);
+        assert_eq!(a.fail_unfinished_tasks("a restarted").unwrap(), 1);
+        let ta = b.get_task(ta.id()).unwrap();
+        assert_eq!(ta.task_state, TaskState::Error);
+        assert_eq!(ta.task_errors[0].message, "a restarted");
+        assert_eq!(b.fail_unfinished_tasks("again").unwrap(), 0);
+    }
+
+    #[test]
+    fn a_task_stored_before_tasks_had_a_node_is_failed_by_a_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let mut conn =
+            rusqlite::Connection::open(d.path().join(crate::catalog::FILE_NAME)).unwrap();
+        let v3 = &crate::catalog::migrate::MIGRATIONS[..3];
+        crate::catalog::migrate::migrate_with(&mut conn, std::path::Path::new("mem"), v3).unwrap();
+        let (id, body) = crate::catalog::testing::running_task_json();
+        conn.execute(
+            "INSERT INTO tasks (id, state, seq, body) VALUES (?1, 'Running', 1, ?2)",
+            [&id, &body],
+        )
+        .unwrap();
+        drop(conn);
+        let c = Catalog::open(d.path()).unwrap();
+        assert_eq!(c.backend().get_task(&id).unwrap().unwrap().node, None);
+        assert_eq!(c.unfinished_tasks().unwrap().len(), 1);
+        assert_eq!(c.fail_unfinished_tasks("restarted").unwrap(), 1);
+        assert_eq!(c.get_task(&id).unwrap().task_state, TaskState::Error);
+        // A task made now is this node's.
+        let t = c.create_task("Deploy", "admin", res()).unwrap();
+        let row = c.backend().get_task(t.id()).unwrap().unwrap();
+        assert_eq!(row.node.as_deref(), Some(c.node()));
+    }
+
     crate::catalog::testing::conformance!(
         a_task_runs_reports_progress_and_completes,
         a_restart_fails_the_tasks_left_running,
+        a_restart_fails_only_its_own_nodes_tasks,
     );
 }

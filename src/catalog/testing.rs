@@ -40,6 +40,15 @@ pub(crate) fn postgres_on(server: &pg_server::PgServer) -> Catalog {
     Catalog::open_postgres(&url).unwrap_or_else(|e| panic!("opening {url}: {e}"))
 }
 
+/// A running task's id and JSON, as a row of it holds them (for rows written by hand,
+/// as an older strata wrote them).
+pub(crate) fn running_task_json() -> (String, String) {
+    let t = sqlite()
+        .create_task("Deploy", "admin", super::AssociatedResource::default())
+        .unwrap();
+    (t.id().to_owned(), serde_json::to_string(&t).unwrap())
+}
+
 /// Runs each listed test (taking `&dyn Fn() -> Catalog`) on SQLite and on PostgreSQL.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
