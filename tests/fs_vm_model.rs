@@ -1,7 +1,8 @@
 //! Model-based tests of the VM adapter (src/fs/vm): random edit sequences, in the guestfish
 //! dialect, run by the real binary (`strata shell VOL -f SCRIPT --write`, one VM per job)
 //! on XFS (mkfs.xfs defaults: v5, CRCs, reflink; and `-m reflink=0`), btrfs (mkfs.btrfs
-//! defaults) and XFS as a logical volume in LVM (a RHEL-like disk), and applied at the same
+//! defaults), and XFS and btrfs as logical volumes in LVM (RHEL's `rhel/root`, SLES's
+//! `system/root`), and applied at the same
 //! time to a small in-test model of the tree (paths, kinds, contents, symlink targets,
 //! modes, owners, hard-link counts). Only commands whose outcome the model knows are
 //! generated, so every script must succeed, and what it prints (`ls`, `checksum`,
@@ -25,7 +26,7 @@ use std::process::Command;
 
 use common::disks::{
     btrfs_check_clean, gpt_disk, part_file, rhel_disk, sized, xfs_image, xfs_repair_clean,
-    KernelMount, Part,
+    KernelMount, Lvm, Part,
 };
 use common::{ok, tool, Repo};
 
@@ -41,6 +42,8 @@ enum Layout {
     Btrfs,
     /// The RHEL-like disk of tests/fs_xfs.rs: the XFS root is LV `rhel/root`.
     LvmXfs,
+    /// btrfs (mkfs.btrfs defaults) on LV `system/root`, as SLES installs it on LVM.
+    LvmBtrfs,
 }
 
 #[derive(Clone, Copy)]
@@ -54,7 +57,7 @@ struct Flavor {
 impl Flavor {
     fn fs_type(&self) -> &'static str {
         match self.layout {
-            Layout::Btrfs => "btrfs",
+            Layout::Btrfs | Layout::LvmBtrfs => "btrfs",
             _ => "xfs",
         }
     }
@@ -108,6 +111,49 @@ fn golden_disk(f: &Flavor, work: &Path) -> (PathBuf, Part) {
         }
         Layout::LvmXfs => {
             let (disk, _, root) = rhel_disk(work);
+            (disk, root)
+        }
+        Layout::LvmBtrfs => {
+            let pv = work.join("pv.img");
+            sized(&pv, 320);
+            let (disk, parts) = gpt_disk(work, &[(&pv, 320)]);
+            let lvm = Lvm::new(work, &disk, &parts[0]);
+            let lo = lvm.lo.0.clone();
+            lvm.run(&[
+                "pvcreate",
+                "-q",
+                "--norestorefile",
+                "--dataalignment",
+                "1m",
+                &lo,
+            ]);
+            lvm.run(&["vgcreate", "-q", "-s", "4m", "system", &lo]);
+            lvm.run(&[
+                "lvcreate",
+                "--driverloaded",
+                "n",
+                "-an",
+                "-Zn",
+                "-q",
+                "-L",
+                "300M",
+                "-n",
+                "root",
+                "system",
+            ]);
+            let root = lvm.at(&parts[0], "system", "root");
+            drop(lvm);
+            let img = btrfs_image(work);
+            ok(Command::new("dd")
+                .arg(format!("if={}", img.display()))
+                .arg(format!("of={}", disk.display()))
+                .arg(format!("seek={}", root.start))
+                .args([
+                    "bs=1M",
+                    "oflag=seek_bytes",
+                    "conv=notrunc,sparse",
+                    "status=none",
+                ]));
             (disk, root)
         }
     }
@@ -1117,6 +1163,7 @@ impl Gen<'_> {
 fn sequence(r: &mut Rng, m: &mut Model, f: &Flavor, s: u64) -> Sequence {
     let (device, alt_device) = match f.layout {
         Layout::LvmXfs => ("/dev/rhel/root", "/dev/mapper/rhel-root"),
+        Layout::LvmBtrfs => ("/dev/system/root", "/dev/mapper/system-root"),
         _ => ("/dev/sda1", "/dev/sda1"),
     };
     let mut g = Gen {
@@ -1231,7 +1278,7 @@ fn model_test(f: Flavor) {
         export();
         part_file(&raw, &part, &fs_img);
         let checked = std::panic::catch_unwind(|| match f.layout {
-            Layout::Btrfs => btrfs_check_clean(&fs_img),
+            Layout::Btrfs | Layout::LvmBtrfs => btrfs_check_clean(&fs_img),
             _ => xfs_repair_clean(&fs_img),
         });
         if let Err(e) = checked {
@@ -1304,5 +1351,14 @@ fn xfs_in_lvm_matches_the_model() {
         name: "xfs in LVM (rhel/root)",
         layout: Layout::LvmXfs,
         seed: 0x5eed_f5_04,
+    });
+}
+
+#[test]
+fn btrfs_in_lvm_matches_the_model() {
+    model_test(Flavor {
+        name: "btrfs in LVM (system/root)",
+        layout: Layout::LvmBtrfs,
+        seed: 0x5eed_f5_05,
     });
 }
