@@ -13,8 +13,8 @@ use serde_json::Value;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::list::ListParams;
-use super::version::{normalize_type, present, ApiVersion};
-use super::{blocking, AppState};
+use super::version::{normalize_type, present, present_text, ApiVersion};
+use super::{blocking, read, AppState};
 use crate::catalog::artifacts::uri_prefix;
 use crate::catalog::UsedBy;
 use crate::plan::artifacts::ArtifactKind;
@@ -82,7 +82,7 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let params = ListParams::from_raw(q)?;
     let (cat, query) = (st.catalog.clone(), params.query.clone());
-    let mut page = blocking(move || Ok(cat.list_artifacts(kind, &query)?)).await?;
+    let mut page = read(&st.catalog, move || Ok(cat.list_artifacts(kind, &query)?)).await?;
     page.members = page
         .members
         .into_iter()
@@ -101,10 +101,16 @@ async fn get_one(
     State(st): State<AppState>,
     v: ApiVersion,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
+    let (cat, key) = (st.catalog.clone(), id.clone());
+    let text = read(&st.catalog, move || Ok(cat.get_artifact_text(kind, &key)?)).await?;
+    if let Some(b) = present_text(kind, v, &text) {
+        return Ok(([(header::CONTENT_TYPE, "application/json")], b).into_response());
+    }
+    // Not an object as stored: the parsed way, which says what is wrong.
     let cat = st.catalog.clone();
-    let body = blocking(move || Ok(cat.get_artifact(kind, &id)?)).await?;
-    Ok(Json(present(kind, v, body)))
+    let body = read(&st.catalog, move || Ok(cat.get_artifact(kind, &id)?)).await?;
+    Ok(Json(present(kind, v, body)).into_response())
 }
 
 async fn create(

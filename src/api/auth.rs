@@ -27,7 +27,8 @@ use serde_json::json;
 
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::{blocking, AppState};
+use super::{blocking, read, AppState};
+use crate::catalog::SessionPeek;
 
 /// Who the request's session belongs to (put in the request's extensions by the gate).
 #[derive(Debug, Clone)]
@@ -121,7 +122,18 @@ pub async fn require_session(State(st): State<AppState>, mut req: Request, next:
         .await;
     };
     let (cat, idle, t2) = (st.catalog.clone(), st.session_idle, t.clone());
-    match blocking(move || Ok(cat.session(&t2, idle)?)).await {
+    // The lookup reads (at once, when reads never wait); only a session whose expiry is
+    // due a move takes a blocking thread to write it.
+    let found = match read(&st.catalog, move || Ok(cat.peek_session(&t2, idle)?)).await {
+        Ok(SessionPeek::Live(s)) => Ok(Some(s)),
+        Ok(SessionPeek::Gone) => Ok(None),
+        Ok(SessionPeek::Due) => {
+            let (cat, t2) = (st.catalog.clone(), t.clone());
+            blocking(move || Ok(cat.session(&t2, idle)?)).await
+        }
+        Err(e) => Err(e),
+    };
+    match found {
         Ok(Some(s)) => {
             req.extensions_mut().insert(SessionUser {
                 user: s.user,

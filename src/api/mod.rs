@@ -17,8 +17,9 @@
 //! - `tasks.rs`     `/rest/tasks/{id}` and the 202 answer for long work
 //! - `stream.rs`    request and response bodies streamed to and from the appliance's jobs
 //!
-//! Handlers are thin: parse, call one catalog (or plan) function on a blocking thread,
-//! shape the answer. Adding an endpoint: a handler in the file of its resource, its route
+//! Handlers are thin: parse, call one catalog (or plan) function on a blocking thread
+//! ([`blocking`]; a read that never waits, [`read`], runs at once when the catalog's reads
+//! never wait), shape the answer. Adding an endpoint: a handler in the file of its resource, its route
 //! in that file's `routes()`, nothing else (the gate covers every route). Long work: create
 //! a task (`Catalog::create_task`), spawn the work (it calls `task_progress` and
 //! `finish_task`), answer `tasks::accepted(&task)`.
@@ -111,6 +112,22 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal(format!("a request's worker failed: {e}")))?
+}
+
+/// Runs a catalog read that writes nothing: at once, on this async thread, when the
+/// catalog's reads never wait (SQLite's read connections: a cached statement, tens of
+/// microseconds, less than handing the work to a blocking thread and back costs), else as
+/// [`blocking`] (PostgreSQL: a network round trip). Only for reads: a write may wait for
+/// another (a transaction, another process's lock) and would stall the async thread.
+pub async fn read<T: Send + 'static>(
+    catalog: &Catalog,
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    if catalog.reads_never_wait() {
+        f()
+    } else {
+        blocking(f).await
+    }
 }
 
 /// Every route, behind the session gate.

@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 use super::error::ApiError;
-use super::{blocking, AppState};
+use super::{read, AppState};
 use crate::catalog::Task;
 
 pub fn routes() -> Router<AppState> {
@@ -22,7 +22,7 @@ async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let cat = st.catalog.clone();
-    let t = blocking(move || Ok(cat.get_task(&id)?)).await?;
+    let t = read(&st.catalog, move || Ok(cat.get_task(&id)?)).await?;
     Ok(Json(serde_json::to_value(t).unwrap_or(Value::Null)))
 }
 

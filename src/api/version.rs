@@ -97,6 +97,20 @@ pub fn present(kind: ArtifactKind, v: ApiVersion, mut body: Value) -> Value {
     body
 }
 
+/// [`present`] on an artifact's stored JSON text, as the bytes `Json(present(..))` would
+/// send: only the top level is parsed (each member's value is kept as its text), `type`
+/// replaced, and the object written again, keys in the same (sorted) order `Value` keeps.
+/// None when the text is not a JSON object (the caller then goes the `Value` way, which
+/// reports what is wrong).
+pub fn present_text(kind: ArtifactKind, v: ApiVersion, text: &str) -> Option<Vec<u8>> {
+    use serde_json::value::RawValue;
+    let mut m: std::collections::BTreeMap<String, &RawValue> = serde_json::from_str(text).ok()?;
+    let t = serde_json::to_string(v.type_name(kind)).ok()?;
+    let t = RawValue::from_string(t).ok()?;
+    m.insert("type".to_owned(), &t);
+    serde_json::to_vec(&m).ok()
+}
+
 /// `GET /rest/version`.
 pub async fn get_version() -> Json<Value> {
     Json(json!({
@@ -108,6 +122,38 @@ pub async fn get_version() -> Json<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn present_text_writes_the_bytes_present_would() {
+        let stored = json!({
+            "type": "OeBuildPlan", "name": "b \"q\" \u{e9}\n", "zeta": [1, 2.5, -3e-7, null],
+            "alpha": {"z": true, "a": {"deep": "x\\y"}}, "customAttributes": [],
+            "big": 18446744073709551615u64, "uri": "/rest/build-plans/1",
+        })
+        .to_string();
+        for v in [ApiVersion(300), ApiVersion(800)] {
+            let want = serde_json::to_vec(&present(
+                ArtifactKind::BuildPlan,
+                v,
+                serde_json::from_str(&stored).unwrap(),
+            ))
+            .unwrap();
+            let got = present_text(ArtifactKind::BuildPlan, v, &stored).unwrap();
+            assert_eq!(
+                String::from_utf8(got).unwrap(),
+                String::from_utf8(want).unwrap()
+            );
+        }
+        // No type stored: present adds one, and so does present_text.
+        let got = present_text(
+            ArtifactKind::PlanScript,
+            ApiVersion(800),
+            r#"{"b":1,"a":2}"#,
+        );
+        assert_eq!(got.unwrap(), br#"{"a":2,"b":1,"type":"PlanScript"}"#);
+        assert!(present_text(ArtifactKind::PlanScript, ApiVersion(800), "[1]").is_none());
+        assert!(present_text(ArtifactKind::PlanScript, ApiVersion(800), "{").is_none());
+    }
 
     #[test]
     fn type_names_follow_the_version() {

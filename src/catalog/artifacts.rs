@@ -75,6 +75,17 @@ impl Catalog {
         Ok(self.record(kind, key)?.body)
     }
 
+    /// [`Catalog::get_artifact`]'s JSON as the catalog holds it (text, not parsed: an API
+    /// get shapes it without building the whole value). `NotFound` as `get_artifact`.
+    pub fn get_artifact_text(&self, kind: ArtifactKind, key: &str) -> Result<String> {
+        self.backend()
+            .find_artifact_text(kind, key_of(kind, key))?
+            .ok_or_else(|| CatalogError::NotFound {
+                what: kind.what(),
+                key: key.into(),
+            })
+    }
+
     /// The store's image name a golden image's blocks are in.
     pub fn golden_image_store_name(&self, key: &str) -> Result<Option<String>> {
         let r = self.record(ArtifactKind::GoldenImage, key)?;

@@ -108,6 +108,15 @@ pub struct ArtifactRow {
 
 /// Storage of one catalog backend. Every method is one atomic operation.
 pub trait Backend: Send + Sync {
+    /// Whether a read (a `get_`, `find_`, `list_` or `links_of`/`users_of` call, a
+    /// `touch_session` that does not extend) returns without waiting for other work: no
+    /// network round trip, no lock a write holds. The API then runs such reads on its async
+    /// threads instead of handing each to a blocking thread (SQLite in WAL mode with its
+    /// own read connections). False unless a backend says so.
+    fn reads_never_wait(&self) -> bool {
+        false
+    }
+
     /// Adds an artifact; `Conflict` when its id or name is taken, `Missing` when a link
     /// names nothing.
     fn insert_artifact(&self, kind: ArtifactKind, rec: &Record, links: &Links) -> Result<()>;
@@ -116,6 +125,11 @@ pub trait Backend: Send + Sync {
     fn get_artifact(&self, kind: ArtifactKind, id: &str) -> Result<Option<Record>>;
     /// By id or by name.
     fn find_artifact(&self, kind: ArtifactKind, key: &str) -> Result<Option<Record>>;
+    /// The JSON text of [`Backend::find_artifact`]'s body (a backend that stores the text
+    /// answers it as stored, without parsing it).
+    fn find_artifact_text(&self, kind: ArtifactKind, key: &str) -> Result<Option<String>> {
+        Ok(self.find_artifact(kind, key)?.map(|r| r.body.to_string()))
+    }
     /// All of one kind, by name.
     fn list_artifacts(&self, kind: ArtifactKind) -> Result<Vec<Record>>;
     /// Deletes one unless something uses it (`InUse` naming the users); `NotFound`.

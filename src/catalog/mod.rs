@@ -58,6 +58,7 @@ use std::sync::Arc;
 pub use backend::{Backend, UsedBy, User};
 pub use query::{ListQuery, Page};
 pub use tasks::{AssociatedResource, Task, TaskError, TaskState};
+pub use users::SessionPeek;
 
 /// The catalog's file inside the repository directory.
 pub const FILE_NAME: &str = "catalog.db";
@@ -221,6 +222,12 @@ impl Catalog {
     /// The node this catalog is used from.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// Whether reads return without waiting on other work ([`Backend::reads_never_wait`]):
+    /// then a caller on an async thread may read at once rather than on a blocking thread.
+    pub fn reads_never_wait(&self) -> bool {
+        self.backend.reads_never_wait()
     }
 
     pub(crate) fn backend(&self) -> &dyn Backend {

@@ -1,12 +1,17 @@
 //! The embedded SQLite backend: one database file inside the repository directory, opened
 //! in WAL mode with foreign keys on (the references are the database's own constraints,
-//! checked again by hand only to name the users in the error). One connection behind a
-//! mutex: statements are short and the catalog is not a hot path next to the block store.
+//! checked again by hand only to name the users in the error). One connection writes,
+//! behind a mutex; reads go to a few read-only connections beside it (WAL lets readers run
+//! while the writer writes, and a read never waits for a write), so the API's gets, lists
+//! and session checks neither serialise on the writer nor wait behind a long transaction.
+//! A commit is seen by every read that starts after it, whatever connection it runs on.
+//! Statements are prepared once per connection (rusqlite's statement cache).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use parking_lot::Mutex;
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use parking_lot::{Mutex, MutexGuard};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use serde_json::Value;
 
 use super::backend::{
@@ -21,9 +26,26 @@ use crate::plan::artifacts::{ArtifactKind, BUILD_PLANS_URI, DEPLOYMENT_PLANS_URI
 type VolumeColumns = (Record, String, Option<String>, Option<String>, String);
 
 pub struct Sqlite {
+    /// Read-only connections for reads outside a write; empty when the database is not in
+    /// WAL mode (an in-memory one, a file system without shared memory), and then reads
+    /// take the writer. Declared before the writer so that they close first, and the
+    /// writer, closing last, checkpoints the WAL into the database.
+    readers: Vec<Mutex<Connection>>,
+    /// The connection every write (and every read inside a write) goes through.
     conn: Mutex<Connection>,
+    /// Where the next read starts looking for a free reader.
+    next_reader: AtomicUsize,
     path: PathBuf,
 }
+
+/// How many read-only connections a file catalog opens: enough that the API's threads
+/// (async workers and blocking ones) rarely find them all busy; each costs a file
+/// descriptor and its page cache.
+const READERS: usize = 4;
+
+/// How many prepared statements each connection keeps (rusqlite's default is 16; the
+/// hot reads and writes are about twenty).
+const STATEMENT_CACHE: usize = 64;
 
 fn table(kind: ArtifactKind) -> &'static str {
     match kind {
@@ -52,10 +74,54 @@ impl Sqlite {
             .map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         migrate::migrate(&mut conn, path)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(db)?;
+        let mut readers = Vec::new();
+        if mode.eq_ignore_ascii_case("wal") {
+            for _ in 0..READERS {
+                let r = Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                        | OpenFlags::SQLITE_OPEN_URI,
+                )
+                .map_err(db)?;
+                r.busy_timeout(std::time::Duration::from_secs(10))
+                    .map_err(db)?;
+                r.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+                readers.push(Mutex::new(r));
+            }
+        }
         Ok(Sqlite {
             conn: Mutex::new(conn),
+            readers,
+            next_reader: AtomicUsize::new(0),
             path: path.to_owned(),
         })
+    }
+
+    /// Whether reads have connections of their own (see [`Backend::reads_never_wait`]).
+    pub fn has_readers(&self) -> bool {
+        !self.readers.is_empty()
+    }
+
+    /// A connection for a read outside any write: a free reader (the writer when there
+    /// are none).
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        let n = self.readers.len();
+        if n == 0 {
+            return self.conn.lock();
+        }
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            if let Some(g) = self.readers[(start + i) % n].try_lock() {
+                return g;
+            }
+        }
+        // All busy: each read is short, wait for one.
+        self.readers[start % n].lock()
     }
 
     /// An in-memory catalog (tests).
@@ -68,8 +134,11 @@ impl Sqlite {
         let mut conn = Connection::open_in_memory().map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         migrate::migrate(&mut conn, &path)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Sqlite {
             conn: Mutex::new(conn),
+            readers: Vec::new(),
+            next_reader: AtomicUsize::new(0),
             path,
         })
     }
@@ -242,8 +311,8 @@ impl Sqlite {
     }
 
     fn volumes(&self, sql: &str, p: &[&dyn rusqlite::ToSql]) -> Result<Vec<OsVolumeRow>> {
-        let conn = self.conn.lock();
-        let mut st = conn.prepare(sql).map_err(|e| self.err(e))?;
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
         let rows = st
             .query_map(p, |r| self.volume_row(r))
             .map_err(|e| self.err(e))?;
@@ -264,6 +333,10 @@ impl Sqlite {
 }
 
 impl Backend for Sqlite {
+    fn reads_never_wait(&self) -> bool {
+        self.has_readers()
+    }
+
     fn insert_artifact(&self, kind: ArtifactKind, rec: &Record, links: &Links) -> Result<()> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
@@ -304,41 +377,53 @@ impl Backend for Sqlite {
     }
 
     fn get_artifact(&self, kind: ArtifactKind, id: &str) -> Result<Option<Record>> {
-        let row = self
-            .conn
-            .lock()
-            .query_row(
-                &format!("SELECT id, name, body FROM {} WHERE id = ?1", table(kind)),
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
+        let conn = self.reader();
+        let row = conn
+            .prepare_cached(&format!(
+                "SELECT id, name, body FROM {} WHERE id = ?1",
+                table(kind)
+            ))
+            .and_then(|mut st| {
+                st.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
             .map_err(|e| self.err(e))?;
+        drop(conn);
         row.map(|r| self.record(r)).transpose()
     }
 
     fn find_artifact(&self, kind: ArtifactKind, key: &str) -> Result<Option<Record>> {
-        let row = self
-            .conn
-            .lock()
-            .query_row(
-                &format!(
-                    "SELECT id, name, body FROM {} WHERE id = ?1 OR name = ?1 \
-                     ORDER BY id = ?1 DESC LIMIT 1",
-                    table(kind)
-                ),
-                [key],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
+        let conn = self.reader();
+        let row = conn
+            .prepare_cached(&format!(
+                "SELECT id, name, body FROM {} WHERE id = ?1 OR name = ?1 \
+                 ORDER BY id = ?1 DESC LIMIT 1",
+                table(kind)
+            ))
+            .and_then(|mut st| {
+                st.query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
             .map_err(|e| self.err(e))?;
+        drop(conn);
         row.map(|r| self.record(r)).transpose()
     }
 
+    fn find_artifact_text(&self, kind: ArtifactKind, key: &str) -> Result<Option<String>> {
+        self.reader()
+            .prepare_cached(&format!(
+                "SELECT body FROM {} WHERE id = ?1 OR name = ?1 \
+                 ORDER BY id = ?1 DESC LIMIT 1",
+                table(kind)
+            ))
+            .and_then(|mut st| st.query_row([key], |r| r.get(0)).optional())
+            .map_err(|e| self.err(e))
+    }
+
     fn list_artifacts(&self, kind: ArtifactKind) -> Result<Vec<Record>> {
-        let conn = self.conn.lock();
+        let conn = self.reader();
         let mut st = conn
-            .prepare(&format!(
+            .prepare_cached(&format!(
                 "SELECT id, name, body FROM {} ORDER BY name",
                 table(kind)
             ))
@@ -377,12 +462,12 @@ impl Backend for Sqlite {
     }
 
     fn users_of(&self, kind: ArtifactKind, id: &str) -> Result<Vec<UsedBy>> {
-        let conn = self.conn.lock();
+        let conn = self.reader();
         self.users_in(&conn, kind, id)
     }
 
     fn links_of(&self, kind: ArtifactKind, id: &str) -> Result<Links> {
-        let conn = self.conn.lock();
+        let conn = self.reader();
         let mut l = Links::default();
         match kind {
             ArtifactKind::BuildPlan => {
@@ -496,7 +581,7 @@ impl Backend for Sqlite {
     }
 
     fn deployments_of(&self, os_volume: &str) -> Result<Vec<Value>> {
-        let conn = self.conn.lock();
+        let conn = self.reader();
         let mut st = conn
             .prepare("SELECT record FROM deployments WHERE os_volume_id = ?1 ORDER BY seq")
             .map_err(|e| self.err(e))?;
@@ -541,7 +626,7 @@ impl Backend for Sqlite {
     }
 
     fn list_users(&self) -> Result<Vec<User>> {
-        let conn = self.conn.lock();
+        let conn = self.reader();
         let mut st = conn
             .prepare("SELECT name, created FROM users ORDER BY name")
             .map_err(|e| self.err(e))?;
@@ -557,8 +642,7 @@ impl Backend for Sqlite {
     }
 
     fn password_hash(&self, name: &str) -> Result<Option<String>> {
-        self.conn
-            .lock()
+        self.reader()
             .query_row(
                 "SELECT password_hash FROM users WHERE name = ?1",
                 [name],
@@ -586,29 +670,35 @@ impl Backend for Sqlite {
         now: i64,
         extend_to: Option<i64>,
     ) -> Result<Option<SessionRow>> {
-        let conn = self.conn.lock();
-        if let Some(t) = extend_to {
-            conn.execute(
-                "UPDATE sessions SET expires = MAX(expires, ?3) \
-                 WHERE token_hash = ?1 AND expires > ?2",
-                params![token_hash, now, t],
-            )
-            .map_err(|e| self.err(e))?;
-        }
-        conn.query_row(
+        // A plain lookup reads; one that extends reads on the writer, after its update.
+        let conn = match extend_to {
+            None => self.reader(),
+            Some(t) => {
+                let c = self.conn.lock();
+                c.prepare_cached(
+                    "UPDATE sessions SET expires = MAX(expires, ?3) \
+                     WHERE token_hash = ?1 AND expires > ?2",
+                )
+                .and_then(|mut st| st.execute(params![token_hash, now, t]))
+                .map_err(|e| self.err(e))?;
+                c
+            }
+        };
+        conn.prepare_cached(
             "SELECT token_hash, user_name, created, expires FROM sessions \
              WHERE token_hash = ?1 AND expires > ?2",
-            params![token_hash, now],
-            |r| {
+        )
+        .and_then(|mut st| {
+            st.query_row(params![token_hash, now], |r| {
                 Ok(SessionRow {
                     token_hash: r.get(0)?,
                     user: r.get(1)?,
                     created: r.get(2)?,
                     expires: r.get(3)?,
                 })
-            },
-        )
-        .optional()
+            })
+            .optional()
+        })
         .map_err(|e| self.err(e))
     }
 
@@ -660,8 +750,7 @@ impl Backend for Sqlite {
 
     fn get_task(&self, id: &str) -> Result<Option<TaskRow>> {
         let row: Option<(String, String, Option<String>, String)> = self
-            .conn
-            .lock()
+            .reader()
             .query_row(
                 "SELECT id, state, node, body FROM tasks WHERE id = ?1",
                 [id],
@@ -681,7 +770,7 @@ impl Backend for Sqlite {
     }
 
     fn list_tasks(&self) -> Result<Vec<TaskRow>> {
-        let conn = self.conn.lock();
+        let conn = self.reader();
         let mut st = conn
             .prepare("SELECT id, state, node, body FROM tasks ORDER BY seq")
             .map_err(|e| self.err(e))?;
@@ -709,7 +798,7 @@ impl Backend for Sqlite {
     }
 
     fn list_exports(&self, node: &str) -> Result<Vec<Value>> {
-        let conn = self.conn.lock();
+        let conn = self.reader();
         let mut st = conn
             .prepare("SELECT body FROM exports WHERE node = ?1 ORDER BY volume")
             .map_err(|e| self.err(e))?;
@@ -766,13 +855,9 @@ impl Backend for Sqlite {
 
     fn exports_stamp(&self) -> Result<u64> {
         let v: i64 = self
-            .conn
-            .lock()
-            .query_row(
-                "SELECT value FROM counters WHERE name = 'exports'",
-                [],
-                |r| r.get(0),
-            )
+            .reader()
+            .prepare_cached("SELECT value FROM counters WHERE name = 'exports'")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)))
             .map_err(|e| self.err(e))?;
         Ok(v as u64)
     }
@@ -815,8 +900,7 @@ impl Backend for Sqlite {
 
     fn get_bundle(&self, id: &str) -> Result<Option<BundleRow>> {
         let row: Option<(String, String, bool, String)> = self
-            .conn
-            .lock()
+            .reader()
             .query_row(
                 "SELECT id, name, backup, body FROM artifact_bundles WHERE id = ?1",
                 [id],
@@ -834,7 +918,7 @@ impl Backend for Sqlite {
     }
 
     fn list_bundles(&self, backups: bool) -> Result<Vec<BundleRow>> {
-        let conn = self.conn.lock();
+        let conn = self.reader();
         let mut st = conn
             .prepare(
                 "SELECT id, name, body FROM artifact_bundles WHERE backup = ?1 ORDER BY name, id",

@@ -26,9 +26,30 @@ pub struct Session {
     pub expires: i64,
 }
 
+/// What [`Catalog::peek_session`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionPeek {
+    /// Live, and its expiry within the slack of where a use would move it: nothing to write.
+    Live(Session),
+    /// Expired, ended or unknown.
+    Gone,
+    /// Live, but its expiry has fallen behind: [`Catalog::session`] moves it (a write).
+    Due,
+}
+
 fn hash_token(token: &str) -> String {
-    let d = Sha256::digest(token.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+/// Lower-case hex digits (every API request hashes its token: no `format!` per byte).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
 }
 
 fn hash_password(password: &str) -> Result<String> {
@@ -129,24 +150,47 @@ impl Catalog {
     /// idle time, a minute at most); a session may thus end that much before a full idle
     /// time after its last use, never later.
     pub fn session(&self, token: &str, idle: Duration) -> Result<Option<Session>> {
-        let now = now_ms();
         let hash = hash_token(token);
-        let Some(row) = self.backend().touch_session(&hash, now, None)? else {
-            return Ok(None);
+        match self.peek(&hash, idle)? {
+            SessionPeek::Live(s) => Ok(Some(s)),
+            SessionPeek::Gone => Ok(None),
+            SessionPeek::Due => {
+                let now = now_ms();
+                let wanted = now.saturating_add(millis(idle));
+                Ok(self
+                    .backend()
+                    .touch_session(&hash, now, Some(wanted))?
+                    .map(|row| Session {
+                        user: row.user,
+                        expires: row.expires,
+                    }))
+            }
+        }
+    }
+
+    /// The read-only half of [`Catalog::session`]: whether this token's session is live
+    /// and needs no write (`Live`), is gone, or is due its expiry's move (`Due`: call
+    /// `session`). It writes nothing, so a caller may run it where a write could not wait.
+    pub fn peek_session(&self, token: &str, idle: Duration) -> Result<SessionPeek> {
+        self.peek(&hash_token(token), idle)
+    }
+
+    fn peek(&self, hash: &str, idle: Duration) -> Result<SessionPeek> {
+        let now = now_ms();
+        let Some(row) = self.backend().touch_session(hash, now, None)? else {
+            return Ok(SessionPeek::Gone);
         };
         let wanted = now.saturating_add(millis(idle));
-        let row = if row.expires < wanted.saturating_sub(millis(touch_slack(idle))) {
-            match self.backend().touch_session(&hash, now, Some(wanted))? {
-                Some(r) => r,
-                None => return Ok(None),
-            }
-        } else {
-            row
-        };
-        Ok(Some(Session {
-            user: row.user,
-            expires: row.expires,
-        }))
+        Ok(
+            if row.expires < wanted.saturating_sub(millis(touch_slack(idle))) {
+                SessionPeek::Due
+            } else {
+                SessionPeek::Live(Session {
+                    user: row.user,
+                    expires: row.expires,
+                })
+            },
+        )
     }
 
     /// Ends a session; false when it was not live.
@@ -177,7 +221,7 @@ fn millis(d: Duration) -> i64 {
 /// 32 random bytes as 64 hex digits.
 fn new_token() -> String {
     let bytes: [u8; 32] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&bytes)
 }
 
 #[cfg(test)]
@@ -214,6 +258,27 @@ mod tests {
         assert_eq!(c.session(&t, 2 * HOUR).unwrap().unwrap().expires, moved);
         assert_eq!(touch_slack(2 * HOUR), Duration::from_secs(60));
         assert_eq!(touch_slack(Duration::from_secs(64)), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_peek_writes_nothing_and_says_when_the_expiry_is_due() {
+        let c = Catalog::memory().unwrap();
+        c.add_user("u", "pw").unwrap();
+        let t = c.login("u", "pw", HOUR).unwrap().unwrap();
+        let SessionPeek::Live(s) = c.peek_session(&t, HOUR).unwrap() else {
+            panic!("a new session is live");
+        };
+        assert_eq!(s.user, "u");
+        // A longer idle time: the expiry is due a move, and peeking does not move it.
+        assert_eq!(c.peek_session(&t, 2 * HOUR).unwrap(), SessionPeek::Due);
+        assert_eq!(c.peek_session(&t, 2 * HOUR).unwrap(), SessionPeek::Due);
+        assert!(c.session(&t, 2 * HOUR).unwrap().unwrap().expires > s.expires);
+        assert!(matches!(
+            c.peek_session(&t, 2 * HOUR).unwrap(),
+            SessionPeek::Live(_)
+        ));
+        assert_eq!(c.peek_session("nope", HOUR).unwrap(), SessionPeek::Gone);
+        assert_eq!(hex(&[0x00, 0x9f, 0xa0, 0xff]), "009fa0ff");
     }
 
     #[test]
