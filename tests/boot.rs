@@ -805,14 +805,7 @@ fn a_wrong_chap_secret_fails_the_boot_at_the_firmware() {
     assert!(server.stop().success());
 }
 
-// Ignored in the suite until the one failure left is understood: in 1 of 8 runs under load
-// (stress-ng and a parallel build), a guest read issued while iscsid took the boot session
-// over (its sync logs in again) went unanswered for 60 s and failed as an I/O error, before
-// the server restart. strata now logs task management and commands dropped for their CmdSN,
-// and the failure message has both servers' logs. Run it with
-// `--run-ignored only -E 'test(/survives_a_restart/)'`.
 #[test]
-#[ignore]
 fn the_os_session_survives_a_restart_of_the_server() {
     let chap = Chap {
         user: "os-user",

@@ -356,6 +356,8 @@ struct Raw {
     stat_sn: u32,
     itt: u32,
     buf: Vec<u8>,
+    /// ExpCmdSN and MaxCmdSN of the final login response.
+    login_window: (u32, u32),
 }
 
 #[derive(Debug)]
@@ -414,6 +416,7 @@ impl Raw {
             stat_sn: 0,
             itt: 1,
             buf: Vec::new(),
+            login_window: (0, 0),
         }
     }
 
@@ -463,6 +466,7 @@ impl Raw {
         assert_eq!(&rep.bhs.0[8..14], &o.isid, "ISID not echoed");
         assert_ne!(rep.bhs.u16_at(14), 0, "no TSIH");
         r.stat_sn = rep.bhs.u32_at(24).wrapping_add(1);
+        r.login_window = (rep.bhs.u32_at(28), rep.bhs.u32_at(32));
         let answers = text::parse_pairs(&rep.data).unwrap();
         let get = |k: &str| answers.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
         r.hd = get("HeaderDigest").as_deref() == Some("CRC32C");
@@ -831,6 +835,47 @@ fn cmdsn_window_and_nop_pings() {
         wait_closed(&mut r, Duration::from_secs(15)),
         "dead initiator not detected"
     );
+}
+
+/// The final login response opens the whole CmdSN window (--queue-depth), and commands
+/// sent at once right after the login, as iscsid does when it logs in again for a session
+/// its kernel keeps, are all answered: none arrives beyond the MaxCmdSN last advertised.
+#[test]
+fn the_login_opens_the_whole_window_and_commands_sent_at_once_are_all_answered() {
+    let repo = Repo::new();
+    let iqn = repo.exported_volume("window", 16, &[CLIENT]);
+    let srv = repo.serve(&["--queue-depth", "8"]);
+    let mut r = Raw::connect(srv.addr);
+    // A relogin goes on with the session's CmdSN, not 1.
+    r.cmd_sn = 410;
+    r.login_on(&LoginOpts::new(CLIENT, &iqn)).unwrap();
+    assert_eq!(r.login_window, (410, 417), "ExpCmdSN, MaxCmdSN");
+    let mut burst = Vec::new();
+    let mut itts = Vec::new();
+    for i in 0..8 {
+        let b = r.scsi_bhs(&read10(i * 8, 8), 4096, true, false);
+        itts.push(b.itt());
+        burst.extend_from_slice(&pdu::encode(&b, &[], false, false));
+    }
+    r.send_raw(&burst).unwrap();
+    let mut answered = Vec::new();
+    while answered.len() < itts.len() {
+        // The first command sees the power-on unit attention; any status answers it.
+        let Some(p) = r.recv() else {
+            panic!(
+                "answered {answered:?} of {itts:?} before the read timed out:\n{}",
+                srv.log()
+            );
+        };
+        if p.bhs.opcode() == op::SCSI_RESP
+            || (p.bhs.opcode() == op::DATA_IN && p.bhs.flags() & 0x01 != 0)
+        {
+            answered.push(p.bhs.itt());
+        }
+    }
+    answered.sort();
+    assert_eq!(answered, itts);
+    assert!(!srv.log().contains("CmdSN outside window"), "{}", srv.log());
 }
 
 #[test]

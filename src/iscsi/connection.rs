@@ -237,6 +237,14 @@ async fn full_feature<R, W>(
     };
     let tsih = guard.as_ref().map_or(1, |g| g.tsih);
     final_bhs.set_u16(14, tsih);
+    // The final response opens the whole window, as everything sent later does. Linux's
+    // iscsid, logging in again for a session its kernel keeps, does not wait for a wider
+    // window than this response gives: with a window of one, its second queued command
+    // could arrive before the first one's response widened it, and was ignored until the
+    // kernel timed it out (an I/O error in the OS).
+    let window = Arc::new(Window::new(est.cmd_sn, ctx.opts.queue_depth));
+    final_bhs.set_u32(28, window.exp_cmd_sn());
+    final_bhs.set_u32(32, window.stamp_max_cmd_sn());
     if wr
         .write_all(&pdu::encode(&final_bhs, &final_data, false, false))
         .await
@@ -263,7 +271,6 @@ async fn full_feature<R, W>(
         data_digest: p.data_digest,
         max_data: p.max_recv_data as usize,
     };
-    let window = Arc::new(Window::new(est.cmd_sn, ctx.opts.queue_depth));
     let (tx, rx) = mpsc::channel::<Out>(64);
     let (cut_tx, cut_rx) = tokio::sync::watch::channel(None);
     let w_task = tokio::spawn(writer(

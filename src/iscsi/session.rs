@@ -79,6 +79,9 @@ impl Default for SessionLimits {
 }
 
 struct Entry {
+    /// Which admission made this entry: a reinstatement that keeps the TSIH (the initiator
+    /// asked for it) replaces the entry under the same TSIH, so only this tells them apart.
+    id: u64,
     tsih: u16,
     cid: u16,
     stop: watch::Sender<Stop>,
@@ -105,6 +108,7 @@ pub struct SessionInfo {
 pub struct SessionGuard<'a> {
     table: &'a SessionTable,
     key: SessionKey,
+    id: u64,
     pub tsih: u16,
     /// Changes when another login reinstates this session or its export is revoked.
     pub stop: watch::Receiver<Stop>,
@@ -114,10 +118,9 @@ pub struct SessionGuard<'a> {
 impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
         let mut t = self.table.inner.lock();
-        if t.sessions
-            .get(&self.key)
-            .is_some_and(|e| e.tsih == self.tsih)
-        {
+        // Only its own entry: a session that outlived the wait of the login reinstating it
+        // must not remove the entry of its successor (which may have the same TSIH).
+        if t.sessions.get(&self.key).is_some_and(|e| e.id == self.id) {
             t.sessions.remove(&self.key);
         }
     }
@@ -143,6 +146,7 @@ impl Drop for DiscoveryGuard<'_> {
 
 struct Inner {
     next_tsih: u16,
+    next_id: u64,
     sessions: HashMap<SessionKey, Entry>,
     /// Discovery sessions per initiator name (lower case).
     discovery: HashMap<String, usize>,
@@ -169,6 +173,8 @@ impl Inner {
 pub struct SessionTable {
     inner: Mutex<Inner>,
     limits: SessionLimits,
+    /// `REINSTATE_WAIT`; shorter in tests.
+    reinstate_wait: Duration,
 }
 
 /// How long a reinstating login waits for the old session's commands to finish.
@@ -199,11 +205,13 @@ impl SessionTable {
         SessionTable {
             inner: Mutex::new(Inner {
                 next_tsih: 1,
+                next_id: 0,
                 sessions: HashMap::new(),
                 discovery: HashMap::new(),
                 exports: Arc::new(Vec::new()),
             }),
             limits,
+            reinstate_wait: REINSTATE_WAIT,
         }
     }
 
@@ -356,7 +364,7 @@ impl SessionTable {
             tracing::info!(initiator = %key.initiator, tsih = old.tsih, "reinstating session");
             let _ = old.stop.send(Stop::Reinstated);
             let mut alive = old.alive;
-            let _ = tokio::time::timeout(REINSTATE_WAIT, async {
+            let _ = tokio::time::timeout(self.reinstate_wait, async {
                 while alive.changed().await.is_ok() {}
             })
             .await;
@@ -373,9 +381,12 @@ impl SessionTable {
                 reason: format!("the export of {} changed during the login", export.iqn),
             });
         }
+        t.next_id += 1;
+        let id = t.next_id;
         if let Some(e) = t.sessions.insert(
             key.clone(),
             Entry {
+                id,
                 tsih,
                 cid,
                 stop: stop_tx,
@@ -392,6 +403,7 @@ impl SessionTable {
         Ok(SessionGuard {
             table: self,
             key,
+            id,
             tsih,
             stop: stop_rx,
             _alive: alive_tx,
@@ -451,6 +463,62 @@ mod tests {
         assert_eq!(t.len(), 1);
         drop(new);
         assert!(t.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_session_outliving_its_reinstatement_leaves_its_successor_in_the_table() {
+        let e = export("t", &["iqn.x:a"]);
+        let mut t = SessionTable::new(SessionLimits::default());
+        t.reinstate_wait = Duration::from_millis(50);
+        let t: &'static SessionTable = Box::leak(Box::new(t));
+        t.apply(Arc::new(vec![e.clone()]));
+        let k = SessionKey::new("iqn.x:a", [1; 6], &e.iqn);
+        let old = t.admit(k.clone(), 0, 7, &e, peer()).await.unwrap();
+        // The initiator logs in again on the same CID with the session's TSIH; the old
+        // session does not end within the wait, so the new one starts beside it.
+        let new = t.admit(k.clone(), old.tsih, 7, &e, peer()).await.unwrap();
+        assert_eq!(new.tsih, old.tsih);
+        assert_eq!(*old.stop.borrow(), Stop::Reinstated);
+        drop(old);
+        // The new session is still counted, listed and revocable.
+        assert_eq!(t.list().len(), 1);
+        assert_eq!(t.apply(Arc::new(Vec::new())).len(), 1);
+        assert_eq!(*new.stop.borrow(), Stop::Revoked);
+        drop(new);
+        assert!(t.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_login_naming_an_ended_or_replaced_session_is_told_it_does_not_exist() {
+        let e: &'static Export = Box::leak(Box::new(export("t", &["iqn.x:a"])));
+        let t = table(SessionLimits::default(), vec![e.clone()]);
+        let k = SessionKey::new("iqn.x:a", [2; 6], &e.iqn);
+        let refused = |tsih| {
+            let k = k.clone();
+            async move {
+                let err = t.admit(k, tsih, 0, e, peer()).await.err().unwrap();
+                assert_eq!((err.class, err.detail), status::SESSION_DOES_NOT_EXIST);
+            }
+        };
+        // Ended: its connection closed.
+        let ended = t.admit(k.clone(), 0, 0, e, peer()).await.unwrap();
+        let ended_tsih = ended.tsih;
+        drop(ended);
+        refused(ended_tsih).await;
+        // Taken over by a new login (TSIH 0, same ISID): the old TSIH names nothing while
+        // the takeover waits for the old session to end, nor once the new one runs.
+        let old = t.admit(k.clone(), 0, 0, e, peer()).await.unwrap();
+        let old_tsih = old.tsih;
+        let mut stop = old.stop.clone();
+        let k2 = k.clone();
+        let takeover = tokio::spawn(async move { t.admit(k2, 0, 0, e, peer()).await });
+        stop.changed().await.unwrap();
+        refused(old_tsih).await;
+        drop(old);
+        let new = takeover.await.unwrap().unwrap();
+        assert_ne!(new.tsih, old_tsih);
+        refused(old_tsih).await;
+        assert_eq!(t.len(), 1);
     }
 
     #[tokio::test]

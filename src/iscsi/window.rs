@@ -10,7 +10,8 @@ pub struct Window {
     depth: u32,
     arrived: AtomicU32,
     completed: AtomicU32,
-    /// The highest MaxCmdSN the initiator has been told (the login response says CmdSN).
+    /// The highest MaxCmdSN the initiator has been told (the final login response is the
+    /// first PDU stamped).
     /// Commands are checked against this, not against the window as it has grown since:
     /// a command beyond what the initiator was told must be ignored (RFC 7143 4.2.2.1),
     /// even if the target could take it by now.
