@@ -448,9 +448,6 @@ fn du(dir: &Path) -> u64 {
 /// noise written and deleted again stays out of the image, the kept file and the metadata
 /// go in, and the image deploys back fsck-clean.
 #[test]
-#[ignore = "capture keeps the whole XFS disk (\"kept 302.0 MiB of 302.0 MiB\"), so deleted \
-            blocks go into the image; found at stop 12 once this test looked for the noise \
-            itself, not yet fixed"]
 fn a_captured_xfs_volume_stores_about_its_used_blocks_and_deploys_back_clean() {
     let r = Repo::new();
     let a = xfs_image(&r.work, "root", &[]);

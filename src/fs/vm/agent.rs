@@ -604,9 +604,12 @@ impl Mount {
             *w = (*w & !(0xFFFF_FFFFu64 << shift)) | ((v as u64) << shift);
         };
         let get32 = |b: &[u64], byte: usize| (b[byte / 8] >> ((byte % 8) * 8)) as u32;
-        // fmh_keys[1]: everything up to the end.
+        // fmh_keys[1]: everything up to the end: device and flags, physical, owner and
+        // offset all ones, as xfs_io sets them. Not the length, nor the reserved words:
+        // the kernel answers EINVAL to a key whose reserved words are not zero, which the
+        // caller took for "no GETFSMAP here" and kept the whole device.
         let hi = 64 / 8 + REC / 8;
-        for w in &mut buf[hi..hi + 6] {
+        for w in &mut buf[hi..hi + 4] {
             *w = u64::MAX;
         }
         let mut out: Vec<(u64, u64)> = Vec::new();
