@@ -11,11 +11,13 @@
 //! - `ops.rs`     path-level operations (write a file, mkdir -p, rm -rf, glob) on the mount table
 //! - `session.rs` one disk being worked on: its devices, filesystems and mount table
 //! - `inspect.rs` which device holds an OS root and what OS it is (guestfish's inspect-*)
+//! - `frame.rs`   the length-prefixed postcard frames the worker and the VM's agent speak
 //! - `worker/`    the worker process that runs all of the above, and its client
 //! - `fat.rs`     FAT12/16/32 (the fatfs crate)
 //! - `ext4.rs`    ext2/3/4 (libext2fs through `ext4_shim.c`)
 //! - `ntfs.rs`    NTFS (libntfs-3g through `ntfs_shim.c`)
-//! - `vm/`        XFS and btrfs, in Debian's kernel under QEMU (TCG) in the worker's job
+//! - `vm/`        XFS and btrfs (and ext4 whose journal needs replaying), in Debian's
+//!   kernel under QEMU (TCG) in the worker's job
 //!
 //! Everything here is below the plan engine and above `disk/` (which names the devices) and
 //! the store (which holds the blocks). Adapters parse untrusted images with C libraries:
@@ -24,6 +26,7 @@
 pub mod detect;
 pub mod ext4;
 pub mod fat;
+pub mod frame;
 pub mod inspect;
 pub mod memfs;
 pub mod mounts;

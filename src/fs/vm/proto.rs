@@ -175,7 +175,7 @@ pub struct Subvolumes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::worker::protocol::{read_frame, write_frame};
+    use crate::fs::frame::{read_frame, write_frame};
 
     #[test]
     fn requests_and_replies_round_trip_through_frames() {

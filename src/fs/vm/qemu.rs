@@ -18,8 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::fs::frame::{read_frame, write_frame};
 use crate::fs::types::*;
-use crate::fs::worker::protocol::{read_frame, write_frame};
 use crate::store::device::SharedDevice;
 
 use super::proto::*;

@@ -1,11 +1,10 @@
 //! What the parent and a filesystem worker say to each other over the worker's stdin and
-//! stdout: requests, replies, and their framing (a 4-byte little-endian length, then the
-//! message in postcard). Pure encoding; the processes are in `child.rs` and `client.rs`.
+//! stdout: requests and replies, framed by `fs::frame`. Pure encoding; the processes are in
+//! `child.rs` and `client.rs`.
 //!
 //! Byte strings (paths, file data) travel as raw bytes (serde_bytes), so a 100 MiB upload
 //! costs a copy, not a per-byte encoding.
 
-use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -15,9 +14,7 @@ use crate::fs::mounts::MountInfo;
 use crate::fs::session::{DeviceInfo, FsInfo};
 use crate::fs::types::*;
 
-/// The largest frame either side accepts: a request carries at most one chunk of file data
-/// (the client sends big files in pieces), a reply one chunk or one listing.
-pub const MAX_FRAME: usize = 64 << 20;
+pub use crate::fs::frame::{read_frame, write_frame, MAX_FRAME};
 
 /// Which disk a worker opens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,55 +301,6 @@ impl From<MountInfo> for MountEntry {
 }
 
 pub type Response = Result<Reply, FsError>;
-
-/// Writes one framed message.
-pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
-    // Sized first, then serialised straight into the writer: a message carrying 8 MiB of
-    // file data is not copied into a body buffer of its own first (a fresh allocation,
-    // page-faulted in, for every request of a big `put` and every reply of a `get`).
-    let len =
-        postcard::serialize_with_flavor::<T, _, usize>(msg, postcard::ser_flavors::Size::default())
-            .map_err(io::Error::other)?;
-    if len > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("message of {len} bytes is larger than the {MAX_FRAME}-byte frame limit"),
-        ));
-    }
-    w.write_all(&(len as u32).to_le_bytes())?;
-    postcard::to_io(msg, &mut *w).map_err(io::Error::other)?;
-    w.flush()
-}
-
-/// Reads one framed message; `Ok(None)` at a clean end of stream (before a frame).
-pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io::Result<Option<T>> {
-    let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match r.read(&mut len[got..]) {
-            Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes is larger than the {MAX_FRAME}-byte limit"),
-        ));
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    postcard::from_bytes(&body).map(Some).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("undecodable message: {e}"),
-        )
-    })
-}
 
 #[cfg(test)]
 mod tests {
