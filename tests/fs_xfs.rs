@@ -454,10 +454,7 @@ fn a_captured_xfs_volume_stores_about_its_used_blocks_and_deploys_back_clean() {
     let (disk, parts) = gpt_disk(&r.work, &[(&a, 300)]);
     r.ok(&["image", "import", disk.to_str().unwrap(), "--name", "gold"]);
     r.ok(&["volume", "create", "src", "--from", "gold"]);
-    // The noise: 45 MB of numbers the kept file never holds (its own are 1 to 600000), so
-    // that no 4 KiB block of one is a block of the other. (A script's host commands run in
-    // a directory of their own: the script makes it, and the test makes the same.)
-    let noise_cmd = "seq 10000000 14999999";
+    let noise_cmd = disks::NOISE_CMD;
     let junk = ok(Command::new("sh").args(["-c", noise_cmd])).into_bytes();
     let script = r.path("fill.fish");
     std::fs::write(
@@ -517,14 +514,8 @@ fn a_captured_xfs_volume_stores_about_its_used_blocks_and_deploys_back_clean() {
     assert!(stored >= kept.len() as u64, "stored {stored} bytes");
     let cap_raw = r.path("cap.raw");
     r.ok(&["image", "export", "cap", cap_raw.to_str().unwrap()]);
-    let noise: std::collections::HashSet<&[u8]> = junk.chunks_exact(4096).collect();
-    let image = std::fs::read(&cap_raw).unwrap();
-    let found = image
-        .chunks_exact(4096)
-        .filter(|b| noise.contains(b))
-        .count();
+    let found = disks::noise_blocks_in(&cap_raw, &junk);
     assert_eq!(found, 0, "blocks of the deleted noise were kept ({said})");
-    drop(image);
 
     r.ok(&["volume", "create", "dst", "--from", "cap"]);
     let raw = r.path("dst.raw");

@@ -468,3 +468,19 @@ pub fn rhel_disk(work: &Path) -> (PathBuf, Vec<Part>, Part) {
     assert_eq!(root.start % MIB, 0);
     (disk, parts, root)
 }
+
+/// The noise a capture test writes and deletes: 45 MB of numbers that a kept file of
+/// `seq 1 600000` never holds, so that no 4 KiB block of one is a block of the other. (A
+/// script's host commands run in a directory of their own: the script runs this, and the
+/// test runs it too, to know the blocks.)
+pub const NOISE_CMD: &str = "seq 10000000 14999999";
+
+/// How many 4 KiB blocks of `file` (at 4 KiB offsets) are blocks of `noise`.
+pub fn noise_blocks_in(file: &Path, noise: &[u8]) -> usize {
+    let blocks: std::collections::HashSet<&[u8]> = noise.chunks_exact(4096).collect();
+    let image = std::fs::read(file).unwrap();
+    image
+        .chunks_exact(4096)
+        .filter(|b| blocks.contains(b))
+        .count()
+}
