@@ -56,7 +56,7 @@ pub struct Session {
     layout: Layout,
     pub table: MountTable,
     /// The VM that mounts XFS and btrfs (`fs::vm`), booted the first time one is opened,
-    /// and the virtio serial it gave each device (`in_vm` says which devices it has).
+    /// and the virtio serial it gave each device (`open_adapter` keeps those devices there).
     vm: Option<(
         super::vm::SharedVm,
         std::collections::HashMap<String, String>,
