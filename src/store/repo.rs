@@ -457,13 +457,7 @@ impl Repository {
         opts: &transfer::ImportOptions,
         progress: Progress,
     ) -> Result<ImageMeta> {
-        names::validate(name)?;
-        if self.image_dir(name).exists() {
-            return Err(StoreError::Exists {
-                kind: "image",
-                name: name.into(),
-            });
-        }
+        self.check_new_image(name)?;
         let stage = self.stage("image")?;
         let transfer::Prepared { raw, len } = transfer::prepare_source(src, opts, &stage.path)?;
         let mut w = ImageWriter::create(&stage.path, len, CHUNK)?;
@@ -472,15 +466,7 @@ impl Repository {
         if raw != src {
             let _ = fs::remove_file(&raw);
         }
-        let meta = ImageMeta {
-            name: name.into(),
-            virtual_size: len,
-            stored_bytes,
-            chunk_size: CHUNK as u64,
-            created: now(),
-            source: src.display().to_string(),
-        };
-        self.add_staged_image(stage, meta)
+        self.add_staged_image(stage, name, len, stored_bytes, src.display().to_string())
     }
 
     /// Imports the raw disk read from `input` to its end as golden image `name`, stored as
@@ -495,6 +481,17 @@ impl Repository {
         source: &str,
         progress: &dyn Fn(u64),
     ) -> Result<ImageMeta> {
+        self.check_new_image(name)?;
+        let stage = self.stage("image")?;
+        let mut w = ImageWriter::create(&stage.path, 0, CHUNK)?;
+        let len = transfer::copy_stream_into(input, source, &mut w, CHUNK, progress)?;
+        let stored_bytes = w.finish()?;
+        self.add_staged_image(stage, name, len, stored_bytes, source.to_string())
+    }
+
+    /// Refuses `name` for a new image: not a valid name, or an image of that name exists.
+    /// (`add_staged_image` checks again under the lock.)
+    fn check_new_image(&self, name: &str) -> Result<()> {
         names::validate(name)?;
         if self.image_dir(name).exists() {
             return Err(StoreError::Exists {
@@ -502,24 +499,28 @@ impl Repository {
                 name: name.into(),
             });
         }
-        let stage = self.stage("image")?;
-        let mut w = ImageWriter::create(&stage.path, 0, CHUNK)?;
-        let len = transfer::copy_stream_into(input, source, &mut w, CHUNK, progress)?;
-        let stored_bytes = w.finish()?;
+        Ok(())
+    }
+
+    /// Writes the record of the image staged in `stage` (`virtual_size` bytes, of which
+    /// `stored_bytes` stored, read from `source`) and renames it into place as `name` under
+    /// the repository lock: the image appears whole or not at all.
+    fn add_staged_image(
+        &self,
+        mut stage: Stage,
+        name: &str,
+        virtual_size: u64,
+        stored_bytes: u64,
+        source: String,
+    ) -> Result<ImageMeta> {
         let meta = ImageMeta {
             name: name.into(),
-            virtual_size: len,
+            virtual_size,
             stored_bytes,
             chunk_size: CHUNK as u64,
             created: now(),
-            source: source.to_string(),
+            source,
         };
-        self.add_staged_image(stage, meta)
-    }
-
-    /// Writes `meta` into the staged image directory and renames it into place under the
-    /// repository lock: the image appears whole or not at all.
-    fn add_staged_image(&self, mut stage: Stage, meta: ImageMeta) -> Result<ImageMeta> {
         let name = meta.name.clone();
         write_json(&stage.path.join(IMAGE_META), &meta)?;
         let _lock = self.lock_names()?;
@@ -547,28 +548,14 @@ impl Repository {
         keep: &[(u64, u64)],
         progress: Progress,
     ) -> Result<ImageMeta> {
-        names::validate(name)?;
-        if self.image_dir(name).exists() {
-            return Err(StoreError::Exists {
-                kind: "image",
-                name: name.into(),
-            });
-        }
+        self.check_new_image(name)?;
         let len = device.len();
         transfer::check_disk_size(len, &device.describe())?;
         let stage = self.stage("image")?;
         let mut w = ImageWriter::create(&stage.path, len, CHUNK)?;
         ranges::copy_ranges_into(device, keep, &mut w, CHUNK, progress)?;
         let stored_bytes = w.finish()?;
-        let meta = ImageMeta {
-            name: name.into(),
-            virtual_size: len,
-            stored_bytes,
-            chunk_size: CHUNK as u64,
-            created: now(),
-            source: device.describe(),
-        };
-        self.add_staged_image(stage, meta)
+        self.add_staged_image(stage, name, len, stored_bytes, device.describe())
     }
 
     /// A fresh directory in the repository's `tmp/` for scratch files (an overlay): the
