@@ -118,29 +118,8 @@ fn golden_disk(f: &Flavor, work: &Path) -> (PathBuf, Part) {
             sized(&pv, 320);
             let (disk, parts) = gpt_disk(work, &[(&pv, 320)]);
             let lvm = Lvm::new(work, &disk, &parts[0]);
-            let lo = lvm.lo.0.clone();
-            lvm.run(&[
-                "pvcreate",
-                "-q",
-                "--norestorefile",
-                "--dataalignment",
-                "1m",
-                &lo,
-            ]);
-            lvm.run(&["vgcreate", "-q", "-s", "4m", "system", &lo]);
-            lvm.run(&[
-                "lvcreate",
-                "--driverloaded",
-                "n",
-                "-an",
-                "-Zn",
-                "-q",
-                "-L",
-                "300M",
-                "-n",
-                "root",
-                "system",
-            ]);
+            lvm.create_vg("system");
+            lvm.create_lv("system", "root", "300M");
             let root = lvm.at(&parts[0], "system", "root");
             drop(lvm);
             let img = btrfs_image(work);

@@ -454,21 +454,8 @@ fn a_captured_xfs_volume_stores_about_its_used_blocks_and_deploys_back_clean() {
     let (disk, parts) = gpt_disk(&r.work, &[(&a, 300)]);
     r.ok(&["image", "import", disk.to_str().unwrap(), "--name", "gold"]);
     r.ok(&["volume", "create", "src", "--from", "gold"]);
-    let noise_cmd = disks::NOISE_CMD;
-    let junk = ok(Command::new("sh").args(["-c", noise_cmd])).into_bytes();
     let script = r.path("fill.fish");
-    std::fs::write(
-        &script,
-        format!(
-            "mount /dev/sda1 /\n\
-             !{noise_cmd} > ./junk\n\
-             upload ./junk /junk\n\
-             !seq 1 600000 > ./kept\n\
-             upload ./kept /kept\n\
-             rm /junk\n"
-        ),
-    )
-    .unwrap();
+    let junk = disks::write_noise_script(&script);
     r.ok(&["shell", "src", "-f", script.to_str().unwrap(), "--write"]);
 
     let dir = r.path("capture-plan");

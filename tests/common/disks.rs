@@ -355,6 +355,37 @@ impl Lvm {
             .env("LVM_SUPPRESS_FD_WARNINGS", "1"))
     }
 
+    /// The PV on the loop device and VG `vg` (4 MiB extents) on it.
+    pub fn create_vg(&self, vg: &str) {
+        let lo = self.lo.0.as_str();
+        self.run(&[
+            "pvcreate",
+            "-q",
+            "--norestorefile",
+            "--dataalignment",
+            "1m",
+            lo,
+        ]);
+        self.run(&["vgcreate", "-q", "-s", "4m", vg, lo]);
+    }
+
+    /// A linear LV `vg/lv` of `size` (`312M`), not activated (no device-mapper here).
+    pub fn create_lv(&self, vg: &str, lv: &str, size: &str) {
+        self.run(&[
+            "lvcreate",
+            "--driverloaded",
+            "n",
+            "-an",
+            "-Zn",
+            "-q",
+            "-L",
+            size,
+            "-n",
+            lv,
+            vg,
+        ]);
+    }
+
     /// Where linear LV `vg/lv` lies on the disk.
     pub fn at(&self, pv: &Part, vg: &str, lv: &str) -> Part {
         let q = |args: &[&str]| {
@@ -405,30 +436,9 @@ pub fn rhel_disk(work: &Path) -> (PathBuf, Vec<Part>, Part) {
     sized(&pv, 340);
     let (disk, parts) = gpt_disk(work, &[(&esp, 64), (&boot, 300), (&pv, 340)]);
     let lvm = Lvm::new(work, &disk, &parts[2]);
-    lvm.run(&[
-        "pvcreate",
-        "-q",
-        "--norestorefile",
-        "--dataalignment",
-        "1m",
-        &lvm.lo.0,
-    ]);
-    lvm.run(&["vgcreate", "-q", "-s", "4m", "rhel", &lvm.lo.0]);
-    for (lv, size) in [("root", "312M"), ("swap", "16M")] {
-        lvm.run(&[
-            "lvcreate",
-            "--driverloaded",
-            "n",
-            "-an",
-            "-Zn",
-            "-q",
-            "-L",
-            size,
-            "-n",
-            lv,
-            "rhel",
-        ]);
-    }
+    lvm.create_vg("rhel");
+    lvm.create_lv("rhel", "root", "312M");
+    lvm.create_lv("rhel", "swap", "16M");
     let root = lvm.at(&parts[2], "rhel", "root");
     drop(lvm);
     let files = work.join("rhel-files");
@@ -474,6 +484,24 @@ pub fn rhel_disk(work: &Path) -> (PathBuf, Vec<Part>, Part) {
 /// script's host commands run in a directory of their own: the script runs this, and the
 /// test runs it too, to know the blocks.)
 pub const NOISE_CMD: &str = "seq 10000000 14999999";
+
+/// Writes to `path` the capture tests' script: on /dev/sda1, the noise written and deleted
+/// and `seq 1 600000` kept as /kept. Returns the noise's bytes.
+pub fn write_noise_script(path: &Path) -> Vec<u8> {
+    std::fs::write(
+        path,
+        format!(
+            "mount /dev/sda1 /\n\
+             !{NOISE_CMD} > ./junk\n\
+             upload ./junk /junk\n\
+             !seq 1 600000 > ./kept\n\
+             upload ./kept /kept\n\
+             rm /junk\n"
+        ),
+    )
+    .unwrap();
+    ok(Command::new("sh").args(["-c", NOISE_CMD])).into_bytes()
+}
 
 /// How many 4 KiB blocks of `file` (at 4 KiB offsets) are blocks of `noise`.
 pub fn noise_blocks_in(file: &Path, noise: &[u8]) -> usize {
